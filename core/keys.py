@@ -1,0 +1,31 @@
+"""Every Redis key Sluice uses, in one place.
+
+All keys share the hash tag ``{sluice}`` so every atomic script touches one hash
+slot and runs unchanged on Redis Cluster. (That puts the queue on one shard;
+sharding it means one tag per queue shard, with the shard in the message id.)
+"""
+
+from __future__ import annotations
+
+PREFIX = "sluice:{sluice}:"
+
+JOBS = PREFIX + "jobs"  # stream: one entry per recipient ready to deliver
+DELIVERY_GROUP = "delivery"  # consumer group of the delivery workers
+DELAYED = PREFIX + "delayed"  # zset: jobs waiting for send_at or a retry, scored by due time
+EVENTS = PREFIX + "events"  # stream: delivery and engagement events
+STATS = PREFIX + "stats"  # hash: counters per status
+MESSAGE_PREFIX = PREFIX + "msg:"  # hash per message: status, event ids
+BATCH_PREFIX = PREFIX + "batch:"  # string per batch: msgpack of the shared content
+IDEMPOTENCY_PREFIX = PREFIX + "idem:"  # hash per Idempotency-Key: digest, first response
+
+
+def message(message_id: str) -> str:
+    return MESSAGE_PREFIX + message_id
+
+
+def batch(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id
+
+
+def idempotency(key_digest: str) -> str:
+    return IDEMPOTENCY_PREFIX + key_digest

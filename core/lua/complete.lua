@@ -1,0 +1,26 @@
+-- Record the outcome of one delivery attempt atomically: acknowledge the queue
+-- entry, set the message status, append its event and, for a deferral, put the
+-- job back in the delayed set.
+-- KEYS[1] jobs stream  KEYS[2] delayed zset  KEYS[3] events stream
+-- KEYS[4] stats hash   KEYS[5] message record
+-- ARGV[1] stream entry id ("" when the job did not come from the stream)
+-- ARGV[2] consumer group  ARGV[3] new status  ARGV[4] event (msgpack)
+-- ARGV[5] job to retry ("" = none)  ARGV[6] retry due timestamp
+-- ARGV[7] events MAXLEN  ARGV[8] now  ARGV[9] retention seconds
+if ARGV[1] ~= "" then
+  redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('XDEL', KEYS[1], ARGV[1])
+end
+local event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[4])
+local prior = redis.call('HGET', KEYS[5], 'ev')
+local events = event_id
+if prior then
+  events = prior .. ',' .. event_id
+end
+redis.call('HSET', KEYS[5], 's', ARGV[3], 'ev', events, 'u', ARGV[8])
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
+redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
+if ARGV[5] ~= "" then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
+end
+return event_id

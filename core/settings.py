@@ -1,0 +1,235 @@
+"""Settings: one frozen tree, built once from flags, ``SLUICE_*`` variables and ``sluice.toml``.
+
+Precedence: a command-line flag wins over the environment, the environment over
+the config file, the config file over the default. Nothing else in Sluice reads
+``os.environ``: the CLI hands the environment in, so tests can pass their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.errors import ConfigurationError
+
+T = TypeVar("T")
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # Worker processes receive settings by pickling.
+        return (Secret, (self._value,))
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: HostPort
+    public_url: str
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str | None  # None: start the embedded Redis in the data dir
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    relay: HostPort | None
+    workers: int
+    retry_schedule: tuple[float, ...]
+    max_deferral: float
+    connections_per_worker: int
+    messages_per_connection: int
+    smtp_timeout: float
+    drain_timeout: float
+    ehlo_name: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    http: HttpSettings
+    redis: RedisSettings
+    delivery: DeliverySettings
+    api_key: Secret | None = field(default=None)
+    config_path: Path | None = field(default=None)
+
+
+# --- casts ------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"90s"``, ``"5m"``, ``"72h"``, ``"1d"`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 72h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    steps = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if not steps:
+        raise ValueError("the retry schedule is empty")
+    return steps
+
+
+def parse_hostport(text: str, *, default_port: int | None = None) -> HostPort:
+    text = text.strip()
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)|([^:\[\]\s]+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if match.group(1):
+        host, port = match.group(1), int(match.group(2))
+    elif match.group(3):
+        host, port = match.group(3), int(match.group(4))
+    elif default_port is not None:
+        host, port = match.group(5), default_port
+    else:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return HostPort(host, port)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def _url(text: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise ValueError(f"expected an http(s) URL, got {text!r}")
+    return text.rstrip("/")
+
+
+# --- loading ----------------------------------------------------------------
+
+
+class _Sources:
+    """Looks a key up in flags, then environment, then the config file."""
+
+    def __init__(
+        self, flags: Mapping[str, Any], env: Mapping[str, str], toml: Mapping[str, Any]
+    ) -> None:
+        self.flags = flags
+        self.env = env
+        self.toml = toml
+
+    def get(self, key: str, cast: Callable[[str], T], default: T) -> T:
+        env_name = "SLUICE_" + key.upper()
+        for origin, raw in (
+            (f"--{key.replace('_', '-')}", self.flags.get(key)),
+            (env_name, self.env.get(env_name)),
+            (f"{key} in sluice.toml", self.toml.get(key)),
+        ):
+            if raw is None or raw == "":
+                continue
+            try:
+                return cast(str(raw))
+            except ValueError as exc:
+                raise ConfigurationError(f"Config {origin!s} is invalid: {exc}") from exc
+        return default
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings tree. ``env`` defaults to the process environment."""
+    flags = dict(flags or {})
+    env = dict(os.environ if env is None else env)
+
+    config_raw = flags.get("config") or env.get("SLUICE_CONFIG")
+    config_path: Path | None = Path(config_raw) if config_raw else None
+    if config_path is None and Path("sluice.toml").is_file():
+        config_path = Path("sluice.toml")
+    toml: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            toml = tomllib.loads(config_path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigurationError(f"Config file {config_path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"Config file {config_path} is not valid TOML: {exc}") from exc
+
+    src = _Sources(flags, env, toml)
+    listen = src.get("listen", parse_hostport, HostPort("127.0.0.1", 8025))
+    relay_text = src.get("relay", str, "")
+    api_key = src.get("api_key", str, "")
+    return Settings(
+        data_dir=Path(src.get("data_dir", str, "./sluice-data")).resolve(),
+        http=HttpSettings(
+            listen=listen,
+            public_url=src.get("public_url", _url, f"http://{listen}"),
+            max_body_bytes=src.get("max_body_bytes", _positive_int, 16 * 1024 * 1024),
+        ),
+        redis=RedisSettings(url=src.get("redis_url", str, "") or None),
+        delivery=DeliverySettings(
+            relay=parse_hostport(relay_text, default_port=25) if relay_text else None,
+            workers=src.get("workers", _non_negative_int, os.cpu_count() or 1),
+            retry_schedule=src.get(
+                "retry_schedule", parse_schedule, parse_schedule("1m,5m,15m,30m,1h,2h,4h")
+            ),
+            max_deferral=src.get("max_deferral", parse_duration, parse_duration("72h")),
+            connections_per_worker=src.get("connections_per_worker", _positive_int, 10),
+            messages_per_connection=src.get("messages_per_connection", _positive_int, 1000),
+            smtp_timeout=src.get("smtp_timeout", parse_duration, 60.0),
+            drain_timeout=src.get("drain_timeout", parse_duration, 30.0),
+            ehlo_name=src.get("ehlo_name", str, "") or _default_ehlo_name(),
+        ),
+        api_key=Secret(api_key) if api_key else None,
+        config_path=config_path,
+    )
+
+
+def _default_ehlo_name() -> str:
+    import socket
+
+    return socket.getfqdn() or "localhost"

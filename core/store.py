@@ -1,0 +1,234 @@
+"""The one Redis access layer: connection pool, key names, Lua scripts.
+
+Every multi-key step is a Lua script from ``core/lua/`` loaded once and called
+through a typed method here. Redis errors are translated to
+``TransientDeliveryError``-free plain ``StoreError`` at this edge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from core import keys
+from core.errors import SluiceError
+from core.events import unpack_event
+
+RETENTION_SECONDS = 7 * 86400  # batch content and message records outlive the longest deferral
+EVENTS_MAXLEN = 2_000_000  # approximate cap on the events stream
+
+
+class StoreError(SluiceError):
+    """Redis could not be reached or answered with an error."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _script(name: str) -> str:
+    return resources.files("core").joinpath("lua", name).read_text()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    replay: bool  # True: the Idempotency-Key was seen before; response is the first answer
+    digest: str  # the digest stored with the first answer
+    response: str
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    entry_id: str  # stream entry id, "" for a job not read from the stream
+    job: dict[str, Any]
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self._accept = client.register_script(_script("accept.lua"))
+        self._complete = client.register_script(_script("complete.lua"))
+        self._promote = client.register_script(_script("promote.lua"))
+
+    # --- accept side --------------------------------------------------------
+
+    async def accept(
+        self,
+        *,
+        batch_id: str,
+        content: bytes,
+        recipients: list[dict[str, Any]],
+        response: str,
+        idempotency_key: str | None,
+        digest: str,
+    ) -> Accepted:
+        idem_key = keys.idempotency(idempotency_key) if idempotency_key else ""
+        try:
+            result = await self._accept(
+                keys=[
+                    keys.JOBS,
+                    keys.DELAYED,
+                    keys.EVENTS,
+                    keys.STATS,
+                    keys.batch(batch_id),
+                    idem_key,
+                ],
+                args=[
+                    content,
+                    RETENTION_SECONDS,
+                    digest,
+                    response,
+                    msgpack.packb(recipients, use_bin_type=False),  # Lua cmsgpack has no bin type
+                    keys.MESSAGE_PREFIX,
+                    EVENTS_MAXLEN,
+                    f"{time.time():.3f}",
+                ],
+            )
+        except RedisError as exc:
+            raise StoreError(f"could not queue the batch: {exc}") from exc
+        if _text(result[0]) == "replay":
+            return Accepted(True, _text(result[1]), _text(result[2]))
+        return Accepted(False, digest, _text(result[1]))
+
+    async def idempotent_response(self, idempotency_key: str) -> tuple[str, str] | None:
+        """(digest, response) of an earlier request with this key, if any."""
+        digest, response = await self.redis.hmget(
+            keys.idempotency(idempotency_key), ["digest", "response"]
+        )
+        if digest is None or response is None:
+            return None
+        return _text(digest), _text(response)
+
+    # --- delivery side ------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(keys.JOBS, keys.DELIVERY_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_jobs(
+        self, consumer: str, *, count: int, block_ms: int, own_pending: bool = False
+    ) -> list[QueuedJob]:
+        """New jobs for this consumer, or (own_pending) the ones it read and never acknowledged."""
+        reply: Any = await self.redis.xreadgroup(
+            keys.DELIVERY_GROUP,
+            consumer,
+            {keys.JOBS: "0" if own_pending else ">"},
+            count=count,
+            block=None if own_pending else block_ms,
+        )
+        return [job for _, entries in reply or [] for job in self._decode_entries(entries)]
+
+    async def claim_stale(self, consumer: str, *, min_idle_ms: int, count: int) -> list[QueuedJob]:
+        """Take over jobs another (dead) consumer read but never finished."""
+        reply: Any = await self.redis.xautoclaim(
+            keys.JOBS, keys.DELIVERY_GROUP, consumer, min_idle_time=min_idle_ms, count=count
+        )
+        return self._decode_entries(reply[1])
+
+    @staticmethod
+    def _decode_entries(entries: list[Any]) -> list[QueuedJob]:
+        jobs = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted while pending
+                continue
+            jobs.append(QueuedJob(_text(entry_id), msgpack.unpackb(fields[b"j"])))
+        return jobs
+
+    async def acknowledge(self, entry_id: str) -> None:
+        await self.redis.xack(keys.JOBS, keys.DELIVERY_GROUP, entry_id)
+        await self.redis.xdel(keys.JOBS, entry_id)
+
+    async def complete(
+        self,
+        *,
+        entry_id: str,
+        message_id: str,
+        status: str,
+        event: bytes,
+        retry_job: dict[str, Any] | None = None,
+        retry_at: float = 0.0,
+    ) -> None:
+        await self._complete(
+            keys=[keys.JOBS, keys.DELAYED, keys.EVENTS, keys.STATS, keys.message(message_id)],
+            args=[
+                entry_id,
+                keys.DELIVERY_GROUP,
+                status,
+                event,
+                msgpack.packb(retry_job) if retry_job is not None else "",
+                f"{retry_at:.3f}",
+                EVENTS_MAXLEN,
+                f"{time.time():.3f}",
+                RETENTION_SECONDS,
+            ],
+        )
+
+    async def promote_due(self, *, now: float, limit: int = 500) -> int:
+        return int(await self._promote(keys=[keys.DELAYED, keys.JOBS], args=[f"{now:.3f}", limit]))
+
+    async def batch_content(self, batch_id: str) -> dict[str, Any] | None:
+        blob = await self.redis.get(keys.batch(batch_id))
+        if blob is None:
+            return None
+        content: dict[str, Any] = msgpack.unpackb(blob)
+        return content
+
+    async def message_status(self, message_id: str) -> str | None:
+        status = await self.redis.hget(keys.message(message_id), "s")
+        return None if status is None else _text(status)
+
+    # --- reading ------------------------------------------------------------
+
+    async def message(self, message_id: str) -> dict[str, Any] | None:
+        status, event_ids = await self.redis.hmget(keys.message(message_id), ["s", "ev"])
+        if status is None:
+            return None
+        events = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in _text(event_ids or b"").split(","):
+                if event_id:
+                    pipe.xrange(keys.EVENTS, event_id, event_id)
+            for reply in await pipe.execute():
+                for entry_id, fields in reply:
+                    events.append(unpack_event(_text(entry_id), fields[b"e"]))
+        return {"message_id": message_id, "status": _text(status), "events": events}
+
+    async def events_after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
+        start = f"({cursor}" if cursor else "-"
+        reply: Any = await self.redis.xrange(keys.EVENTS, start, "+", count=limit)
+        return [unpack_event(_text(entry_id), fields[b"e"]) for entry_id, fields in reply]
+
+    async def gauges(self) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.JOBS)
+            pipe.zcard(keys.DELAYED)
+            pipe.hgetall(keys.STATS)
+            jobs, delayed, stats = await pipe.execute()
+        out = {"jobs_in_stream": int(jobs), "jobs_delayed": int(delayed)}
+        out.update({f"total_{_text(k)}": int(v) for k, v in stats.items()})
+        return out
+
+
+@asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[Store]:
+    client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    try:
+        await client.ping()
+    except RedisError as exc:
+        await client.aclose()
+        raise StoreError(f"cannot reach Redis at {url}: {exc}") from exc
+    try:
+        yield Store(client)
+    finally:
+        await client.aclose()

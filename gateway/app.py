@@ -1,0 +1,191 @@
+"""The aiohttp application: routes, middlewares, typed state, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from core.errors import (
+    ClientError,
+    IdempotencyConflict,
+    NotFound,
+    Unauthorized,
+    UnsupportedMedia,
+    ValidationError,
+)
+from core.ids import split_message_id
+from core.settings import Secret, Settings
+from core.store import Store, StoreError, open_store
+from gateway import accept as accepting
+from gateway.metrics import Metrics
+from gateway.openapi import openapi_document
+
+log = logging.getLogger(__name__)
+
+STORE = web.AppKey("store", Store)
+SETTINGS = web.AppKey("settings", Settings)
+API_KEY = web.AppKey("api_key", Secret)
+METRICS = web.AppKey("metrics", Metrics)
+REDIS_URL = web.AppKey("redis_url", str)
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=body if isinstance(body, str) else json.dumps(body, ensure_ascii=False),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except ClientError as exc:
+        response = _json(exc.as_json(), exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "http_error"
+        )
+        response = _json({"error": code, "detail": exc.reason}, exc.status, headers=None)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except StoreError as exc:
+        log.error("store unavailable: %s", exc)
+        response = _json({"error": "unavailable", "detail": "the queue is unavailable; retry"}, 503)
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = _json({"error": "internal", "detail": "unexpected error; it was logged"}, 500)
+    route = request.match_info.route.resource
+    metrics.count_request(route.canonical if route is not None else "unmatched", response.status)
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        expected = request.app[API_KEY].reveal().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise Unauthorized("send 'Authorization: Bearer <api key>'")
+    return await handler(request)
+
+
+async def post_messages(request: web.Request) -> web.Response:
+    ctype = request.headers.get("Content-Type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMedia("send the body as application/json", field="Content-Type")
+    idem_key = request.headers.get("Idempotency-Key")
+    key_digest = None
+    if idem_key is not None:
+        if not _IDEMPOTENCY_KEY.fullmatch(idem_key):
+            raise ValidationError(
+                "Idempotency-Key must be 1-255 printable ASCII characters", field="Idempotency-Key"
+            )
+        key_digest = hashlib.sha256(idem_key.encode()).hexdigest()
+
+    raw = await request.read()
+    body = accepting.decode_json(raw)
+    store = request.app[STORE]
+    if key_digest is not None:
+        earlier = await store.idempotent_response(key_digest)
+        if earlier is not None:
+            if earlier[0] != accepting.request_digest(body):
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used with a different body in the last 24 hours",
+                    field="Idempotency-Key",
+                )
+            return _json(earlier[1], 202, {"Idempotent-Replayed": "true"})
+
+    loop = asyncio.get_running_loop()
+    prepared, digest = await loop.run_in_executor(
+        None, lambda: accepting.prepare(body, now=accepting.now())
+    )
+    response, replayed = await accepting.accept(store, prepared, digest, key_digest)
+    if not replayed:
+        request.app[METRICS].count_recipients(prepared.counts)
+    return _json(response, 202, {"Idempotent-Replayed": "true"} if replayed else None)
+
+
+async def get_message(request: web.Request) -> web.Response:
+    message_id = request.match_info["message_id"]
+    if split_message_id(message_id) is None:
+        raise NotFound(f"no message {message_id[:64]!r}")
+    found = await request.app[STORE].message(message_id)
+    if found is None:
+        raise NotFound(f"no message {message_id!r}")
+    return _json(found)
+
+
+async def get_events(request: web.Request) -> web.Response:
+    after = request.query.get("after") or None
+    if after is not None and not _CURSOR.fullmatch(after):
+        raise ValidationError("'after' must be the 'next' cursor of an earlier page", field="after")
+    limit_text = request.query.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise ValidationError("'limit' must be a whole number from 1 to 1000", field="limit")
+    events = await request.app[STORE].events_after(after, int(limit_text))
+    return _json({"events": events, "next": events[-1]["id"] if events else after})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await asyncio.wait_for(request.app[STORE].redis.ping(), timeout=2)
+    except Exception as exc:  # health reports; it never raises
+        return _json({"status": "unhealthy", "redis": str(exc)[:200]}, 503)
+    return _json({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gauges = await request.app[STORE].gauges()
+    return web.Response(
+        text=request.app[METRICS].render(gauges), content_type="text/plain", charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )  # fmt: skip
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document(request.app[SETTINGS].http.public_url))
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_store(app[REDIS_URL]) as store:
+        app[STORE] = store
+        yield
+
+
+def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=settings.http.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[API_KEY] = api_key
+    app[REDIS_URL] = redis_url
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_store_ctx)
+    app.router.add_post("/v1/messages", post_messages)
+    app.router.add_get("/v1/messages/{message_id}", get_message)
+    app.router.add_get("/v1/events", get_events)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

@@ -1,0 +1,56 @@
+"""The ``sluice`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from core.errors import ConfigurationError
+from core.logs import setup_logging
+from core.settings import load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice", description="Email delivery and deliverability gateway"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP API, delivery workers and embedded Redis in the foreground"
+    )
+    for flag, meta, text in (
+        ("--config", "PATH", "sluice.toml to read (env SLUICE_CONFIG; default ./sluice.toml if present)"),
+        ("--data-dir", "DIR", "where Redis, keys and the API key live (env SLUICE_DATA_DIR; default ./sluice-data)"),
+        ("--redis-url", "URL", "use this Redis >= 6.2 instead of the embedded one (env SLUICE_REDIS_URL)"),
+        ("--listen", "HOST:PORT", "HTTP listen address (env SLUICE_LISTEN; default 127.0.0.1:8025)"),
+        ("--public-url", "URL", "base of tracking links (env SLUICE_PUBLIC_URL; default http://<listen>)"),
+        ("--relay", "HOST:PORT", "deliver everything through this SMTP relay (env SLUICE_RELAY; default: by MX)"),
+        ("--workers", "N", "delivery worker processes; 0 accepts without delivering (env SLUICE_WORKERS)"),
+    ):  # fmt: skip
+        serve.add_argument(flag, metavar=meta, help=text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(getattr(logging, args.log_level))
+    try:
+        if args.command == "serve":
+            from gateway.serve import serve
+
+            flags = {k: v for k, v in vars(args).items() if k not in ("command", "log_level")}
+            return serve(load_settings(flags))
+    except ConfigurationError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

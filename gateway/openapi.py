@@ -1,0 +1,341 @@
+"""The OpenAPI 3.1 description of Sluice's HTTP API, served at ``/openapi.json``.
+
+Kept beside ``gateway/schemas.py``: a change to one is a change to the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import schemas
+
+_TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}
+_ADDRESS: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string", "format": "email", "maxLength": 254},
+        {
+            "type": "object",
+            "required": ["email"],
+            "additionalProperties": False,
+            "properties": {
+                "email": {"type": "string", "format": "email", "maxLength": 254},
+                "name": {"type": "string", "maxLength": schemas.MAX_NAME_CHARS},
+            },
+        },
+    ]
+}
+_METADATA = {
+    "type": "object",
+    "description": f"Flat object echoed in events; at most {schemas.MAX_METADATA_BYTES} bytes.",
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string"},
+        "detail": {"type": "string"},
+        "field": {"type": "string"},
+    },
+}
+_EVENT = {
+    "type": "object",
+    "required": [
+        "id",
+        "type",
+        "timestamp",
+        "message_id",
+        "email",
+        "contact_id",
+        "category",
+        "metadata",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {
+            "type": "string",
+            "enum": [
+                "queued",
+                "delivered",
+                "deferred",
+                "bounced",
+                "expired",
+                "suppressed",
+                "capped",
+                "opened",
+                "clicked",
+                "unsubscribed",
+                "complained",
+            ],
+        },
+        "timestamp": {"type": "number"},
+        "message_id": {"type": "string"},
+        "email": {"type": "string"},
+        "contact_id": {"type": ["string", "null"]},
+        "category": {"type": ["string", "null"]},
+        "metadata": {"type": "object"},
+        "smtp_code": {"type": ["integer", "null"]},
+        "bounce_class": {"type": "string"},
+        "reason": {"type": "string"},
+        "mx": {"type": "string"},
+        "send_at": {"type": "string"},
+        "attempt": {"type": "integer"},
+    },
+}
+_SEND = {
+    "type": "object",
+    "required": ["from", "subject", "stream", "recipients"],
+    "additionalProperties": False,
+    "properties": {
+        "from": _ADDRESS,
+        "reply_to": _ADDRESS,
+        "subject": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Jinja2 template, rendered per recipient",
+        },
+        "html": {"type": "string", "description": "Jinja2 template; values are HTML-escaped"},
+        "text": {"type": "string", "description": "Jinja2 template"},
+        "category": _TOKEN,
+        "stream": {"type": "string", "enum": list(schemas.STREAMS)},
+        "headers": {
+            "type": "object",
+            "maxProperties": schemas.MAX_HEADERS,
+            "additionalProperties": {"type": "string", "maxLength": schemas.MAX_HEADER_VALUE_CHARS},
+        },
+        "tags": {"type": "array", "maxItems": schemas.MAX_TAGS, "items": _TOKEN},
+        "metadata": _METADATA,
+        "tracking": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"opens": {"type": "boolean"}, "clicks": {"type": "boolean"}},
+        },
+        "send_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+        "ip_pool": _TOKEN,
+        "recipients": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": schemas.MAX_RECIPIENTS,
+            "items": {
+                "type": "object",
+                "required": ["email"],
+                "additionalProperties": False,
+                "properties": {
+                    "email": {"type": "string", "maxLength": 254},
+                    "name": {"type": "string"},
+                    "contact_id": {"type": "string", "maxLength": 128},
+                    "timezone": {"type": "string", "description": "IANA time zone name"},
+                    "data": {
+                        "type": "object",
+                        "description": "Template variables for this recipient",
+                    },
+                    "metadata": _METADATA,
+                },
+            },
+        },
+    },
+}
+_RESULT = {
+    "type": "object",
+    "required": ["batch_id", "results"],
+    "properties": {
+        "batch_id": {"type": "string"},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "email", "message_id", "status"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "email": {"type": "string"},
+                    "message_id": {"type": ["string", "null"]},
+                    "status": {
+                        "type": "string",
+                        "enum": ["queued", "scheduled", "suppressed", "capped", "rejected"],
+                    },
+                    "reason": {"type": "string"},
+                    "send_at": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    },
+}
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid request",
+        401: "Missing or wrong API key",
+        404: "Not found",
+        413: "Body too large",
+        415: "Body is not JSON",
+        422: "Idempotency-Key reused with another body",
+        503: "Queue unavailable",
+    }
+    return {
+        str(c): {
+            "description": text[c],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for c in codes
+    }
+
+
+def json_of(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Sluice",
+            "version": "0.1.0",
+            "description": "Email delivery and deliverability gateway",
+        },
+        "servers": [{"url": server_url}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "SendRequest": _SEND,
+                "SendResult": _RESULT,
+                "Error": _ERROR,
+                "Event": _EVENT,
+            },
+        },
+        "paths": {
+            "/v1/messages": {
+                "post": {
+                    "summary": "Queue a personalized message for 1 to 1,000 recipients",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": {"required": True, "content": json_of("SendRequest")},
+                    "responses": {
+                        "202": {
+                            "description": "Accepted; per-recipient results",
+                            "content": json_of("SendResult"),
+                        },
+                        **_error_responses(400, 401, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/v1/messages/{message_id}": {
+                "get": {
+                    "summary": "A message's status and events",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "message_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The message",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["message_id", "status", "events"],
+                                        "properties": {
+                                            "message_id": {"type": "string"},
+                                            "status": {
+                                                "type": "string",
+                                                "enum": [
+                                                    "queued",
+                                                    "scheduled",
+                                                    "deferred",
+                                                    "delivered",
+                                                    "bounced",
+                                                    "suppressed",
+                                                    "capped",
+                                                    "expired",
+                                                    "rejected",
+                                                ],
+                                            },
+                                            "events": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Event"},
+                                            },
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_error_responses(401, 404),
+                    },
+                }
+            },
+            "/v1/events": {
+                "get": {
+                    "summary": "Delivery and engagement events, oldest first, after a cursor",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of events",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["events", "next"],
+                                        "properties": {
+                                            "events": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Event"},
+                                            },
+                                            "next": {"type": ["string", "null"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_error_responses(400, 401),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness and Redis reachability",
+                    "responses": {
+                        "200": {"description": "Healthy"},
+                        "503": {"description": "Redis unreachable"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "Text exposition format"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1"}},
+                }
+            },
+        },
+    }

@@ -1,0 +1,138 @@
+"""``sluice serve``: the embedded Redis, the delivery workers and the HTTP API.
+
+Start order: lock the data dir, start (or reach) Redis, spawn the workers, open
+the HTTP listener. Stop order on SIGTERM or Ctrl-C: close the listener and
+finish in-flight requests, tell workers to stop (they finish in-flight SMTP
+transactions up to the drain timeout and leave the rest queued), stop Redis.
+A worker that dies is restarted; its unfinished jobs are taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import sys
+from multiprocessing.context import SpawnProcess
+
+from aiohttp import web
+
+from core.datadir import DataDirLock, load_or_create_api_key
+from core.embedded_redis import EmbeddedRedis
+from core.settings import Secret, Settings
+from gateway.app import create_app
+from mta.worker import run_worker_process
+
+log = logging.getLogger(__name__)
+
+
+class WorkerSupervisor:
+    def __init__(self, settings: Settings, redis_url: str, count: int) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: dict[str, SpawnProcess] = {}
+        self.names = [f"w{i}" for i in range(count)]
+        self.stopping = False
+
+    def _spawn(self, name: str) -> None:
+        process = self.context.Process(
+            target=run_worker_process,
+            args=(self.settings, self.redis_url, name, logging.getLogger().level),
+            name=f"sluice-worker-{name}",
+            daemon=False,
+        )
+        process.start()
+        self.processes[name] = process
+
+    def start(self) -> None:
+        for name in self.names:
+            self._spawn(name)
+
+    def restart_dead(self) -> None:
+        if self.stopping:
+            return
+        for name, process in list(self.processes.items()):
+            if not process.is_alive():
+                log.error("worker %s exited with %s; restarting it", name, process.exitcode)
+                self._spawn(name)
+
+    async def stop(self, drain_seconds: float) -> None:
+        self.stopping = True
+        for process in self.processes.values():
+            if process.is_alive() and process.pid is not None:
+                process.terminate()  # SIGTERM: drain, then exit
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_seconds + 5
+        for process in self.processes.values():
+            await loop.run_in_executor(None, process.join, max(0.0, deadline - loop.time()))
+            if process.is_alive():
+                process.kill()
+                await loop.run_in_executor(None, process.join)
+
+
+async def _run(
+    settings: Settings, redis: EmbeddedRedis | None, redis_url: str, api_key: Secret
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    workers = WorkerSupervisor(settings, redis_url, settings.delivery.workers)
+    workers.start()
+    runner = web.AppRunner(
+        create_app(settings, redis_url, api_key), shutdown_timeout=10, access_log=None
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.http.listen.host, settings.http.listen.port, backlog=1024
+        )
+        await site.start()
+        log.info(
+            "sluice serving on http://%s (public URL %s), %d delivery workers, %s",
+            settings.http.listen, settings.http.public_url, settings.delivery.workers,
+            f"relay {settings.delivery.relay}" if settings.delivery.relay else "delivery by MX",
+        )  # fmt: skip
+        print(f"sluice: ready on http://{settings.http.listen}", flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            workers.restart_dead()
+            if redis is not None and not redis.alive():
+                log.error("embedded Redis exited; restarting it from its AOF")
+                redis.start()
+        log.info("shutting down: closing the HTTP listener")
+    finally:
+        await runner.cleanup()
+        log.info("stopping workers (drain up to %.0fs)", settings.delivery.drain_timeout)
+        await workers.stop(settings.delivery.drain_timeout)
+
+
+def serve(settings: Settings) -> int:
+    import uvloop
+
+    with DataDirLock(settings.data_dir):
+        redis = None
+        redis_url = settings.redis.url
+        if redis_url is None:
+            redis = EmbeddedRedis(settings.data_dir)
+            redis_url = redis.start()
+        try:
+            api_key = settings.api_key
+            if api_key is None:
+                api_key, created = load_or_create_api_key(settings.data_dir)
+                where = settings.data_dir / "api-key"
+                print(
+                    f"sluice: API key {'generated' if created else 'read'} in {where}:\n  {api_key.reveal()}",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+            uvloop.run(_run(settings, redis, redis_url, api_key))
+        finally:
+            if redis is not None:
+                redis.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,319 @@
+"""Delivery workers: consume the jobs stream at least once and deliver.
+
+Each worker process reads jobs through the ``delivery`` consumer group, renders
+and builds the message, sends it through a pooled SMTP connection and records
+the outcome atomically (``complete.lua``). A job read but not finished by a
+worker that died is taken over by another after ``STALE_AFTER_MS``; a worker
+that restarts under the same name first finishes its own unfinished jobs.
+
+Shutdown has two stages: stop reading, wait for in-flight transactions up to
+the drain timeout, then cancel what is left (those jobs stay pending in the
+stream and are delivered after the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import OrderedDict
+from typing import Any
+
+from core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from core.events import EventType, pack_event
+from core.settings import DeliverySettings, Settings
+from core.store import QueuedJob, Store, StoreError, open_store
+from mta.mime import Mailbox, MimeError, build_message
+from mta.pool import SmtpPool
+from mta.render import RenderError, TemplateCache, TemplateError
+from mta.routing import Router
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_MS = 60_000
+FINAL_STATUSES = frozenset({"delivered", "bounced", "expired", "rejected"})
+
+
+class _BatchCache:
+    def __init__(self, store: Store, size: int = 512) -> None:
+        self.store = store
+        self.size = size
+        self.items: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+
+    async def get(self, batch_id: str) -> dict[str, Any] | None:
+        if batch_id in self.items:
+            self.items.move_to_end(batch_id)
+            return self.items[batch_id]
+        content = await self.store.batch_content(batch_id)
+        self.items[batch_id] = content
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return content
+
+
+def retry_delay(schedule: tuple[float, ...], attempts: int) -> float:
+    """Delay before attempt number ``attempts + 1`` (attempts >= 1 already made)."""
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store, name: str) -> None:
+        self.settings = settings
+        self.delivery: DeliverySettings = settings.delivery
+        self.store = store
+        self.name = name
+        self.stopping = asyncio.Event()
+        self.batches = _BatchCache(store)
+        self.templates = TemplateCache()
+        self.router = Router(self.delivery.relay)
+        self.pool = SmtpPool(
+            ehlo_name=self.delivery.ehlo_name,
+            timeout=self.delivery.smtp_timeout,
+            max_per_host=self.delivery.connections_per_worker,
+            messages_per_connection=self.delivery.messages_per_connection,
+        )
+        self.limit = self.delivery.connections_per_worker * 2  # keep every connection busy
+        self.capacity = asyncio.Semaphore(self.limit)
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    # --- loops ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.store.ensure_group()
+        housekeeping = asyncio.create_task(self._housekeeping())
+        try:
+            await self._dispatch(
+                await self.store.read_jobs(self.name, count=1000, block_ms=0, own_pending=True),
+                recovered=True,
+            )
+            while not self.stopping.is_set():
+                async with self.capacity:  # wait until at least one slot is free
+                    pass
+                free = max(1, self.limit - len(self.in_flight))
+                try:
+                    jobs = await self.store.read_jobs(self.name, count=free, block_ms=500)
+                except StoreError:
+                    raise
+                except Exception as exc:  # Redis restarting: keep the worker, retry shortly
+                    log.warning("reading jobs failed: %s", exc)
+                    await asyncio.sleep(1)
+                    continue
+                await self._dispatch(jobs)
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            await self._drain()
+            await self.pool.aclose()
+
+    async def _dispatch(self, jobs: list[QueuedJob], *, recovered: bool = False) -> None:
+        for job in jobs:
+            await self.capacity.acquire()
+            task = asyncio.create_task(self._deliver_guarded(job, recovered))
+            self.in_flight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self.capacity.release()
+
+    async def _drain(self) -> None:
+        if not self.in_flight:
+            return
+        log.info(
+            "draining %d in-flight deliveries (up to %.0fs)",
+            len(self.in_flight),
+            self.delivery.drain_timeout,
+        )
+        _, pending = await asyncio.wait(set(self.in_flight), timeout=self.delivery.drain_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.warning("%d deliveries cancelled at shutdown; they stay queued", len(pending))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                now = time.time()
+                while await self.store.promote_due(now=now) >= 500:
+                    pass
+                if not self.stopping.is_set():
+                    claimed = await self.store.claim_stale(
+                        self.name, min_idle_ms=STALE_AFTER_MS, count=200
+                    )
+                    if claimed:
+                        log.info("took over %d stale jobs", len(claimed))
+                        await self._dispatch(claimed, recovered=True)
+                await self.pool.close_idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("housekeeping failed: %s", exc)
+            await asyncio.sleep(0.5)
+
+    # --- one job --------------------------------------------------------------
+
+    async def _deliver_guarded(self, queued: QueuedJob, recovered: bool) -> None:
+        try:
+            await self._deliver(queued, recovered)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Left unacknowledged: another attempt happens after STALE_AFTER_MS.
+            log.exception("delivery of %s failed unexpectedly", queued.job.get("m"))
+
+    async def _deliver(self, queued: QueuedJob, recovered: bool) -> None:
+        job = queued.job
+        message_id: str = job["m"]
+        if recovered and await self.store.message_status(message_id) in FINAL_STATUSES:
+            await self.store.acknowledge(queued.entry_id)
+            return
+        batch = await self.batches.get(job["b"])
+        if batch is None:
+            await self._finish(
+                queued, batch or {}, EventType.EXPIRED, reason="batch content expired"
+            )
+            return
+        started = time.monotonic()
+        try:
+            message = self._build(batch, job)
+            dest_host = ""
+            reply_code = 0
+            for dest in await self.router.route(job["e"].rpartition("@")[2]):
+                dest_host = str(dest)
+                try:
+                    reply = await self.pool.send(dest, batch["f"][0], job["e"], message)
+                    reply_code = reply.code
+                    break
+                except TransientDeliveryError as exc:
+                    if exc.smtp_code is not None:
+                        raise  # the host answered: do not try the next MX for this attempt
+                    last: DeliveryError = exc
+            else:
+                raise last
+        except (RenderError, MimeError, TemplateError) as exc:
+            log.warning("message=%s rejected before sending: %s", message_id, exc)
+            await self._finish(
+                queued,
+                batch,
+                EventType.BOUNCED,
+                smtp_code=None,
+                bounce_class="content",
+                reason=str(exc),
+            )
+            return
+        except PermanentDeliveryError as exc:
+            self._log(message_id, exc.host or "-", exc.smtp_code, started, "bounced")
+            await self._finish(
+                queued,
+                batch,
+                EventType.BOUNCED,
+                smtp_code=exc.smtp_code,
+                bounce_class="other",
+                reason=exc.detail,
+            )
+            return
+        except TransientDeliveryError as exc:
+            self._log(message_id, exc.host or "-", exc.smtp_code, started, "deferred")
+            await self._defer(queued, batch, exc)
+            return
+        self._log(message_id, dest_host, reply_code, started, "delivered")
+        await self._finish(queued, batch, EventType.DELIVERED, smtp_code=reply_code, mx=dest_host)
+
+    @staticmethod
+    def _log(message_id: str, dest: str, code: int | None, started: float, outcome: str) -> None:
+        log.info(
+            "message=%s dest=%s code=%s outcome=%s duration_ms=%.1f",
+            message_id, dest, code or "-", outcome, (time.monotonic() - started) * 1000,
+        )  # fmt: skip
+
+    def _build(self, batch: dict[str, Any], job: dict[str, Any]) -> bytes:
+        templates = self.templates.get(batch["s"], batch.get("h"), batch.get("t"))
+        rendered = templates.render(job.get("d") or {})
+        sender_email, sender_name = batch["f"]
+        reply_to = Mailbox(*batch["r"]) if batch.get("r") else None
+        return build_message(
+            sender=Mailbox(sender_email, sender_name),
+            to=Mailbox(job["e"], job.get("n")),
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            message_id=f"{job['m']}@{sender_email.rpartition('@')[2]}",
+            reply_to=reply_to,
+            headers=batch.get("hd") or {},
+        )
+
+    async def _defer(
+        self, queued: QueuedJob, batch: dict[str, Any], exc: TransientDeliveryError
+    ) -> None:
+        job = dict(queued.job)
+        job["a"] = int(job.get("a", 0)) + 1
+        now = time.time()
+        if now - float(job["t0"]) >= self.delivery.max_deferral:
+            await self._finish(
+                queued, batch, EventType.EXPIRED, smtp_code=exc.smtp_code, reason=exc.detail
+            )
+            return
+        retry_at = min(
+            now + retry_delay(self.delivery.retry_schedule, job["a"]),
+            float(job["t0"]) + self.delivery.max_deferral,
+        )
+        await self._finish(
+            queued, batch, EventType.DEFERRED, smtp_code=exc.smtp_code, reason=exc.detail,
+            retry_job=job, retry_at=retry_at, attempt=job["a"],
+        )  # fmt: skip
+
+    async def _finish(
+        self,
+        queued: QueuedJob,
+        batch: dict[str, Any],
+        kind: EventType,
+        *,
+        retry_job: dict[str, Any] | None = None,
+        retry_at: float = 0.0,
+        **fields: Any,
+    ) -> None:
+        job = queued.job
+        metadata = {**(batch.get("md") or {}), **(job.get("md") or {})}
+        event = pack_event(
+            kind,
+            timestamp=time.time(),
+            message_id=job["m"],
+            email=job["e"],
+            contact_id=job.get("c"),
+            category=batch.get("cat"),
+            metadata=metadata,
+            **fields,
+        )
+        await self.store.complete(
+            entry_id=queued.entry_id,
+            message_id=job["m"],
+            status=kind.value,
+            event=event,
+            retry_job=retry_job,
+            retry_at=retry_at,
+        )
+
+
+async def _worker_main(settings: Settings, redis_url: str, name: str) -> None:
+    async with open_store(redis_url) as store:
+        worker = Worker(settings, store, name)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, worker.stopping.set)
+        await worker.run()
+
+
+def run_worker_process(settings: Settings, redis_url: str, name: str, log_level: int) -> None:
+    """Entry point of a worker process (multiprocessing, spawn)."""
+    from core.embedded_redis import die_with_parent
+    from core.logs import setup_logging
+
+    die_with_parent()
+    setup_logging(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    import uvloop
+
+    uvloop.run(_worker_main(settings, redis_url, name))
