@@ -1,0 +1,79 @@
+"""The fixture message to 1,000 recipients through a real `sluice serve` into a real sink."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.conftest import ServeProcess, Sink, fixture_batch
+
+pytestmark = pytest.mark.slow
+
+
+def post(
+    served: ServeProcess, path: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        served.url + path,
+        data=json.dumps(body).encode(),
+        headers={**served.headers, **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def get(served: ServeProcess, path: str) -> Any:
+    request = urllib.request.Request(served.url + path, headers=served.headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_status(
+    served: ServeProcess, message_id: str, status: str, timeout: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = get(served, f"/v1/messages/{message_id}")
+        if found["status"] == status or time.monotonic() > deadline:
+            return found  # type: ignore[no-any-return]
+        time.sleep(0.1)
+
+
+def test_fixture_to_1000_recipients_arrives_personalized(serve_factory: Any, sink: Sink) -> None:
+    served = serve_factory(relay=sink.relay, workers=2)
+    status, answer = post(served, "/v1/messages", fixture_batch(1000))
+    assert status == 202
+    assert len(answer["results"]) == 1000
+    assert {r["status"] for r in answer["results"]} == {"queued"}
+
+    received = sink.wait_for(1000, timeout=120)
+    by_rcpt = {r.rcpt_tos[0]: r for r in received}
+    assert len(by_rcpt) == 1000, "every recipient exactly once"
+    for i in (0, 1, 499, 999):
+        got = by_rcpt[f"user{i}@inbox.example.org"]
+        msg = got.message
+        assert msg["Subject"] == f"User{i}, your Noise-cancelling headphones is waiting"
+        assert msg["From"] == "Example Shop <news@shop.example.com>"
+        assert msg["To"] == f"user{i}@inbox.example.org"
+        assert msg.get_content_type() == "multipart/alternative"
+        text = msg.get_body(("plain",)).get_content()
+        html = msg.get_body(("html",)).get_content()
+        assert f"Hi User{i}, your Noise-cancelling headphones" in text
+        assert f"https://shop.example.com/cart/{i}" in text
+        assert f'href="https://shop.example.com/cart/{i}"' in html
+        assert msg.defects == []
+        assert max(len(line) for line in got.data.split(b"\r\n")) <= 998
+        assert b"\n" not in got.data.replace(b"\r\n", b"")
+
+    first = answer["results"][0]["message_id"]
+    found = wait_status(served, first, "delivered")
+    assert found["status"] == "delivered"
+    assert [e["type"] for e in found["events"]] == ["queued", "delivered"]
+    assert served.stop() == 0
