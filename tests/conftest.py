@@ -127,8 +127,8 @@ class Sink:
             time.sleep(0.05)
         raise AssertionError(f"sink got {len(self.snapshot())} messages, expected {count}")
 
-    async def async_wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
-        return await asyncio.to_thread(self.wait_for, count, timeout)
+    async def async_wait_for(self, count: int, seconds: float = 60.0) -> list[Received]:
+        return await asyncio.to_thread(self.wait_for, count, seconds)
 
 
 class _SinkHandler:
