@@ -1,0 +1,3 @@
+"""Suppression lists (not built yet: see docs/architecture.md)."""
+
+__all__: list[str] = []

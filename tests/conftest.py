@@ -32,14 +32,15 @@ from core.settings import Secret, Settings, load_settings
 from core.store import Store, open_store
 from gateway.app import create_app
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "cart-reminder.json"
+# A copy of the shared cart-reminder fixture ships in the repo (test_fixture_copy_is_current
+# checks it against ../shared when that is present).
+FIXTURE = Path(__file__).resolve().parents[1] / "loadtests" / "fixtures" / "cart-reminder.json"
 API_KEY = "test-api-key-0123456789"
 
 
 def cart_reminder() -> dict[str, Any]:
     """The realistic message every end-to-end test uses."""
-    path = Path(os.environ.get("SLUICE_FIXTURE", FIXTURE))
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return json.loads(FIXTURE.read_text())  # type: ignore[no-any-return]
 
 
 def fixture_batch(

@@ -1,0 +1,3 @@
+"""Open pixel, click redirect and one-click unsubscribe (not built yet: see docs/architecture.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""IP warmup schedules and budgets (not built yet: see docs/architecture.md)."""
+
+__all__: list[str] = []
