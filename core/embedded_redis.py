@@ -53,12 +53,13 @@ def _free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _is_redis_process(pid: int) -> bool:
+def _is_our_redis(pid: int, pidfile: Path) -> bool:
+    """True only for a redis-server started with this data dir's pid file."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"redis-server" in cmdline
+    return bool(args) and args[0].endswith(b"redis-server") and str(pidfile).encode() in args
 
 
 class EmbeddedRedis:
@@ -80,15 +81,15 @@ class EmbeddedRedis:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             pid = 0
-        if pid and _is_redis_process(pid):
+        if pid and _is_our_redis(pid, self.pidfile):
             log.warning("stopping redis-server pid %d left over from an earlier run", pid)
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while _is_redis_process(pid) and time.monotonic() < deadline:
+            while _is_our_redis(pid, self.pidfile) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _is_redis_process(pid):
-                with contextlib.suppress(ProcessLookupError):
+            if _is_our_redis(pid, self.pidfile):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         for stale in (self.pidfile, self.dir / "redis.sock"):
             stale.unlink(missing_ok=True)

@@ -1,0 +1,157 @@
+"""Settings: flag > environment > sluice.toml > default, casts, errors that name the option."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.errors import ConfigurationError
+from core.settings import HostPort, Secret, load_settings
+
+TOML = """
+workers = 3
+relay = "toml-relay.example:2525"
+listen = "127.0.0.3:8003"
+max_deferral = "2h"
+retry_schedule = "10s,20s"
+drain_timeout = "7s"
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Run from an empty dir so no stray ./sluice.toml is picked up.
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "conf" / "sluice.toml"
+    path.parent.mkdir()
+    path.write_text(TOML)
+    return path
+
+
+def load(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Any:
+    return load_settings({"ehlo_name": "mta.test", **(flags or {})}, env=env or {})
+
+
+def test_flag_beats_env_beats_toml_beats_default(config: Path) -> None:
+    flags = {"config": str(config), "workers": "7", "relay": "flag-relay.example:25"}
+    env = {"SLUICE_WORKERS": "5", "SLUICE_RELAY": "env-relay.example:26"}
+
+    everything = load(flags, env)
+    assert everything.config_path == config
+    assert everything.delivery.workers == 7
+    assert everything.delivery.relay == HostPort("flag-relay.example", 25)
+
+    no_flags = load({"config": str(config)}, env)
+    assert no_flags.delivery.workers == 5
+    assert no_flags.delivery.relay == HostPort("env-relay.example", 26)
+
+    toml_only = load({"config": str(config)})
+    assert toml_only.delivery.workers == 3
+    assert toml_only.delivery.relay == HostPort("toml-relay.example", 2525)
+    assert toml_only.http.listen == HostPort("127.0.0.3", 8003)
+    assert toml_only.http.public_url == "http://127.0.0.3:8003"
+    assert toml_only.delivery.drain_timeout == 7.0
+
+    defaults = load()
+    assert defaults.config_path is None
+    assert defaults.delivery.workers == (os.cpu_count() or 1)
+    assert defaults.delivery.relay is None
+    assert defaults.http.listen == HostPort("127.0.0.1", 8025)
+    assert defaults.redis.url is None
+    assert defaults.delivery.max_deferral == 72 * 3600
+    assert defaults.delivery.retry_schedule == (60, 300, 900, 1800, 3600, 7200, 14400)
+    assert defaults.delivery.drain_timeout == 30.0
+    assert defaults.data_dir == (config.parent.parent / "sluice-data").resolve()
+
+
+def test_empty_values_fall_through_to_the_next_source(config: Path) -> None:
+    settings = load({"config": str(config), "workers": ""}, {"SLUICE_WORKERS": ""})
+    assert settings.delivery.workers == 3
+
+
+def test_config_file_named_by_environment_and_found_in_cwd(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load(env={"SLUICE_CONFIG": str(config)}).delivery.workers == 3
+    monkeypatch.chdir(config.parent)
+    found = load()
+    assert found.config_path == Path("sluice.toml")
+    assert found.delivery.workers == 3
+
+
+def test_durations_and_schedules(config: Path) -> None:
+    settings = load(
+        {"config": str(config)},
+        {
+            "SLUICE_RETRY_SCHEDULE": "1s,2s,4s",
+            "SLUICE_MAX_DEFERRAL": "72h",
+            "SLUICE_SMTP_TIMEOUT": "250ms",
+            "SLUICE_DRAIN_TIMEOUT": "90",
+        },
+    )
+    assert settings.delivery.retry_schedule == (1.0, 2.0, 4.0)
+    assert settings.delivery.max_deferral == 259_200.0
+    assert settings.delivery.smtp_timeout == pytest.approx(0.25)
+    assert settings.delivery.drain_timeout == 90.0
+
+    from_toml = load({"config": str(config)})
+    assert from_toml.delivery.retry_schedule == (10.0, 20.0)
+    assert from_toml.delivery.max_deferral == 7200.0
+
+    spaced = load(env={"SLUICE_RETRY_SCHEDULE": " 5m , 1d ,", "SLUICE_MAX_DEFERRAL": "1.5h"})
+    assert spaced.delivery.retry_schedule == (300.0, 86_400.0)
+    assert spaced.delivery.max_deferral == 5400.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        ({}, {"SLUICE_WORKERS": "many"}, "SLUICE_WORKERS"),
+        ({}, {"SLUICE_WORKERS": "-1"}, "SLUICE_WORKERS"),
+        ({"workers": "two"}, {}, "--workers"),
+        ({}, {"SLUICE_MAX_DEFERRAL": "3 fortnights"}, "SLUICE_MAX_DEFERRAL"),
+        ({}, {"SLUICE_RETRY_SCHEDULE": ","}, "SLUICE_RETRY_SCHEDULE"),
+        ({}, {"SLUICE_RETRY_SCHEDULE": "1s,soon"}, "SLUICE_RETRY_SCHEDULE"),
+        ({}, {"SLUICE_LISTEN": "localhost"}, "SLUICE_LISTEN"),
+        ({}, {"SLUICE_LISTEN": "127.0.0.1:99999"}, "SLUICE_LISTEN"),
+        ({"public_url": "ftp://example.com"}, {}, "--public-url"),
+        ({"max_body_bytes": "0"}, {}, "--max-body-bytes"),
+        ({}, {"SLUICE_CONNECTIONS_PER_WORKER": "0"}, "SLUICE_CONNECTIONS_PER_WORKER"),
+    ],
+)
+def test_bad_values_name_the_option(
+    config: Path, flags: dict[str, str], env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        load(flags, env)
+
+
+def test_bad_value_in_the_config_file_names_the_key(config: Path) -> None:
+    config.write_text('workers = "lots"\n')
+    with pytest.raises(ConfigurationError, match=r"workers in sluice\.toml"):
+        load({"config": str(config)})
+
+
+def test_missing_or_broken_config_file(config: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load({"config": str(config.parent / "nope.toml")})
+    config.write_text("workers = = 3\n")
+    with pytest.raises(ConfigurationError, match="not valid TOML"):
+        load({"config": str(config)})
+
+
+def test_secret_never_shows_in_repr(config: Path) -> None:
+    value = "sk_super-secret-value-42"
+    settings = load(env={"SLUICE_API_KEY": value})
+    assert settings.api_key is not None
+    assert settings.api_key.reveal() == value
+    for shown in (repr(settings), str(settings), repr(settings.api_key), f"{settings.api_key}"):
+        assert value not in shown
+    assert "**********" in repr(settings)
+    # Workers get their settings by pickling: the key must survive that.
+    assert pickle.loads(pickle.dumps(settings)).api_key == Secret(value)
+    assert load().api_key is None
