@@ -30,6 +30,15 @@ class StoreError(SluiceError):
     """Redis could not be reached or answered with an error."""
 
 
+_U64_MAX = 2**64 - 1
+
+
+def valid_stream_id(text: str) -> bool:
+    """``<ms>-<seq>`` with both parts within Redis's 64-bit range."""
+    ms, _, seq = text.partition("-")
+    return ms.isascii() and seq.isascii() and int(ms) <= _U64_MAX and int(seq) <= _U64_MAX
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -205,7 +214,13 @@ class Store:
         return {"message_id": message_id, "status": _text(status), "events": events}
 
     async def events_after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
-        start = f"({cursor}" if cursor else "-"
+        start = "-"
+        if cursor:
+            ms, seq = (int(part) for part in cursor.split("-"))
+            ms, seq = (ms, seq + 1) if seq < _U64_MAX else (ms + 1, 0)
+            if ms > _U64_MAX:
+                return []  # nothing can come after the largest id
+            start = f"{ms}-{seq}"
         reply: Any = await self.redis.xrange(keys.EVENTS, start, "+", count=limit)
         return [unpack_event(_text(entry_id), fields[b"e"]) for entry_id, fields in reply]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,13 +38,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# A \u escape of a UTF-16 surrogate; valid pairs decode to one character, lone ones do not.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def decode_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise ValidationError("the body is not UTF-8", code="invalid_json") from exc
     except (ValueError, RecursionError) as exc:
         raise ValidationError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                "the body has a lone UTF-16 surrogate escape (\\ud800-\\udfff)", code="invalid_json"
+            ) from exc
+    return body
 
 
 def request_digest(body: Any) -> str:

@@ -23,7 +23,7 @@ from core.errors import (
 )
 from core.ids import split_message_id
 from core.settings import Secret, Settings
-from core.store import Store, StoreError, open_store
+from core.store import Store, StoreError, open_store, valid_stream_id
 from gateway import accept as accepting
 from gateway.metrics import Metrics
 from gateway.openapi import openapi_document
@@ -37,7 +37,8 @@ METRICS = web.AppKey("metrics", Metrics)
 REDIS_URL = web.AppKey("redis_url", str)
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+_CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_LIMIT = re.compile(r"[0-9]{1,4}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,7 +85,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         expected = request.app[API_KEY].reveal().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        presented = token.strip().encode("utf-8", "surrogateescape")  # headers may carry any byte
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
             raise Unauthorized("send 'Authorization: Bearer <api key>'")
     return await handler(request)
 
@@ -137,10 +139,10 @@ async def get_message(request: web.Request) -> web.Response:
 
 async def get_events(request: web.Request) -> web.Response:
     after = request.query.get("after") or None
-    if after is not None and not _CURSOR.fullmatch(after):
+    if after is not None and not (_CURSOR.fullmatch(after) and valid_stream_id(after)):
         raise ValidationError("'after' must be the 'next' cursor of an earlier page", field="after")
     limit_text = request.query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+    if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= 1000:
         raise ValidationError("'limit' must be a whole number from 1 to 1000", field="limit")
     events = await request.app[STORE].events_after(after, int(limit_text))
     return _json({"events": events, "next": events[-1]["id"] if events else after})

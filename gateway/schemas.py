@@ -10,6 +10,7 @@ others alone. The OpenAPI description of the same body is in ``gateway/openapi.p
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -161,17 +162,17 @@ def _metadata(value: object, path: str) -> dict[str, Any]:
 def _timestamp(value: object, path: str, now: float) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise _fail(path, f"'{path}' must be an ISO 8601 time with an offset or a Unix timestamp")
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, str):
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise _fail(path, f"'{path}' is not an ISO 8601 time: {value[:40]!r}") from exc
-        if moment.tzinfo is None:
-            raise _fail(path, f"'{path}' needs a UTC offset (e.g. 2026-12-01T09:00:00Z)")
-        stamp = moment.astimezone(UTC).timestamp()
-    else:
-        stamp = float(value)
-    if stamp != stamp or stamp > now + MAX_SEND_AHEAD_SECONDS:
+            if moment.tzinfo is None:
+                raise _fail(path, f"'{path}' needs a UTC offset (e.g. 2026-12-01T09:00:00Z)")
+            stamp = moment.astimezone(UTC).timestamp()
+        else:
+            stamp = float(value)
+    except (ValueError, OverflowError) as exc:
+        raise _fail(path, f"'{path}' is not a valid time: {str(value)[:40]!r}") from exc
+    if not math.isfinite(stamp) or stamp > now + MAX_SEND_AHEAD_SECONDS:
         raise _fail(path, f"'{path}' is more than {MAX_SEND_AHEAD_SECONDS // 86400} days ahead")
     return stamp
 

@@ -41,7 +41,11 @@ def header_line(name: str, value: str) -> bytes:
         return f"{name}: {value}".encode("ascii") + _CRLF
     charset = "us-ascii" if value.isascii() else "utf-8"
     encoded = Header(value, charset, header_name=name, maxlinelen=78).encode(linesep="\r\n")
-    return f"{name}: {encoded}".encode("ascii") + _CRLF
+    line = f"{name}: {encoded}"
+    if charset == "us-ascii" and max(map(len, line.split("\r\n"))) > 998:
+        # A word too long to fold: encoded words can be split anywhere.
+        line = f"{name}: " + Header(value, "utf-8", header_name=name, maxlinelen=78).encode("\r\n")
+    return line.encode("ascii") + _CRLF
 
 
 def mailbox_line(name: str, box: Mailbox) -> bytes:
