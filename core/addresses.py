@@ -8,10 +8,12 @@ converted to A-labels), no IP literals.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 class AddressError(ValueError):
@@ -24,7 +26,7 @@ def normalize_address(text: str) -> str:
         raise AddressError("the address is empty")
     if len(text) > 254:
         raise AddressError("the address is longer than 254 characters")
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+    if _SPACE_OR_CONTROL.search(text):
         raise AddressError("the address contains white space or control characters")
     local, at, domain = text.rpartition("@")
     if not at or not local:
@@ -36,6 +38,7 @@ def normalize_address(text: str) -> str:
     return f"{local}@{normalize_domain(domain)}"
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_domain(domain: str) -> str:
     if domain.startswith("["):
         raise AddressError("address literals ([IP]) are not accepted")

@@ -22,7 +22,10 @@ from core.errors import IdempotencyConflict, ValidationError
 from core.events import EventType, pack_event
 from core.store import Store
 from gateway.schemas import SendRequest, parse_send_request
-from mta.render import RenderError, TemplateError, Templates
+from mta.render import RenderError, TemplateCache, TemplateError
+
+# Upstream tools send the same templates again and again: compile each once per process.
+_TEMPLATES = TemplateCache()
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,11 @@ def _batch_content(req: SendRequest) -> bytes:
     return msgpack.packb(content)  # type: ignore[no-any-return]
 
 
-def prepare(body: Any, *, now: float) -> tuple[Prepared, str]:
-    """Validate and render; returns the prepared batch and the request digest."""
+def prepare(body: Any, *, now: float) -> Prepared:
+    """Validate, render every recipient once, and build the queue entries."""
     req = parse_send_request(body, now=now)
     try:
-        templates = Templates(req.subject, req.html, req.text)
+        templates = _TEMPLATES.get(req.subject, req.html, req.text)
     except TemplateError as exc:
         raise ValidationError(exc.detail, field=exc.field, code="invalid_template") from exc
 
@@ -141,7 +144,7 @@ def prepare(body: Any, *, now: float) -> tuple[Prepared, str]:
         results.append(result)
 
     response = json.dumps({"batch_id": batch_id, "results": results}, ensure_ascii=False)
-    return Prepared(batch_id, _batch_content(req), entries, response, counts), request_digest(body)
+    return Prepared(batch_id, _batch_content(req), entries, response, counts)
 
 
 async def accept(

@@ -107,18 +107,20 @@ async def post_messages(request: web.Request) -> web.Response:
     raw = await request.read()
     body = accepting.decode_json(raw)
     store = request.app[STORE]
+    loop = asyncio.get_running_loop()
+    digest = ""
     if key_digest is not None:
+        digest = await loop.run_in_executor(None, accepting.request_digest, body)
         earlier = await store.idempotent_response(key_digest)
         if earlier is not None:
-            if earlier[0] != accepting.request_digest(body):
+            if earlier[0] != digest:
                 raise IdempotencyConflict(
                     "this Idempotency-Key was used with a different body in the last 24 hours",
                     field="Idempotency-Key",
                 )
             return _json(earlier[1], 202, {"Idempotent-Replayed": "true"})
 
-    loop = asyncio.get_running_loop()
-    prepared, digest = await loop.run_in_executor(
+    prepared = await loop.run_in_executor(
         None, lambda: accepting.prepare(body, now=accepting.now())
     )
     response, replayed = await accepting.accept(store, prepared, digest, key_digest)

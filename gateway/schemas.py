@@ -31,6 +31,7 @@ MAX_DATA_BYTES = 64 * 1024
 MAX_SEND_AHEAD_SECONDS = 30 * 86400
 STREAMS = ("marketing", "transactional")
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every C0 control but TAB
@@ -145,7 +146,7 @@ def _json_object(value: object, path: str, max_bytes: int) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise _fail(path, f"'{path}' must be an object, not {_type_name(value)}")
-    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    size = len(_COMPACT.encode(value).encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise _fail(path, f"'{path}' is {size} bytes; the limit is {max_bytes}")
     return value

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -177,7 +178,8 @@ def _compile(env: jinja2.Environment, field: str, source: str) -> jinja2.Templat
                 nodes.Name(_BUDGET_NAME, "load"), [loop.iter], [], None, None, lineno=loop.lineno
             )
         code = env.compile(tree)
-        return env.template_class.from_code(env, code, env.make_globals(None), None)
+        # A plain dict: Jinja's default ChainMap is copied key by key on every render.
+        return env.template_class.from_code(env, code, dict(env.make_globals(None)), None)
     except TemplateError:
         raise
     except jinja2.TemplateSyntaxError as exc:
@@ -234,22 +236,25 @@ class Templates:
 
 
 class TemplateCache:
-    """Compiled templates by content digest, least recently used dropped first."""
+    """Compiled templates by content digest, least recently used dropped first. Thread-safe."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._items: OrderedDict[str, Templates] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, subject: str, html: str | None, text: str | None) -> Templates:
         digest = hashlib.blake2b(
             "\0".join((subject, html or "\1", text or "\1")).encode(), digest_size=16
         ).hexdigest()
-        found = self._items.get(digest)
-        if found is not None:
-            self._items.move_to_end(digest)
-            return found
-        templates = Templates(subject, html, text)
-        self._items[digest] = templates
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            found = self._items.get(digest)
+            if found is not None:
+                self._items.move_to_end(digest)
+                return found
+        templates = Templates(subject, html, text)  # compile outside the lock
+        with self._lock:
+            self._items[digest] = templates
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
         return templates
