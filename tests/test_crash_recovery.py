@@ -10,7 +10,9 @@ graceful stop (SIGTERM) drains in-flight transactions, so it causes none.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 import urllib.request
 from collections import Counter
@@ -229,8 +231,15 @@ def test_kill_9_of_the_group_mid_delivery_loses_nothing(
     assert again.stop() == 0
 
 
-def test_sigterm_mid_delivery_drains_and_restart_sends_the_rest_once(
-    serve_factory: Any, slow_sink: Sink, tmp_path: Path, record_property: Any
+def _ctrl_c(served: ServeProcess) -> int:
+    """What a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
+    os.killpg(served.process.pid, signal.SIGINT)
+    return served.process.wait(60)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_graceful_stop_mid_delivery_drains_and_restart_sends_the_rest_once(
+    how: str, serve_factory: Any, slow_sink: Sink, tmp_path: Path, record_property: Any
 ) -> None:
     data_dir = tmp_path / "data"
     served = serve_factory(relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir)
@@ -239,7 +248,9 @@ def test_sigterm_mid_delivery_drains_and_restart_sends_the_rest_once(
     wait_received(slow_sink, 300, timeout=90)
 
     stopping = time.monotonic()
-    assert served.stop(timeout=60) == 0, served.log()[-3000:]
+    code = served.stop(timeout=60) if how == "sigterm" else _ctrl_c(served)
+    assert code == 0, served.log()[-3000:]
+    assert "Traceback" not in served.log(), served.log()[-3000:]
     stop_seconds = time.monotonic() - stopping
     assert children_alive(served) == [], "workers and redis-server exit with serve"
     at_stop = len(slow_sink.snapshot())
