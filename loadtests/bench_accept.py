@@ -6,7 +6,7 @@ Run::
 
 What it does, in order:
 
-1. Starts the real ``sluice serve`` in a subprocess (``loadtests/_serve.py``):
+1. Starts the real ``sluice serve`` in a subprocess (``loadtests/harness.py``):
    ``SLUICE_WORKERS=0`` so nothing drains the queue, a fresh temp data dir, the
    embedded Redis with its default AOF ``appendfsync always``, a fixed API key.
 2. Builds the realistic fixture (``loadtests/fixtures/cart-reminder.json``,
@@ -83,14 +83,13 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.connection import Connection
 
-from loadtests._serve import Served, served
+from core import keys
+from loadtests.harness import Served, fixture_batch, served
 
-DEFAULT_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cart-reminder.json"
 TARGET_ACCEPTED_PER_S = 5_000
 TARGET_BYTES_PER_RECIPIENT = 1_024
-PREFIX = "sluice:{sluice}:"  # core/keys.py; repeated so the numbers come from Redis alone
-JOBS, EVENTS = PREFIX + "jobs", PREFIX + "events"
-MESSAGE_PATTERN, BATCH_PATTERN = PREFIX + "msg:*", PREFIX + "batch:*"
+JOBS, EVENTS = keys.JOBS, keys.EVENTS
+MESSAGE_PATTERN, BATCH_PATTERN = keys.MESSAGE_PREFIX + "*", keys.BATCH_PREFIX + "*"
 BASELINE_PREFIX = "loadtest:baseline:"
 MESSAGE_SAMPLE = 50
 
@@ -98,30 +97,9 @@ MESSAGE_SAMPLE = 50
 # --- request bodies ---------------------------------------------------------------------
 
 
-def load_fixture(path: Path) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(path.read_text())
-    return body
-
-
-def batch_body(fixture: dict[str, Any], start: int, count: int, domain: str) -> bytes:
+def batch_body(start: int, count: int, domain: str) -> bytes:
     """The fixture addressed to ``count`` personalized recipients, numbered from ``start``."""
-    template = fixture["recipients"][0]
-    body = {
-        **fixture,
-        "recipients": [
-            {
-                **template,
-                "email": f"user{i}@{domain}",
-                "contact_id": f"c-{i}",
-                "data": {
-                    **template["data"],
-                    "first_name": f"User{i}",
-                    "cart_url": f"https://shop.example.com/cart/{i}",
-                },
-            }
-            for i in range(start, start + count)
-        ],
-    }
+    body = fixture_batch(count, start=start, domain=domain)
     return json.dumps(body, ensure_ascii=False).encode()
 
 
@@ -392,14 +370,13 @@ def log(message: str) -> None:
 
 
 async def bench(served_: Served, args: argparse.Namespace) -> Report:
-    fixture = load_fixture(args.fixture)
     sizes = batch_sizes(args.recipients, args.batch_size)
     log(f"encoding {len(sizes)} request bodies of up to {args.batch_size} recipients ...")
     bodies, start = [], 0
     for size in sizes:
-        bodies.append((batch_body(fixture, start, size, "inbox.example.org"), size))
+        bodies.append((batch_body(start, size, "inbox.example.org"), size))
         start += size
-    warmup = batch_body(fixture, 0, args.batch_size, "warmup.example.org")
+    warmup = batch_body(0, args.batch_size, "warmup.example.org")
 
     client = aioredis.Redis.from_url(served_.redis_url(), socket_timeout=120)
     timeout = aiohttp.ClientTimeout(total=300)
@@ -502,8 +479,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipients", type=int, default=100_000, help="timed recipients")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent HTTP clients")
     parser.add_argument("--batch-size", type=int, default=1000, help="recipients per request")
-    parser.add_argument("--fixture", type=Path, default=Path(
-        DEFAULT_FIXTURE), help="message JSON to send")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",

@@ -8,15 +8,8 @@ tests run the real CLI in a subprocess and talk to it over HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email
 import email.policy
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,45 +25,12 @@ from core.embedded_redis import EmbeddedRedis
 from core.settings import Secret, Settings, load_settings
 from core.store import Store, open_store
 from gateway.app import create_app
-
-# A copy of the shared cart-reminder fixture ships in the repo (test_fixture_copy_is_current
-# checks it against ../shared when that is present).
-FIXTURE = Path(__file__).resolve().parents[1] / "loadtests" / "fixtures" / "cart-reminder.json"
-API_KEY = "test-api-key-0123456789"
-
-
-def cart_reminder() -> dict[str, Any]:
-    """The realistic message every end-to-end test uses."""
-    return json.loads(FIXTURE.read_text())  # type: ignore[no-any-return]
-
-
-def fixture_batch(
-    count: int, *, start: int = 0, domain: str = "inbox.example.org"
-) -> dict[str, Any]:
-    """The cart reminder addressed to ``count`` personalized recipients."""
-    body = cart_reminder()
-    template = body["recipients"][0]
-    body["recipients"] = [
-        {
-            **template,
-            "email": f"user{i}@{domain}",
-            "contact_id": f"c-{i}",
-            "data": {
-                **template["data"],
-                "first_name": f"User{i}",
-                "cart_url": f"https://shop.example.com/cart/{i}",
-            },
-        }
-        for i in range(start, start + count)
-    ]
-    return body
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from loadtests.harness import (
+    API_KEY,
+    Served,
+    free_port,
+    start_serve,
+)
 
 # --- Redis ---------------------------------------------------------------------
 
@@ -185,99 +145,22 @@ async def api(redis_url: str, store: Store, tmp_path: Path) -> AsyncIterator[Tes
 
 # --- `sluice serve` as a user runs it --------------------------------------------------
 
-
-@dataclass
-class ServeProcess:
-    process: subprocess.Popen[bytes]
-    url: str
-    data_dir: Path
-    log_path: Path
-    api_key: str = API_KEY
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill_group(self, sig: int = signal.SIGKILL) -> None:
-        """Signal everything serve started at once: itself, its workers and its embedded Redis.
-
-        The embedded Redis runs in a session of its own (so a terminal's Ctrl-C does not
-        reach it), so it is signalled through its pid file rather than the process group.
-        """
-        pidfile = self.data_dir / "redis" / "redis.pid"
-        redis_pid = int(pidfile.read_text()) if pidfile.exists() else None
-        if redis_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(redis_pid, sig)
-        os.killpg(self.process.pid, sig)
-        self.process.wait(30)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill_group()
-        return int(self.process.returncode)
-
-
-def start_serve(
-    data_dir: Path,
-    *,
-    relay: str | None,
-    workers: int = 2,
-    extra_env: dict[str, str] | None = None,
-    args: list[str] | None = None,
-    timeout: float = 60,
-) -> ServeProcess:
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "SLUICE_API_KEY": API_KEY,
-        "SLUICE_DATA_DIR": str(data_dir),
-        "SLUICE_LISTEN": f"127.0.0.1:{port}",
-        "SLUICE_WORKERS": str(workers),
-        "SLUICE_RETRY_SCHEDULE": "1s,2s,4s",
-        "SLUICE_MAX_DEFERRAL": "60s",
-        "SLUICE_DRAIN_TIMEOUT": "10s",
-        **(extra_env or {}),
-    }
-    if relay:
-        env["SLUICE_RELAY"] = relay
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"serve-{port}.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", *(args or [])],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            cwd=data_dir.parent,
-        )
-    served = ServeProcess(process, f"http://127.0.0.1:{port}", data_dir, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"sluice serve exited with {process.returncode}:\n{served.log()}")
-        if "sluice: ready on" in served.log():
-            return served
-        time.sleep(0.05)
-    served.kill_group()
-    raise AssertionError(f"sluice serve did not become ready:\n{served.log()}")
+# Short retry and drain times so tests of retries and shutdown run in seconds.
+TEST_SERVE_ENV = {
+    "SLUICE_RETRY_SCHEDULE": "1s,2s,4s",
+    "SLUICE_MAX_DEFERRAL": "60s",
+    "SLUICE_DRAIN_TIMEOUT": "10s",
+}
 
 
 @pytest.fixture
 def serve_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[ServeProcess] = []
+    started: list[Served] = []
 
-    def factory(**kwargs: Any) -> ServeProcess:
+    def factory(**kwargs: Any) -> Served:
         data_dir = kwargs.pop("data_dir", tmp_path / "data")
+        kwargs.setdefault("workers", 2)
+        kwargs["extra_env"] = {**TEST_SERVE_ENV, **kwargs.get("extra_env", {})}
         served = start_serve(data_dir, **kwargs)
         started.append(served)
         return served

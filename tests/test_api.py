@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from core import keys
 from core.store import Store
-from tests.conftest import cart_reminder, fixture_batch
+from loadtests.harness import cart_reminder, fixture_batch
 
 Client = TestClient[Any, Any]
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import FIXTURE
+from loadtests.harness import FIXTURE
 
 
 def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -25,8 +25,9 @@ import redis
 from aiosmtpd.controller import Controller
 
 from core import keys
+from loadtests.harness import Served, fixture_batch, free_port
 from mta.worker import STALE_AFTER_MS
-from tests.conftest import Received, ServeProcess, Sink, fixture_batch, free_port
+from tests.conftest import Received, Sink
 from tests.test_end_to_end import get, post
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,7 @@ def slow_sink() -> Iterator[Sink]:
 # --- helpers ---------------------------------------------------------------------
 
 
-def post_batches(served: ServeProcess, batches: int) -> dict[str, str]:
+def post_batches(served: Served, batches: int) -> dict[str, str]:
     """POST ``batches`` x 1,000 recipients; {email: message id}, every one accepted."""
     accepted: dict[str, str] = {}
     for k in range(batches):
@@ -111,7 +112,7 @@ def wait_all_distinct(sink: Sink, wanted: set[str], timeout: float) -> float:
         time.sleep(0.1)
 
 
-def gauge(served: ServeProcess, name: str) -> int:
+def gauge(served: Served, name: str) -> int:
     request = urllib.request.Request(served.url + "/metrics", headers=served.headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
@@ -120,7 +121,7 @@ def gauge(served: ServeProcess, name: str) -> int:
     return int(found.group(1))
 
 
-def wait_queue_empty(served: ServeProcess, timeout: float = 30) -> None:
+def wait_queue_empty(served: Served, timeout: float = 30) -> None:
     """Nothing left to send: no job in the stream, none waiting for a retry."""
     deadline = time.monotonic() + timeout
     while gauge(served, "sluice_queue_jobs") or gauge(served, "sluice_queue_delayed"):
@@ -128,15 +129,9 @@ def wait_queue_empty(served: ServeProcess, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
-def embedded_url(served: ServeProcess) -> str:
-    found = re.findall(r"embedded Redis ready at (\S+) ", served.log())
-    assert found, served.log()
-    return found[-1]
-
-
-def statuses(served: ServeProcess, message_ids: list[str]) -> Counter[str]:
+def statuses(served: Served, message_ids: list[str]) -> Counter[str]:
     """Status of every message, read from the embedded Redis in one pipeline."""
-    client = redis.Redis.from_url(embedded_url(served), socket_timeout=30)
+    client = redis.Redis.from_url(served.redis_url(), socket_timeout=30)
     try:
         pipe = client.pipeline(transaction=False)
         for message_id in message_ids:
@@ -146,7 +141,7 @@ def statuses(served: ServeProcess, message_ids: list[str]) -> Counter[str]:
         client.close()
 
 
-def children_alive(served: ServeProcess) -> list[int]:
+def children_alive(served: Served) -> list[int]:
     """Processes still in serve's process group (workers, redis-server) after it exited."""
     alive = []
     for entry in Path("/proc").iterdir():
@@ -231,7 +226,7 @@ def test_kill_9_of_the_group_mid_delivery_loses_nothing(
     assert again.stop() == 0
 
 
-def _ctrl_c(served: ServeProcess) -> int:
+def _ctrl_c(served: Served) -> int:
     """What a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
     os.killpg(served.process.pid, signal.SIGINT)
     return served.process.wait(60)

@@ -18,20 +18,14 @@ import redis
 
 from core import keys
 from core.embedded_redis import EmbeddedRedis
-from tests.conftest import API_KEY, ServeProcess, Sink, fixture_batch, free_port
+from loadtests.harness import API_KEY, Served, fixture_batch, free_port
+from tests.conftest import Sink
 from tests.test_end_to_end import get, post, wait_status
 
 pytestmark = pytest.mark.slow
 
 
 # --- helpers ---------------------------------------------------------------------
-
-
-def embedded_url(served: ServeProcess) -> str:
-    """The URL the serve process logged for its embedded Redis."""
-    found = re.findall(r"embedded Redis ready at (\S+) \(AOF, appendfsync (\w+)\)", served.log())
-    assert found, f"no 'embedded Redis ready' line in the serve log:\n{served.log()}"
-    return found[-1][0]
 
 
 def redis_pid(data_dir: Path) -> int:
@@ -71,7 +65,7 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     return [pid for pid in pids if is_running(pid)]
 
 
-def send_and_deliver(served: ServeProcess, sink: Sink, count: int, start: int) -> list[str]:
+def send_and_deliver(served: Served, sink: Sink, count: int, start: int) -> list[str]:
     """POST ``count`` recipients, wait for every one of them at the sink and as delivered."""
     status, answer = post(served, "/v1/messages", fixture_batch(count, start=start))
     assert status == 202, answer
@@ -118,7 +112,7 @@ def test_embedded_redis_has_aof_on_and_appendfsync_always(
     if path_length == "long":  # too long for a unix socket: loopback TCP instead
         data_dir = tmp_path / ("d" * 110)
     served = serve_factory(relay=None, workers=0, data_dir=data_dir)
-    url = embedded_url(served)
+    url = served.redis_url()
     sock = data_dir / "redis" / "redis.sock"
     if path_length == "short":
         assert url == f"unix://{sock}"

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServeProcess, Sink, fixture_batch
+from loadtests.harness import Served, fixture_batch
+from tests.conftest import Sink
 
 pytestmark = pytest.mark.slow
 
 
 def post(
-    served: ServeProcess, path: str, body: Any, headers: dict[str, str] | None = None
+    served: Served, path: str, body: Any, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
     request = urllib.request.Request(
         served.url + path,
@@ -29,14 +30,14 @@ def post(
         return exc.code, json.loads(exc.read())
 
 
-def get(served: ServeProcess, path: str) -> Any:
+def get(served: Served, path: str) -> Any:
     request = urllib.request.Request(served.url + path, headers=served.headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
 def wait_status(
-    served: ServeProcess, message_id: str, status: str, timeout: float = 30
+    served: Served, message_id: str, status: str, timeout: float = 30
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:

@@ -40,17 +40,8 @@ from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import (
-    API_KEY,
-    Received,
-    ServeProcess,
-    Sink,
-    _SinkHandler,
-    cart_reminder,
-    fixture_batch,
-    free_port,
-    start_serve,
-)
+from loadtests.harness import API_KEY, Served, cart_reminder, fixture_batch, free_port, start_serve
+from tests.conftest import Received, Sink, _SinkHandler
 
 pytestmark = pytest.mark.slow
 
@@ -469,7 +460,7 @@ async def test_the_base_messages_are_valid(api: TestClient[Any, Any]) -> None:
 
 @dataclass
 class Attack:
-    served: ServeProcess
+    served: Served
     sink: Sink
     expected: Counter[str] = field(default_factory=Counter)  # legitimate deliveries so far
 

@@ -1,0 +1,187 @@
+"""The real ``sluice serve`` in a subprocess, and the fixture message, for tests and benchmarks.
+
+``start_serve()`` runs ``python -m gateway.cli serve`` in its own process group
+with a given data dir (so its own embedded Redis, AOF ``appendfsync always``),
+a fixed API key and a free loopback port, and waits until it says it is ready.
+``served()`` does the same in a fresh temp dir that is removed afterwards.
+``fixture_batch()`` addresses the realistic cart-reminder message to any number
+of personalized recipients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+API_KEY = "test-api-key-0123456789"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# A copy of the shared cart-reminder fixture (tests/test_cli.py checks it is current).
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cart-reminder.json"
+_REDIS_READY = re.compile(r"embedded Redis ready at (\S+)")
+
+
+def cart_reminder() -> dict[str, Any]:
+    """The realistic message every benchmark and end-to-end test uses."""
+    return json.loads(FIXTURE.read_text())  # type: ignore[no-any-return]
+
+
+def fixture_batch(
+    count: int, *, start: int = 0, domain: str = "inbox.example.org"
+) -> dict[str, Any]:
+    """The cart reminder addressed to ``count`` personalized recipients numbered from ``start``."""
+    body = cart_reminder()
+    template = body["recipients"][0]
+    body["recipients"] = [
+        {
+            **template,
+            "email": f"user{i}@{domain}",
+            "contact_id": f"c-{i}",
+            "data": {
+                **template["data"],
+                "first_name": f"User{i}",
+                "cart_url": f"https://shop.example.com/cart/{i}",
+            },
+        }
+        for i in range(start, start + count)
+    ]
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeFailed(RuntimeError):
+    """``sluice serve`` exited or never became ready; the message has its log."""
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    log_path: Path
+    api_key: str = API_KEY
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def redis_url(self) -> str:
+        """The embedded Redis, as the serve log names it (else its unix socket)."""
+        found = _REDIS_READY.findall(self.log())
+        return found[-1] if found else f"unix://{self.data_dir / 'redis' / 'redis.sock'}"
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        """Signal everything serve started at once: itself, its workers and its embedded Redis.
+
+        The embedded Redis runs in a session of its own (so a terminal's Ctrl-C does not
+        reach it), so it is signalled through its pid file rather than the process group.
+        """
+        pidfile = self.data_dir / "redis" / "redis.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text()), sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        self.process.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait for a graceful stop; SIGKILL everything if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_group()
+        return int(self.process.returncode)
+
+
+def start_serve(
+    data_dir: Path,
+    *,
+    relay: str | None = None,
+    workers: int = 0,
+    extra_env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    timeout: float = 60.0,
+) -> Served:
+    """Start ``sluice serve`` on ``data_dir``; its log goes beside the data dir."""
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "SLUICE_API_KEY": API_KEY,
+        "SLUICE_DATA_DIR": str(data_dir),
+        "SLUICE_LISTEN": f"127.0.0.1:{port}",
+        "SLUICE_WORKERS": str(workers),
+        **({"SLUICE_RELAY": relay} if relay else {}),
+        **(extra_env or {}),
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"serve-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", *(args or [])],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=data_dir.parent,  # no stray ./sluice.toml is picked up
+            start_new_session=True,  # its own group: a Ctrl-C reaches only the caller
+        )
+    served = Served(process, f"http://127.0.0.1:{port}", data_dir, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServeFailed(f"sluice serve exited with {process.returncode}:\n{served.log()}")
+        if "sluice: ready on" in served.log():
+            return served
+        time.sleep(0.05)
+    served.kill_group()
+    raise ServeFailed(f"sluice serve did not become ready in {timeout:.0f}s:\n{served.log()}")
+
+
+@contextlib.contextmanager
+def served(
+    *, workers: int = 0, extra_env: dict[str, str] | None = None, keep_log: Path | None = None
+) -> Iterator[Served]:
+    """A running ``sluice serve`` in a fresh temp dir; stopped and removed on exit."""
+    work_dir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    server: Served | None = None
+    try:
+        server = start_serve(work_dir / "data", workers=workers, extra_env=extra_env)
+        yield server
+    finally:
+        try:
+            if server is not None:
+                server.stop()
+                if keep_log is not None:
+                    shutil.copyfile(server.log_path, keep_log)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
