@@ -46,7 +46,7 @@ def pack_event(
         "category": category,
         "metadata": metadata or {},
     }
-    body.update({k: v for k, v in extra.items() if v is not None})
+    body.update(extra)  # type-specific fields; None stays null so consumers see the field
     return msgpack.packb(body)  # type: ignore[no-any-return]
 
 

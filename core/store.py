@@ -1,8 +1,8 @@
 """The one Redis access layer: connection pool, key names, Lua scripts.
 
 Every multi-key step is a Lua script from ``core/lua/`` loaded once and called
-through a typed method here. Redis errors are translated to
-``TransientDeliveryError``-free plain ``StoreError`` at this edge.
+through a typed method here. On the accept path, Redis errors become
+``StoreError`` (the API answers 503); the workers retry on any Redis error.
 """
 
 from __future__ import annotations
@@ -155,8 +155,10 @@ class Store:
         return jobs
 
     async def acknowledge(self, entry_id: str) -> None:
-        await self.redis.xack(keys.JOBS, keys.DELIVERY_GROUP, entry_id)
-        await self.redis.xdel(keys.JOBS, entry_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(keys.JOBS, keys.DELIVERY_GROUP, entry_id)
+            pipe.xdel(keys.JOBS, entry_id)
+            await pipe.execute()
 
     async def complete(
         self,

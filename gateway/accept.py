@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -133,7 +132,7 @@ def prepare(body: Any, *, now: float) -> Prepared:
             contact_id=r.contact_id,
             category=req.category,
             metadata={**req.metadata, **r.metadata},
-            send_at=_iso(due) if due else None,
+            **({"send_at": _iso(due)} if due else {}),
         )
         entries.append({"m": message_id, "q": round(due, 3), "j": msgpack.packb(job), "e": event})
         result: dict[str, Any] = {"index": r.index, "email": r.email, "message_id": message_id,
@@ -165,7 +164,3 @@ async def accept(
             field="Idempotency-Key",
         )
     return outcome.response, outcome.replay
-
-
-def now() -> float:
-    return time.time()

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -120,9 +121,7 @@ async def post_messages(request: web.Request) -> web.Response:
                 )
             return _json(earlier[1], 202, {"Idempotent-Replayed": "true"})
 
-    prepared = await loop.run_in_executor(
-        None, lambda: accepting.prepare(body, now=accepting.now())
-    )
+    prepared = await loop.run_in_executor(None, lambda: accepting.prepare(body, now=time.time()))
     response, replayed = await accepting.accept(store, prepared, digest, key_digest)
     if not replayed:
         request.app[METRICS].count_recipients(prepared.counts)

@@ -24,7 +24,7 @@ from typing import Any
 from core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from core.events import EventType, pack_event
 from core.settings import DeliverySettings, Settings
-from core.store import QueuedJob, Store, StoreError, open_store
+from core.store import QueuedJob, Store, open_store
 from mta.mime import Mailbox, MimeError, build_message
 from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateCache, TemplateError
@@ -94,8 +94,6 @@ class Worker:
                 free = max(1, self.limit - len(self.in_flight))
                 try:
                     jobs = await self.store.read_jobs(self.name, count=free, block_ms=500)
-                except StoreError:
-                    raise
                 except Exception as exc:  # Redis restarting: keep the worker, retry shortly
                     log.warning("reading jobs failed: %s", exc)
                     await asyncio.sleep(1)
@@ -179,21 +177,7 @@ class Worker:
             return
         started = time.monotonic()
         try:
-            message = self._build(batch, job)
-            dest_host = ""
-            reply_code = 0
-            for dest in await self.router.route(job["e"].rpartition("@")[2]):
-                dest_host = str(dest)
-                try:
-                    reply = await self.pool.send(dest, batch["f"][0], job["e"], message)
-                    reply_code = reply.code
-                    break
-                except TransientDeliveryError as exc:
-                    if exc.smtp_code is not None:
-                        raise  # the host answered: do not try the next MX for this attempt
-                    last: DeliveryError = exc
-            else:
-                raise last
+            dest_host, reply_code = await self._send(batch, job)
         except (RenderError, MimeError, TemplateError) as exc:
             log.warning("message=%s rejected before sending: %s", message_id, exc)
             await self._finish(
@@ -222,6 +206,21 @@ class Worker:
             return
         self._log(message_id, dest_host, reply_code, started, "delivered")
         await self._finish(queued, batch, EventType.DELIVERED, smtp_code=reply_code, mx=dest_host)
+
+    async def _send(self, batch: dict[str, Any], job: dict[str, Any]) -> tuple[str, int]:
+        """Build and send one message; (destination, reply code) or a DeliveryError."""
+        message = self._build(batch, job)
+        failure: DeliveryError = TransientDeliveryError("no destination host to try")
+        for dest in await self.router.route(job["e"].rpartition("@")[2]):
+            try:
+                reply = await self.pool.send(dest, batch["f"][0], job["e"], message)
+            except TransientDeliveryError as exc:
+                if exc.smtp_code is not None:
+                    raise  # the host answered: do not try the next MX for this attempt
+                failure = exc  # could not talk to this host: try the next one
+            else:
+                return str(dest), reply.code
+        raise failure
 
     @staticmethod
     def _log(message_id: str, dest: str, code: int | None, started: float, outcome: str) -> None:

@@ -93,7 +93,7 @@ class Sink:
         return await asyncio.to_thread(self.wait_for, count, seconds)
 
 
-class _SinkHandler:
+class SinkHandler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
@@ -116,7 +116,7 @@ def sink() -> Iterator[Sink]:
     port = free_port()
     the_sink = Sink("127.0.0.1", port)
     controller = Controller(
-        _SinkHandler(the_sink), hostname="127.0.0.1", port=port, decode_data=False
+        SinkHandler(the_sink), hostname="127.0.0.1", port=port, decode_data=False
     )
     controller.start()
     yield the_sink

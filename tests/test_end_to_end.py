@@ -8,9 +8,10 @@ import urllib.request
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
-from loadtests.harness import Served, fixture_batch
-from tests.conftest import Sink
+from loadtests.harness import Served, fixture_batch, free_port
+from tests.conftest import Sink, SinkHandler
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +79,68 @@ def test_fixture_to_1000_recipients_arrives_personalized(serve_factory: Any, sin
     assert found["status"] == "delivered"
     assert [e["type"] for e in found["events"]] == ["queued", "delivered"]
     assert served.stop() == 0
+
+
+def event_types(served: Served, message_id: str) -> list[str]:
+    return [e["type"] for e in get(served, f"/v1/messages/{message_id}")["events"]]
+
+
+def test_temporary_failure_is_retried_then_delivered(serve_factory: Any, sink: Sink) -> None:
+    sink.reply = "451 4.3.0 Try again later"
+    served = serve_factory(relay=sink.relay, workers=1)  # retry schedule 1s,2s,4s
+    _, answer = post(served, "/v1/messages", fixture_batch(1))
+    message_id = answer["results"][0]["message_id"]
+    deferred = wait_status(served, message_id, "deferred")
+    assert deferred["status"] == "deferred"
+    event = deferred["events"][-1]
+    assert event["type"] == "deferred" and event["smtp_code"] == 451
+    assert "Try again later" in event["reason"]
+
+    sink.reply = "250 OK"
+    assert wait_status(served, message_id, "delivered")["status"] == "delivered"
+    types = event_types(served, message_id)
+    assert types[0] == "queued" and types[-1] == "delivered" and "deferred" in types
+    assert len(sink.snapshot()) == 1
+
+
+def test_permanent_failure_bounces_without_retry(serve_factory: Any, sink: Sink) -> None:
+    sink.reply = "550 5.1.1 No such user"
+    served = serve_factory(relay=sink.relay, workers=1)
+    _, answer = post(served, "/v1/messages", fixture_batch(1))
+    message_id = answer["results"][0]["message_id"]
+    found = wait_status(served, message_id, "bounced")
+    assert found["status"] == "bounced"
+    assert found["events"][-1]["smtp_code"] == 550
+    time.sleep(2.5)  # past the first retry delay: nothing more happens
+    assert event_types(served, message_id) == ["queued", "bounced"]
+
+
+def test_message_still_failing_after_max_deferral_expires(serve_factory: Any, sink: Sink) -> None:
+    sink.reply = "421 4.7.0 Too busy"
+    served = serve_factory(relay=sink.relay, workers=1, extra_env={"SLUICE_MAX_DEFERRAL": "3s"})
+    _, answer = post(served, "/v1/messages", fixture_batch(1))
+    message_id = answer["results"][0]["message_id"]
+    found = wait_status(served, message_id, "expired", timeout=30)
+    assert found["status"] == "expired"
+    assert event_types(served, message_id)[-1] == "expired"
+    assert sink.snapshot() == []
+
+
+def test_relay_down_defers_and_recovers_when_it_comes_back(serve_factory: Any) -> None:
+    port = free_port()
+    served = serve_factory(relay=f"127.0.0.1:{port}", workers=1)  # nothing listens there yet
+    _, answer = post(served, "/v1/messages", fixture_batch(1))
+    message_id = answer["results"][0]["message_id"]
+    found = wait_status(served, message_id, "deferred")
+    assert found["status"] == "deferred"
+    assert found["events"][-1]["smtp_code"] is None
+    assert "cannot connect" in found["events"][-1]["reason"]
+
+    late = Sink("127.0.0.1", port)
+    controller = Controller(SinkHandler(late), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        late.wait_for(1, timeout=30)
+        assert wait_status(served, message_id, "delivered")["status"] == "delivered"
+    finally:
+        controller.stop()

@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtests.harness import API_KEY, Served, cart_reminder, fixture_batch, free_port, start_serve
-from tests.conftest import Received, Sink, _SinkHandler
+from tests.conftest import Received, Sink, SinkHandler
 
 pytestmark = pytest.mark.slow
 
@@ -469,7 +469,7 @@ class Attack:
 def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
     port = free_port()
     sink = Sink("127.0.0.1", port)
-    controller = Controller(_SinkHandler(sink), hostname="127.0.0.1", port=port, decode_data=False)
+    controller = Controller(SinkHandler(sink), hostname="127.0.0.1", port=port, decode_data=False)
     controller.start()
     served = start_serve(
         tmp_path_factory.mktemp("hostile") / "data",
