@@ -47,13 +47,19 @@ class DataDirLock:
             self._fd = None
 
 
-def load_or_create_api_key(data_dir: Path) -> tuple[Secret, bool]:
-    """The API key kept in the data dir; (key, True) when it was just generated."""
-    path = data_dir / "api-key"
+def load_or_create_secret(data_dir: Path, name: str, prefix: str = "") -> tuple[Secret, bool]:
+    """A random secret kept in ``<data dir>/<name>`` (mode 0600); (secret, True) if just made."""
+    path = data_dir / name
     if path.exists():
         return Secret(path.read_text().strip()), False
-    key = "sk_" + secrets.token_urlsafe(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = prefix + secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    return Secret(key), True
+        handle.write(value + "\n")
+    return Secret(value), True
+
+
+def load_or_create_api_key(data_dir: Path) -> tuple[Secret, bool]:
+    """The API key kept in the data dir; (key, True) when it was just generated."""
+    return load_or_create_secret(data_dir, "api-key", prefix="sk_")

@@ -73,15 +73,27 @@ class IdempotencyConflict(ClientError):
 
 
 class DeliveryError(SluiceError):
-    """An SMTP transaction that did not end in a 2xx reply."""
+    """An SMTP transaction that did not end in a 2xx reply (or could not take place)."""
 
     def __init__(
-        self, detail: str, *, smtp_code: int | None = None, host: str | None = None
+        self,
+        detail: str,
+        *,
+        smtp_code: int | None = None,
+        host: str | None = None,
+        bounce_class: str = "other",
+        hard: bool = False,
+        throttle: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.smtp_code = smtp_code
         self.host = host
+        self.bounce_class = bounce_class  # bad-mailbox, bad-domain, quota, policy, spam, ...
+        self.hard = hard  # the address is dead: suppress it
+        self.throttle = throttle  # the destination asks us to slow down
+        self.retry_after = retry_after  # seconds before the destination takes mail again
 
 
 class TransientDeliveryError(DeliveryError):

@@ -7,6 +7,7 @@ the config file, the config file over the default. Nothing else in Sluice reads
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -69,16 +70,46 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where mail for a domain goes: ``relay`` to one host, or ``mx`` lookup."""
+
+    domain: str  # a domain, ".example.com" for its subdomains too, or "*"
+    kind: str  # "relay" | "mx"
+    relay: HostPort | None = None
+    require_tls: bool = False
+
+
+@dataclass(frozen=True)
+class SendingIp:
+    ip: str
+    pool: str = "default"
+
+
+@dataclass(frozen=True)
 class DeliverySettings:
-    relay: HostPort | None
+    routes: tuple[Route, ...]  # most specific first; always ends with "*"
     workers: int
     retry_schedule: tuple[float, ...]
     max_deferral: float
-    connections_per_worker: int
+    concurrency_per_worker: int  # deliveries in flight per worker process
+    max_connections_per_domain: int  # across all workers
+    max_connections_per_host: int  # across all workers, per MX address
     messages_per_connection: int
+    idle_timeout: float
+    throttle_backoff: float  # first backoff when a destination pushes back; doubles
     smtp_timeout: float
     drain_timeout: float
     ehlo_name: str
+    nameserver: HostPort | None  # None: the system resolver
+    mx_port: int
+    ips: tuple[SendingIp, ...]
+    inbound: HostPort | None  # DSN/ARF receiver; None: off
+    bounce_domain: str | None  # VERP return-path domain; None: the From domain
+
+    @property
+    def relay(self) -> HostPort | None:
+        """The catch-all relay, if mail goes through one."""
+        return self.routes[-1].relay
 
 
 @dataclass(frozen=True)
@@ -144,6 +175,49 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def parse_route(domain: str, text: str) -> Route:
+    """``"mx"``, ``"relay HOST:PORT"``, optionally followed by ``tls=required``."""
+    words = text.split()
+    require_tls = False
+    if words and words[-1] in ("tls=required", "tls=opportunistic"):
+        require_tls = words.pop() == "tls=required"
+    if words == ["mx"]:
+        return Route(domain.lower(), "mx", None, require_tls)
+    if len(words) == 2 and words[0] == "relay":
+        return Route(
+            domain.lower(), "relay", parse_hostport(words[1], default_port=25), require_tls
+        )
+    raise ValueError(f"expected 'mx' or 'relay HOST:PORT' [tls=required], got {text!r}")
+
+
+def parse_ips(text: str) -> tuple[SendingIp, ...]:
+    """``"192.0.2.10,192.0.2.11@warm"``: sending addresses, each optionally ``@pool``."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        ip, _, pool = item.partition("@")
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError as exc:
+            raise ValueError(f"{ip!r} is not an IP address") from exc
+        out.append(SendingIp(ip, pool or "default"))
+    return tuple(out)
+
+
+_DEFAULT_INBOUND: HostPort | None = HostPort("127.0.0.1", 2526)
+
+
+def _inbound(text: str) -> HostPort | None:
+    return None if text.lower() in ("off", "none", "0") else parse_hostport(text)
+
+
+def _domain(text: str) -> str:
+    if not re.fullmatch(r"(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}", text):
+        raise ValueError(f"expected a domain name, got {text!r}")
+    return text.lower()
+
+
 def _url(text: str) -> str:
     if not re.match(r"^https?://[^\s/]+", text):
         raise ValueError(f"expected an http(s) URL, got {text!r}")
@@ -201,7 +275,6 @@ def load_settings(
 
     src = _Sources(flags, env, toml)
     listen = src.get("listen", parse_hostport, HostPort("127.0.0.1", 8025))
-    relay_text = src.get("relay", str, "")
     api_key = src.get("api_key", str, "")
     return Settings(
         data_dir=Path(src.get("data_dir", str, "./sluice-data")).resolve(),
@@ -212,21 +285,52 @@ def load_settings(
         ),
         redis=RedisSettings(url=src.get("redis_url", str, "") or None),
         delivery=DeliverySettings(
-            relay=parse_hostport(relay_text, default_port=25) if relay_text else None,
+            routes=_routes(src, toml),
             workers=src.get("workers", _non_negative_int, os.cpu_count() or 1),
             retry_schedule=src.get(
                 "retry_schedule", parse_schedule, parse_schedule("1m,5m,15m,30m,1h,2h,4h")
             ),
             max_deferral=src.get("max_deferral", parse_duration, parse_duration("72h")),
-            connections_per_worker=src.get("connections_per_worker", _positive_int, 10),
+            concurrency_per_worker=src.get("concurrency_per_worker", _positive_int, 200),
+            max_connections_per_domain=src.get("max_connections_per_domain", _positive_int, 20),
+            max_connections_per_host=src.get("max_connections_per_host", _positive_int, 10),
             messages_per_connection=src.get("messages_per_connection", _positive_int, 1000),
+            idle_timeout=src.get("idle_timeout", parse_duration, 30.0),
+            throttle_backoff=src.get("throttle_backoff", parse_duration, 30.0),
             smtp_timeout=src.get("smtp_timeout", parse_duration, 60.0),
             drain_timeout=src.get("drain_timeout", parse_duration, 30.0),
             ehlo_name=src.get("ehlo_name", str, "") or _default_ehlo_name(),
+            nameserver=src.get("nameserver", lambda t: parse_hostport(t, default_port=53), None),
+            mx_port=src.get("mx_port", _positive_int, 25),
+            ips=src.get("ips", parse_ips, ()),
+            inbound=src.get("inbound", _inbound, _DEFAULT_INBOUND),
+            bounce_domain=src.get("bounce_domain", _domain, "") or None,
         ),
         api_key=Secret(api_key) if api_key else None,
         config_path=config_path,
     )
+
+
+def _routes(src: _Sources, toml: Mapping[str, Any]) -> tuple[Route, ...]:
+    """The ``[transport]`` table of sluice.toml, most specific domain first, then ``*``.
+
+    ``--relay`` / ``SLUICE_RELAY`` (or ``relay`` in the file) sets the ``*`` route.
+    """
+    table = toml.get("transport", {})
+    if not isinstance(table, dict):
+        raise ConfigurationError("Config [transport] in sluice.toml must be a table")
+    routes = []
+    for domain, text in table.items():
+        try:
+            routes.append(parse_route(domain, str(text)))
+        except ValueError as exc:
+            raise ConfigurationError(f"Config transport.{domain} is invalid: {exc}") from exc
+    catch_all = src.get("relay", lambda t: parse_route("*", f"relay {t}"), None)
+    if catch_all is None:
+        catch_all = next((r for r in routes if r.domain == "*"), Route("*", "mx"))
+    routes = [r for r in routes if r.domain != "*"]
+    routes.sort(key=lambda r: -len(r.domain))
+    return (*routes, catch_all)
 
 
 def _default_ehlo_name() -> str:

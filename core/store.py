@@ -89,6 +89,7 @@ class Store:
                     keys.STATS,
                     keys.batch(batch_id),
                     idem_key,
+                    keys.PENDING_BY_DOMAIN,
                 ],
                 args=[
                     content,
@@ -169,9 +170,18 @@ class Store:
         event: bytes,
         retry_job: dict[str, Any] | None = None,
         retry_at: float = 0.0,
+        domain: str = "",
     ) -> None:
+        """Record an outcome. ``domain``: the message became final (drop its pending count)."""
         await self._complete(
-            keys=[keys.JOBS, keys.DELAYED, keys.EVENTS, keys.STATS, keys.message(message_id)],
+            keys=[
+                keys.JOBS,
+                keys.DELAYED,
+                keys.EVENTS,
+                keys.STATS,
+                keys.message(message_id),
+                keys.PENDING_BY_DOMAIN,
+            ],
             args=[
                 entry_id,
                 keys.DELIVERY_GROUP,
@@ -182,6 +192,7 @@ class Store:
                 EVENTS_MAXLEN,
                 f"{time.time():.3f}",
                 RETENTION_SECONDS,
+                domain,
             ],
         )
 
@@ -198,6 +209,50 @@ class Store:
     async def message_status(self, message_id: str) -> str | None:
         status = await self.redis.hget(keys.message(message_id), "s")
         return None if status is None else _text(status)
+
+    async def message_context(self, message_id: str) -> dict[str, Any] | None:
+        """Email, contact, category and metadata of a message, from its first event."""
+        found = await self.message(message_id)
+        if found is None or not found["events"]:
+            return None
+        first = found["events"][0]
+        return {
+            "status": found["status"],
+            **{k: first.get(k) for k in ("email", "contact_id", "category", "metadata")},
+        }
+
+    # --- suppression (the contact-policy work builds the full list on this) ---
+
+    async def suppress(self, email: str, *, reason: str, source: str) -> None:
+        entry = msgpack.packb({"reason": reason, "source": source, "at": round(time.time(), 3)})
+        await self.redis.hset(keys.SUPPRESSION, email.lower(), entry)
+
+    async def suppression(self, email: str) -> dict[str, Any] | None:
+        blob = await self.redis.hget(keys.SUPPRESSION, email.lower())
+        if blob is None:
+            return None
+        entry: dict[str, Any] = msgpack.unpackb(blob)
+        return entry
+
+    # --- destinations -----------------------------------------------------------
+
+    async def publish_destinations(self, worker: str, snapshot: list[dict[str, Any]]) -> None:
+        await self.redis.hset(
+            keys.DESTINATIONS, worker, msgpack.packb({"at": time.time(), "hosts": snapshot})
+        )
+
+    async def destinations(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """(pending messages per domain, host states published by live workers)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.PENDING_BY_DOMAIN)
+            pipe.hgetall(keys.DESTINATIONS)
+            pending, published = await pipe.execute()
+        hosts: list[dict[str, Any]] = []
+        for worker, blob in published.items():
+            snapshot = msgpack.unpackb(blob)
+            if time.time() - snapshot["at"] < 30:  # a dead worker's state is stale
+                hosts += [{"worker": _text(worker), **h} for h in snapshot["hosts"]]
+        return {_text(k): int(v) for k, v in pending.items()}, hosts
 
     # --- reading ------------------------------------------------------------
 
@@ -238,14 +293,20 @@ class Store:
 
 
 @asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Store]:
-    client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store]:
+    # A blocking pool: hundreds of concurrent deliveries wait for a connection
+    # instead of failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30, socket_timeout=30,
+        socket_connect_timeout=10,
+    )  # fmt: skip
+    client = aioredis.Redis(connection_pool=pool)
     try:
-        await client.ping()
-    except RedisError as exc:
-        await client.aclose()
-        raise StoreError(f"cannot reach Redis at {url}: {exc}") from exc
-    try:
+        try:
+            await client.ping()
+        except RedisError as exc:
+            raise StoreError(f"cannot reach Redis at {url}: {exc}") from exc
         yield Store(client)
     finally:
         await client.aclose()
+        await pool.aclose()  # a pool given to Redis() is not closed by it

@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 
 from core import ids
+from core.addresses import domain_of
 from core.errors import IdempotencyConflict, ValidationError
 from core.events import EventType, pack_event
 from core.store import Store
@@ -134,7 +135,15 @@ def prepare(body: Any, *, now: float) -> Prepared:
             metadata={**req.metadata, **r.metadata},
             **({"send_at": _iso(due)} if due else {}),
         )
-        entries.append({"m": message_id, "q": round(due, 3), "j": msgpack.packb(job), "e": event})
+        entries.append(
+            {
+                "m": message_id,
+                "q": round(due, 3),
+                "j": msgpack.packb(job),
+                "e": event,
+                "d": domain_of(r.normalized),
+            }
+        )
         result: dict[str, Any] = {"index": r.index, "email": r.email, "message_id": message_id,
                   "status": "scheduled" if due else "queued"}  # fmt: skip
         if due:

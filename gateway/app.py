@@ -149,6 +149,13 @@ async def get_events(request: web.Request) -> web.Response:
     return _json({"events": events, "next": events[-1]["id"] if events else after})
 
 
+async def get_destinations(request: web.Request) -> web.Response:
+    """Per recipient domain: messages not yet final; per destination host: pools and replies."""
+    pending, hosts = await request.app[STORE].destinations()
+    domains = [{"domain": d, "pending": n} for d, n in sorted(pending.items(), key=lambda i: -i[1])]
+    return _json({"domains": domains, "hosts": hosts})
+
+
 async def healthz(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(request.app[STORE].redis.ping(), timeout=2)
@@ -188,6 +195,7 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_get("/v1/messages/{message_id}", get_message)
     app.router.add_get("/v1/events", get_events)
+    app.router.add_get("/v1/destinations", get_destinations)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

@@ -316,6 +316,58 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/destinations": {
+                "get": {
+                    "summary": "Delivery state per recipient domain and per destination host",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {
+                            "description": "Pending messages per domain; pools, limits, backoff and recent replies per host",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["domains", "hosts"],
+                                        "properties": {
+                                            "domains": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "domain": {"type": "string"},
+                                                        "pending": {"type": "integer"},
+                                                    },
+                                                },
+                                            },
+                                            "hosts": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "worker": {"type": "string"},
+                                                        "source_ip": {"type": ["string", "null"]},
+                                                        "address": {"type": "string"},
+                                                        "port": {"type": "integer"},
+                                                        "connections": {"type": "integer"},
+                                                        "idle": {"type": "integer"},
+                                                        "limit": {"type": "integer"},
+                                                        "backoff_seconds": {"type": "number"},
+                                                        "recent_replies": {
+                                                            "type": "array",
+                                                            "items": {"type": "object"},
+                                                        },
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_error_responses(401),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness and Redis reachability",

@@ -19,19 +19,23 @@ from multiprocessing.context import SpawnProcess
 
 from aiohttp import web
 
-from core.datadir import DataDirLock, load_or_create_api_key
+from core.datadir import DataDirLock, load_or_create_api_key, load_or_create_secret
 from core.embedded_redis import EmbeddedRedis
 from core.settings import Secret, Settings
+from core.store import open_store
 from gateway.app import create_app
+from mta.inbound import start_inbound
+from mta.verp import Verp
 from mta.worker import run_worker_process
 
 log = logging.getLogger(__name__)
 
 
 class WorkerSupervisor:
-    def __init__(self, settings: Settings, redis_url: str, count: int) -> None:
+    def __init__(self, settings: Settings, redis_url: str, count: int, verp_key: Secret) -> None:
         self.settings = settings
         self.redis_url = redis_url
+        self.verp_key = verp_key
         self.context = multiprocessing.get_context("spawn")
         self.processes: dict[str, SpawnProcess] = {}
         self.names = [f"w{i}" for i in range(count)]
@@ -40,7 +44,7 @@ class WorkerSupervisor:
     def _spawn(self, name: str) -> None:
         process = self.context.Process(
             target=run_worker_process,
-            args=(self.settings, self.redis_url, name, logging.getLogger().level),
+            args=(self.settings, self.redis_url, name, self.verp_key, logging.getLogger().level),
             name=f"sluice-worker-{name}",
             daemon=False,
         )
@@ -81,31 +85,40 @@ async def _run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    workers = WorkerSupervisor(settings, redis_url, settings.delivery.workers)
-    workers.start()
+    verp_key, _ = load_or_create_secret(settings.data_dir, "verp-key")
+    workers = WorkerSupervisor(settings, redis_url, settings.delivery.workers, verp_key)
     runner = web.AppRunner(
         create_app(settings, redis_url, api_key), shutdown_timeout=10, access_log=None
     )
     await runner.setup()
     try:
-        site = web.TCPSite(
-            runner, settings.http.listen.host, settings.http.listen.port, backlog=1024
-        )
-        await site.start()
-        log.info(
-            "sluice serving on http://%s (public URL %s), %d delivery workers, %s",
-            settings.http.listen, settings.http.public_url, settings.delivery.workers,
-            f"relay {settings.delivery.relay}" if settings.delivery.relay else "delivery by MX",
-        )  # fmt: skip
-        print(f"sluice: ready on http://{settings.http.listen}", flush=True)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            workers.restart_dead()
-            if redis is not None and not redis.alive():
-                log.error("embedded Redis exited; restarting it from its AOF")
-                redis.start()
-        log.info("shutting down: closing the HTTP listener")
+        async with contextlib.AsyncExitStack() as resources:
+            if settings.delivery.inbound is not None:
+                store = await resources.enter_async_context(open_store(redis_url))
+                inbound = await start_inbound(
+                    store, Verp(verp_key), settings.delivery.inbound, settings.delivery.ehlo_name
+                )
+                resources.push_async_callback(inbound.wait_closed)
+                resources.callback(inbound.close)
+            site = web.TCPSite(
+                runner, settings.http.listen.host, settings.http.listen.port, backlog=1024
+            )
+            await site.start()
+            workers.start()
+            log.info(
+                "sluice serving on http://%s (public URL %s), %d delivery workers, %s",
+                settings.http.listen, settings.http.public_url, settings.delivery.workers,
+                f"relay {settings.delivery.relay}" if settings.delivery.relay else "delivery by MX",
+            )  # fmt: skip
+            print(f"sluice: ready on http://{settings.http.listen}", flush=True)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                workers.restart_dead()
+                if redis is not None and not redis.alive():
+                    log.error("embedded Redis exited; restarting it from its AOF")
+                    redis.start()
+            log.info("shutting down: closing the HTTP listener")
     finally:
         await runner.cleanup()
         log.info("stopping workers (drain up to %.0fs)", settings.delivery.drain_timeout)

@@ -76,6 +76,7 @@ class Served:
     url: str
     data_dir: Path
     log_path: Path
+    inbound: str = ""  # host:port of the bounce and complaint receiver
     api_key: str = API_KEY
 
     @property
@@ -132,6 +133,7 @@ def start_serve(
 ) -> Served:
     """Start ``sluice serve`` on ``data_dir``; its log goes beside the data dir."""
     port = free_port()
+    inbound = f"127.0.0.1:{free_port()}"
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -140,6 +142,7 @@ def start_serve(
         "SLUICE_DATA_DIR": str(data_dir),
         "SLUICE_LISTEN": f"127.0.0.1:{port}",
         "SLUICE_WORKERS": str(workers),
+        "SLUICE_INBOUND": inbound,
         **({"SLUICE_RELAY": relay} if relay else {}),
         **(extra_env or {}),
     }
@@ -155,7 +158,7 @@ def start_serve(
             cwd=data_dir.parent,  # no stray ./sluice.toml is picked up
             start_new_session=True,  # its own group: a Ctrl-C reaches only the caller
         )
-    served = Served(process, f"http://127.0.0.1:{port}", data_dir, log_path)
+    served = Served(process, f"http://127.0.0.1:{port}", data_dir, log_path, inbound)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -15,25 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
+import random
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
+from core.addresses import domain_of
 from core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from core.events import EventType, pack_event
-from core.settings import DeliverySettings, Settings
+from core.settings import DeliverySettings, Secret, Settings
 from core.store import QueuedJob, Store, open_store
 from mta.mime import Mailbox, MimeError, build_message
 from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateCache, TemplateError
 from mta.routing import Router
+from mta.verp import Verp
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER_MS = 60_000
-FINAL_STATUSES = frozenset({"delivered", "bounced", "expired", "rejected"})
+FINAL_STATUSES = frozenset({"delivered", "bounced", "expired", "rejected", "suppressed"})
 
 
 class _BatchCache:
@@ -59,7 +65,7 @@ def retry_delay(schedule: tuple[float, ...], attempts: int) -> float:
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store, name: str) -> None:
+    def __init__(self, settings: Settings, store: Store, name: str, verp_key: Secret) -> None:
         self.settings = settings
         self.delivery: DeliverySettings = settings.delivery
         self.store = store
@@ -67,14 +73,23 @@ class Worker:
         self.stopping = asyncio.Event()
         self.batches = _BatchCache(store)
         self.templates = TemplateCache()
-        self.router = Router(self.delivery.relay)
+        self.router = Router(self.delivery)
+        self.verp = Verp(verp_key)
+        workers = max(1, self.delivery.workers)  # each worker takes its share of the limits
         self.pool = SmtpPool(
             ehlo_name=self.delivery.ehlo_name,
             timeout=self.delivery.smtp_timeout,
-            max_per_host=self.delivery.connections_per_worker,
+            per_host=math.ceil(self.delivery.max_connections_per_host / workers),
+            per_domain=math.ceil(self.delivery.max_connections_per_domain / workers),
             messages_per_connection=self.delivery.messages_per_connection,
+            idle_timeout=self.delivery.idle_timeout,
+            throttle_backoff=self.delivery.throttle_backoff,
         )
-        self.limit = self.delivery.connections_per_worker * 2  # keep every connection busy
+        self.source_ips: dict[str, Iterator[str]] = {}
+        for pool_name in {ip.pool for ip in self.delivery.ips}:
+            members = [ip.ip for ip in self.delivery.ips if ip.pool == pool_name]
+            self.source_ips[pool_name] = itertools.cycle(members)
+        self.limit = self.delivery.concurrency_per_worker
         self.capacity = asyncio.Semaphore(self.limit)
         self.in_flight: set[asyncio.Task[None]] = set()
 
@@ -146,6 +161,7 @@ class Worker:
                         log.info("took over %d stale jobs", len(claimed))
                         await self._dispatch(claimed, recovered=True)
                 await self.pool.close_idle()
+                await self.store.publish_destinations(self.name, self.pool.snapshot())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -171,56 +187,64 @@ class Worker:
             return
         batch = await self.batches.get(job["b"])
         if batch is None:
-            await self._finish(
-                queued, batch or {}, EventType.EXPIRED, reason="batch content expired"
-            )
+            await self._finish(queued, {}, EventType.EXPIRED, reason="batch content expired")
+            return
+        suppressed = await self.store.suppression(job["e"])
+        if suppressed is not None:
+            await self._finish(queued, batch, EventType.SUPPRESSED, reason=suppressed["reason"])
             return
         started = time.monotonic()
+        attempt = int(job.get("a", 0)) + 1
         try:
-            dest_host, reply_code = await self._send(batch, job)
+            dest, reply_code = await self._send(batch, job)
         except (RenderError, MimeError, TemplateError) as exc:
-            log.warning("message=%s rejected before sending: %s", message_id, exc)
+            log.warning("message=%s cannot be built: %s", message_id, exc)
             await self._finish(
-                queued,
-                batch,
-                EventType.BOUNCED,
-                smtp_code=None,
-                bounce_class="content",
-                reason=str(exc),
-            )
-            return
+                queued, batch, EventType.BOUNCED, smtp_code=None, bounce_class="content",
+                hard=False, reason=str(exc), attempt=attempt,
+            )  # fmt: skip
         except PermanentDeliveryError as exc:
             self._log(message_id, exc.host or "-", exc.smtp_code, started, "bounced")
+            if exc.hard:
+                await self.store.suppress(job["e"], reason="hard_bounce", source=exc.detail[:300])
             await self._finish(
-                queued,
-                batch,
-                EventType.BOUNCED,
-                smtp_code=exc.smtp_code,
-                bounce_class="other",
-                reason=exc.detail,
-            )
-            return
+                queued, batch, EventType.BOUNCED, smtp_code=exc.smtp_code,
+                bounce_class=exc.bounce_class, hard=exc.hard, reason=exc.detail, attempt=attempt,
+            )  # fmt: skip
         except TransientDeliveryError as exc:
             self._log(message_id, exc.host or "-", exc.smtp_code, started, "deferred")
             await self._defer(queued, batch, exc)
-            return
-        self._log(message_id, dest_host, reply_code, started, "delivered")
-        await self._finish(queued, batch, EventType.DELIVERED, smtp_code=reply_code, mx=dest_host)
+        else:
+            self._log(message_id, dest, reply_code, started, "delivered")
+            await self._finish(
+                queued, batch, EventType.DELIVERED, smtp_code=reply_code, mx=dest, attempt=attempt
+            )
 
     async def _send(self, batch: dict[str, Any], job: dict[str, Any]) -> tuple[str, int]:
         """Build and send one message; (destination, reply code) or a DeliveryError."""
         message = self._build(batch, job)
-        failure: DeliveryError = TransientDeliveryError("no destination host to try")
-        for dest in await self.router.route(job["e"].rpartition("@")[2]):
+        recipient: str = job["e"]
+        domain = domain_of(recipient)
+        sender_domain = self.delivery.bounce_domain or domain_of(batch["f"][0])
+        sender = self.verp.return_path(job["m"], sender_domain)
+        source_ip = self._source_ip(batch.get("pool"))
+        failure: DeliveryError = TransientDeliveryError(f"no destination to try for {domain}")
+        for dest in await self.router.destinations(domain):
             try:
-                reply = await self.pool.send(dest, batch["f"][0], job["e"], message)
+                reply = await self.pool.send(
+                    dest, domain, sender, recipient, message, source_ip=source_ip
+                )
             except TransientDeliveryError as exc:
-                if exc.smtp_code is not None:
-                    raise  # the host answered: do not try the next MX for this attempt
+                if exc.smtp_code is not None or exc.throttle:
+                    raise  # the host answered (or asked us to wait): not the next MX's business
                 failure = exc  # could not talk to this host: try the next one
             else:
                 return str(dest), reply.code
         raise failure
+
+    def _source_ip(self, pool: str | None) -> str | None:
+        members = self.source_ips.get(pool or "default") or self.source_ips.get("default")
+        return next(members) if members is not None else None
 
     @staticmethod
     def _log(message_id: str, dest: str, code: int | None, started: float, outcome: str) -> None:
@@ -240,7 +264,7 @@ class Worker:
             subject=rendered.subject,
             html=rendered.html,
             text=rendered.text,
-            message_id=f"{job['m']}@{sender_email.rpartition('@')[2]}",
+            message_id=f"{job['m']}@{domain_of(sender_email)}",
             reply_to=reply_to,
             headers=batch.get("hd") or {},
         )
@@ -251,18 +275,16 @@ class Worker:
         job = dict(queued.job)
         job["a"] = int(job.get("a", 0)) + 1
         now = time.time()
-        if now - float(job["t0"]) >= self.delivery.max_deferral:
-            await self._finish(
-                queued, batch, EventType.EXPIRED, smtp_code=exc.smtp_code, reason=exc.detail
-            )
+        deadline = float(job["t0"]) + self.delivery.max_deferral
+        fields = {"smtp_code": exc.smtp_code, "reason": exc.detail, "attempt": job["a"]}
+        if now >= deadline:
+            await self._finish(queued, batch, EventType.EXPIRED, **fields)
             return
-        retry_at = min(
-            now + retry_delay(self.delivery.retry_schedule, job["a"]),
-            float(job["t0"]) + self.delivery.max_deferral,
-        )
+        delay = retry_delay(self.delivery.retry_schedule, job["a"]) * random.uniform(0.9, 1.1)
+        retry_at = min(now + max(delay, exc.retry_after or 0.0), deadline)
         await self._finish(
-            queued, batch, EventType.DEFERRED, smtp_code=exc.smtp_code, reason=exc.detail,
-            retry_job=job, retry_at=retry_at, attempt=job["a"],
+            queued, batch, EventType.DEFERRED, retry_job=job, retry_at=retry_at,
+            next_attempt_at=round(retry_at, 3), **fields,
         )  # fmt: skip
 
     async def _finish(
@@ -294,18 +316,21 @@ class Worker:
             event=event,
             retry_job=retry_job,
             retry_at=retry_at,
+            domain="" if retry_job is not None else domain_of(job["e"]),
         )
 
 
-async def _worker_main(settings: Settings, redis_url: str, name: str) -> None:
+async def _worker_main(settings: Settings, redis_url: str, name: str, verp_key: Secret) -> None:
     async with open_store(redis_url) as store:
-        worker = Worker(settings, store, name)
+        worker = Worker(settings, store, name, verp_key)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stopping.set)
         await worker.run()
 
 
-def run_worker_process(settings: Settings, redis_url: str, name: str, log_level: int) -> None:
+def run_worker_process(
+    settings: Settings, redis_url: str, name: str, verp_key: Secret, log_level: int
+) -> None:
     """Entry point of a worker process (multiprocessing, spawn)."""
     from core.embedded_redis import die_with_parent
     from core.logs import setup_logging
@@ -315,4 +340,4 @@ def run_worker_process(settings: Settings, redis_url: str, name: str, log_level:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     import uvloop
 
-    uvloop.run(_worker_main(settings, redis_url, name))
+    uvloop.run(_worker_main(settings, redis_url, name, verp_key))

@@ -120,7 +120,7 @@ def test_durations_and_schedules(config: Path) -> None:
         ({}, {"SLUICE_LISTEN": "127.0.0.1:99999"}, "SLUICE_LISTEN"),
         ({"public_url": "ftp://example.com"}, {}, "--public-url"),
         ({"max_body_bytes": "0"}, {}, "--max-body-bytes"),
-        ({}, {"SLUICE_CONNECTIONS_PER_WORKER": "0"}, "SLUICE_CONNECTIONS_PER_WORKER"),
+        ({}, {"SLUICE_CONCURRENCY_PER_WORKER": "0"}, "SLUICE_CONCURRENCY_PER_WORKER"),
     ],
 )
 def test_bad_values_name_the_option(

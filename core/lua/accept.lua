@@ -2,9 +2,11 @@
 -- one message record, one `queued` event and one queue entry per recipient.
 -- KEYS[1] jobs stream   KEYS[2] delayed zset   KEYS[3] events stream
 -- KEYS[4] stats hash    KEYS[5] batch content  KEYS[6] idempotency record ("" = none)
+-- KEYS[7] pending messages per recipient domain (hash)
 -- ARGV[1] batch content (msgpack)  ARGV[2] retention seconds  ARGV[3] request digest
 -- ARGV[4] response (JSON)          ARGV[5] recipients (msgpack array of
 --         {m=message id, q=0 queue now | due timestamp, j=job, e=event})
+--         and d=recipient domain, counted in the per-domain pending hash KEYS[7]
 -- ARGV[6] message key prefix       ARGV[7] events MAXLEN      ARGV[8] now (unix seconds)
 -- Returns {"new", response} or {"replay", digest, response}.
 if KEYS[6] ~= "" then
@@ -29,6 +31,7 @@ for _, r in ipairs(recipients) do
     status = 'scheduled'
     scheduled = scheduled + 1
   end
+  redis.call('HINCRBY', KEYS[7], r.d, 1)
   local key = ARGV[6] .. r.m
   redis.call('HSET', key, 's', status, 'ev', event_id, 'u', ARGV[8])
   redis.call('EXPIRE', key, ttl)

@@ -1,0 +1,128 @@
+"""The inbound SMTP server (``--inbound``): bounces and complaints coming back.
+
+It accepts mail only for Sluice's own VERP return paths (signed, see
+``mta.verp``) and for ``fbl@`` feedback-loop addresses; anything else is
+refused at RCPT time. A delivery status notification (RFC 3464, or a common
+non-standard layout) becomes a ``bounced`` event for the original message, and
+a hard bounce puts the address on the suppression list; an ARF report
+(RFC 5965) becomes a ``complained`` event and a ``complaint`` suppression.
+Auto-replies and success notices are accepted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from core.events import EventType, pack_event
+from core.ids import split_message_id
+from core.settings import HostPort
+from core.store import Store
+from mta.bounces import Report, parse_report
+from mta.verp import Verp
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_LOCAL_PARTS = frozenset({"fbl", "arf", "abuse-reports"})
+MAX_REPORT_BYTES = 10 * 1024 * 1024
+
+
+class InboundHandler:
+    def __init__(self, store: Store, verp: Verp) -> None:
+        self.store = store
+        self.verp = verp
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        local = address.rpartition("@")[0].lower()
+        if self.verp.message_id(address) is None and local not in FEEDBACK_LOCAL_PARTS:
+            return "550 5.1.1 No such recipient here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        try:
+            # CPU-bound (a hostile multi-megabyte report takes seconds): off the event loop
+            report = await asyncio.to_thread(parse_report, bytes(raw))
+            for rcpt in envelope.rcpt_tos:
+                message_id = self.verp.message_id(rcpt) or _ours(report.original_message_id)
+                if message_id is None:
+                    log.info("inbound report for no known message (kind %s) dropped", report.kind)
+                    continue
+                await self._record(message_id, report)
+        except Exception:  # a report we cannot read must not bounce back: log it and accept
+            log.exception("inbound report could not be processed")
+        return "250 2.0.0 OK: report received"
+
+    async def _record(self, message_id: str, report: Report) -> None:
+        context = await self.store.message_context(message_id)
+        if context is None:
+            log.info("inbound %s for unknown or expired message %s", report.kind, message_id)
+            return
+        email = context["email"]
+        if report.kind == "arf":
+            await self.store.suppress(email, reason="complaint", source="arf")
+            await self._event(message_id, context, "", EventType.COMPLAINED,
+                              feedback_type=report.feedback_type)  # fmt: skip
+            log.info("message=%s complaint (%s) from %s", message_id, report.feedback_type, email)
+            return
+        if report.kind != "dsn":
+            log.info("message=%s inbound %s dropped", message_id, report.kind)
+            return
+        for rcpt in report.recipients:
+            if rcpt.action not in ("failed", None) or rcpt.verdict.outcome != "permanent":
+                continue  # delayed, relayed, delivered: nothing to record
+            if rcpt.verdict.hard:
+                await self.store.suppress(email, reason="hard_bounce", source="dsn")
+            await self._event(
+                message_id, context, "bounced", EventType.BOUNCED,
+                smtp_code=rcpt.smtp_code, enhanced_status=rcpt.status,
+                bounce_class=rcpt.verdict.bounce_class or "other", hard=rcpt.verdict.hard,
+                reason=rcpt.diagnostic[:500], source="dsn",
+            )  # fmt: skip
+            log.info("message=%s bounced later (%s %s)", message_id, rcpt.status, email)
+            return
+
+    async def _event(
+        self, message_id: str, context: dict[str, Any], status: str, kind: EventType, **fields: Any
+    ) -> None:
+        event = pack_event(
+            kind, timestamp=time.time(), message_id=message_id, email=context["email"],
+            contact_id=context["contact_id"], category=context["category"],
+            metadata=context["metadata"], **fields,
+        )  # fmt: skip
+        await self.store.complete(entry_id="", message_id=message_id, status=status, event=event)
+
+
+def _ours(header_message_id: str | None) -> str | None:
+    """Sluice's message id from a Message-ID header ``<batch-index@domain>``, if it is one."""
+    if not header_message_id:
+        return None
+    local = header_message_id.strip().strip("<>").partition("@")[0]
+    return local if split_message_id(local) is not None else None
+
+
+async def start_inbound(
+    store: Store, verp: Verp, listen: HostPort, hostname: str
+) -> asyncio.Server:
+    handler = InboundHandler(store, verp)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(
+            handler,
+            hostname=hostname,
+            data_size_limit=MAX_REPORT_BYTES,
+            decode_data=False,
+            timeout=60,
+        ),
+        listen.host,
+        listen.port,
+    )
+    log.info("inbound SMTP (bounces, complaints) on %s", listen)
+    return server

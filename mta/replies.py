@@ -1,0 +1,415 @@
+"""What an SMTP reply means: delivered or not, retry or not, is the address dead, slow down?
+
+Pure logic, no I/O. ``classify(code, text)`` looks at, in order:
+
+1. the basic reply code, which alone decides the *outcome*: 2xx delivered, 4xx transient
+   (never permanent, never hard), 5xx permanent; anything else is a transient "other";
+2. the RFC 3463 enhanced status code found in the text (``5.1.1``, ``4.7.650``...), which
+   decides the *bounce class* when it is specific (``x.1.1`` bad mailbox, ``x.2.2`` quota,
+   ``x.7.26`` policy...);
+3. well-known phrases of the big providers and MTAs (Gmail, Microsoft, Yahoo, Apple, Postfix,
+   Exim, Exchange, Mimecast, Proofpoint, Barracuda...), which decide the class when the code is
+   generic (``5.0.0``, ``5.5.0``, ``5.7.1``, none) and *veto* a hard verdict when a code that
+   looks like "no such user" comes with a text about blocklists, spam, quota or rate limits;
+4. the basic code again as the last resort (``552`` storage, ``551``/``553`` mailbox...).
+
+``hard`` means the **address** is dead and should not be mailed again: unknown user, unknown
+or mail-less domain, disabled mailbox. Policy and reputation blocks (``x.7.x``, whatever their
+text says), blocklistings, full mailboxes, spam and content rejections and routing trouble are
+never hard: the address is fine, the message or the sender is not. Two texts do beat an
+``x.4.x`` routing code, because they prove the address dead: a domain that does not exist
+("Host or domain name not found", ``NonExistentDomain``, no MX) and Microsoft's directory-based
+edge blocking ("550 5.4.1 Recipient address rejected: Access denied"). ``521``/``556`` (RFC
+7504: the host or domain accepts no mail) are hard unless the text says policy.
+
+``throttle`` means the receiver asks the sender to slow down (``421``, ``x.4.5`` congestion,
+``452 too many recipients``, Gmail ``4.7.28``, Microsoft ``4.7.650``/``S3150``, Yahoo
+``TSS04``, "too many connections", "try again later"...). Greylisting is not throttling.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["BOUNCE_CLASSES", "BounceClass", "Outcome", "Verdict", "classify", "find_enhanced"]
+
+Outcome = Literal["delivered", "transient", "permanent"]
+BounceClass = Literal[
+    "bad-mailbox", "bad-domain", "quota", "policy", "spam", "content", "routing", "other"
+]
+BOUNCE_CLASSES: frozenset[str] = frozenset(
+    {"bad-mailbox", "bad-domain", "quota", "policy", "spam", "content", "routing", "other"}
+)
+_HARD_CLASSES: frozenset[str] = frozenset({"bad-mailbox", "bad-domain"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The meaning of one SMTP reply.
+
+    ``outcome``: ``delivered`` (2xx), ``transient`` (try again later) or ``permanent``.
+    ``bounce_class``: why it failed; ``None`` when delivered.
+    ``enhanced``: the RFC 3463 code found in the text (``"5.1.1"``), or ``None``.
+    ``throttle``: the receiver asks us to slow down.
+    ``hard``: the address is dead; only ever true for a permanent bad-mailbox/bad-domain.
+    """
+
+    outcome: Outcome
+    bounce_class: BounceClass | None
+    enhanced: str | None
+    throttle: bool
+    hard: bool
+
+
+# --- enhanced status codes ---------------------------------------------------------------
+
+# class.subject.detail, not part of an IP address, a version or a date: no digit or dot
+# glued on either side (a trailing sentence dot is fine).
+_ENHANCED = re.compile(r"(?<![\w.])([245])\.([0-7])\.(\d{1,3})(?!\w|\.\d)")
+
+
+def find_enhanced(text: str, code: int | None = None) -> str | None:
+    """The first RFC 3463 code in ``text``; one whose class matches ``code`` wins."""
+    found = [m.group(0) for m in _ENHANCED.finditer(text)]
+    if not found:
+        return None
+    if code is not None and 200 <= code <= 599:
+        wanted = str(code)[0]
+        for candidate in found:
+            if candidate[0] == wanted:
+                return candidate
+    return found[0]
+
+
+@dataclass(frozen=True)
+class _Meaning:
+    """A bounce class with its hardness; ``specific`` codes beat weak text."""
+
+    bounce_class: BounceClass
+    hard: bool = False
+    specific: bool = True
+
+
+_GENERIC_OTHER = _Meaning("other", specific=False)
+_GENERIC_POLICY = _Meaning("policy", specific=False)
+
+# (subject, detail) -> meaning; (subject, None) is the default for the subject.
+_CODES: dict[tuple[int, int | None], _Meaning] = {
+    (0, None): _GENERIC_OTHER,
+    # x.1.x addressing
+    (1, 0): _Meaning("bad-mailbox", hard=True),
+    (1, 1): _Meaning("bad-mailbox", hard=True),
+    (1, 2): _Meaning("bad-domain", hard=True),
+    (1, 3): _Meaning("bad-mailbox", hard=True),
+    (1, 4): _Meaning("bad-mailbox"),
+    (1, 6): _Meaning("bad-mailbox", hard=True),
+    (1, 7): _Meaning("policy"),  # bad sender mailbox syntax
+    (1, 8): _Meaning("policy"),  # bad sender's system address
+    (1, 10): _Meaning("bad-mailbox", hard=True),  # Microsoft RecipientNotFound / null MX
+    (1, None): _Meaning("bad-mailbox", specific=False),
+    # x.2.x mailbox
+    (2, 0): _Meaning("bad-mailbox", specific=False),
+    (2, 1): _Meaning("bad-mailbox", hard=True),  # mailbox disabled
+    (2, 2): _Meaning("quota"),
+    (2, 3): _Meaning("content"),  # message longer than the mailbox accepts
+    (2, None): _Meaning("bad-mailbox", specific=False),
+    # x.3.x mail system
+    (3, 0): _GENERIC_OTHER,
+    (3, 1): _Meaning("other"),  # mail system full
+    (3, 2): _Meaning("routing", specific=False),  # system not accepting messages
+    (3, 4): _Meaning("content"),  # message too big for system
+    (3, None): _GENERIC_OTHER,
+    # x.4.x network and routing
+    (4, None): _Meaning("routing"),
+    # x.5.x protocol
+    (5, 0): _GENERIC_OTHER,
+    (5, 3): _Meaning("policy"),  # too many recipients
+    (5, None): _GENERIC_OTHER,
+    # x.6.x content
+    (6, None): _Meaning("content"),
+    # x.7.x security and policy
+    (7, 0): _GENERIC_POLICY,
+    (7, 1): _GENERIC_POLICY,
+    (7, None): _Meaning("policy"),
+}
+
+
+def _code_meaning(enhanced: str) -> _Meaning:
+    _, subject, detail = (int(part) for part in enhanced.split("."))
+    return _CODES.get((subject, detail)) or _CODES.get((subject, None)) or _GENERIC_OTHER
+
+
+_THROTTLE_CODES = re.compile(r"^(?:\d\.4\.5|\d\.7\.28|4\.7\.650|4\.7\.500|4\.5\.3)$")
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A phrase and what it means. ``strong`` phrases veto a hard code."""
+
+    pattern: re.Pattern[str]
+    meaning: _Meaning
+    strong: bool = False
+    throttle: bool = False
+    beats_routing: bool = False  # the text proves the address dead despite an x.4.x code
+
+
+def _rule(
+    regex: str,
+    bounce_class: BounceClass,
+    *,
+    hard: bool = False,
+    strong: bool = False,
+    throttle: bool = False,
+    beats_routing: bool = False,
+) -> _Rule:
+    return _Rule(
+        re.compile(regex, re.IGNORECASE),
+        _Meaning(bounce_class, hard=hard, specific=False),
+        strong=strong,
+        throttle=throttle,
+        beats_routing=beats_routing,
+    )
+
+
+# First match wins; the order matters (a "Sender address rejected: Domain not found" is
+# about the sender, a "550 5.1.1 ... blocked using Spamhaus" is a blocklisting).
+_RULES: tuple[_Rule, ...] = (
+    _rule(r"grey[- ]?list|gray[- ]?list", "policy", strong=True),
+    _rule(
+        r"unusual rate of unsolicited|mail flood|4\.7\.28|rate of spam|spam rate",
+        "spam",
+        strong=True,
+        throttle=True,
+    ),
+    _rule(
+        r"too many (?:connections|concurrent|sessions|messages|mails|recipients|rcpt|errors"
+        r"|invalid|simultaneous|smtp)|rate[- ]?limit|unusual rate|rate of (?:mail|messages)"
+        r"|exceeded (?:the )?(?:\w+ )?(?:rate|connection|sending)|message (?:rate|limit)|messages? per"
+        r"|sending (?:quota|limit|rate)|(?:daily|hourly) (?:user )?(?:sending )?(?:quota|limit)"
+        r"|try (?:again )?later|temporarily (?:deferred|rate)|\bTSS0\d|\[TS0\d\]|S3150|4\.7\.650"
+        r"|too fast|slow down|throttl|receiving mail at a rate|server busy|\btoo much mail"
+        r"|unexpected volume|connection limit|excessive (?:volume|number)",
+        "policy",
+        strong=True,
+        throttle=True,
+    ),
+    _rule(
+        r"\bDMARC\b|\bSPF\b|\bDKIM\b|unauthenticated|not authenticated|authentication"
+        r"|anti-?spoof|spoof|forged|5\.7\.26|5\.7\.509",
+        "policy",
+        strong=True,
+    ),
+    _rule(
+        r"spamhaus|barracuda|spamcop|\bsorbs\b|\bRBL\b|DNSBL|\bBRBL\b|blocked using|black ?list"
+        r"|block ?list|blocked by|(?<!not )listed (?:in|on|at|by)|is listed|\[BL\d+\]|reputation"
+        r"|\bbanned\b|ipcheck\.proofpoint|dnsbl-lookup|\bCS0\d\b|\bHM0\d\b|\bRP-00\d"
+        r"|access denied, (?:banned|bad|traffic)|client host .{0,80}blocked|blocked - see"
+        r"|\bblocked\b.{0,30}\b(?:ip|host|sender|address|domain)\b|\bip\b.{0,40}\bblocked",
+        "policy",
+        strong=True,
+    ),
+    _rule(
+        r"\bspam\b|\bUCE\b|\bUBE\b|unsolicited|junk ?mail|bulk (?:e-?)?mail|scored too high"
+        r"|spam score|likely spam|suspicious|phish",
+        "spam",
+        strong=True,
+    ),
+    _rule(
+        r"virus|malware|infected|trojan|message content rejected|content rejected"
+        r"|content (?:filter|polic)|(?:prohibited|blocked|banned|forbidden) (?:attachment|file)"
+        r"|attachment (?:type|not allowed|blocked|rejected)|executable"
+        r"|security issue|message (?:is )?malformed|header error|line too long",
+        "content",
+        strong=True,
+    ),
+    _rule(
+        r"over ?quota|quota (?:exceeded|exceeds|full|limit)|exceeded (?:\w+ )?quota"
+        r"|(?:mailbox|inbox|mail ?box|account|folder) (?:is )?(?:\w+ )?full|full mailbox"
+        r"|insufficient (?:disk|mailbox|user) (?:space|storage)|exceeded storage|storage (?:allocation|limit|quota)"
+        r"|out of (?:storage|space)|QuotaExceeded"
+        r"|over (?:its|the|their) (?:storage|quota)|disk quota|mailbox size limit"
+        r"|mailbox (?:exceeds|has exceeded)|mailbox is over",
+        "quota",
+        strong=True,
+    ),
+    _rule(
+        r"(?:message|mail|size) (?:\w+ )?(?:exceeds|too (?:big|large)|is too (?:big|large))"
+        r"|too (?:big|large)|size limit|message size|exceeds (?:the )?(?:maximum|fixed)",
+        "content",
+        strong=True,
+    ),
+    _rule(
+        r"will not accept|not accepted (?:for|due to) polic|local policy|policy reasons"
+        r"|administrative prohibition|prohibited by (?:local )?polic",
+        "policy",
+        strong=True,
+    ),
+    _rule(
+        r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)"
+        r"|not (?:permitted|allowed) to relay|unable to relay|we do not relay|no relay",
+        "policy",
+        strong=True,
+    ),
+    _rule(
+        r"reverse (?:dns|lookup)|\bPTR\b|\brDNS\b|cannot find your hostname|\bhelo\b|\behlo\b"
+        r"|dynamic ip|dial-?up|residential",
+        "policy",
+        strong=True,
+    ),
+    _rule(
+        r"sender (?:address |domain )?(?:rejected|denied|blocked|verify|unknown|not|does not)"
+        r"|\bsender\b.{0,40}\b(?:rejected|refused|denied|invalid|not allowed)"
+        r"|mail ?from\b|valid from\b|from:? (?:header|domain)|from address|envelope (?:sender|from)"
+        r"|return[- ]path|bad outbound",
+        "policy",
+        strong=True,
+    ),
+    _rule(
+        r"(?:account|mailbox|user|address|recipient)\b.{0,40}\b(?:disabled|deactivated"
+        r"|discontinued|closed|terminated|expired|no longer (?:active|available|in use|valid))"
+        r"|(?:disabled|inactive|deactivated|closed) (?:account|mailbox|user)"
+        r"|is disabled|has been disabled",
+        "bad-mailbox",
+        hard=True,
+    ),
+    _rule(
+        r"suspended|inactive|on hold|frozen|\blocked\b",
+        "bad-mailbox",
+    ),
+    _rule(
+        r"host (?:or domain name )?not found|domain (?:name )?not found|no such domain"
+        r"|unknown domain|domain (?:does not|doesn't|not) exist|nonexistent domain"
+        r"|non-existent domain|NonExistentDomain|NXDOMAIN|unrouteable|unroutable"
+        r"|no (?:valid )?mx|null mx|bad destination system|(?:domain|host) (?:is )?invalid"
+        r"|invalid domain|domain .{0,60}(?:is not|isn't) (?:valid|configured|hosted)"
+        r"|(?:host|domain|server|system) does not accept mail|does not accept e-?mail"
+        r"|domain (?:is )?not (?:valid|in use)|host [\w.-]+ not found|host unknown"
+        r"|couldn't find (?:a mail exchanger|any host)|no smtp service|domain is not reachable",
+        "bad-domain",
+        hard=True,
+        beats_routing=True,
+    ),
+    _rule(  # Microsoft's directory-based edge blocking: no such mailbox in the tenant
+        r"recipient address rejected: access denied",
+        "bad-mailbox",
+        hard=True,
+        beats_routing=True,
+    ),
+    _rule(
+        r"user(?:name)? unknown|unknown (?:user|recipient|local|mailbox|address|alias)"
+        r"|recipient (?:unknown|not found|invalid|does not exist)|no such (?:user|mailbox"
+        r"|recipient|account|address|person|local)|(?:mailbox|user|account|address|recipient"
+        r"|e-?mail|alias)\b.{0,50}\b(?:does not|doesn't|do not|did not|not) exist"
+        r"|(?<!may )(?<!might )not exist|存在しません|見つかりません|リストにありません"
+        r"|(?:mailbox|user|recipient|account|address) (?:is )?(?:not found|unavailable|invalid"
+        r"|unknown)|(?:invalid|bad|unknown|illegal) (?:recipient|mailbox|user|address|account)"
+        r"|not a valid (?:mailbox|user|recipient|address)|RecipNotFound|RecipientNotFound"
+        r"|no mailbox|no (?:such )?account|doesn't have an? .{0,30}account|\bdd This user"
+        r"|not our customer|no longer (?:valid|exists?|here)|has moved|addressee unknown"
+        r"|not listed in|unknown or illegal"
+        r"|no valid recipients|not a known user|user not local|undeliverable address"
+        r"|recipient name is not recognized|name is not recognized"
+        r"|mailbox not available|mailbox unavailable|account (?:unavailable|not available)",
+        "bad-mailbox",
+        hard=True,
+    ),
+    _rule(
+        r"timed? ?out|connection (?:refused|reset|closed|dropped|lost)|network|unreachable"
+        r"|no route|routing|loop|hop count|retry time|expired|too long in queue"
+        r"|could not (?:connect|be delivered within)|unable to connect|lost connection"
+        r"|temporary (?:failure|problem|error)|dns|requests to connect|not reachable"
+        r"|could not deliver for|delivery failed \d+ attempts",
+        "routing",
+    ),
+    _rule(
+        r"polic|prohibit|not allowed|not permitted|denied|refused|rejected|blocked|block"
+        r"|not accepted|not authori[sz]ed|restricted|administrative|forbidden|will not accept"
+        r"|permission to post|not (?:a )?member",
+        "policy",
+    ),
+)
+
+_ADDRESS = re.compile(r"(?<![^\s<>()\[\]\"',;:])[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:]+")
+_MAX_TEXT = 4096  # an SMTP reply is a few lines; a longer text is truncated before matching
+_THROTTLE_EXEMPT = re.compile(r"grey[- ]?list|gray[- ]?list", re.IGNORECASE)
+
+
+def _text_rule(text: str) -> _Rule | None:
+    for rule in _RULES:
+        if rule.pattern.search(text):
+            return rule
+    return None
+
+
+def _basic_meaning(code: int) -> _Meaning:
+    if code in (521, 556):  # RFC 7504: the host or domain does not accept mail at all
+        return _Meaning("bad-domain", hard=True, specific=False)
+    if code == 552:
+        return _Meaning("quota", specific=False)
+    if code in (551, 553):
+        return _Meaning("bad-mailbox", specific=False)
+    return _GENERIC_OTHER
+
+
+def _meaning(code: int, enhanced: str | None, rule: _Rule | None) -> _Meaning:
+    if (
+        code in (521, 556)
+        and (enhanced is None or enhanced[2] != "7")
+        and (rule is None or rule.meaning.bounce_class in ("bad-domain", "bad-mailbox", "routing"))
+    ):
+        return _basic_meaning(code)  # RFC 7504: this host or domain takes no mail at all
+    by_code = _code_meaning(enhanced) if enhanced is not None else None
+    if by_code is not None and by_code.specific:
+        if rule is None:
+            return by_code
+        text = rule.meaning
+        if by_code.hard and rule.strong and text.bounce_class != by_code.bounce_class:
+            return text  # a "no such user" code with a blocklist, quota, rate... text
+        if (
+            rule.strong
+            and by_code.bounce_class in ("policy", "routing")
+            and text.bounce_class != by_code.bounce_class
+            and not (rule.throttle and by_code.bounce_class == "routing")
+        ):
+            return text  # x.7.x / x.4.x are catch-alls; the text says which: spam, relay...
+        if by_code.bounce_class == "routing" and rule.beats_routing:
+            return text  # 5.4.4 "Host not found", Microsoft 5.4.1 "Access denied" (DBEB)
+        return by_code
+    if rule is not None:
+        if enhanced is not None and enhanced[2] == "7" and rule.meaning.hard:
+            return by_code or _GENERIC_POLICY  # x.7.x is policy: never hard, whatever the text
+        return rule.meaning
+    if by_code is not None and by_code is not _GENERIC_OTHER:
+        return by_code
+    return _basic_meaning(code)
+
+
+def classify(code: int, text: str) -> Verdict:
+    """Classify one SMTP reply (``code`` and its text, multi-line or not). Never raises."""
+    text = (text if isinstance(text, str) else str(text))[:_MAX_TEXT]
+    enhanced = find_enhanced(text, code)
+    if 200 <= code <= 299:
+        return Verdict("delivered", None, enhanced, throttle=False, hard=False)
+    rule = _text_rule(_ADDRESS.sub("<address>", text))  # "no-such-user@" is no reason
+    throttle = (
+        code == 421
+        or (enhanced is not None and _THROTTLE_CODES.match(enhanced) is not None)
+        or (rule is not None and rule.throttle)
+    ) and not _THROTTLE_EXEMPT.search(text)
+    if not 400 <= code <= 599:
+        return Verdict("transient", "other", enhanced, throttle=throttle, hard=False)
+    meaning = _meaning(code, enhanced, rule)
+    if code >= 500:
+        return Verdict(
+            "permanent",
+            meaning.bounce_class,
+            enhanced,
+            throttle=throttle,
+            hard=meaning.hard and meaning.bounce_class in _HARD_CLASSES,
+        )
+    return Verdict("transient", meaning.bounce_class, enhanced, throttle=throttle, hard=False)
