@@ -16,6 +16,7 @@ import pytest
 
 from loadtests.fault_sink import FaultSink
 from loadtests.harness import Served, fixture_batch
+from tests.conftest import Sink
 from tests.dnsserver import DNSServer
 from tests.test_end_to_end import get, post, wait_status
 
@@ -245,3 +246,40 @@ def test_2000_messages_into_a_faulty_sink_all_end_delivered_or_bounced(
     assert statuses["delivered"] + statuses["bounced"] == 2000, statuses
     assert statuses["delivered"] == len(received), "every delivered message reached the sink"
     assert 30 <= statuses["bounced"] <= 100  # ~3% of 2,000, with retries of 4xx drawing again
+
+
+def test_transport_map_required_tls_and_sending_ip(
+    serve_factory: Any, fault_sink: FaultSink, dns_server: DNSServer, sink: Sink, tmp_path: Any
+) -> None:
+    # partner.test goes through a relay (the plain sink), vault.test must use TLS (the fault
+    # sink offers no STARTTLS), everything else by MX from the sending address 127.0.0.5.
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        "[transport]\n"
+        f'"partner.test" = "relay {sink.relay}"\n'
+        f'"vault.test" = "relay {fault_sink.relay} tls=required"\n'
+    )
+    served = serve_factory(
+        workers=1,
+        args=["--config", str(config)],
+        extra_env={
+            "SLUICE_NAMESERVER": dns_server.nameserver,
+            "SLUICE_MX_PORT": str(fault_sink.port),
+            "SLUICE_IPS": "127.0.0.5",
+        },
+    )
+    [by_relay] = send(served, domain="partner.test")
+    [by_mx] = send(served, domain="shop.test")
+    [needs_tls] = send(served, domain="vault.test")
+    assert wait_status(served, by_relay, "delivered")["status"] == "delivered"
+    assert [r.rcpt_tos[0] for r in sink.snapshot()] == ["user0@partner.test"]
+    assert wait_status(served, by_mx, "delivered")["status"] == "delivered"
+    [at_mx] = [r for r in fault_sink.received() if r.rcpt_tos == ("user0@shop.test",)]
+    assert at_mx.peer.startswith("127.0.0.5:"), "sent from the configured sending IP"
+
+    found = wait_status(served, needs_tls, "deferred")
+    assert found["status"] == "deferred"
+    assert "STARTTLS" in found["events"][-1]["reason"]
+    assert not [r for r in fault_sink.received() if r.rcpt_tos == ("user0@vault.test",)], (
+        "never sent in plain text to a route that requires TLS"
+    )
