@@ -19,11 +19,11 @@ from email.message import Message
 from mta.bounces.model import Recipient, Report, reached
 from mta.bounces.parts import (
     RFC822_TYPES,
+    address_from_field,
     addresses_in,
     body_text,
     field_groups,
     header,
-    normalize_address,
     part_text,
     parts,
 )
@@ -40,7 +40,7 @@ def _fields(text: str) -> tuple[dict[str, str], list[str]]:
     for group in field_groups(text):
         for name, value in group:
             if name == "original-rcpt-to":
-                address = normalize_address(value)
+                address = address_from_field(value)
                 if address is not None and address not in rcpts:
                     rcpts.append(address)
             fields.setdefault(name, value)
@@ -87,7 +87,7 @@ def parse_arf(msg: Message) -> Report | None:
         return None
     fields, rcpts = _fields(part_text(report_parts[0]))
     if not rcpts and fields.get("removal-recipient"):
-        removal = normalize_address(fields["removal-recipient"])
+        removal = address_from_field(fields["removal-recipient"])
         rcpts = [removal] if removal else []
     if not rcpts:
         quoted = "\n\n".join(
@@ -108,7 +108,7 @@ def parse_arf(msg: Message) -> Report | None:
         arf_user_agent=fields.get("user-agent"),
         arf_version=fields.get("version"),
         source_ip=fields.get("source-ip"),
-        original_mail_from=normalize_address(fields.get("original-mail-from")),
+        original_mail_from=address_from_field(fields.get("original-mail-from")),
         arrival_date=fields.get("arrival-date") or fields.get("received-date"),
     )
 
@@ -127,7 +127,7 @@ def parse_jmrp(msg: Message) -> Report | None:
         recipients=tuple(reached(a) for a in _attached_recipients(msg)),
         layout="jmrp",
         feedback_type="abuse",
-        arf_user_agent=normalize_address(header(msg, "From")),
+        arf_user_agent=address_from_field(header(msg, "From")),
     )
 
 
@@ -140,7 +140,7 @@ def parse_apple_unsubscribe(msg: Message) -> Report | None:
         return None
     if not _APPLE_UNSUBSCRIBE.search(body_text(msg)):
         return None
-    sender = normalize_address(header(msg, "From"))
+    sender = address_from_field(header(msg, "From"))
     return Report(
         kind="arf",
         recipients=(reached(sender),) if sender else (),

@@ -13,7 +13,7 @@ import re
 from email.message import Message
 
 from mta.bounces.model import Report, reached
-from mta.bounces.parts import header, normalize_address
+from mta.bounces.parts import address_from_field, header
 
 __all__ = ["is_daemon", "parse_autoreply"]
 
@@ -58,7 +58,7 @@ def parse_autoreply(msg: Message) -> Report | None:
     )
     if not signals:
         return None
-    author = normalize_address(header(msg, "From")) or normalize_address(header(msg, "Sender"))
+    author = address_from_field(header(msg, "From")) or address_from_field(header(msg, "Sender"))
     return Report(
         kind="autoreply",
         recipients=(reached(author),) if author else (),

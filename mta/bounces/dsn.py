@@ -17,10 +17,10 @@ from email.message import Message
 from mta.bounces.model import Kind, Recipient, Report, make_recipient
 from mta.bounces.parts import (
     MAX_RECIPIENTS,
+    address_from_field,
     addresses_in,
     body_text,
     field_groups,
-    normalize_address,
     part_text,
     parts,
     smtp_code_in,
@@ -90,8 +90,10 @@ def recipients_from_fields(text: str, human: str = "") -> tuple[dict[str, str], 
     recipients: list[Recipient] = []
     seen: set[tuple[str, str]] = set()
     for record in records:
-        final = normalize_address(record.get("final-recipient") or record.get("x-actual-recipient"))
-        original = normalize_address(record.get("original-recipient"))
+        final = address_from_field(
+            record.get("final-recipient") or record.get("x-actual-recipient")
+        )
+        original = address_from_field(record.get("original-recipient"))
         email = final or original
         if email is None:
             continue

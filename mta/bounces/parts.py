@@ -13,13 +13,13 @@ __all__ = [
     "MAX_RECIPIENTS",
     "MAX_TEXT",
     "ORIGINAL_HEADERS",
+    "address_from_field",
     "addresses_in",
     "body_text",
     "field_groups",
     "header",
     "load",
     "message_id",
-    "normalize_address",
     "original_headers",
     "part_text",
     "parts",
@@ -251,7 +251,7 @@ def field_groups(text: str) -> list[list[tuple[str, str]]]:
     return groups
 
 
-def normalize_address(value: str | None) -> str | None:
+def address_from_field(value: str | None) -> str | None:
     """``"rfc822; <Kiji@Example.JP>"`` -> ``"Kiji@example.jp"``; ``None`` if no address."""
     if not value:
         return None
@@ -279,7 +279,7 @@ def addresses_in(text: str, limit: int = MAX_RECIPIENTS) -> list[str]:
         start = match.start()
         if text[max(0, start - 8) : start].lower().endswith(("mailto:", "://", "=")):
             continue
-        address = normalize_address(match.group(1))
+        address = address_from_field(match.group(1))
         if address is not None:
             found.setdefault(address.lower(), address)
             if len(found) >= limit:

@@ -23,10 +23,10 @@ from mta.bounces.autoreply import is_daemon
 from mta.bounces.model import Recipient, Report, make_recipient
 from mta.bounces.parts import (
     MAX_RECIPIENTS,
+    address_from_field,
     addresses_in,
     body_text,
     header,
-    normalize_address,
     original_headers,
     smtp_code_in,
     smtp_command,
@@ -145,7 +145,7 @@ def parse_qmail(msg: Message) -> Report | None:
     action = "delayed" if "not yet" in notice.lower() else "failed"
     recipients = []
     for address, lines in blocks:
-        email = normalize_address(address)
+        email = address_from_field(address)
         if email is None:
             continue
         text = " ".join(lines)
@@ -213,7 +213,7 @@ def parse_exim(msg: Message) -> Report | None:
     action = _action(notice[: start.start()])
     recipients = []
     for address, lines in blocks:
-        email = normalize_address(address)
+        email = address_from_field(address)
         if email is None:
             continue
         text = " ".join(lines)

@@ -14,7 +14,7 @@ from email.message import Message
 from typing import Any
 
 from mta.bounces.model import Kind, Recipient, Report, make_recipient, reached
-from mta.bounces.parts import body_text, normalize_address, smtp_code_in
+from mta.bounces.parts import address_from_field, body_text, smtp_code_in
 
 __all__ = ["parse_ses"]
 
@@ -47,7 +47,7 @@ def _recipients(data: dict[str, Any]) -> tuple[Kind | None, list[Recipient]]:
         bounce = data.get("bounce") or {}
         found = []
         for item in bounce.get("bouncedRecipients") or []:
-            email = normalize_address(str(item.get("emailAddress", "")))
+            email = address_from_field(str(item.get("emailAddress", "")))
             if email is None:
                 continue
             diagnostic = re.sub(
@@ -67,14 +67,14 @@ def _recipients(data: dict[str, Any]) -> tuple[Kind | None, list[Recipient]]:
     if kind == "complaint":
         complaint = data.get("complaint") or {}
         emails = [
-            normalize_address(str(item.get("emailAddress", "")))
+            address_from_field(str(item.get("emailAddress", "")))
             for item in complaint.get("complainedRecipients") or []
         ]
         return "arf", [reached(e) for e in emails if e]
     if kind == "delivery":
         delivery = data.get("delivery") or {}
         response = str(delivery.get("smtpResponse", ""))
-        emails = [normalize_address(str(r)) for r in delivery.get("recipients") or []]
+        emails = [address_from_field(str(r)) for r in delivery.get("recipients") or []]
         return "delivered", [
             make_recipient(
                 e, action="delivered", smtp_code=smtp_code_in(response), diagnostic=response
