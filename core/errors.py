@@ -13,7 +13,7 @@
     │   └── PermanentDeliveryError   bounce (5xx); may suppress the address
     └── ConfigurationError       wrong settings; raised at start with the name of what is wrong
 
-Library exceptions (redis, aiosmtplib, jinja2) are translated at the edge
+Library and protocol exceptions (redis, SMTP, jinja2) are translated at the edge
 with ``raise ... from exc``; nothing above the edge sees them.
 """
 

@@ -60,6 +60,29 @@ def fixture_batch(
     return body
 
 
+def fixture_message(index: int = 0, *, domain: str = "inbox.example.org") -> bytes:
+    """The cart reminder for recipient ``index`` as the delivery worker builds it (pre-DKIM)."""
+    from mta.mime import Mailbox, build_message
+    from mta.render import Templates
+
+    body = fixture_batch(1, start=index, domain=domain)
+    recipient = body["recipients"][0]
+    rendered = Templates(body["subject"], body.get("html"), body.get("text")).render(
+        recipient["data"]
+    )
+    sender = body["from"]
+    return build_message(
+        sender=Mailbox(sender["email"], sender.get("name")),
+        to=Mailbox(recipient["email"], recipient.get("name")),
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        message_id=f"bench-{index}@{sender['email'].rpartition('@')[2]}",
+        reply_to=Mailbox(body["reply_to"]["email"]) if body.get("reply_to") else None,
+        headers=body.get("headers") or {},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,25 +12,31 @@ its connection limit is halved, it gets no new transaction until its backoff
 expires (doubling on each push-back, up to ``MAX_BACKOFF``), and its limit grows
 back by one for every ``limit`` successful deliveries (AIMD, as TCP does).
 
-aiosmtplib errors are translated here into Sluice's delivery errors, carrying
-the verdict of ``mta.replies.classify``.
+The SMTP conversation itself is ``mta.smtp`` (PIPELINING when offered); its
+errors are translated here into Sluice's delivery errors, carrying the verdict
+of ``mta.replies.classify``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiosmtplib
-
 from core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from mta.replies import classify
 from mta.routing import Destination
+from mta.smtp import (
+    Reply,
+    SmtpConnection,
+    SmtpError,
+    SmtpReplyError,
+    SmtpTlsUnavailable,
+    SmtpUnsupported,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +45,9 @@ MAX_BACKOFF = 900.0
 
 @dataclass
 class _Connection:
-    smtp: aiosmtplib.SMTP
+    smtp: SmtpConnection
     sent: int = 0
     last_used: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    text: str
 
 
 class _Waitable:
@@ -125,6 +125,7 @@ class SmtpPool:
         messages_per_connection: int,
         idle_timeout: float = 30.0,
         throttle_backoff: float = 30.0,
+        pipelining: bool = True,
     ) -> None:
         self.ehlo_name = ehlo_name
         self.timeout = timeout
@@ -133,6 +134,7 @@ class SmtpPool:
         self.messages_per_connection = messages_per_connection
         self.idle_timeout = idle_timeout
         self.throttle_backoff = throttle_backoff
+        self.pipelining = pipelining
         self.hosts: dict[tuple[str, str, int], HostState] = {}
         self.domains: dict[str, _DomainGate] = {}
         self._closed = False
@@ -179,12 +181,16 @@ class SmtpPool:
         self, host: HostState, dest: Destination, source_ip: str | None
     ) -> _Connection:
         while True:
-            if host.idle:
-                return host.idle.pop()
+            while host.idle:
+                conn = host.idle.pop()
+                if conn.smtp.usable:
+                    return conn
+                host.open -= 1  # closed by the server while idle
+                conn.smtp.abort()
             if host.open < host.limit:
                 host.open += 1
                 try:
-                    return await self._connect(dest, source_ip)
+                    return await self._connect(host, dest, source_ip)
                 except BaseException:
                     host.open -= 1
                     host.wake()
@@ -192,41 +198,36 @@ class SmtpPool:
             await host.wait()
 
     async def _checkin(self, host: HostState, conn: _Connection, keep: bool) -> None:
-        if keep and not self._closed and host.open <= host.limit:
+        if keep and not self._closed and host.open <= host.limit and conn.smtp.usable:
             conn.last_used = time.monotonic()
             host.idle.append(conn)
         else:
             host.open -= 1
-            await self._close(conn)
+            await conn.smtp.quit()
         host.wake()
 
-    async def _connect(self, dest: Destination, source_ip: str | None) -> _Connection:
-        smtp = aiosmtplib.SMTP(
-            hostname=dest.address,
-            port=dest.port,
-            local_hostname=self.ehlo_name,
-            source_address=(source_ip, 0) if source_ip else None,
-            timeout=self.timeout,
-            # Opportunistic STARTTLS when offered; with tls=required, no STARTTLS means no mail.
-            start_tls=True if dest.require_tls else None,
-            validate_certs=False,  # MX certificates rarely match; see docs/architecture.md
-        )
+    async def _connect(
+        self, host: HostState, dest: Destination, source_ip: str | None
+    ) -> _Connection:
         try:
-            await smtp.connect()
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            raise self._error(exc.code, exc.message, dest) from exc
-        except aiosmtplib.SMTPException as exc:
-            if dest.require_tls and "STARTTLS" in str(exc).upper():
-                raise TransientDeliveryError(
-                    f"{dest} does not offer STARTTLS and the route requires TLS", host=str(dest)
-                ) from exc
+            smtp = await SmtpConnection.open(
+                dest.address,
+                dest.port,
+                ehlo_name=self.ehlo_name,
+                wait=self.timeout,
+                source_ip=source_ip,
+                tls="required" if dest.require_tls else "opportunistic",
+                pipelining=self.pipelining,
+            )
+        except SmtpReplyError as exc:  # greeting or HELO refused: 421 here is a push-back too
+            raise self._failed(host, exc.reply.code, exc.reply.text, dest) from exc
+        except SmtpTlsUnavailable as exc:
             raise TransientDeliveryError(
-                f"cannot connect to {dest}: {exc}", host=str(dest)
+                f"{exc}; the route to {dest.host} requires TLS", host=str(dest)
             ) from exc
-        except (OSError, TimeoutError) as exc:
-            raise TransientDeliveryError(
-                f"cannot connect to {dest}: {exc}", host=str(dest)
-            ) from exc
+        except SmtpError as exc:
+            host.recent.append((time.time(), 0, str(exc)[:200]))
+            raise TransientDeliveryError(str(exc), host=str(dest)) from exc
         return _Connection(smtp)
 
     async def _transaction(
@@ -238,31 +239,38 @@ class SmtpPool:
         message: bytes,
         source_ip: str | None,
     ) -> Reply:
-        conn = await self._checkout(host, dest, source_ip)
-        keep = False
-        try:
-            _, text = await conn.smtp.sendmail(sender, [recipient], message)
-            conn.sent += 1
-            keep = conn.sent < self.messages_per_connection
-            host.succeeded()
-            host.recent.append((time.time(), 250, text[:200]))
-            return Reply(250, text)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            keep = await self._reset(conn)
-            raise self._failed(host, refused.code, refused.message, dest) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            keep = exc.code != 421 and await self._reset(conn)
-            raise self._failed(host, exc.code, exc.message, dest) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # Includes a connection dropped after the final dot: the message may have
-            # arrived, but without a reply it is retried (at least once).
-            host.recent.append((time.time(), 0, f"{type(exc).__name__}: {exc}"[:200]))
-            raise TransientDeliveryError(
-                f"{dest}: {type(exc).__name__}: {exc}", host=str(dest)
-            ) from exc
-        finally:
-            await self._checkin(host, conn, keep)
+        for attempt in (1, 2):
+            conn = await self._checkout(host, dest, source_ip)
+            reused = conn.sent > 0
+            keep = False
+            try:
+                reply = await conn.smtp.transaction(sender, recipient, message)
+                conn.sent += 1
+                keep = conn.sent < self.messages_per_connection
+                host.succeeded()
+                host.recent.append((time.time(), reply.code, reply.text[:200]))
+                return reply
+            except SmtpReplyError as exc:
+                code, text = exc.reply.code, exc.reply.text
+                keep = code != 421 and await conn.smtp.reset()
+                raise self._failed(host, code, text, dest) from exc
+            except SmtpUnsupported as exc:
+                keep = True  # nothing was written
+                raise PermanentDeliveryError(
+                    f"{exc} ({exc.enhanced})", host=str(dest), bounce_class="content"
+                ) from exc
+            except SmtpError as exc:
+                if reused and not exc.committed and attempt == 1:
+                    # A pooled connection the server had dropped: nothing of the message
+                    # can have been taken, so a fresh connection may try at once.
+                    continue
+                # Includes a connection dropped after the final dot: the message may have
+                # arrived, but without a reply it is retried (at least once).
+                host.recent.append((time.time(), 0, str(exc)[:200]))
+                raise TransientDeliveryError(f"{dest}: {exc}", host=str(dest)) from exc
+            finally:
+                await self._checkin(host, conn, keep)
+        raise AssertionError("unreachable")
 
     def _failed(self, host: HostState, code: int, text: str, dest: Destination) -> DeliveryError:
         host.recent.append((time.time(), code, text[:200]))
@@ -291,22 +299,6 @@ class SmtpPool:
             throttle=verdict.throttle,
         )
 
-    @staticmethod
-    async def _reset(conn: _Connection) -> bool:
-        try:
-            await conn.smtp.rset()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            return False
-        return True
-
-    @staticmethod
-    async def _close(conn: _Connection) -> None:
-        try:
-            if conn.smtp.is_connected:
-                await asyncio.wait_for(conn.smtp.quit(), timeout=5)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            conn.smtp.close()
-
     async def close_idle(self) -> None:
         cutoff = time.monotonic() - self.idle_timeout
         for host in self.hosts.values():
@@ -314,7 +306,7 @@ class SmtpPool:
             host.idle = [c for c in host.idle if c.last_used >= cutoff]
             for conn in stale:
                 host.open -= 1
-                await self._close(conn)
+                await conn.smtp.quit()
             if stale:
                 host.wake()
 
@@ -344,5 +336,4 @@ class SmtpPool:
             idle, host.idle = host.idle, []
             for conn in idle:
                 host.open -= 1
-                with contextlib.suppress(Exception):
-                    await self._close(conn)
+                await conn.smtp.quit()

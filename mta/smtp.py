@@ -1,0 +1,365 @@
+"""The SMTP client connection the delivery pool keeps open: many transactions, PIPELINING.
+
+aiosmtplib reads exactly one reply per command it writes and drops a reply that
+arrives before the previous one was collected, so it cannot pipeline (RFC 2920).
+Without pipelining every message costs four round trips (MAIL, RCPT, DATA, the
+final dot); with it, two. Sluice's outbound client is therefore this module: a
+small asyncio-streams client that speaks exactly what delivery needs: greeting,
+EHLO (HELO fallback), STARTTLS, MAIL/RCPT/DATA (pipelined when offered), RSET
+and QUIT.
+
+What goes on the wire is guarded here, whatever the caller passes: line ends are
+normalised to CRLF (no bare CR or LF, so no SMTP smuggling through a body), lines
+starting with "." are dot-stuffed, envelope addresses carrying control characters,
+spaces or angle brackets are refused before a byte is written, non-ASCII
+addresses need SMTPUTF8 and 8-bit bodies need 8BITMIME from the server, and a
+message larger than the server's SIZE is not sent.
+
+TLS: ``"opportunistic"`` uses STARTTLS when offered and falls back to plain text
+when the handshake fails (Postfix's ``may``); ``"required"`` never sends a byte of
+mail without TLS (Postfix's ``encrypt``: encrypted, certificate not verified,
+since MX certificates rarely match the MX name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Literal
+
+TlsMode = Literal["opportunistic", "required"]
+
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 100
+_UNSAFE_IN_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+
+class SmtpError(Exception):
+    """The conversation broke without a usable reply: refused or lost connection,
+    timeout, malformed reply, failed TLS.
+
+    ``committed`` is False when the server cannot have taken the message (the
+    failure came before the final dot was written): retrying at once on a fresh
+    connection cannot make a duplicate.
+    """
+
+    def __init__(self, message: str, *, committed: bool = False) -> None:
+        super().__init__(message)
+        self.committed = committed
+
+
+class SmtpTlsUnavailable(SmtpError):
+    """The route requires TLS and the server does not offer or complete STARTTLS."""
+
+
+class SmtpReplyError(Exception):
+    """The server answered a step of the conversation with a non-success reply."""
+
+    def __init__(self, reply: Reply, stage: str) -> None:
+        super().__init__(f"{stage}: {reply.code} {reply.text}")
+        self.reply = reply
+        self.stage = stage
+
+
+class SmtpUnsupported(Exception):
+    """The message cannot be sent to this server as it is (permanent, nothing was written)."""
+
+    def __init__(self, message: str, *, enhanced: str = "5.6.0") -> None:
+        super().__init__(message)
+        self.enhanced = enhanced
+
+
+def _plain_tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_TLS_CONTEXT = _plain_tls_context()
+
+
+def data_for_wire(message: bytes) -> bytes:
+    """``message`` as DATA content: CRLF line ends only, dot-stuffed, ending ``CRLF.CRLF``.
+
+    Every bare CR and bare LF becomes CRLF (as ``\\r\\n|\\r|\\n`` -> CRLF would), with
+    C-speed ``bytes`` methods: on a 13 KB message this is ~10 us, a regex ~130 us."""
+    wire = message
+    crlf = wire.count(b"\r\n")
+    if wire.count(b"\r") != crlf or wire.count(b"\n") != crlf:
+        wire = wire.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if b"\n." in wire:
+        wire = wire.replace(b"\n.", b"\n..")
+    if wire.startswith(b"."):
+        wire = b"." + wire
+    if not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    return wire + b".\r\n"
+
+
+class SmtpConnection:
+    """One open, greeted SMTP session; ``transaction`` may be called many times."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer: str,
+        timeout: float,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.timeout = timeout
+        self.extensions: dict[str, str] = {}
+        self.tls = False
+        self.greeting = ""
+        self.may_pipeline = True
+
+    # --- opening ----------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        ehlo_name: str,
+        wait: float,
+        source_ip: str | None = None,
+        tls: TlsMode = "opportunistic",
+        pipelining: bool = True,
+        use_starttls: bool = True,
+    ) -> SmtpConnection:
+        """Connect, read the greeting, EHLO and (when offered) STARTTLS.
+
+        ``wait``: seconds allowed for connecting and for each reply. ``pipelining=False``
+        never pipelines, even when offered (for measuring what pipelining gains)."""
+        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host,
+                    port,
+                    local_addr=(source_ip, 0) if source_ip else None,
+                    limit=MAX_REPLY_LINE,
+                ),
+                wait,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise SmtpError(f"cannot connect to {peer}: {exc or type(exc).__name__}") from exc
+        conn = cls(reader, writer, peer=peer, timeout=wait)
+        conn.may_pipeline = pipelining
+        try:
+            greeting = await conn.read_reply()
+            conn.greeting = greeting.text
+            if greeting.code != 220:
+                raise SmtpReplyError(greeting, "greeting")
+            await conn._hello(ehlo_name)
+            if not use_starttls:
+                return conn
+            if "STARTTLS" not in conn.extensions:
+                if tls == "required":
+                    raise SmtpTlsUnavailable(f"{peer} does not offer STARTTLS")
+                return conn
+            await conn._starttls(host, ehlo_name)
+        except SmtpTlsUnavailable:
+            conn.abort()
+            raise
+        except _HandshakeFailed as exc:
+            conn.abort()
+            if tls == "required":
+                raise SmtpTlsUnavailable(f"TLS handshake with {peer} failed: {exc}") from exc
+            # Opportunistic: a broken TLS stack must not make the destination unreachable.
+            return await cls.open(
+                host, port, ehlo_name=ehlo_name, wait=wait, source_ip=source_ip,
+                tls=tls, pipelining=pipelining, use_starttls=False,
+            )  # fmt: skip
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
+
+    async def _hello(self, ehlo_name: str) -> None:
+        reply = await self.command(f"EHLO {ehlo_name}")
+        if reply.code == 250:
+            self.extensions = {}
+            for line in reply.text.split("\n")[1:]:
+                keyword, _, value = line.strip().partition(" ")
+                if keyword:
+                    self.extensions[keyword.upper()] = value
+            return
+        reply = await self.command(f"HELO {ehlo_name}")
+        if reply.code != 250:
+            raise SmtpReplyError(reply, "helo")
+        self.extensions = {}
+
+    async def _starttls(self, host: str, ehlo_name: str) -> None:
+        reply = await self.command("STARTTLS")
+        if reply.code != 220:
+            raise SmtpTlsUnavailable(f"{self.peer} refused STARTTLS: {reply.code} {reply.text}")
+        try:
+            await self.writer.start_tls(
+                _TLS_CONTEXT, server_hostname=host, ssl_handshake_timeout=self.timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            raise _HandshakeFailed(str(exc) or type(exc).__name__) from exc
+        self.tls = True
+        await self._hello(ehlo_name)  # RFC 3207: forget what was learnt before TLS
+
+    # --- the conversation ----------------------------------------------------------
+
+    @property
+    def pipelining(self) -> bool:
+        return self.may_pipeline and "PIPELINING" in self.extensions
+
+    @property
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    async def read_reply(self) -> Reply:
+        lines: list[str] = []
+        code = b""
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    line = await self.reader.readline()
+                    if not line.endswith(b"\n"):
+                        raise SmtpError(f"{self.peer} closed the connection")
+                    code, sep = line[:3], line[3:4]
+                    if not code.isdigit() or sep not in (b" ", b"-", b"\r", b"\n"):
+                        raise SmtpError(f"{self.peer} sent a malformed reply: {line[:80]!r}")
+                    lines.append(line[4:].strip().decode("utf-8", "replace"))
+                    if sep != b"-":
+                        break
+                    if len(lines) >= MAX_REPLY_LINES:
+                        raise SmtpError(f"{self.peer} sent a reply of over {MAX_REPLY_LINES} lines")
+        except TimeoutError as exc:
+            raise SmtpError(f"{self.peer} did not answer within {self.timeout:.0f}s") from exc
+        except ValueError as exc:  # StreamReader's line limit
+            raise SmtpError(f"{self.peer} sent a reply line over {MAX_REPLY_LINE} bytes") from exc
+        except OSError as exc:
+            raise SmtpError(f"connection to {self.peer} lost: {exc}") from exc
+        return Reply(int(code), "\n".join(lines))
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            self.writer.write(data)
+            async with asyncio.timeout(self.timeout):
+                await self.writer.drain()
+        except TimeoutError as exc:
+            raise SmtpError(f"{self.peer} stopped reading for {self.timeout:.0f}s") from exc
+        except OSError as exc:
+            raise SmtpError(f"connection to {self.peer} lost: {exc}") from exc
+
+    async def command(self, line: str) -> Reply:
+        await self._write(line.encode("ascii") + b"\r\n")
+        return await self.read_reply()
+
+    def _envelope(self, sender: str, recipient: str, message: bytes) -> tuple[str, str]:
+        for address in (sender, recipient):
+            if _UNSAFE_IN_ADDRESS.search(address):
+                raise SmtpUnsupported(
+                    f"address {address!r} has characters SMTP cannot carry", enhanced="5.1.3"
+                )
+        params: list[str] = []
+        size_limit = self.extensions.get("SIZE", "")
+        if size_limit.isdigit():
+            size = len(message)
+            if int(size_limit) and size > int(size_limit):
+                raise SmtpUnsupported(
+                    f"message of {size} bytes is over {self.peer}'s limit of {size_limit}",
+                    enhanced="5.3.4",
+                )
+            params.append(f"SIZE={size}")
+        if not message.isascii():
+            if "8BITMIME" not in self.extensions:
+                raise SmtpUnsupported(
+                    f"8-bit message and {self.peer} does not offer 8BITMIME", enhanced="5.6.3"
+                )
+            params.append("BODY=8BITMIME")
+        if not (sender.isascii() and recipient.isascii()):
+            if "SMTPUTF8" not in self.extensions:
+                raise SmtpUnsupported(
+                    f"non-ASCII address and {self.peer} does not offer SMTPUTF8",
+                    enhanced="5.6.7",
+                )
+            params.append("SMTPUTF8")
+        mail = " ".join([f"MAIL FROM:<{sender}>", *params])
+        return mail, f"RCPT TO:<{recipient}>"
+
+    async def transaction(self, sender: str, recipient: str, message: bytes) -> Reply:
+        """MAIL, RCPT, DATA and the message; the final reply, or SmtpReplyError/SmtpError."""
+        mail, rcpt = self._envelope(sender, recipient, message)
+        wire = data_for_wire(message)
+        commands = [line.encode("utf-8") + b"\r\n" for line in (mail, rcpt)] + [b"DATA\r\n"]
+        if self.pipelining:
+            await self._write(b"".join(commands))
+            replies = [await self.read_reply() for _ in commands]
+        else:
+            replies = []
+            for command in commands:
+                await self._write(command)
+                replies.append(await self.read_reply())
+                if not replies[-1].ok:
+                    break
+        mail_reply, rcpt_reply, data_reply = [*replies, None, None][:3]
+        refused = next(
+            ((r, stage) for r, stage in ((mail_reply, "mail"), (rcpt_reply, "rcpt"))
+             if r is not None and not r.ok),
+            None,
+        )  # fmt: skip
+        if refused is not None:
+            if data_reply is not None and data_reply.code == 354:
+                # RFC 2920 3.1: DATA accepted with no valid recipient; end it empty.
+                await self._write(b".\r\n")
+                await self.read_reply()
+            raise SmtpReplyError(refused[0], refused[1])
+        assert data_reply is not None
+        if data_reply.code != 354:
+            raise SmtpReplyError(data_reply, "data")
+        try:
+            await self._write(wire)
+            final = await self.read_reply()
+        except SmtpError as exc:
+            exc.committed = True  # the message may have arrived: a retry can duplicate it
+            raise
+        if not final.ok:
+            raise SmtpReplyError(final, "dot")
+        return final
+
+    async def reset(self) -> bool:
+        try:
+            return (await self.command("RSET")).ok
+        except SmtpError:
+            return False
+
+    async def quit(self) -> None:
+        try:
+            async with asyncio.timeout(min(self.timeout, 5.0)):
+                self.writer.write(b"QUIT\r\n")
+                await self.writer.drain()
+                await self.reader.read(512)
+        except (OSError, TimeoutError):
+            pass
+        self.abort()
+
+    def abort(self) -> None:
+        self.writer.close()
+
+
+class _HandshakeFailed(Exception):
+    pass

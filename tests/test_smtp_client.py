@@ -1,0 +1,395 @@
+"""Sluice's outbound SMTP client (mta.smtp): PIPELINING, reply parsing, TLS, what it refuses.
+
+Against the aiosmtpd fault sink and, where a server must misbehave in ways aiosmtpd
+will not, a scripted raw TCP server on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadtests.fault_sink import FaultSink
+from mta.pool import SmtpPool
+from mta.routing import Destination
+from mta.smtp import (
+    SmtpConnection,
+    SmtpError,
+    SmtpReplyError,
+    SmtpTlsUnavailable,
+    SmtpUnsupported,
+    data_for_wire,
+)
+
+MESSAGE = b"From: a@shop.test\r\nTo: b@inbox.test\r\nSubject: hi\r\n\r\nHello\r\n"
+
+
+@pytest.fixture
+def fault_sink() -> Iterator[FaultSink]:
+    with FaultSink() as sink:
+        yield sink
+
+
+async def open_to(sink_or_port: FaultSink | int, **kwargs: object) -> SmtpConnection:
+    port = sink_or_port if isinstance(sink_or_port, int) else sink_or_port.port
+    return await SmtpConnection.open(
+        "127.0.0.1",
+        port,
+        ehlo_name="mta.sluice.test",
+        wait=5.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# --- a scripted raw server -----------------------------------------------------------
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[Script], Awaitable[int]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await script(reader, writer)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *ext: str) -> None:
+    writer.write(b"220 raw.test ESMTP\r\n")
+    assert (await reader.readline()).startswith(b"EHLO ")
+    lines = ["raw.test", *ext]
+    writer.write(
+        b"".join(
+            f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode()
+            for i, line in enumerate(lines)
+        )
+    )
+
+
+async def read_data(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n.\r\n")
+
+
+# --- PIPELINING ----------------------------------------------------------------------
+
+
+async def test_pipelined_commands_go_in_one_write_and_replies_in_one_segment(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    """The server answers nothing until it holds MAIL, RCPT and DATA: only a client that
+    pipelines gets through; then all three replies arrive in one segment."""
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, "PIPELINING", "8BITMIME")
+        for _ in range(2):
+            commands = [await reader.readline() for _ in range(3)]
+            seen.extend(commands)
+            writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n")
+            seen.append(await read_data(reader))
+            writer.write(b"250 2.0.0 queued as X\r\n")
+
+    conn = await open_to(await raw_server(script))
+    assert conn.pipelining
+    for _ in range(2):
+        reply = await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)
+        assert (reply.code, reply.text) == (250, "2.0.0 queued as X")
+    await conn.quit()
+    assert seen[0] == b"MAIL FROM:<a@shop.test>\r\n"
+    assert seen[1] == b"RCPT TO:<b@inbox.test>\r\n"
+    assert seen[2] == b"DATA\r\n"
+    assert seen[3] == MESSAGE + b".\r\n"
+
+
+async def test_without_pipelining_each_command_waits_for_its_reply(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, "8BITMIME")  # no PIPELINING
+        for reply in (b"250 ok", b"250 ok", b"354 go"):
+            await reader.readline()
+            # Nothing more may be waiting: the client must not send before this reply.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.read(1), 0.05)
+            writer.write(reply + b"\r\n")
+        await read_data(reader)
+        writer.write(b"250 done\r\n")
+
+    conn = await open_to(await raw_server(script))
+    assert not conn.pipelining
+    assert (await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)).code == 250
+    conn.abort()
+
+
+async def test_refused_recipient_then_the_connection_carries_the_next_message(
+    fault_sink: FaultSink,
+) -> None:
+    fault_sink.set_rule("gone@inbox.test", rcpt_reply="550 5.1.1 no such user")
+    conn = await open_to(fault_sink)
+    with pytest.raises(SmtpReplyError) as refused:
+        await conn.transaction("a@shop.test", "gone@inbox.test", MESSAGE)
+    assert (refused.value.stage, refused.value.reply.code) == ("rcpt", 550)
+    assert await conn.reset()
+    assert (await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)).code == 250
+    await conn.quit()
+    [got] = fault_sink.accepted()
+    assert got.rcpt_tos == ("b@inbox.test",)
+    assert fault_sink.connections_total == 1
+
+
+async def test_data_accepted_after_a_refused_recipient_is_ended_empty(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    """RFC 2920 3.1: a server that answers 354 with no valid recipient gets a lone dot."""
+    after: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, "PIPELINING")
+        for _ in range(3):
+            await reader.readline()
+        writer.write(b"250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n")
+        after.append(await reader.readline())
+        writer.write(b"554 no valid recipients\r\n")
+        after.append(await reader.readline())
+        writer.write(b"250 reset\r\n")
+
+    conn = await open_to(await raw_server(script))
+    with pytest.raises(SmtpReplyError) as refused:
+        await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)
+    assert refused.value.stage == "rcpt"
+    assert await conn.reset()
+    conn.abort()
+    assert after == [b".\r\n", b"RSET\r\n"], "no message content after a refused recipient"
+
+
+# --- replies -------------------------------------------------------------------------
+
+
+async def test_multiline_and_malformed_replies(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        await reader.readline()
+        writer.write(b"550-5.7.1 first line\r\n550-second line\r\n550 5.7.1 last\r\n")
+        await reader.readline()
+        writer.write(b"hello there\r\n")
+
+    conn = await open_to(await raw_server(script))
+    reply = await conn.command("MAIL FROM:<a@shop.test>")
+    assert (reply.code, reply.text) == (550, "5.7.1 first line\nsecond line\n5.7.1 last")
+    with pytest.raises(SmtpError, match="malformed reply"):
+        await conn.command("NOOP")
+    conn.abort()
+
+
+async def test_oversized_reply_line_and_silence_are_errors_not_hangs(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 " + b"x" * 100_000 + b"\r\n")
+        await writer.drain()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(SmtpError, match="reply line over"):
+        await open_to(await raw_server(huge))
+    with pytest.raises(SmtpError, match="did not answer"):
+        await SmtpConnection.open(
+            "127.0.0.1", await raw_server(silent), ehlo_name="mta.sluice.test", wait=0.3
+        )
+
+
+async def test_greeting_refusal_and_helo_fallback(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"421 4.7.0 too many connections, try later\r\n")
+        await writer.drain()
+
+    async def old(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 old.test SMTP\r\n")
+        await reader.readline()
+        writer.write(b"502 what is EHLO\r\n")
+        assert (await reader.readline()) == b"HELO mta.sluice.test\r\n"
+        writer.write(b"250 old.test\r\n")
+        await reader.readline()
+
+    with pytest.raises(SmtpReplyError) as refused:
+        await open_to(await raw_server(busy))
+    assert (refused.value.stage, refused.value.reply.code) == ("greeting", 421)
+    conn = await open_to(await raw_server(old))
+    assert conn.extensions == {} and not conn.pipelining
+    conn.abort()
+
+
+# --- what is refused before a byte is written ------------------------------------------
+
+
+async def test_size_8bit_and_non_ascii_addresses_follow_the_extensions(
+    fault_sink: FaultSink,
+) -> None:
+    fault_sink.set_extensions(size=1000, eightbitmime=False, smtputf8=False)
+    conn = await open_to(fault_sink)
+    with pytest.raises(SmtpUnsupported, match=r"over .* limit of 1000"):
+        await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE + b"x" * 1000)
+    with pytest.raises(SmtpUnsupported, match="8BITMIME"):
+        await conn.transaction("a@shop.test", "b@inbox.test", "Grüße\r\n".encode())
+    with pytest.raises(SmtpUnsupported, match="SMTPUTF8"):
+        await conn.transaction("a@shop.test", "jürgen@inbox.test", MESSAGE)
+    for hostile in ("b@inbox.test>\r\nRSET", "b@inbox.test\x00", "b c@inbox.test"):
+        with pytest.raises(SmtpUnsupported, match="cannot carry"):
+            await conn.transaction("a@shop.test", hostile, MESSAGE)
+    assert (await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)).code == 250
+    await conn.quit()
+    assert [r.rcpt_tos for r in fault_sink.received()] == [("b@inbox.test",)]
+
+    fault_sink.set_extensions(size=None, eightbitmime=True, smtputf8=True)
+    conn = await open_to(fault_sink)
+    assert (await conn.transaction("a@shop.test", "jürgen@inbox.test", "Grüße\r\n".encode())).ok
+    await conn.quit()
+    assert fault_sink.received()[-1].data == "Grüße\r\n".encode()
+
+
+def _reference_wire(message: bytes) -> bytes:
+    """The slow, obvious definition data_for_wire must agree with."""
+    wire = re.sub(rb"^\.", b"..", re.sub(rb"\r\n|\r|\n", b"\r\n", message), flags=re.MULTILINE)
+    return wire + (b"" if wire.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"..", b" "])).map(b"".join))
+def test_data_for_wire_agrees_with_the_regex_definition(message: bytes) -> None:
+    wire = data_for_wire(message)
+    assert wire == _reference_wire(message)
+    body = wire[: -len(b".\r\n")]
+    assert b"\r" not in body.replace(b"\r\n", b"") and b"\n" not in body.replace(b"\r\n", b"")
+    assert b"\r\n.\r\n" not in b"\r\n" + body, "no end-of-data inside the message"
+
+
+def test_data_for_wire_normalises_line_ends_and_stuffs_dots() -> None:
+    assert data_for_wire(b"a\nb\rc\r\n.d\n..e") == b"a\r\nb\r\nc\r\n..d\r\n...e\r\n.\r\n"
+    assert data_for_wire(b".\r\n") == b"..\r\n.\r\n"
+    assert data_for_wire(b"x\r\n.\r\nMAIL FROM:<e@evil.test>\r\n") == (
+        b"x\r\n..\r\nMAIL FROM:<e@evil.test>\r\n.\r\n"
+    )
+
+
+# --- TLS ---------------------------------------------------------------------------
+
+
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fault-sink.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+async def test_starttls_when_offered_and_required_tls_never_falls_back(tmp_path: Path) -> None:
+    with FaultSink(tls_context=self_signed(tmp_path)) as sink:
+        conn = await open_to(sink, tls="required")
+        assert conn.tls and conn.pipelining
+        assert (await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)).code == 250
+        await conn.quit()
+        assert len(sink.accepted()) == 1
+
+    with FaultSink() as plain:  # offers no STARTTLS
+        with pytest.raises(SmtpTlsUnavailable):
+            await open_to(plain, tls="required")
+        conn = await open_to(plain)  # opportunistic: plain text is fine
+        assert not conn.tls
+        conn.abort()
+
+
+async def test_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_fails(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    attempts: list[str] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not attempts:
+            attempts.append("tls")
+            await greet(reader, writer, "STARTTLS")
+            await reader.readline()
+            writer.write(b"220 go ahead\r\n")
+            writer.write(b"this is not a TLS server hello\r\n")  # a broken TLS stack
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            return
+        attempts.append("plain")
+        await greet(reader, writer, "STARTTLS")
+        await reader.readline()  # QUIT
+
+    port = await raw_server(script)
+    with pytest.raises(SmtpTlsUnavailable, match="handshake"):
+        await open_to(port, tls="required")
+    attempts.clear()
+    conn = await open_to(port)
+    assert attempts == ["tls", "plain"] and not conn.tls
+    await conn.quit()
+
+
+# --- the pool ------------------------------------------------------------------------
+
+
+async def test_pool_reconnects_at_once_when_the_server_dropped_an_idle_connection() -> None:
+    with FaultSink(idle_timeout=0.3) as sink:
+        pool = SmtpPool(
+            ehlo_name="mta.sluice.test", timeout=5, per_host=2, per_domain=20,
+            messages_per_connection=100,
+        )  # fmt: skip
+        dest = Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
+        try:
+            for _ in range(2):
+                reply = await pool.send(dest, "inbox.test", "a@shop.test", "b@inbox.test", MESSAGE)
+                assert reply.code == 250
+                await asyncio.sleep(0.8)  # the sink closes the idle connection
+        finally:
+            await pool.aclose()
+        assert len(sink.accepted()) == 2
+        assert sink.connections_total == 2
