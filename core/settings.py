@@ -105,6 +105,7 @@ class DeliverySettings:
     ips: tuple[SendingIp, ...]
     inbound: HostPort | None  # DSN/ARF receiver; None: off
     bounce_domain: str | None  # VERP return-path domain; None: the From domain
+    dkim_domain: str | None = None  # DKIM d= for every message; None: the From domain
 
     @property
     def relay(self) -> HostPort | None:
@@ -305,6 +306,7 @@ def load_settings(
             ips=src.get("ips", parse_ips, ()),
             inbound=src.get("inbound", _inbound, _DEFAULT_INBOUND),
             bounce_domain=src.get("bounce_domain", _domain, "") or None,
+            dkim_domain=src.get("dkim_domain", _domain, "") or None,
         ),
         api_key=Secret(api_key) if api_key else None,
         config_path=config_path,

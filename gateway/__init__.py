@@ -1,6 +1,2 @@
-"""The ``sluice`` CLI, the HTTP API and the assembly of the whole gateway."""
-
-from gateway.app import create_app
-from gateway.cli import main
-
-__all__ = ["create_app", "main"]
+"""The ``sluice`` CLI (``gateway.cli``), the HTTP API (``gateway.app``) and the assembly of
+the whole gateway (``gateway.serve``)."""

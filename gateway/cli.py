@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from core.errors import ConfigurationError
 from core.logs import setup_logging
 from core.settings import load_settings
+from gateway import dkim_cmd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--workers", "N", "delivery worker processes; 0 accepts without delivering (env SLUICE_WORKERS)"),
     ):  # fmt: skip
         serve.add_argument(flag, metavar=meta, help=text)
+    dkim_cmd.add_commands(commands, common)
     return parser
 
 
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             flags = {k: v for k, v in vars(args).items() if k not in ("command", "log_level")}
             return serve(load_settings(flags))
+        if args.command == "dkim":
+            return dkim_cmd.run(args)
     except ConfigurationError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2

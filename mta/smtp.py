@@ -91,15 +91,18 @@ def _plain_tls_context() -> ssl.SSLContext:
 _TLS_CONTEXT = _plain_tls_context()
 
 
-def data_for_wire(message: bytes) -> bytes:
-    """``message`` as DATA content: CRLF line ends only, dot-stuffed, ending ``CRLF.CRLF``.
+def crlf_only(message: bytes) -> bytes:
+    """Every bare CR and bare LF as CRLF (what ``\\r\\n|\\r|\\n`` -> CRLF would do), with
+    C-speed ``bytes`` methods: on a 13 KB message ~10 us, where a regex takes ~130 us."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") == crlf and message.count(b"\n") == crlf:
+        return message
+    return message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
-    Every bare CR and bare LF becomes CRLF (as ``\\r\\n|\\r|\\n`` -> CRLF would), with
-    C-speed ``bytes`` methods: on a 13 KB message this is ~10 us, a regex ~130 us."""
-    wire = message
-    crlf = wire.count(b"\r\n")
-    if wire.count(b"\r") != crlf or wire.count(b"\n") != crlf:
-        wire = wire.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+def data_for_wire(message: bytes) -> bytes:
+    """``message`` as DATA content: CRLF line ends only, dot-stuffed, ending ``CRLF.CRLF``."""
+    wire = crlf_only(message)
     if b"\n." in wire:
         wire = wire.replace(b"\n.", b"\n..")
     if wire.startswith(b"."):

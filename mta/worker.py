@@ -30,6 +30,8 @@ from core.errors import DeliveryError, PermanentDeliveryError, TransientDelivery
 from core.events import EventType, pack_event
 from core.settings import DeliverySettings, Secret, Settings
 from core.store import QueuedJob, Store, open_store
+from mta.dkim import DkimSigner, DkimSignError
+from mta.dkimkeys import KeyStore
 from mta.mime import Mailbox, MimeError, build_message
 from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateCache, TemplateError
@@ -75,6 +77,9 @@ class Worker:
         self.templates = TemplateCache()
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
+        self.signer = DkimSigner(
+            KeyStore(settings.data_dir), signing_domain=self.delivery.dkim_domain
+        )
         workers = max(1, self.delivery.workers)  # each worker takes its share of the limits
         self.pool = SmtpPool(
             ehlo_name=self.delivery.ehlo_name,
@@ -197,7 +202,7 @@ class Worker:
         attempt = int(job.get("a", 0)) + 1
         try:
             dest, reply_code = await self._send(batch, job)
-        except (RenderError, MimeError, TemplateError) as exc:
+        except (RenderError, MimeError, TemplateError, DkimSignError) as exc:
             log.warning("message=%s cannot be built: %s", message_id, exc)
             await self._finish(
                 queued, batch, EventType.BOUNCED, smtp_code=None, bounce_class="content",
@@ -258,7 +263,7 @@ class Worker:
         rendered = templates.render(job.get("d") or {})
         sender_email, sender_name = batch["f"]
         reply_to = Mailbox(*batch["r"]) if batch.get("r") else None
-        return build_message(
+        message = build_message(
             sender=Mailbox(sender_email, sender_name),
             to=Mailbox(job["e"], job.get("n")),
             subject=rendered.subject,
@@ -268,6 +273,7 @@ class Worker:
             reply_to=reply_to,
             headers=batch.get("hd") or {},
         )
+        return self.signer.sign(message, domain_of(sender_email))
 
     async def _defer(
         self, queued: QueuedJob, batch: dict[str, Any], exc: TransientDeliveryError
