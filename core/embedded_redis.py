@@ -77,6 +77,10 @@ class EmbeddedRedis:
     def pidfile(self) -> Path:
         return self.dir / "redis.pid"
 
+    @property
+    def url_file(self) -> Path:
+        return self.dir / "url"
+
     def _recover_stale(self) -> None:
         """A crash can leave a redis-server (or its pid file and socket) behind: clear them."""
         try:
@@ -93,7 +97,7 @@ class EmbeddedRedis:
             if _is_our_redis(pid, self.pidfile):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-        for stale in (self.pidfile, self.dir / "redis.sock"):
+        for stale in (self.pidfile, self.dir / "redis.sock", self.url_file):
             stale.unlink(missing_ok=True)
 
     def start(self, timeout: float = 20.0) -> str:
@@ -136,6 +140,10 @@ class EmbeddedRedis:
                 )
             if self._answers(probe):
                 log.info("embedded Redis ready at %s (AOF, appendfsync %s)", self.url, self.fsync)
+                # Where operator commands (`sluice suppress`, ...) find it while serve runs.
+                fd = os.open(self.url_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(self.url + "\n")
                 return self.url
             time.sleep(0.02)
         self.stop()
@@ -159,6 +167,7 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None:
             return
+        self.url_file.unlink(missing_ok=True)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)  # redis-server fsyncs the AOF and exits
             try:

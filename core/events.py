@@ -6,6 +6,7 @@ id, which is also the cursor of ``GET /v1/events``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +25,12 @@ class EventType(StrEnum):
     CLICKED = "clicked"
     UNSUBSCRIBED = "unsubscribed"
     COMPLAINED = "complained"
+
+
+def iso_time(stamp: float) -> str:
+    """``2026-11-23T08:12:30.125Z``: how times appear in answers and events."""
+    moment = datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds")
+    return moment.replace("+00:00", "Z")
 
 
 def pack_event(
@@ -50,6 +57,15 @@ def pack_event(
     return msgpack.packb(body)  # type: ignore[no-any-return]
 
 
-def unpack_event(event_id: str, blob: bytes) -> dict[str, Any]:
+def unpack_event(event_id: str, blob: bytes, changes: bytes | None = None) -> dict[str, Any]:
+    """The event; ``changes`` (msgpack from the accept script) are what the contact policy
+    decided after the event was written: another type (``suppressed``, ``capped``) with its
+    reason, or a later ``send_at`` (``send_at_ts``, unix seconds) and why (``held_by``)."""
     body: dict[str, Any] = msgpack.unpackb(blob)
+    if changes:
+        extra: dict[str, Any] = msgpack.unpackb(changes)
+        stamp = extra.pop("send_at_ts", None)
+        if stamp is not None:
+            extra["send_at"] = iso_time(float(stamp))
+        body.update(extra)
     return {"id": event_id, **body}

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from core import keys
 from core.errors import SluiceError
 from core.events import unpack_event
+from core.suppressions import Suppressions
 
 RETENTION_SECONDS = 7 * 86400  # batch content and message records outlive the longest deferral
 EVENTS_MAXLEN = 2_000_000  # approximate cap on the events stream
@@ -43,6 +44,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _lines(value: Any) -> list[str]:
+    text = _text(value or b"")
+    return text.split("\n") if text else []
+
+
 def _script(name: str) -> str:
     return resources.files("core").joinpath("lua", name).read_text()
 
@@ -51,7 +57,8 @@ def _script(name: str) -> str:
 class Accepted:
     replay: bool  # True: the Idempotency-Key was seen before; response is the first answer
     digest: str  # the digest stored with the first answer
-    response: str
+    response: str  # the answer without the policy outcomes
+    outcomes: list[str]  # per accepted recipient, what the contact policy decided
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class Store:
         self._accept = client.register_script(_script("accept.lua"))
         self._complete = client.register_script(_script("complete.lua"))
         self._promote = client.register_script(_script("promote.lua"))
+        self.suppressions = Suppressions(client)
 
     # --- accept side --------------------------------------------------------
 
@@ -78,7 +86,11 @@ class Store:
         response: str,
         idempotency_key: str | None,
         digest: str,
+        policy: bytes = b"",
+        now: float | None = None,
     ) -> Accepted:
+        """``policy``: msgpack of the rules and quiet windows (``gateway.accept``); ``now``
+        defaults to the clock (tests pass their own)."""
         idem_key = keys.idempotency(idempotency_key) if idempotency_key else ""
         try:
             result = await self._accept(
@@ -99,23 +111,31 @@ class Store:
                     msgpack.packb(recipients, use_bin_type=False),  # Lua cmsgpack has no bin type
                     keys.MESSAGE_PREFIX,
                     EVENTS_MAXLEN,
-                    f"{time.time():.3f}",
+                    f"{time.time() if now is None else now:.3f}",
+                    policy or msgpack.packb({}),
                 ],
             )
         except RedisError as exc:
             raise StoreError(f"could not queue the batch: {exc}") from exc
         if _text(result[0]) == "replay":
-            return Accepted(True, _text(result[1]), _text(result[2]))
-        return Accepted(False, digest, _text(result[1]))
+            return Accepted(True, _text(result[1]), _text(result[2]), _lines(result[3]))
+        return Accepted(False, digest, response, _lines(result[1]))
 
-    async def idempotent_response(self, idempotency_key: str) -> tuple[str, str] | None:
-        """(digest, response) of an earlier request with this key, if any."""
-        digest, response = await self.redis.hmget(
-            keys.idempotency(idempotency_key), ["digest", "response"]
+    async def idempotent_response(self, idempotency_key: str) -> Accepted | None:
+        """The first answer to an earlier request with this key, if any."""
+        digest, response, outcomes = await self.redis.hmget(
+            keys.idempotency(idempotency_key), ["digest", "response", "outcomes"]
         )
         if digest is None or response is None:
             return None
-        return _text(digest), _text(response)
+        return Accepted(True, _text(digest), _text(response), _lines(outcomes))
+
+    async def policy(self) -> bytes | None:
+        blob: Any = await self.redis.get(keys.POLICY)
+        return None if blob is None else bytes(blob)
+
+    async def set_policy(self, text: str) -> None:
+        await self.redis.set(keys.POLICY, text)
 
     # --- delivery side ------------------------------------------------------
 
@@ -221,19 +241,6 @@ class Store:
             **{k: first.get(k) for k in ("email", "contact_id", "category", "metadata")},
         }
 
-    # --- suppression (the contact-policy work builds the full list on this) ---
-
-    async def suppress(self, email: str, *, reason: str, source: str) -> None:
-        entry = msgpack.packb({"reason": reason, "source": source, "at": round(time.time(), 3)})
-        await self.redis.hset(keys.SUPPRESSION, email.lower(), entry)
-
-    async def suppression(self, email: str) -> dict[str, Any] | None:
-        blob = await self.redis.hget(keys.SUPPRESSION, email.lower())
-        if blob is None:
-            return None
-        entry: dict[str, Any] = msgpack.unpackb(blob)
-        return entry
-
     # --- destinations -----------------------------------------------------------
 
     async def publish_destinations(self, worker: str, snapshot: list[dict[str, Any]]) -> None:
@@ -267,7 +274,7 @@ class Store:
                     pipe.xrange(keys.EVENTS, event_id, event_id)
             for reply in await pipe.execute():
                 for entry_id, fields in reply:
-                    events.append(unpack_event(_text(entry_id), fields[b"e"]))
+                    events.append(unpack_event(_text(entry_id), fields[b"e"], fields.get(b"x")))
         return {"message_id": message_id, "status": _text(status), "events": events}
 
     async def events_after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
@@ -279,7 +286,10 @@ class Store:
                 return []  # nothing can come after the largest id
             start = f"{ms}-{seq}"
         reply: Any = await self.redis.xrange(keys.EVENTS, start, "+", count=limit)
-        return [unpack_event(_text(entry_id), fields[b"e"]) for entry_id, fields in reply]
+        return [
+            unpack_event(_text(entry_id), fields[b"e"], fields.get(b"x"))
+            for entry_id, fields in reply
+        ]
 
     async def gauges(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
 
-from core import ids
+from core import ids, keys, suppressions
 from core.addresses import domain_of
 from core.errors import IdempotencyConflict, ValidationError
-from core.events import EventType, pack_event
+from core.events import EventType, iso_time, pack_event
 from core.store import Store
+from gateway.policy import Policy, intervals_from, ramp_offset
 from gateway.schemas import SendRequest, parse_send_request
 from mta.render import RenderError, TemplateCache, TemplateError
 
@@ -33,8 +34,9 @@ class Prepared:
     batch_id: str
     content: bytes
     entries: list[dict[str, Any]]
-    response: str
-    counts: dict[str, int]
+    response: str  # the answer before the contact policy: accepted recipients "queued"
+    policy: bytes  # msgpack for accept.lua: applicable cap rules and quiet windows
+    rejected: int
 
 
 def _reject_constant(name: str) -> Any:
@@ -67,10 +69,6 @@ def request_digest(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _iso(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _batch_content(req: SendRequest) -> bytes:
     content = {
         "f": [req.sender.email, req.sender.name],
@@ -90,8 +88,13 @@ def _batch_content(req: SendRequest) -> bytes:
     return msgpack.packb(content)  # type: ignore[no-any-return]
 
 
-def prepare(body: Any, *, now: float) -> Prepared:
-    """Validate, render every recipient once, and build the queue entries."""
+def _contact_key(contact_id: str | None, address: str) -> str:
+    return f"c:{contact_id}" if contact_id else f"a:{suppressions.canonical(address)}"
+
+
+def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
+    """Validate, render every recipient once, and build the queue entries and policy input."""
+    policy = policy or Policy()
     req = parse_send_request(body, now=now)
     try:
         templates = _TEMPLATES.get(req.subject, req.html, req.text)
@@ -100,9 +103,13 @@ def prepare(body: Any, *, now: float) -> Prepared:
 
     batch_id = ids.new_batch_id()
     due = req.send_at if req.send_at is not None and req.send_at > now + 1 else 0
+    marketing = req.stream == "marketing"
+    rules = policy.rules_for(req.stream, req.category)
+    quiet = policy.quiet_hours if marketing else None
+    zones: dict[str, list[float]] = {}
     results: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
-    counts = {"queued": 0, "scheduled": 0, "rejected": 0}
+    rejected = 0
     for r in req.recipients:
         reason = r.reject_reason
         if reason is None:
@@ -113,52 +120,115 @@ def prepare(body: Any, *, now: float) -> Prepared:
             except TemplateError as exc:
                 raise ValidationError(exc.detail, field=exc.field, code="invalid_template") from exc
         if reason is not None:
-            counts["rejected"] += 1
+            rejected += 1
             results.append({"index": r.index, "email": r.email, "message_id": None,
                             "status": "rejected", "reason": reason})  # fmt: skip
             continue
-        assert r.normalized is not None
+        address = r.normalized
+        assert address is not None
+        canonical = suppressions.canonical(address)
         message_id = ids.message_id(batch_id, r.index)
-        job: dict[str, Any] = {"m": message_id, "b": batch_id, "i": r.index, "e": r.normalized,
+        job: dict[str, Any] = {"m": message_id, "b": batch_id, "i": r.index, "e": address,
                                "t0": round(now, 3), "a": 0}  # fmt: skip
         for key, value in (("n", r.name), ("c", r.contact_id), ("z", r.timezone),
                            ("d", r.data), ("md", r.metadata)):  # fmt: skip
             if value:
                 job[key] = value
-        event = pack_event(
+        entry: dict[str, Any] = {
+            "m": message_id,
+            "q": round(due, 3),
+            "j": msgpack.packb(job),
+            "d": domain_of(address),
+            "sb": suppressions.bucket_key(canonical),
+            "sf": canonical,
+        }
+        if req.category:
+            entry["sc"] = suppressions.field(canonical, req.category)
+        if not marketing:
+            entry["tx"] = 1
+        if rules:
+            entry["ci"] = _contact_key(r.contact_id, address)
+        where: dict[str, Any] = {}
+        if quiet is not None:
+            zone_name = r.timezone or quiet.default_timezone
+            if zone_name not in zones:
+                bounds = intervals_from(quiet, zone_name, max(now, due))
+                zones[zone_name] = [x for pair in bounds for x in pair]
+            entry["z"] = zone_name
+            entry["o"] = ramp_offset(quiet, message_id)
+            where = {"timezone": zone_name,
+                     "timezone_source": "recipient" if r.timezone else "default"}  # fmt: skip
+        entry["e"] = pack_event(
             EventType.QUEUED,
             timestamp=now,
             message_id=message_id,
-            email=r.normalized,
+            email=address,
             contact_id=r.contact_id,
             category=req.category,
             metadata={**req.metadata, **r.metadata},
-            **({"send_at": _iso(due)} if due else {}),
+            **({"send_at": iso_time(due)} if due else {}),
+            **where,
         )
-        entries.append(
-            {
-                "m": message_id,
-                "q": round(due, 3),
-                "j": msgpack.packb(job),
-                "e": event,
-                "d": domain_of(r.normalized),
-            }
-        )
-        result: dict[str, Any] = {"index": r.index, "email": r.email, "message_id": message_id,
-                  "status": "scheduled" if due else "queued"}  # fmt: skip
-        if due:
-            result["send_at"] = _iso(due)
-        counts["scheduled" if due else "queued"] += 1
-        results.append(result)
+        entries.append(entry)
+        results.append({"index": r.index, "email": r.email, "message_id": message_id,
+                        "status": "queued"})  # fmt: skip
 
     response = json.dumps({"batch_id": batch_id, "results": results}, ensure_ascii=False)
-    return Prepared(batch_id, _batch_content(req), entries, response, counts)
+    policy_input = {
+        "rules": [
+            {
+                "k": rule.key,
+                "c": rule.category,
+                "l": rule.limit,
+                "w": rule.window_seconds,
+                "a": rule.action,
+            }
+            for rule in rules
+        ],
+        "cp": keys.CAP_PREFIX,
+        "zones": zones,
+    }
+    return Prepared(
+        batch_id, _batch_content(req), entries, response, msgpack.packb(policy_input), rejected
+    )  # fmt: skip
+
+
+def final_response(response: str, outcomes: list[str]) -> tuple[str, dict[str, int]]:
+    """The 202 answer: ``response`` (where accepted recipients say "queued", in the order of
+    the script's outcomes) with each one's fate; and the counts per status."""
+    answer = json.loads(response)
+    results = answer["results"]
+    accepted = [i for i, r in enumerate(results) if r["status"] != "rejected"]
+    for position, outcome in zip(accepted, outcomes, strict=True):
+        result = results[position]
+        kind, rest = outcome[:1], outcome[1:]
+        if kind == "s":
+            result["status"] = "scheduled"
+            result["send_at"] = iso_time(float(rest))
+        elif kind == "x":
+            reason, _, scope = rest.partition("|")
+            result["status"] = "suppressed"
+            result["reason"] = reason if scope == "global" else f"{reason} ({scope})"
+        elif kind == "c":
+            category, limit, window = rest.split("|")
+            result["status"] = "capped"
+            result["reason"] = (
+                f"frequency cap: at most {limit} {'' if category == '*' else category + ' '}"
+                f"messages per {window} seconds"
+            )
+    counts = Counter(r["status"] for r in results)
+    return json.dumps(answer, ensure_ascii=False), dict(counts)
 
 
 async def accept(
-    store: Store, prepared: Prepared, digest: str, idempotency_key: str | None
-) -> tuple[str, bool]:
-    """Queue the batch; returns (response JSON, replayed)."""
+    store: Store,
+    prepared: Prepared,
+    digest: str,
+    idempotency_key: str | None,
+    *,
+    now: float | None = None,
+) -> tuple[str, bool, dict[str, int]]:
+    """Queue the batch; returns (response JSON, replayed, counts per status)."""
     outcome = await store.accept(
         batch_id=prepared.batch_id,
         content=prepared.content,
@@ -166,10 +236,13 @@ async def accept(
         response=prepared.response,
         idempotency_key=idempotency_key,
         digest=digest,
+        policy=prepared.policy,
+        now=now,
     )
     if outcome.replay and outcome.digest != digest:
         raise IdempotencyConflict(
             "this Idempotency-Key was used with a different body in the last 24 hours",
             field="Idempotency-Key",
         )
-    return outcome.response, outcome.replay
+    response, counts = final_response(outcome.response, outcome.outcomes)
+    return response, outcome.replay, counts

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from core.addresses import AddressError, normalize_address
 from core.errors import (
     ClientError,
     IdempotencyConflict,
@@ -25,9 +26,11 @@ from core.errors import (
 from core.ids import split_message_id
 from core.settings import Secret, Settings
 from core.store import Store, StoreError, open_store, valid_stream_id
+from core.suppressions import BUCKETS, REASONS
 from gateway import accept as accepting
 from gateway.metrics import Metrics
 from gateway.openapi import openapi_document
+from gateway.policy import load_policy, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ REDIS_URL = web.AppKey("redis_url", str)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _LIMIT = re.compile(r"[0-9]{1,4}")
+_CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_SOURCE = re.compile(r"[\x20-\x7e]{1,48}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,17 +119,21 @@ async def post_messages(request: web.Request) -> web.Response:
         digest = await loop.run_in_executor(None, accepting.request_digest, body)
         earlier = await store.idempotent_response(key_digest)
         if earlier is not None:
-            if earlier[0] != digest:
+            if earlier.digest != digest:
                 raise IdempotencyConflict(
                     "this Idempotency-Key was used with a different body in the last 24 hours",
                     field="Idempotency-Key",
                 )
-            return _json(earlier[1], 202, {"Idempotent-Replayed": "true"})
+            response, _ = accepting.final_response(earlier.response, earlier.outcomes)
+            return _json(response, 202, {"Idempotent-Replayed": "true"})
 
-    prepared = await loop.run_in_executor(None, lambda: accepting.prepare(body, now=time.time()))
-    response, replayed = await accepting.accept(store, prepared, digest, key_digest)
+    policy = load_policy(await store.policy())
+    prepared = await loop.run_in_executor(
+        None, lambda: accepting.prepare(body, now=time.time(), policy=policy)
+    )
+    response, replayed, counts = await accepting.accept(store, prepared, digest, key_digest)
     if not replayed:
-        request.app[METRICS].count_recipients(prepared.counts)
+        request.app[METRICS].count_recipients(counts)
     return _json(response, 202, {"Idempotent-Replayed": "true"} if replayed else None)
 
 
@@ -154,6 +163,98 @@ async def get_destinations(request: web.Request) -> web.Response:
     pending, hosts = await request.app[STORE].destinations()
     domains = [{"domain": d, "pending": n} for d, n in sorted(pending.items(), key=lambda i: -i[1])]
     return _json({"domains": domains, "hosts": hosts})
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    return _json(load_policy(await request.app[STORE].policy()).as_json())
+
+
+async def put_policy(request: web.Request) -> web.Response:
+    _require_json(request)
+    policy = parse_policy(accepting.decode_json(await request.read()))
+    text = json.dumps(policy.as_json(), separators=(",", ":"))
+    await request.app[STORE].set_policy(text)
+    log.info("contact policy changed: %s", text)
+    return _json(policy.as_json())
+
+
+def _suppression_target(request: web.Request) -> tuple[str, str | None]:
+    try:
+        email = normalize_address(request.match_info["email"])
+    except AddressError as exc:
+        raise ValidationError(f"not a valid address: {exc}", field="email") from exc
+    category = request.query.get("category") or None
+    if category is not None and not _CATEGORY.fullmatch(category):
+        raise ValidationError("'category' must be a category name", field="category")
+    return email, category
+
+
+async def get_suppression(request: web.Request) -> web.Response:
+    email, _ = _suppression_target(request)
+    found = await request.app[STORE].suppressions.of(email)
+    if not found:
+        raise NotFound(f"{email} is not suppressed")
+    return _json({"email": email, "suppressions": [entry.as_json() for entry in found]})
+
+
+async def put_suppression(request: web.Request) -> web.Response:
+    email, category = _suppression_target(request)
+    body: Any = {}
+    if await request.read():
+        _require_json(request)
+        body = accepting.decode_json(await request.read())
+    if not isinstance(body, dict) or set(body) - {"reason", "category", "source"}:
+        raise ValidationError("body: {reason?, category?, source?}", field="body")
+    reason = body.get("reason", "manual")
+    if reason not in REASONS:
+        raise ValidationError(f"'reason' must be one of {', '.join(REASONS)}", field="reason")
+    category = body.get("category", category)
+    if category is not None and not (isinstance(category, str) and _CATEGORY.fullmatch(category)):
+        raise ValidationError("'category' must be a category name", field="category")
+    source = body.get("source", "api")
+    if not isinstance(source, str) or not _SOURCE.fullmatch(source):
+        raise ValidationError("'source' must be 1-48 printable characters", field="source")
+    store = request.app[STORE]
+    new = await store.suppressions.add(email, reason=reason, source=source, category=category)
+    entry = await store.suppressions.check(email, category)
+    assert entry is not None
+    return _json(entry.as_json(), 201 if new else 200)
+
+
+async def delete_suppression(request: web.Request) -> web.Response:
+    email, category = _suppression_target(request)
+    if not await request.app[STORE].suppressions.remove(email, category):
+        scope = f" for {category}" if category else ""
+        raise NotFound(f"{email} is not suppressed{scope}")
+    return web.Response(status=204)
+
+
+async def list_suppressions(request: web.Request) -> web.Response:
+    cursor_text = request.query.get("cursor", "0")
+    if (
+        not _LIMIT.fullmatch(cursor_text[:6])
+        or not cursor_text.isdigit()
+        or int(cursor_text) >= BUCKETS
+    ):
+        raise ValidationError(
+            "'cursor' must be the 'next' value of an earlier page", field="cursor"
+        )
+    limit_text = request.query.get("limit", "100")
+    if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= 1000:
+        raise ValidationError("'limit' must be a whole number from 1 to 1000", field="limit")
+    store = request.app[STORE]
+    entries, after = await store.suppressions.page(int(cursor_text), int(limit_text))
+    return _json({
+        "suppressions": [entry.as_json() for entry in entries],
+        "next": None if after is None else str(after),
+        "total": await store.suppressions.count(),
+    })  # fmt: skip
+
+
+def _require_json(request: web.Request) -> None:
+    ctype = request.headers.get("Content-Type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMedia("send the body as application/json", field="Content-Type")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -196,6 +297,12 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.router.add_get("/v1/messages/{message_id}", get_message)
     app.router.add_get("/v1/events", get_events)
     app.router.add_get("/v1/destinations", get_destinations)
+    app.router.add_get("/v1/policy", get_policy)
+    app.router.add_put("/v1/policy", put_policy)
+    app.router.add_get("/v1/suppressions", list_suppressions)
+    app.router.add_get("/v1/suppressions/{email}", get_suppression)
+    app.router.add_put("/v1/suppressions/{email}", put_suppression)
+    app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, ValidationError
 from core.logs import setup_logging
 from core.settings import load_settings
-from gateway import dkim_cmd
+from gateway import dkim_cmd, suppress_cmd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,12 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     ):  # fmt: skip
         serve.add_argument(flag, metavar=meta, help=text)
     dkim_cmd.add_commands(commands, common)
+    suppress_cmd.add_commands(commands, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(getattr(logging, getattr(args, "log_level", "INFO")))
+    # serve narrates; operator commands print their results and log only problems
+    default_level = "INFO" if args.command == "serve" else "WARNING"
+    setup_logging(getattr(logging, getattr(args, "log_level", default_level)))
     try:
         if args.command == "serve":
             from gateway.serve import serve
@@ -54,8 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(load_settings(flags))
         if args.command == "dkim":
             return dkim_cmd.run(args)
-    except ConfigurationError as exc:
+        if args.command == "suppress":
+            return suppress_cmd.run(args)
+    except (ConfigurationError, ValidationError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file named on the command line
+        print(f"sluice: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 2
 

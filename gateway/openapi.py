@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import schemas
+from gateway import openapi_policy, schemas
 
 _TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}
 _ADDRESS: dict[str, Any] = {
@@ -201,6 +201,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "SendResult": _RESULT,
                 "Error": _ERROR,
                 "Event": _EVENT,
+                **openapi_policy.SCHEMAS,
             },
         },
         "paths": {
@@ -368,6 +369,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     },
                 }
             },
+            **openapi_policy.PATHS,
             "/healthz": {
                 "get": {
                     "summary": "Liveness and Redis reachability",

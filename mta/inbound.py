@@ -67,7 +67,7 @@ class InboundHandler:
             return
         email = context["email"]
         if report.kind == "arf":
-            await self.store.suppress(email, reason="complaint", source="arf")
+            await self.store.suppressions.add(email, reason="complaint", source=f"arf:{message_id}")
             await self._event(message_id, context, "", EventType.COMPLAINED,
                               feedback_type=report.feedback_type)  # fmt: skip
             log.info("message=%s complaint (%s) from %s", message_id, report.feedback_type, email)
@@ -79,7 +79,9 @@ class InboundHandler:
             if rcpt.action not in ("failed", None) or rcpt.verdict.outcome != "permanent":
                 continue  # delayed, relayed, delivered: nothing to record
             if rcpt.verdict.hard:
-                await self.store.suppress(email, reason="hard_bounce", source="dsn")
+                await self.store.suppressions.add(
+                    email, reason="hard_bounce", source=f"dsn:{message_id}"
+                )
             await self._event(
                 message_id, context, "bounced", EventType.BOUNCED,
                 smtp_code=rcpt.smtp_code, enhanced_status=rcpt.status,

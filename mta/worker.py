@@ -194,9 +194,12 @@ class Worker:
         if batch is None:
             await self._finish(queued, {}, EventType.EXPIRED, reason="batch content expired")
             return
-        suppressed = await self.store.suppression(job["e"])
-        if suppressed is not None:
-            await self._finish(queued, batch, EventType.SUPPRESSED, reason=suppressed["reason"])
+        suppressed = await self.store.suppressions.check(job["e"], batch.get("cat"))
+        if suppressed is not None:  # suppressed after the message was accepted
+            await self._finish(
+                queued, batch, EventType.SUPPRESSED, reason=suppressed.reason,
+                suppression_category=suppressed.category,
+            )  # fmt: skip
             return
         started = time.monotonic()
         attempt = int(job.get("a", 0)) + 1
@@ -211,7 +214,9 @@ class Worker:
         except PermanentDeliveryError as exc:
             self._log(message_id, exc.host or "-", exc.smtp_code, started, "bounced")
             if exc.hard:
-                await self.store.suppress(job["e"], reason="hard_bounce", source=exc.detail[:300])
+                await self.store.suppressions.add(
+                    job["e"], reason="hard_bounce", source=f"bounce:{message_id}"
+                )
             await self._finish(
                 queued, batch, EventType.BOUNCED, smtp_code=exc.smtp_code,
                 bounce_class=exc.bounce_class, hard=exc.hard, reason=exc.detail, attempt=attempt,

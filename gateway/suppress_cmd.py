@@ -1,0 +1,234 @@
+"""``sluice suppress``: add, remove, show, list, import and export suppressed addresses.
+
+Import and export stream: a CSV of any length is read and written in batches of
+5,000 rows, never held whole. Import accepts a file with a header naming an
+``email`` column (and optionally ``reason``, ``category``, ``source``, as export
+writes them) or a plain list with one address per line; invalid lines are
+skipped and reported with their line numbers, valid ones are imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from core.addresses import AddressError, normalize_address
+from core.errors import ValidationError
+from core.settings import load_settings
+from core.store import Store
+from core.suppressions import REASONS, Suppression
+from gateway.operator import operator_store
+
+BATCH = 5000
+MAX_REPORTED = 10
+_CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    suppress = commands.add_parser(
+        "suppress", parents=[common], help="manage the suppression list (who is never mailed)"
+    )
+    actions = suppress.add_subparsers(dest="suppress_command", required=True, metavar="ACTION")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
+    )
+    where.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
+    where.add_argument("--redis-url", metavar="URL", help="env SLUICE_REDIS_URL; default: embedded")
+    scope = argparse.ArgumentParser(add_help=False)
+    scope.add_argument("--category", help="only this category (an unsubscribe group); default: all")
+    entry = argparse.ArgumentParser(add_help=False)
+    entry.add_argument("--reason", choices=sorted(REASONS), default="manual")
+    entry.add_argument("--source", help="where the entry comes from (up to 48 characters)")
+
+    add = actions.add_parser(
+        "add", parents=[common, where, scope, entry], help="suppress addresses"
+    )
+    add.add_argument("emails", nargs="+", metavar="EMAIL")
+    remove = actions.add_parser("remove", parents=[common, where, scope], help="lift suppressions")
+    remove.add_argument("emails", nargs="+", metavar="EMAIL")
+    show = actions.add_parser("show", parents=[common, where], help="every entry for an address")
+    show.add_argument("email", metavar="EMAIL")
+    listing = actions.add_parser("list", parents=[common, where], help="entries, a page at a time")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--cursor", type=int, default=0, help="'next' of the previous page")
+    listing.add_argument("--json", action="store_true")
+    load = actions.add_parser(
+        "import",
+        parents=[common, where, scope, entry],
+        help="import a CSV (or one address per line)",
+    )
+    load.add_argument("file", metavar="FILE", help="path, or - for standard input")
+    dump = actions.add_parser("export", parents=[common, where], help="write every entry as CSV")
+    dump.add_argument("file", metavar="FILE", nargs="?", default="-", help="path; default stdout")
+
+
+def _address(text: str) -> str:
+    try:
+        return normalize_address(text.strip())
+    except AddressError as exc:
+        raise ValidationError(f"{text.strip()[:80]!r} is not a valid address: {exc}") from exc
+
+
+def _category(value: str | None) -> str | None:
+    if value is not None and not _CATEGORY.fullmatch(value):
+        raise ValidationError(f"--category {value!r}: letters, digits and _ . : - (up to 64)")
+    return value
+
+
+def _source(value: str | None, default: str) -> str:
+    value = default if value is None else value
+    if not re.fullmatch(r"[\x20-\x7e]{1,48}", value):
+        raise ValidationError("--source: 1 to 48 printable ASCII characters")
+    return value
+
+
+def _line(entry: Suppression) -> str:
+    scope = entry.category or "(all)"
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.at))
+    return f"{entry.email:<40} {scope:<20} {entry.reason:<12} {stamp}  {entry.source or ''}"
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings({"data_dir": args.data_dir, "config": args.config,
+                              "redis_url": args.redis_url})  # fmt: skip
+    return asyncio.run(_run(args, settings))
+
+
+async def _run(args: argparse.Namespace, settings: Any) -> int:
+    action = args.suppress_command
+    # Check what can be checked before starting or reaching Redis.
+    category = _category(getattr(args, "category", None))
+    if action in ("add", "remove"):
+        emails = [_address(e) for e in args.emails]
+    source = _source(getattr(args, "source", None), "cli" if action == "add" else "import")
+    async with operator_store(settings) as store:
+        if action == "add":
+            new = await store.suppressions.add_many(
+                [(e, category, args.reason, source) for e in emails]
+            )
+            scope = f" for {category}" if category else ""
+            print(f"Suppressed {len(emails)} address(es){scope} ({new} new, reason {args.reason}).")
+            return 0
+        if action == "remove":
+            removed = [e for e in emails if await store.suppressions.remove(e, category)]
+            for e in sorted(set(emails) - set(removed)):
+                print(
+                    f"{e} was not suppressed{' for ' + category if category else ''}",
+                    file=sys.stderr,
+                )
+            print(f"Lifted {len(removed)} suppression(s).")
+            return 0 if len(removed) == len(emails) else 1
+        if action == "show":
+            found = await store.suppressions.of(_address(args.email))
+            if not found:
+                print(f"{args.email} is not suppressed.")
+                return 1
+            for entry in found:
+                print(_line(entry))
+            return 0
+        if action == "list":
+            if not 1 <= args.limit <= 10_000 or not args.cursor >= 0:
+                raise ValidationError("--limit 1 to 10000, --cursor from an earlier page")
+            entries, after = await store.suppressions.page(args.cursor, args.limit)
+            total = await store.suppressions.count()
+            if args.json:
+                print(json.dumps({"suppressions": [e.as_json() for e in entries],
+                                  "next": after, "total": total}, indent=2))  # fmt: skip
+                return 0
+            for entry in entries:
+                print(_line(entry))
+            more = f"; next page: --cursor {after}" if after is not None else ""
+            print(f"({len(entries)} shown of {total}{more})")
+            return 0
+        if action == "import":
+            return await _import(store, args, category, source)
+        return await _export(store, args.file)
+
+
+def _rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV with an ``email`` header, or of one address per line."""
+    first = handle.readline()
+    header = [h.strip().lower() for h in next(csv.reader([first]))] if first.strip() else []
+    if "email" in header:
+        reader = csv.DictReader(handle, fieldnames=header)
+        for number, row in enumerate(reader, start=2):
+            yield number, {k: (v or "") for k, v in row.items() if k}
+        return
+    for cells in csv.reader(io.StringIO(first)) if first else iter(()):
+        yield 1, {"email": cells[0] if cells else ""}
+    for number, cells in enumerate(csv.reader(handle), start=2):
+        yield number, {"email": cells[0] if cells else ""}
+
+
+async def _import(store: Store, args: argparse.Namespace, category: str | None, source: str) -> int:
+    started = time.monotonic()
+    handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", newline="")  # noqa: SIM115, ASYNC230 (a CLI: one task)
+    imported = new = 0
+    skipped: list[str] = []
+    skipped_count = 0
+    batch: list[tuple[str, str | None, str, str | None]] = []
+    try:
+        for number, row in _rows(handle):
+            raw = row.get("email", "").strip()
+            if not raw:
+                continue
+            try:
+                email = normalize_address(raw)
+                reason = row.get("reason") or args.reason
+                if reason not in REASONS:
+                    raise ValueError(f"unknown reason {reason[:20]!r}")
+                scope = row.get("category") or category
+                if scope is not None and not _CATEGORY.fullmatch(scope):
+                    raise ValueError(f"bad category {scope[:40]!r}")
+                entry_source = (row.get("source") or source)[:48]
+            except (AddressError, ValueError) as exc:
+                skipped_count += 1
+                if len(skipped) < MAX_REPORTED:
+                    skipped.append(f"line {number}: {exc}")
+                continue
+            batch.append((email, scope, reason, entry_source))
+            if len(batch) >= BATCH:
+                new += await store.suppressions.add_many(batch)
+                imported += len(batch)
+                batch = []
+        if batch:
+            new += await store.suppressions.add_many(batch)
+            imported += len(batch)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValidationError(f"{args.file}: not a UTF-8 CSV file ({exc})") from exc
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+    elapsed = time.monotonic() - started
+    print(f"Imported {imported:,} entries ({new:,} new) in {elapsed:.1f} s; "
+          f"{skipped_count:,} line(s) skipped.")  # fmt: skip
+    for line in skipped:
+        print(f"  skipped {line}", file=sys.stderr)
+    return 0 if skipped_count == 0 else 1
+
+
+async def _export(store: Store, path: str) -> int:
+    handle = sys.stdout if path == "-" else open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115, ASYNC230
+    try:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["email", "category", "reason", "created_at", "source"])
+        count = 0
+        async for entry in store.suppressions.all():
+            writer.writerow([entry.email, entry.category or "", entry.reason, int(entry.at),
+                             entry.source or ""])  # fmt: skip
+            count += 1
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    if path != "-":
+        print(f"Exported {count:,} entries to {path}.")
+    return 0
