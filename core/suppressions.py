@@ -117,14 +117,22 @@ class Suppressions:
         args = ["remove", bucket_key(address), field(address, category), ""]
         return int(await self._script(keys=[keys.SUPPRESSION_COUNT], args=args)) == 1
 
-    async def check(self, address: str, category: str | None) -> Suppression | None:
-        """The entry that stops mail of ``category`` to ``address``: global first."""
+    async def check(
+        self, address: str, category: str | None, *, transactional: bool = False
+    ) -> Suppression | None:
+        """The entry that stops mail of ``category`` to ``address``: global first.
+
+        Transactional mail (a receipt, a password reset) is not stopped by an
+        unsubscribe, only by hard bounces, complaints and manual entries; the
+        accept script applies the same rule."""
         address = canonical(address)
         names = [address] if category is None else [address, field(address, category)]
         values = await self.redis.hmget(bucket_key(address), names)
         for name, value in zip(names, values, strict=True):
             if value is not None:
-                return _decode(name, value)
+                entry = _decode(name, value)
+                if not (transactional and entry.reason == "unsubscribe"):
+                    return entry
         return None
 
     async def of(self, address: str) -> list[Suppression]:

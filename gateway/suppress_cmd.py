@@ -1,9 +1,6 @@
 """``sluice suppress``: add, remove, show, list, import and export suppressed addresses.
 
-Import and export stream: a CSV of any length is read and written in batches of
-5,000 rows, never held whole. Import accepts a file with a header naming an
-``email`` column (and optionally ``reason``, ``category``, ``source``, as export
-writes them) or a plain list with one address per line; invalid lines are
+Import and export stream CSV (``suppression/transfer.py``); invalid lines are
 skipped and reported with their line numbers, valid ones are imported.
 """
 
@@ -12,13 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import io
 import json
 import re
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import Any
 
 from core.addresses import AddressError, normalize_address
 from core.errors import ValidationError
@@ -26,10 +21,9 @@ from core.settings import load_settings
 from core.store import Store
 from core.suppressions import REASONS, Suppression
 from gateway.operator import operator_store
+from suppression import transfer
 
-BATCH = 5000
-MAX_REPORTED = 10
-_CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_CATEGORY = transfer.CATEGORY
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -154,78 +148,30 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
         return await _export(store, args.file)
 
 
-def _rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) of a CSV with an ``email`` header, or of one address per line."""
-    first = handle.readline()
-    header = [h.strip().lower() for h in next(csv.reader([first]))] if first.strip() else []
-    if "email" in header:
-        reader = csv.DictReader(handle, fieldnames=header)
-        for number, row in enumerate(reader, start=2):
-            yield number, {k: (v or "") for k, v in row.items() if k}
-        return
-    for cells in csv.reader(io.StringIO(first)) if first else iter(()):
-        yield 1, {"email": cells[0] if cells else ""}
-    for number, cells in enumerate(csv.reader(handle), start=2):
-        yield number, {"email": cells[0] if cells else ""}
-
-
 async def _import(store: Store, args: argparse.Namespace, category: str | None, source: str) -> int:
     started = time.monotonic()
     handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", newline="")  # noqa: SIM115, ASYNC230 (a CLI: one task)
-    imported = new = 0
-    skipped: list[str] = []
-    skipped_count = 0
-    batch: list[tuple[str, str | None, str, str | None]] = []
     try:
-        for number, row in _rows(handle):
-            raw = row.get("email", "").strip()
-            if not raw:
-                continue
-            try:
-                email = normalize_address(raw)
-                reason = row.get("reason") or args.reason
-                if reason not in REASONS:
-                    raise ValueError(f"unknown reason {reason[:20]!r}")
-                scope = row.get("category") or category
-                if scope is not None and not _CATEGORY.fullmatch(scope):
-                    raise ValueError(f"bad category {scope[:40]!r}")
-                entry_source = (row.get("source") or source)[:48]
-            except (AddressError, ValueError) as exc:
-                skipped_count += 1
-                if len(skipped) < MAX_REPORTED:
-                    skipped.append(f"line {number}: {exc}")
-                continue
-            batch.append((email, scope, reason, entry_source))
-            if len(batch) >= BATCH:
-                new += await store.suppressions.add_many(batch)
-                imported += len(batch)
-                batch = []
-        if batch:
-            new += await store.suppressions.add_many(batch)
-            imported += len(batch)
+        report = await transfer.import_csv(
+            store, handle, reason=args.reason, category=category, source=source
+        )
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ValidationError(f"{args.file}: not a UTF-8 CSV file ({exc})") from exc
     finally:
         if handle is not sys.stdin:
             handle.close()
     elapsed = time.monotonic() - started
-    print(f"Imported {imported:,} entries ({new:,} new) in {elapsed:.1f} s; "
-          f"{skipped_count:,} line(s) skipped.")  # fmt: skip
-    for line in skipped:
+    print(f"Imported {report.imported:,} entries ({report.new:,} new) in {elapsed:.1f} s; "
+          f"{report.skipped:,} line(s) skipped.")  # fmt: skip
+    for line in report.problems:
         print(f"  skipped {line}", file=sys.stderr)
-    return 0 if skipped_count == 0 else 1
+    return 0 if report.skipped == 0 else 1
 
 
 async def _export(store: Store, path: str) -> int:
     handle = sys.stdout if path == "-" else open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115, ASYNC230
     try:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["email", "category", "reason", "created_at", "source"])
-        count = 0
-        async for entry in store.suppressions.all():
-            writer.writerow([entry.email, entry.category or "", entry.reason, int(entry.at),
-                             entry.source or ""])  # fmt: skip
-            count += 1
+        count = await transfer.export_csv(store, handle)
     finally:
         if handle is not sys.stdout:
             handle.close()

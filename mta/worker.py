@@ -194,11 +194,13 @@ class Worker:
         if batch is None:
             await self._finish(queued, {}, EventType.EXPIRED, reason="batch content expired")
             return
-        suppressed = await self.store.suppressions.check(job["e"], batch.get("cat"))
+        suppressed = await self.store.suppressions.check(
+            job["e"], batch.get("cat"), transactional=batch.get("st") == "transactional"
+        )
         if suppressed is not None:  # suppressed after the message was accepted
             await self._finish(
                 queued, batch, EventType.SUPPRESSED, reason=suppressed.reason,
-                suppression_category=suppressed.category,
+                scope=suppressed.category or "global",
             )  # fmt: skip
             return
         started = time.monotonic()

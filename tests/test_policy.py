@@ -12,11 +12,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
 import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core import keys
 from core.store import Store, open_store
 from gateway import accept as accepting
 from gateway.policy import Policy, parse_policy
@@ -386,3 +388,31 @@ async def test_suppression_routes(api: Client) -> None:
         assert answer.status == 400 and (await answer.json())["field"] == field, path
     bad = await api.put("/v1/suppressions/x@example.com", json={"reason": "because"})
     assert bad.status == 400 and (await bad.json())["field"] == "reason"
+
+
+# --- the schedule ------------------------------------------------------------------------
+
+
+async def test_due_mail_is_promoted_exactly_once_by_competing_nodes(
+    store: Store, redis_url: str
+) -> None:
+    now = at("2026-11-23T10:00:00")
+    body = body_for(500, contact=None)
+    body["send_at"] = now + 60
+    results = await send(store, body, now, Policy())
+    assert {r["status"] for r in results} == {"scheduled"}
+    assert await store.redis.xlen(keys.JOBS) == 0
+
+    async def node() -> int:  # another gateway or worker process with its own connection
+        async with open_store(redis_url) as other:
+            moved = 0
+            for _ in range(10):
+                moved += await other.promote_due(now=now + 61, limit=37)
+            return moved
+
+    moved = await asyncio.gather(*(node() for _ in range(8)))
+    assert sum(moved) == 500
+    entries = await store.redis.xrange(keys.JOBS, "-", "+")
+    ids = [msgpack.unpackb(fields[b"j"])["m"] for _, fields in entries]
+    assert len(ids) == len(set(ids)) == 500, "every job once, none twice"
+    assert await store.redis.zcard(keys.DELAYED) == 0
