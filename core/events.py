@@ -33,6 +33,10 @@ def iso_time(stamp: float) -> str:
     return moment.replace("+00:00", "Z")
 
 
+def event_of(entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    return unpack_event(entry_id, fields[b"e"], fields.get(b"x"), fields.get(b"c"))
+
+
 def pack_event(
     type_: EventType,
     *,
@@ -57,11 +61,22 @@ def pack_event(
     return msgpack.packb(body)  # type: ignore[no-any-return]
 
 
-def unpack_event(event_id: str, blob: bytes, changes: bytes | None = None) -> dict[str, Any]:
-    """The event; ``changes`` (msgpack from the accept script) are what the contact policy
-    decided after the event was written: another type (``suppressed``, ``capped``) with its
-    reason, or a later ``send_at`` (``send_at_ts``, unix seconds) and why (``held_by``)."""
+CONTEXT_FIELDS = ("email", "contact_id", "category", "metadata")
+
+
+def unpack_event(
+    event_id: str, blob: bytes, changes: bytes | None = None, context: bytes | None = None
+) -> dict[str, Any]:
+    """The event from its stream entry: ``e`` the event; ``x`` (``changes``) what a script
+    decided after the event was packed: the contact policy's other type (``suppressed``,
+    ``capped``) with its reason, or a later ``send_at`` (``send_at_ts``, unix seconds) and
+    why (``held_by``), or a machine flag; ``c`` (``context``) the message's first event,
+    whose email, contact, category and metadata an engagement event shares."""
     body: dict[str, Any] = msgpack.unpackb(blob)
+    if context:
+        first: dict[str, Any] = msgpack.unpackb(context)
+        for name in CONTEXT_FIELDS:
+            body.setdefault(name, first.get(name))
     if changes:
         extra: dict[str, Any] = msgpack.unpackb(changes)
         stamp = extra.pop("send_at_ts", None)

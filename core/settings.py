@@ -7,6 +7,8 @@ the config file, the config file over the default. Nothing else in Sluice reads
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -62,6 +64,22 @@ class HttpSettings:
     listen: HostPort
     public_url: str
     max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    unsubscribe_scope: str = "category"  # "category" (global without one) | "global"
+    token_max_age_days: int = 400  # tracking links and unsubscribe links work this long
+    text_links: bool = False  # also rewrite URLs in the text part
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str | None = None
+    secret: Secret | None = None  # whsec_<base64>
+    allow_private: bool = False  # loopback, private and link-local targets are refused unless set
+    batch_size: int = 100
+    max_retry: float = 86400.0  # a batch failing this long goes to the dead-letter list
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,8 @@ class Settings:
     delivery: DeliverySettings
     api_key: Secret | None = field(default=None)
     config_path: Path | None = field(default=None)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 # --- casts ------------------------------------------------------------------
@@ -219,6 +239,33 @@ def _domain(text: str) -> str:
     return text.lower()
 
 
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _scope(text: str) -> str:
+    if text not in ("category", "global"):
+        raise ValueError(f"expected category or global, got {text!r}")
+    return text
+
+
+def _webhook_secret(text: str) -> Secret:
+    """Standard Webhooks' form: ``whsec_`` and the base64 of at least 24 random bytes."""
+    body = text.removeprefix("whsec_")
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("expected whsec_<base64>") from exc
+    if len(raw) < 24:
+        raise ValueError("the secret must be at least 24 bytes (whsec_<base64 of them>)")
+    return Secret(text)
+
+
 def _url(text: str) -> str:
     if not re.match(r"^https?://[^\s/]+", text):
         raise ValueError(f"expected an http(s) URL, got {text!r}")
@@ -310,6 +357,18 @@ def load_settings(
         ),
         api_key=Secret(api_key) if api_key else None,
         config_path=config_path,
+        tracking=TrackingSettings(
+            unsubscribe_scope=src.get("unsubscribe_scope", _scope, "category"),
+            token_max_age_days=src.get("tracking_max_age_days", _positive_int, 400),
+            text_links=src.get("track_text_links", _bool, False),
+        ),
+        webhooks=WebhookSettings(
+            url=src.get("webhook_url", _url, "") or None,
+            secret=src.get("webhook_secret", _webhook_secret, None),
+            allow_private=src.get("webhook_allow_private", _bool, False),
+            batch_size=src.get("webhook_batch_size", _positive_int, 100),
+            max_retry=src.get("webhook_max_retry", parse_duration, 86400.0),
+        ),
     )
 
 

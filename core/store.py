@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from core import keys
 from core.errors import SluiceError
-from core.events import unpack_event
+from core.events import event_of
 from core.suppressions import Suppressions
 
 RETENTION_SECONDS = 7 * 86400  # batch content and message records outlive the longest deferral
@@ -73,6 +73,7 @@ class Store:
         self._accept = client.register_script(_script("accept.lua"))
         self._complete = client.register_script(_script("complete.lua"))
         self._promote = client.register_script(_script("promote.lua"))
+        self._engage = client.register_script(_script("engage.lua"))
         self.suppressions = Suppressions(client)
 
     # --- accept side --------------------------------------------------------
@@ -216,6 +217,19 @@ class Store:
             ],
         )
 
+    async def engage(
+        self, message_id: str, event: bytes, *, click_window: float = 0.0
+    ) -> tuple[str, bool]:
+        """Record an open, click or unsubscribe; (event id, flagged as a machine's by timing)."""
+        try:
+            event_id, fast = await self._engage(
+                keys=[keys.EVENTS, keys.message(message_id), keys.STATS],
+                args=[event, EVENTS_MAXLEN, f"{time.time():.3f}", click_window],
+            )
+        except RedisError as exc:
+            raise StoreError(f"could not record the event: {exc}") from exc
+        return _text(event_id), bool(fast)
+
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
         return int(await self._promote(keys=[keys.DELAYED, keys.JOBS], args=[f"{now:.3f}", limit]))
 
@@ -274,7 +288,7 @@ class Store:
                     pipe.xrange(keys.EVENTS, event_id, event_id)
             for reply in await pipe.execute():
                 for entry_id, fields in reply:
-                    events.append(unpack_event(_text(entry_id), fields[b"e"], fields.get(b"x")))
+                    events.append(event_of(_text(entry_id), fields))
         return {"message_id": message_id, "status": _text(status), "events": events}
 
     async def events_after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
@@ -286,10 +300,7 @@ class Store:
                 return []  # nothing can come after the largest id
             start = f"{ms}-{seq}"
         reply: Any = await self.redis.xrange(keys.EVENTS, start, "+", count=limit)
-        return [
-            unpack_event(_text(entry_id), fields[b"e"], fields.get(b"x"))
-            for entry_id, fields in reply
-        ]
+        return [event_of(_text(entry_id), fields) for entry_id, fields in reply]
 
     async def gauges(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:

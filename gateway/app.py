@@ -31,6 +31,8 @@ from gateway import accept as accepting
 from gateway.metrics import Metrics
 from gateway.openapi import openapi_document
 from gateway.policy import load_policy, parse_policy
+from tracking.endpoints import Tracking
+from tracking.tokens import Tokens, load_keys
 
 log = logging.getLogger(__name__)
 
@@ -306,4 +308,10 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    tracking = Tracking(
+        lambda request: request.app[STORE],
+        Tokens(load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days),
+        settings.tracking.unsubscribe_scope,
+    )
+    app.router.add_routes(tracking.routes())
     return app

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import openapi_policy, schemas
+from gateway import openapi_policy, openapi_tracking, schemas
 
 _TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}
 _ADDRESS: dict[str, Any] = {
@@ -370,6 +370,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 }
             },
             **openapi_policy.PATHS,
+            **openapi_tracking.PATHS,
             "/healthz": {
                 "get": {
                     "summary": "Liveness and Redis reachability",

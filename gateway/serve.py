@@ -27,6 +27,7 @@ from gateway.app import create_app
 from mta.inbound import start_inbound
 from mta.verp import Verp
 from mta.worker import run_worker_process
+from tracking.tokens import load_keys
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
 
     verp_key, _ = load_or_create_secret(settings.data_dir, "verp-key")
+    load_keys(settings.data_dir)  # the tracking keys exist before any worker reads them
     workers = WorkerSupervisor(settings, redis_url, settings.delivery.workers, verp_key)
     runner = web.AppRunner(
         create_app(settings, redis_url, api_key), shutdown_timeout=10, access_log=None
@@ -96,7 +98,11 @@ async def _run(
             if settings.delivery.inbound is not None:
                 store = await resources.enter_async_context(open_store(redis_url))
                 inbound = await start_inbound(
-                    store, Verp(verp_key), settings.delivery.inbound, settings.delivery.ehlo_name
+                    store,
+                    Verp(verp_key),
+                    settings.delivery.inbound,
+                    settings.delivery.ehlo_name,
+                    Verp(verp_key, prefix="unsubscribe+"),
                 )
                 resources.push_async_callback(inbound.wait_closed)
                 resources.callback(inbound.close)

@@ -1,7 +1,8 @@
 """The inbound SMTP server (``--inbound``): bounces and complaints coming back.
 
-It accepts mail only for Sluice's own VERP return paths (signed, see
-``mta.verp``) and for ``fbl@`` feedback-loop addresses; anything else is
+It accepts mail only for Sluice's own VERP return paths and List-Unsubscribe
+mailto addresses (signed, see ``mta.verp``) and for ``fbl@`` feedback-loop
+addresses; anything else is
 refused at RCPT time. A delivery status notification (RFC 3464, or a common
 non-standard layout) becomes a ``bounced`` event for the original message, and
 a hard bounce puts the address on the suppression list; an ARF report
@@ -32,21 +33,48 @@ MAX_REPORT_BYTES = 10 * 1024 * 1024
 
 
 class InboundHandler:
-    def __init__(self, store: Store, verp: Verp) -> None:
+    def __init__(self, store: Store, verp: Verp, unsubscribe: Verp | None = None) -> None:
         self.store = store
         self.verp = verp
+        self.unsubscribe = unsubscribe
+
+    def _unsubscribes(self, address: str) -> str | None:
+        return self.unsubscribe.message_id(address) if self.unsubscribe is not None else None
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         local = address.rpartition("@")[0].lower()
-        if self.verp.message_id(address) is None and local not in FEEDBACK_LOCAL_PARTS:
+        known = self.verp.message_id(address) or self._unsubscribes(address)
+        if known is None and local not in FEEDBACK_LOCAL_PARTS:
             return "550 5.1.1 No such recipient here"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
+    async def _mailto_unsubscribe(self, message_id: str) -> None:
+        """Mail to the List-Unsubscribe mailto: whatever it says, the recipient leaves."""
+        context = await self.store.message_context(message_id)
+        if context is None:
+            log.info("unsubscribe mail for unknown or expired message %s", message_id)
+            return
+        email, category = context["email"], context["category"]
+        existing = await self.store.suppressions.check(email, category)
+        if existing is not None and existing.reason == "unsubscribe":
+            return
+        await self.store.suppressions.add(
+            email, reason="unsubscribe", source=f"mailto:{message_id}", category=category
+        )
+        await self._event(message_id, context, "", EventType.UNSUBSCRIBED,
+                          scope=category or "global", method="mailto")  # fmt: skip
+        log.info("message=%s %s unsubscribed by mail", message_id, email)
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        leaving = [m for m in map(self._unsubscribes, envelope.rcpt_tos) if m is not None]
+        if leaving:
+            for leaver in leaving:
+                await self._mailto_unsubscribe(leaver)
+            return "250 2.0.0 OK: unsubscribed"
         try:
             # CPU-bound (a hostile multi-megabyte report takes seconds): off the event loop
             report = await asyncio.to_thread(parse_report, bytes(raw))
@@ -111,9 +139,9 @@ def _ours(header_message_id: str | None) -> str | None:
 
 
 async def start_inbound(
-    store: Store, verp: Verp, listen: HostPort, hostname: str
+    store: Store, verp: Verp, listen: HostPort, hostname: str, unsubscribe: Verp | None = None
 ) -> asyncio.Server:
-    handler = InboundHandler(store, verp)
+    handler = InboundHandler(store, verp, unsubscribe)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(

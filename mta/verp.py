@@ -19,24 +19,32 @@ from core.ids import split_message_id
 from core.settings import Secret
 
 PREFIX = "bounce+"
-_TOKEN = re.compile(r"bounce\+([a-z2-7]{26}-\d{1,4})\.([a-z2-7]{10})", re.IGNORECASE)
 
 
 class Verp:
-    def __init__(self, key: Secret) -> None:
+    """``<prefix><message id>.<signature>@domain``; ``prefix`` ``bounce+`` for return paths,
+    ``unsubscribe+`` for the mailto of List-Unsubscribe (signed apart: one cannot stand in
+    for the other)."""
+
+    def __init__(self, key: Secret, prefix: str = PREFIX) -> None:
         self._key = key.reveal().encode()
+        self.prefix = prefix
+        self._separator = b"" if prefix == PREFIX else prefix.encode()
+        self._token = re.compile(
+            re.escape(prefix) + r"([a-z2-7]{26}-\d{1,4})\.([a-z2-7]{10})", re.IGNORECASE
+        )
 
     def _sign(self, message_id: str) -> str:
-        digest = hmac.new(self._key, message_id.encode(), hashlib.sha256).digest()
+        digest = hmac.new(self._key, self._separator + message_id.encode(), hashlib.sha256).digest()
         return base64.b32encode(digest).decode()[:10].lower()
 
     def return_path(self, message_id: str, domain: str) -> str:
-        return f"{PREFIX}{message_id}.{self._sign(message_id)}@{domain}"
+        return f"{self.prefix}{message_id}.{self._sign(message_id)}@{domain}"
 
     def message_id(self, address: str) -> str | None:
-        """The message a return path names, or None if it is not one of ours."""
+        """The message an address names, or None if it is not one of ours."""
         local = address.rpartition("@")[0]
-        match = _TOKEN.fullmatch(local)
+        match = self._token.fullmatch(local)
         if match is None:
             return None
         message_id, signature = match.group(1).lower(), match.group(2).lower()

@@ -37,6 +37,8 @@ from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateCache, TemplateError
 from mta.routing import Router
 from mta.verp import Verp
+from tracking.links import add_pixel, rewrite_links, rewrite_text_links
+from tracking.tokens import Tokens, load_keys, unsubscribe_payload
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,11 @@ class Worker:
         self.templates = TemplateCache()
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
+        self.unsubscribe = Verp(verp_key, prefix="unsubscribe+")
+        self.tokens = Tokens(
+            load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days
+        )
+        self.public_url = settings.http.public_url.rstrip("/")
         self.signer = DkimSigner(
             KeyStore(settings.data_dir), signing_domain=self.delivery.dkim_domain
         )
@@ -270,17 +277,49 @@ class Worker:
         rendered = templates.render(job.get("d") or {})
         sender_email, sender_name = batch["f"]
         reply_to = Mailbox(*batch["r"]) if batch.get("r") else None
+        message_id: str = job["m"]
+        html, text = rendered.html, rendered.text
+        clicks = bool(batch.get("tc"))
+        if clicks:
+
+            def tracked(url: str) -> str:
+                return f"{self.public_url}/t/c/{self.tokens.seal('click', message_id, url)}"
+
+            if html is not None:
+                html, _ = rewrite_links(html, tracked)
+            if text is not None and self.settings.tracking.text_links:
+                text = rewrite_text_links(text, tracked)
+        if html is not None and batch.get("to"):
+            html = add_pixel(html, f"{self.public_url}/t/o/{self.tokens.seal('open', message_id)}")
+        headers = dict(batch.get("hd") or {})
+        if batch.get("st") == "marketing":
+            headers.update(self._unsubscribe_headers(job, batch, sender_email))
         message = build_message(
             sender=Mailbox(sender_email, sender_name),
             to=Mailbox(job["e"], job.get("n")),
             subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
-            message_id=f"{job['m']}@{domain_of(sender_email)}",
+            html=html,
+            text=text,
+            message_id=f"{message_id}@{domain_of(sender_email)}",
             reply_to=reply_to,
-            headers=batch.get("hd") or {},
+            headers=headers,
         )
         return self.signer.sign(message, domain_of(sender_email))
+
+    def _unsubscribe_headers(
+        self, job: dict[str, Any], batch: dict[str, Any], sender_email: str
+    ) -> dict[str, str]:
+        """RFC 8058 one-click (https) and, when bounces come back to us, a mailto."""
+        payload = unsubscribe_payload(job["e"], batch.get("cat"))
+        token = self.tokens.seal("unsubscribe", job["m"], payload)
+        targets = [f"<{self.public_url}/t/u/{token}>"]
+        if self.delivery.inbound is not None:
+            domain = self.delivery.bounce_domain or domain_of(sender_email)
+            targets.append(f"<mailto:{self.unsubscribe.return_path(job['m'], domain)}>")
+        return {
+            "List-Unsubscribe": ", ".join(targets),
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
 
     async def _defer(
         self, queued: QueuedJob, batch: dict[str, Any], exc: TransientDeliveryError

@@ -69,7 +69,8 @@ def test_fixture_to_1000_recipients_arrives_personalized(serve_factory: Any, sin
         html = msg.get_body(("html",)).get_content()
         assert f"Hi User{i}, your Noise-cancelling headphones" in text
         assert f"https://shop.example.com/cart/{i}" in text
-        assert f'href="https://shop.example.com/cart/{i}"' in html
+        assert f'href="{served.url}/t/c/' in html, "links go through click tracking"
+        assert f'href="https://shop.example.com/cart/{i}"' not in html
         assert msg.defects == []
         assert max(len(line) for line in got.data.split(b"\r\n")) <= 998
         assert b"\n" not in got.data.replace(b"\r\n", b"")

@@ -23,6 +23,7 @@ redis.call('HSET', KEYS[5], 'ev', events, 'u', ARGV[8])
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
 if ARGV[3] ~= "" then  -- "" records an event (a complaint, say) without a new status
   redis.call('HSET', KEYS[5], 's', ARGV[3])
+  if ARGV[3] == 'delivered' then redis.call('HSET', KEYS[5], 'dt', ARGV[8]) end
   redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
 end
 if ARGV[5] ~= "" then

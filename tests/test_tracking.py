@@ -1,0 +1,317 @@
+"""Tracking: link rewriting, sealed tokens, the /t/ endpoints, one-click unsubscribe."""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+import string
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.store import Store
+from loadtests.harness import cart_reminder
+from mta.dkimkeys import KeyStore
+from tests.test_end_to_end import post
+from tracking.endpoints import PIXEL
+from tracking.links import add_pixel, rewrite_links, rewrite_text_links
+from tracking.tokens import TokenError, Tokens, load_keys, rotate_key, unsubscribe_payload
+
+Client = TestClient[Any, Any]
+
+
+def tokens_of(tmp_path: Path) -> Tokens:
+    """The keys of the data dir the ``api`` fixture's app uses."""
+    return Tokens(load_keys(tmp_path / "data"))
+
+
+# --- rewriting ---------------------------------------------------------------------------
+
+
+def test_only_followable_links_are_rewritten_and_entities_decode() -> None:
+    markup = (
+        '<a href="https://shop.example.com/p?a=1&amp;b=2">one</a>'
+        "<a class='x' href='http://shop.example.com/q?x=%20y#top'>two</a>"
+        "<A HREF=https://shop.example.com/plain>three</A>"
+        '<a href=" https://shop.example.com/space ">four</a>'
+        '<a href="mailto:help@example.com">mail</a><a href="tel:+90212">tel</a>'
+        '<a href="#section">anchor</a><a href="javascript:alert(1)">js</a>'
+        '<a data-sluice-notrack href="https://shop.example.com/keep">keep</a>'
+        '<a title="a > b" href="https://shop.example.com/gt">gt</a>'
+        '<a name="no-href">none</a>'
+    )
+    seen: list[str] = []
+
+    def tracked(url: str) -> str:
+        seen.append(url)
+        return f"https://t.example/{len(seen)}?k=1&z=2"
+
+    rewritten, urls = rewrite_links(markup, tracked)
+    assert (
+        urls
+        == seen
+        == [
+            "https://shop.example.com/p?a=1&b=2",
+            "http://shop.example.com/q?x=%20y#top",
+            "https://shop.example.com/plain",
+            "https://shop.example.com/space",
+            "https://shop.example.com/gt",
+        ]
+    )
+    assert 'href="https://t.example/1?k=1&amp;z=2"' in rewritten
+    for kept in ("mailto:help@example.com", "tel:+90212", "#section", "javascript:alert(1)",
+                 "https://shop.example.com/keep"):  # fmt: skip
+        assert f'href="{kept}"' in rewritten
+    assert rewritten.count("t.example") == 5
+
+
+def test_fixture_links_and_pixel() -> None:
+    source = cart_reminder()["html"].replace("{{ cart_url }}", "https://shop.example.com/cart/7")
+    originals = [html.unescape(u) for u in re.findall(r'<a [^>]*href="([^"]+)"', source)]
+    rewritten, urls = rewrite_links(source, lambda url: "https://t.example/c")
+    assert urls == originals and len(urls) == 17
+    pixeled = add_pixel(rewritten, "https://t.example/o")
+    assert pixeled.index('<img src="https://t.example/o"') < pixeled.rindex("</body>")
+    text = rewrite_text_links(
+        "See https://shop.example.com/cart/7. Or (https://x.example/a).", lambda u: "T"
+    )
+    assert text == "See T. Or (T)."
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+def test_tokens_round_trip_and_refuse_anything_altered(tmp_path: Path) -> None:
+    tokens = Tokens(load_keys(tmp_path))
+    url = "https://shop.example.com/p/100?utm_source=email&utm_campaign=cart#top"
+    token = tokens.seal("click", "agrareeadmi5kof6mrqhemz3z4-17", url)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", token)
+    assert "shop" not in token and "example" not in token, "the destination is not readable"
+    opened = tokens.open(token, expect="click")
+    assert (opened.kind, opened.message_id, opened.url) == (
+        "click",
+        "agrareeadmi5kof6mrqhemz3z4-17",
+        url,
+    )
+    with pytest.raises(TokenError):
+        tokens.open(token, expect="open")
+    for i in range(len(token)):
+        flipped = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
+        with pytest.raises(TokenError):
+            tokens.open(flipped)
+    for cut in (1, 5, 20, len(token) - 1):
+        with pytest.raises(TokenError):
+            tokens.open(token[:cut])
+    with pytest.raises(TokenError):
+        tokens.open(tokens.seal("open", "m-1", now=0), now=1577836800 + 500 * 86400)  # expired
+
+
+def test_key_rotation_keeps_old_links_working(tmp_path: Path) -> None:
+    old = Tokens(load_keys(tmp_path))
+    token = old.seal("open", "m-1")
+    rotate_key(tmp_path)
+    new = Tokens(load_keys(tmp_path))
+    assert new.sealing_id != old.sealing_id
+    assert new.open(token).message_id == "m-1"
+    assert Tokens(load_keys(tmp_path)).open(new.seal("open", "m-2")).message_id == "m-2"
+    stranger = Tokens(load_keys(tmp_path / "elsewhere"))
+    with pytest.raises(TokenError):
+        stranger.open(token)
+
+
+@given(st.text(max_size=300))
+def test_any_text_is_refused_cleanly(text: str) -> None:
+    tokens = Tokens([(1, b"k" * 32)])
+    with pytest.raises(TokenError):
+        tokens.open(text)
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+async def test_click_redirects_to_exactly_the_original_url(api: Client, tmp_path: Path) -> None:
+    tokens = tokens_of(tmp_path)
+    for url in (
+        "https://shop.example.com/p/100?utm_source=email&utm_campaign=cart",
+        "https://shop.example.com/search?q=a%26b&x=1&x=2#results",
+        "http://shop.example.com/",
+        "https://shop.example.com/caf%C3%A9?q=%E2%82%AC",
+    ):
+        answer = await api.get(
+            f"/t/c/{tokens.seal('click', 'agraa-1', url)}", allow_redirects=False
+        )
+        assert answer.status == 302
+        assert answer.headers["Location"] == url
+        assert "Set-Cookie" not in answer.headers
+
+
+async def test_ten_thousand_bad_tokens_never_redirect_nor_fail(api: Client, tmp_path: Path) -> None:
+    tokens = tokens_of(tmp_path)
+    rng = random.Random(7)
+    good = [tokens.seal("click", f"m{i}-1", f"https://shop.example.com/{i}") for i in range(20)]
+    alphabet = string.ascii_letters + string.digits + "-_"
+    bad: list[str] = []
+    for i in range(10_000):
+        kind = i % 6
+        token = rng.choice(good)
+        if kind == 0:  # one character changed
+            at = rng.randrange(len(token))
+            token = token[:at] + rng.choice(alphabet.replace(token[at], "")) + token[at + 1 :]
+        elif kind == 1:  # truncated
+            token = token[: rng.randrange(1, len(token))]
+        elif kind == 2:  # random base64url
+            token = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 200)))
+        elif kind == 3:  # another kind of token
+            token = tokens.seal(rng.choice(["open", "unsubscribe"]), "m-1", "a@b.example\n")
+        elif kind == 4:  # junk, percent-encoded
+            token = "".join(f"%{rng.randrange(256):02X}" for _ in range(rng.randrange(1, 40)))
+        else:  # extended
+            token = token + rng.choice(alphabet) * rng.randrange(1, 5)
+        bad.append(token)
+    statuses: dict[int, int] = {}
+    for token in bad:
+        answer = await api.get(f"/t/c/{token}", allow_redirects=False)
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        assert "Location" not in answer.headers, token
+    assert set(statuses) <= {404}, statuses
+    long = await api.get("/t/c/" + "A" * 8000, allow_redirects=False)
+    assert long.status in (404, 414, 431) and "Location" not in long.headers
+
+
+async def test_open_pixel_and_machine_flags(api: Client, store: Store, tmp_path: Path) -> None:
+    body = cart_reminder()
+    answer = await (await api.post("/v1/messages", json=body)).json()
+    message_id = answer["results"][0]["message_id"]
+    tokens = tokens_of(tmp_path)
+    human = {"User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15"}
+    pixel = await api.get(f"/t/o/{tokens.seal('open', message_id)}", headers=human)
+    assert pixel.status == 200 and await pixel.read() == PIXEL
+    assert pixel.headers["Content-Type"] == "image/gif"
+    assert "no-store" in pixel.headers["Cache-Control"]
+    apple = await api.get(f"/t/o/{tokens.seal('open', message_id)}",
+                          headers={"User-Agent": "Mozilla/5.0", "X-Forwarded-For": "17.58.101.7"})  # fmt: skip
+    assert apple.status == 200
+    click = tokens.seal("click", message_id, "https://shop.example.com/p/100")
+    assert (await api.head(f"/t/c/{click}", allow_redirects=False)).status == 302
+    scanner = {"User-Agent": "Mozilla/5.0 (compatible; Proofpoint URL Defense)"}
+    await api.get(f"/t/c/{click}", headers=scanner, allow_redirects=False)
+    await api.get(f"/t/c/{click}", headers=human, allow_redirects=False)
+
+    found = await store.message(message_id)
+    assert found is not None
+    events = [(e["type"], e.get("machine"), e.get("machine_reason")) for e in found["events"]]
+    assert events == [
+        ("queued", None, None),
+        ("opened", False, None),
+        ("opened", True, "apple-privacy-proxy"),
+        ("clicked", True, "head-request"),
+        ("clicked", True, "link-scanner"),
+        ("clicked", False, None),
+    ]
+    last = found["events"][-1]
+    assert last["url"] == "https://shop.example.com/p/100"
+    assert last["email"] == "aryan@inbox.example.org", (
+        "engagement events carry the message's context"
+    )
+    assert last["category"] == body["category"]
+
+
+async def test_one_click_unsubscribe(api: Client, store: Store, tmp_path: Path) -> None:
+    body = cart_reminder()
+    answer = await (await api.post("/v1/messages", json=body)).json()
+    message_id, email = answer["results"][0]["message_id"], answer["results"][0]["email"]
+    token = tokens_of(tmp_path).seal(
+        "unsubscribe", message_id, unsubscribe_payload(email, body["category"])
+    )
+    page = await api.get(f"/t/u/{token}")
+    assert page.status == 200 and '<form method="post">' in await page.text()
+    assert await store.suppressions.check(email, body["category"]) is None, "GET never unsubscribes"
+
+    for _ in range(2):  # a repeat changes nothing
+        done = await api.post(f"/t/u/{token}", data={"List-Unsubscribe": "One-Click"},
+                              allow_redirects=False)  # fmt: skip
+        assert done.status == 200 and "Location" not in done.headers
+        assert "Set-Cookie" not in done.headers
+    entry = await store.suppressions.check(email, body["category"])
+    assert (
+        entry is not None and entry.reason == "unsubscribe" and entry.category == body["category"]
+    )
+    found = await store.message(message_id)
+    assert found is not None
+    assert [e["type"] for e in found["events"]] == ["queued", "unsubscribed"]
+
+    again = await (await api.post("/v1/messages", json=body)).json()
+    assert again["results"][0]["status"] == "suppressed"
+    other = {**body, "category": "newsletter"}
+    assert (await (await api.post("/v1/messages", json=other)).json())["results"][0][
+        "status"
+    ] == "queued"
+
+    assert (await api.post(f"/t/u/{token}", data={"x": "y"})).status == 400
+    assert (
+        await api.post(f"/t/u/{token[:-3]}", data={"List-Unsubscribe": "One-Click"})
+    ).status == 404
+
+
+# --- delivered, as a mailbox provider sees it -------------------------------------------
+
+
+@pytest.mark.slow
+def test_delivered_fixture_is_tracked_signed_and_unsubscribable(
+    serve_factory: Any, sink: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    KeyStore(data).generate("shop.example.com", "s2026", "rsa")
+    served = serve_factory(relay=sink.relay, workers=1, data_dir=data)
+    body = cart_reminder()
+    status, _ = post(served, "/v1/messages", body)
+    assert status == 202
+    [got] = sink.wait_for(1)
+    msg = got.message
+
+    # both RFC 8058 headers, under the DKIM signature (listed twice: none can be added)
+    one_click, mailto = re.findall(r"<([^>]+)>", msg["List-Unsubscribe"])
+    assert one_click.startswith(f"{served.url}/t/u/") and mailto.startswith("mailto:unsubscribe+")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    signed = re.sub(r"\s", "", msg["DKIM-Signature"])
+    names = dict(t.split("=", 1) for t in signed.split(";") if t)["h"].split(":")
+    assert names.count("list-unsubscribe") == 2 and names.count("list-unsubscribe-post") == 2
+
+    # every followable link rewritten, each leading to exactly its original URL
+    personal = body["recipients"][0]["data"]
+    source = body["html"].replace("{{ cart_url }}", personal["cart_url"])
+    originals = [html.unescape(u) for u in re.findall(r'<a [^>]*href="([^"]+)"', source)]
+    part = msg.get_body(("html",)).get_content()
+    hrefs = [html.unescape(u) for u in re.findall(r'<a [^>]*href="([^"]+)"', part)]
+    assert len(hrefs) == len(originals) == 17
+    assert all(h.startswith(f"{served.url}/t/c/") for h in hrefs)
+    for href, original in zip(hrefs, originals, strict=True):
+        request = urllib.request.Request(href, method="GET")
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(request, timeout=10)
+        assert redirect.value.code == 302
+        assert redirect.value.headers["Location"] == original
+    pixels = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', part)
+    assert len(pixels) == 1
+
+    # one click, as Gmail sends it; the next message to the address is suppressed
+    form = urllib.request.Request(one_click, data=b"List-Unsubscribe=One-Click", method="POST",
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    with urllib.request.urlopen(form, timeout=10) as done:
+        assert done.status == 200
+    status, again = post(served, "/v1/messages", body)
+    assert again["results"][0]["status"] == "suppressed"
+    assert again["results"][0]["reason"] == f"unsubscribe ({body['category']})"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
