@@ -80,6 +80,7 @@ class WebhookSettings:
     allow_private: bool = False  # loopback, private and link-local targets are refused unless set
     batch_size: int = 100
     max_retry: float = 86400.0  # a batch failing this long goes to the dead-letter list
+    retry_base: float = 5.0  # first retry delay; doubles up to an hour
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ def load_settings(
             allow_private=src.get("webhook_allow_private", _bool, False),
             batch_size=src.get("webhook_batch_size", _positive_int, 100),
             max_retry=src.get("webhook_max_retry", parse_duration, 86400.0),
+            retry_base=src.get("webhook_retry_base", parse_duration, 5.0),
         ),
     )
 

@@ -28,6 +28,7 @@ from core.settings import Secret, Settings
 from core.store import Store, StoreError, open_store, valid_stream_id
 from core.suppressions import BUCKETS, REASONS
 from gateway import accept as accepting
+from gateway import webhooks
 from gateway.metrics import Metrics
 from gateway.openapi import openapi_document
 from gateway.policy import load_policy, parse_policy
@@ -253,6 +254,24 @@ async def list_suppressions(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
+async def get_webhooks(request: web.Request) -> web.Response:
+    url = request.app[SETTINGS].webhooks.url
+    return _json({"url": url, **await webhooks.status(request.app[STORE])})
+
+
+async def get_dead_letters(request: web.Request) -> web.Response:
+    return _json({"dead_letters": await webhooks.dead_letters(request.app[STORE])})
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    return _json({"queued": await webhooks.replay_dead_letters(request.app[STORE])}, 202)
+
+
+async def enable_webhooks(request: web.Request) -> web.Response:
+    await webhooks.enable(request.app[STORE])
+    return _json(await webhooks.status(request.app[STORE]))
+
+
 def _require_json(request: web.Request) -> None:
     ctype = request.headers.get("Content-Type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":
@@ -305,6 +324,10 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.router.add_get("/v1/suppressions/{email}", get_suppression)
     app.router.add_put("/v1/suppressions/{email}", put_suppression)
     app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    app.router.add_get("/v1/webhooks", get_webhooks)
+    app.router.add_post("/v1/webhooks/enable", enable_webhooks)
+    app.router.add_get("/v1/webhooks/dead-letters", get_dead_letters)
+    app.router.add_post("/v1/webhooks/dead-letters/replay", replay_dead_letters)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

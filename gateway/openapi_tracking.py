@@ -1,4 +1,5 @@
-"""OpenAPI description of the tracking routes (no authentication: they are in every message)."""
+"""OpenAPI description of the webhook routes and of the tracking routes (no authentication:
+those are in every message)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,36 @@ from typing import Any
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
 _NOT_FOUND = {"404": {"description": "Not a valid token: a plain page, never a redirect"}}
 
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
 PATHS: dict[str, Any] = {
+    "/v1/webhooks": {
+        "get": {
+            "summary": "Webhook delivery: cursor, batch being retried, last error, dead letters",
+            "security": _AUTH,
+            "responses": {"200": {"description": "The dispatcher's state"}},
+        }
+    },
+    "/v1/webhooks/enable": {
+        "post": {
+            "summary": "Resume after the endpoint answered 410 Gone",
+            "security": _AUTH,
+            "responses": {"200": {"description": "The dispatcher's state"}},
+        }
+    },
+    "/v1/webhooks/dead-letters": {
+        "get": {
+            "summary": "Batches that failed for the whole retry period",
+            "security": _AUTH,
+            "responses": {"200": {"description": "Dead letters, oldest first"}},
+        }
+    },
+    "/v1/webhooks/dead-letters/replay": {
+        "post": {
+            "summary": "Send every dead letter again, before new events",
+            "security": _AUTH,
+            "responses": {"202": {"description": "How many were queued"}},
+        }
+    },
     "/t/o/{token}": {
         "get": {
             "summary": "Open pixel: a 1x1 GIF, not cached; records an `opened` event",

@@ -24,6 +24,7 @@ from core.embedded_redis import EmbeddedRedis
 from core.settings import Secret, Settings
 from core.store import open_store
 from gateway.app import create_app
+from gateway.webhooks import WebhookDispatcher
 from mta.inbound import start_inbound
 from mta.verp import Verp
 from mta.worker import run_worker_process
@@ -106,6 +107,18 @@ async def _run(
                 )
                 resources.push_async_callback(inbound.wait_closed)
                 resources.callback(inbound.close)
+            if settings.webhooks.url is not None:
+                hooks_store = await resources.enter_async_context(open_store(redis_url))
+                dispatcher = WebhookDispatcher(hooks_store, settings.webhooks)
+                hooks = asyncio.create_task(dispatcher.run(), name="webhooks")
+
+                async def stop_hooks() -> None:
+                    dispatcher.stopping.set()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait_for(hooks, 20)
+
+                resources.push_async_callback(stop_hooks)
+                log.info("webhooks to %s", settings.webhooks.url)
             site = web.TCPSite(
                 runner, settings.http.listen.host, settings.http.listen.port, backlog=1024
             )

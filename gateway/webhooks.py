@@ -1,0 +1,305 @@
+"""Webhooks out: every event, in order, batched, signed per Standard Webhooks, retried.
+
+One dispatcher runs at a time across all gateways sharing the Redis (a lease
+renewed every few seconds). It reads the events stream after its cursor, takes
+up to ``batch_size`` events as one JSON array and stores that batch in Redis
+before the first attempt, so a restarted gateway sends the very same batch with
+the same ``webhook-id`` (receivers deduplicate on it). Then:
+
+- a 2xx moves the cursor past the batch;
+- ``410 Gone`` disables the endpoint (nothing is lost: the batch waits, and
+  ``POST /v1/webhooks/enable`` resumes);
+- anything else (other statuses, timeouts, refused connections, a target that
+  resolves to a private address) is retried with exponential backoff and +-20%
+  jitter, from ``retry_base`` up to an hour apart, for ``max_retry`` (24 h); a
+  batch still failing then goes to the dead-letter list and the cursor moves on.
+  ``POST /v1/webhooks/dead-letters/replay`` sends them again, before new events.
+
+Signature (``webhook-signature: v1,<base64>``): HMAC-SHA256 with the secret's
+bytes (``whsec_<base64>``) over ``"{webhook-id}.{webhook-timestamp}.{body}"``.
+
+SSRF guard: unless ``SLUICE_WEBHOOK_ALLOW_PRIVATE=true`` the target must resolve
+only to global addresses: loopback, private, link-local, CGNAT, unique-local,
+IPv4-mapped private and the like are refused, checked on the addresses the
+connection actually uses (a resolver that filters them), so DNS rebinding does
+not get around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgpack
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from core import keys
+from core.settings import WebhookSettings
+from core.store import Store
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 15
+MAX_BACKOFF = 3600.0
+MAX_DEAD_LETTERS = 10_000
+
+
+class RefusedTarget(Exception):
+    """The webhook URL points at an address the SSRF guard refuses."""
+
+
+def is_allowed(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class GlobalOnlyResolver(AbstractResolver):
+    """Resolves like aiohttp does, then keeps only global addresses (none: refused)."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        allowed = [r for r in found if is_allowed(r["host"])]
+        if not allowed:
+            raise RefusedTarget(
+                f"{host} resolves only to private or reserved addresses "
+                f"({', '.join(r['host'] for r in found)}); set SLUICE_WEBHOOK_ALLOW_PRIVATE=true "
+                "to allow them"
+            )
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def signature(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def backoff(attempts: int, base: float) -> float:
+    delay: float = min(base * 2.0 ** max(0, attempts - 1), MAX_BACKOFF)
+    return delay * random.uniform(0.8, 1.2)
+
+
+class WebhookDispatcher:
+    def __init__(self, store: Store, settings: WebhookSettings) -> None:
+        assert settings.url is not None
+        self.store = store
+        self.redis = store.redis
+        self.settings = settings
+        self.url = settings.url
+        self.retry_base = settings.retry_base
+        self.owner = secrets.token_hex(8)
+        self.stopping = asyncio.Event()
+
+    # --- the lease --------------------------------------------------------------------
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the dispatcher lease; True while this process holds it."""
+        renewed = await self.redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else "
+            "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 end",
+            1, keys.WEBHOOK_LEASE, self.owner, LEASE_SECONDS * 1000,
+        )  # fmt: skip
+        return bool(renewed)
+
+    # --- batches ----------------------------------------------------------------------
+
+    async def _next_batch(self) -> dict[str, Any] | None:
+        """The batch to send: one being retried, a replayed dead letter, or new events."""
+        blob = await self.redis.get(keys.WEBHOOK_INFLIGHT)
+        if blob is not None:
+            return msgpack.unpackb(blob)  # type: ignore[no-any-return]
+        replay = await self.redis.lpop(keys.WEBHOOK_REPLAY)
+        if replay is not None:
+            batch: dict[str, Any] = msgpack.unpackb(replay)
+            batch.update(attempts=0, first=time.time(), due=0.0, replayed=True)
+        else:
+            cursor: Any = await self.redis.get(keys.WEBHOOK_CURSOR)
+            events = await self.store.events_after(
+                cursor.decode() if cursor else None, self.settings.batch_size
+            )
+            if not events:
+                return None
+            body = json.dumps(events, ensure_ascii=False, separators=(",", ":")).encode()
+            batch = {
+                "id": f"wh_{events[0]['id']}_{events[-1]['id']}",
+                "body": body, "last": events[-1]["id"], "count": len(events),
+                "attempts": 0, "first": time.time(), "due": 0.0, "replayed": False,
+            }  # fmt: skip
+        await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
+        return batch
+
+    async def _post(self, session: aiohttp.ClientSession, batch: dict[str, Any]) -> tuple[int, str]:
+        host = urlsplit(self.url).hostname or ""
+        try:
+            literal = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None and not self.settings.allow_private and not is_allowed(str(literal)):
+            raise RefusedTarget(f"{host} is a private or reserved address")
+        stamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Sluice-Webhooks/1",
+            "webhook-id": batch["id"],
+            "webhook-timestamp": str(stamp),
+        }
+        if self.settings.secret is not None:
+            headers["webhook-signature"] = signature(
+                self.settings.secret.reveal(), batch["id"], stamp, batch["body"]
+            )
+        async with session.post(self.url, data=batch["body"], headers=headers,
+                                allow_redirects=False) as answer:  # fmt: skip
+            text = (await answer.content.read(512)).decode("utf-8", "replace")
+            return answer.status, text
+
+    async def _attempt(self, session: aiohttp.ClientSession, batch: dict[str, Any]) -> None:
+        batch["attempts"] += 1
+        try:
+            status, text = await self._post(session, batch)
+            error = None if 200 <= status < 300 else f"HTTP {status}: {text[:200]}"
+        except (aiohttp.ClientError, TimeoutError, OSError, RefusedTarget) as exc:
+            status, error = 0, f"{type(exc).__name__}: {exc}"[:300]
+        now = time.time()
+        if error is None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if not batch.get("replayed"):
+                    pipe.set(keys.WEBHOOK_CURSOR, batch["last"])
+                pipe.delete(keys.WEBHOOK_INFLIGHT)
+                pipe.hset(keys.WEBHOOK_STATE, mapping={"last_success": now, "last_error": ""})
+                pipe.hincrby(keys.WEBHOOK_STATE, "delivered_batches", 1)
+                await pipe.execute()
+            return
+        await self.redis.hset(
+            keys.WEBHOOK_STATE, mapping={"last_error": error, "last_error_at": now}
+        )
+        if status == 410:
+            log.error("webhook endpoint %s answered 410 Gone: disabled", self.url)
+            await self.redis.hset(keys.WEBHOOK_STATE, "disabled", f"410 Gone at {int(now)}")
+            batch["attempts"] -= 1  # not the batch's fault
+            await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
+            return
+        if now - batch["first"] >= self.settings.max_retry:
+            log.error("webhook batch %s failed for %.0fs: dead-lettered (%s)",
+                      batch["id"], now - batch["first"], error)  # fmt: skip
+            batch["error"] = error
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(keys.WEBHOOK_DEAD, msgpack.packb(batch))
+                pipe.ltrim(keys.WEBHOOK_DEAD, -MAX_DEAD_LETTERS, -1)
+                if not batch.get("replayed"):
+                    pipe.set(keys.WEBHOOK_CURSOR, batch["last"])
+                pipe.delete(keys.WEBHOOK_INFLIGHT)
+                await pipe.execute()
+            return
+        batch["due"] = now + backoff(batch["attempts"], self.retry_base)
+        log.warning("webhook batch %s attempt %d failed (%s); next in %.1fs",
+                    batch["id"], batch["attempts"], error, batch["due"] - now)  # fmt: skip
+        await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=None if self.settings.allow_private else GlobalOnlyResolver(), limit=4
+        )
+        timeout = aiohttp.ClientTimeout(total=15, connect=5)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            while not self.stopping.is_set():
+                try:
+                    await self._step(session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("webhook dispatcher step failed")
+                    await self._sleep(2.0)
+
+    async def _step(self, session: aiohttp.ClientSession) -> None:
+        if not await self._hold_lease():
+            await self._sleep(LEASE_SECONDS / 3)
+            return
+        if await self.redis.hget(keys.WEBHOOK_STATE, "disabled"):
+            await self._sleep(1.0)
+            return
+        batch = await self._next_batch()
+        if batch is None:
+            await self._sleep(0.25)
+            return
+        wait = batch["due"] - time.time()
+        if wait > 0:
+            await self._sleep(min(wait, LEASE_SECONDS / 3))
+            return
+        await self._attempt(session, batch)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+
+async def status(store: Store) -> dict[str, Any]:
+    redis = store.redis
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.WEBHOOK_STATE)
+        pipe.get(keys.WEBHOOK_CURSOR)
+        pipe.get(keys.WEBHOOK_INFLIGHT)
+        pipe.llen(keys.WEBHOOK_DEAD)
+        pipe.llen(keys.WEBHOOK_REPLAY)
+        state, cursor, inflight, dead, replay = await pipe.execute()
+    state = {k.decode(): v.decode() for k, v in state.items()}
+    pending = msgpack.unpackb(inflight) if inflight else None
+    return {
+        "disabled": state.get("disabled") or None,
+        "cursor": cursor.decode() if cursor else None,
+        "delivered_batches": int(state.get("delivered_batches", 0)),
+        "last_error": state.get("last_error") or None,
+        "retrying": None if pending is None else {
+            "id": pending["id"], "events": pending["count"], "attempts": pending["attempts"],
+            "next_attempt_at": round(pending["due"], 3) or None,
+        },
+        "dead_letters": int(dead),
+        "replay_queued": int(replay),
+    }  # fmt: skip
+
+
+async def dead_letters(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    out = []
+    for blob in await store.redis.lrange(keys.WEBHOOK_DEAD, 0, limit - 1):
+        batch = msgpack.unpackb(blob)
+        out.append({"id": batch["id"], "events": batch["count"], "attempts": batch["attempts"],
+                    "first_attempt_at": round(batch["first"], 3), "error": batch.get("error")})  # fmt: skip
+    return out
+
+
+async def replay_dead_letters(store: Store) -> int:
+    """Queue every dead letter to be sent again (before new events); returns how many."""
+    moved = await store.redis.eval(
+        "local n = 0 while true do local v = redis.call('LPOP', KEYS[1]) "
+        "if not v then break end redis.call('RPUSH', KEYS[2], v) n = n + 1 end return n",
+        2, keys.WEBHOOK_DEAD, keys.WEBHOOK_REPLAY,
+    )  # fmt: skip
+    return int(moved)
+
+
+async def enable(store: Store) -> None:
+    await store.redis.hdel(keys.WEBHOOK_STATE, "disabled")
