@@ -230,6 +230,22 @@ class Store:
             raise StoreError(f"could not record the event: {exc}") from exc
         return _text(event_id), bool(fast)
 
+    async def engage_many(self, items: list[tuple[str, bytes, float]]) -> list[tuple[str, bool]]:
+        """Several ``engage`` calls, (message id, event, click window) each, in one round trip."""
+        now = f"{time.time():.3f}"
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for message_id, event, click_window in items:
+                    await self._engage(
+                        keys=[keys.EVENTS, keys.message(message_id), keys.STATS],
+                        args=[event, EVENTS_MAXLEN, now, click_window],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"could not record the events: {exc}") from exc
+        return [(_text(event_id), bool(fast)) for event_id, fast in replies]
+
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
         return int(await self._promote(keys=[keys.DELAYED, keys.JOBS], args=[f"{now:.3f}", limit]))
 

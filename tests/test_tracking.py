@@ -299,6 +299,7 @@ def test_delivered_fixture_is_tracked_signed_and_unsubscribable(
             opener.open(request, timeout=10)
         assert redirect.value.code == 302
         assert redirect.value.headers["Location"] == original
+        redirect.value.close()
     pixels = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', part)
     assert len(pixels) == 1
 

@@ -29,7 +29,9 @@ if window > 0 and record[2] and tonumber(ARGV[3]) - tonumber(record[2]) < window
   fields[#fields + 1] = cmsgpack.pack({machine = true, machine_reason = 'click-right-after-delivery'})
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
-if record[1] then
+-- The message's timeline lists its events; a message opened thousands of times (forwarded,
+-- or a scanner in a loop) keeps its first ~200 there; all of them are in the stream.
+if record[1] and #record[1] < 4000 then
   redis.call('HSET', KEYS[2], 'ev', record[1] .. ',' .. id)
 end
 local kind = cmsgpack.unpack(ARGV[1])['type']
