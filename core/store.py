@@ -221,30 +221,19 @@ class Store:
         self, message_id: str, event: bytes, *, click_window: float = 0.0
     ) -> tuple[str, bool]:
         """Record an open, click or unsubscribe; (event id, flagged as a machine's by timing)."""
-        try:
-            event_id, fast = await self._engage(
-                keys=[keys.EVENTS, keys.message(message_id), keys.STATS],
-                args=[event, EVENTS_MAXLEN, f"{time.time():.3f}", click_window],
-            )
-        except RedisError as exc:
-            raise StoreError(f"could not record the event: {exc}") from exc
-        return _text(event_id), bool(fast)
+        [result] = await self.engage_many([(message_id, event, click_window)])
+        return result
 
     async def engage_many(self, items: list[tuple[str, bytes, float]]) -> list[tuple[str, bool]]:
-        """Several ``engage`` calls, (message id, event, click window) each, in one round trip."""
-        now = f"{time.time():.3f}"
+        """Several engagement events, (message id, event, click window) each, in one call."""
+        args: list[Any] = [EVENTS_MAXLEN, f"{time.time():.3f}", keys.MESSAGE_PREFIX]
+        for message_id, event, click_window in items:
+            args += [message_id, event, click_window]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for message_id, event, click_window in items:
-                    await self._engage(
-                        keys=[keys.EVENTS, keys.message(message_id), keys.STATS],
-                        args=[event, EVENTS_MAXLEN, now, click_window],
-                        client=pipe,
-                    )
-                replies = await pipe.execute()
+            flat = await self._engage(keys=[keys.EVENTS, keys.STATS], args=args)
         except RedisError as exc:
             raise StoreError(f"could not record the events: {exc}") from exc
-        return [(_text(event_id), bool(fast)) for event_id, fast in replies]
+        return [(_text(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
         return int(await self._promote(keys=[keys.DELAYED, keys.JOBS], args=[f"{now:.3f}", limit]))

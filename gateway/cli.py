@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, metavar=meta, help=text)
     dkim_cmd.add_commands(commands, common)
     suppress_cmd.add_commands(commands, common)
+    tracking = commands.add_parser("tracking", parents=[common], help="tracking link keys")
+    tracking_actions = tracking.add_subparsers(
+        dest="tracking_command", required=True, metavar="ACTION"
+    )
+    rotate = tracking_actions.add_parser(
+        "rotate-key", parents=[common],
+        help="seal new tracking links with a new key; links already sent keep working",
+    )  # fmt: skip
+    rotate.add_argument(
+        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
+    )
+    rotate.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
     return parser
 
 
@@ -59,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dkim_cmd.run(args)
         if args.command == "suppress":
             return suppress_cmd.run(args)
+        if args.command == "tracking":
+            from tracking.tokens import rotate_key
+
+            settings = load_settings({"data_dir": args.data_dir, "config": args.config})
+            key_id = rotate_key(settings.data_dir)
+            print(f"Tracking key {key_id} now seals new links; older keys still open earlier ones. "
+                  "Restart sluice serve to use it.")  # fmt: skip
+            return 0
     except (ConfigurationError, ValidationError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
