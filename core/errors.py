@@ -100,6 +100,11 @@ class TransientDeliveryError(DeliveryError):
     """Try again later."""
 
 
+class WarmupDeferral(TransientDeliveryError):
+    """No sending IP of the pool has warmup budget left now: wait ``retry_after`` exactly
+    (not the retry schedule), then try again."""
+
+
 class PermanentDeliveryError(DeliveryError):
     """Do not try again: bounce."""
 

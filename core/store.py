@@ -74,6 +74,7 @@ class Store:
         self._complete = client.register_script(_script("complete.lua"))
         self._promote = client.register_script(_script("promote.lua"))
         self._engage = client.register_script(_script("engage.lua"))
+        self._warmup = client.register_script(_script("warmup.lua"))
         self.suppressions = Suppressions(client)
 
     # --- accept side --------------------------------------------------------
@@ -234,6 +235,11 @@ class Store:
         except RedisError as exc:
             raise StoreError(f"could not record the events: {exc}") from exc
         return [(_text(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def warmup_take(self, args: list[Any]) -> tuple[str, float]:
+        """One message of warmup budget (``core/lua/warmup.lua``): (IP taken or "", wait)."""
+        ip, wait = await self._warmup(keys=[], args=args)
+        return _text(ip), float(wait)
 
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
         return int(await self._promote(keys=[keys.DELAYED, keys.JOBS], args=[f"{now:.3f}", limit]))

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date
 from typing import Any
 
 from aiohttp import web
 
+from core import keys
 from core.addresses import AddressError, normalize_address
 from core.errors import (
     ClientError,
@@ -34,6 +37,9 @@ from gateway.openapi import openapi_document
 from gateway.policy import load_policy, parse_policy
 from tracking.endpoints import Tracking
 from tracking.tokens import Tokens, load_keys
+from warmup.gate import WarmupIp, load_ips, save_ip, utc_day
+from warmup.gate import status as warmup_status
+from warmup.schedules import parse_schedule
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +278,64 @@ async def enable_webhooks(request: web.Request) -> web.Response:
     return _json(await webhooks.status(request.app[STORE]))
 
 
+async def get_warmup_status(request: web.Request) -> web.Response:
+    return _json(await warmup_status(request.app[STORE]))
+
+
+def _warmup_ip(request: web.Request) -> str:
+    text = request.match_info["ip"]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as exc:
+        raise ValidationError(f"{text[:64]!r} is not an IP address", field="ip") from exc
+
+
+async def get_warmup_ip(request: web.Request) -> web.Response:
+    ip = _warmup_ip(request)
+    config = (await load_ips(request.app[STORE])).get(ip)
+    if config is None:
+        raise NotFound(f"{ip} is not warming up")
+    return _json(config.as_json())
+
+
+async def put_warmup_ip(request: web.Request) -> web.Response:
+    ip = _warmup_ip(request)
+    _require_json(request)
+    body = accepting.decode_json(await request.read())
+    if not isinstance(body, dict) or set(body) - {"pool", "schedule", "started_on"}:
+        raise ValidationError("body: {schedule, pool?, started_on?}", field="body")
+    try:
+        schedule = parse_schedule(body.get("schedule", "standard-30d"))
+    except ValueError as exc:
+        raise ValidationError(str(exc), field="schedule") from exc
+    pool = body.get("pool") or {s.ip: s.pool for s in request.app[SETTINGS].delivery.ips}.get(
+        ip, "default"
+    )
+    if not isinstance(pool, str) or not _CATEGORY.fullmatch(pool):
+        raise ValidationError("'pool' must be a pool name", field="pool")
+    try:
+        started = (
+            date.fromisoformat(body["started_on"])
+            if body.get("started_on")
+            else utc_day(time.time())
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("'started_on' must be a date YYYY-MM-DD", field="started_on") from exc
+    name = body.get("schedule") if isinstance(body.get("schedule"), str) else None
+    config = WarmupIp(
+        ip, pool, schedule, name or (None if "schedule" in body else "standard-30d"), started
+    )
+    await save_ip(request.app[STORE], config)
+    return _json(config.as_json())
+
+
+async def delete_warmup_ip(request: web.Request) -> web.Response:
+    ip = _warmup_ip(request)
+    if not await request.app[STORE].redis.hdel(keys.WARMUP_IPS, ip):
+        raise NotFound(f"{ip} is not warming up")
+    return web.Response(status=204)
+
+
 def _require_json(request: web.Request) -> None:
     ctype = request.headers.get("Content-Type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":
@@ -328,6 +392,10 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.router.add_post("/v1/webhooks/enable", enable_webhooks)
     app.router.add_get("/v1/webhooks/dead-letters", get_dead_letters)
     app.router.add_post("/v1/webhooks/dead-letters/replay", replay_dead_letters)
+    app.router.add_get("/v1/warmup/status", get_warmup_status)
+    app.router.add_get("/v1/warmup/ips/{ip}", get_warmup_ip)
+    app.router.add_put("/v1/warmup/ips/{ip}", put_warmup_ip)
+    app.router.add_delete("/v1/warmup/ips/{ip}", delete_warmup_ip)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from core.errors import ConfigurationError, ValidationError
 from core.logs import setup_logging
 from core.settings import load_settings
-from gateway import dkim_cmd, suppress_cmd
+from gateway import dkim_cmd, suppress_cmd, warmup_cmd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, metavar=meta, help=text)
     dkim_cmd.add_commands(commands, common)
     suppress_cmd.add_commands(commands, common)
+    warmup_cmd.add_commands(commands, common)
     tracking = commands.add_parser("tracking", parents=[common], help="tracking link keys")
     tracking_actions = tracking.add_subparsers(
         dest="tracking_command", required=True, metavar="ACTION"
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dkim_cmd.run(args)
         if args.command == "suppress":
             return suppress_cmd.run(args)
+        if args.command == "warmup":
+            return warmup_cmd.run(args)
         if args.command == "tracking":
             from tracking.tokens import rotate_key
 

@@ -17,6 +17,36 @@ PATHS: dict[str, Any] = {
             "responses": {"200": {"description": "The dispatcher's state"}},
         }
     },
+    "/v1/warmup/status": {
+        "get": {
+            "summary": "Every warming IP: day n of N, per provider today's budgets and sends",
+            "security": _AUTH,
+            "responses": {"200": {"description": "Warmup status"}},
+        }
+    },
+    "/v1/warmup/ips/{ip}": {
+        "parameters": [
+            {"name": "ip", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "get": {
+            "summary": "An IP's warmup",
+            "security": _AUTH,
+            "responses": {
+                "200": {"description": "Its warmup"},
+                "404": {"description": "Not warming"},
+            },
+        },
+        "put": {
+            "summary": "Start (or change) an IP's warmup: {schedule, pool?, started_on?}",
+            "security": _AUTH,
+            "responses": {"200": {"description": "Its warmup"}, "400": {"description": "Invalid"}},
+        },
+        "delete": {
+            "summary": "Treat the IP as warm",
+            "security": _AUTH,
+            "responses": {"204": {"description": "Done"}, "404": {"description": "Not warming"}},
+        },
+    },
     "/v1/webhooks/enable": {
         "post": {
             "summary": "Resume after the endpoint answered 410 Gone",

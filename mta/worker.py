@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import random
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 from core.addresses import domain_of
-from core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from core.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    WarmupDeferral,
+)
 from core.events import EventType, pack_event
 from core.settings import DeliverySettings, Secret, Settings
 from core.store import QueuedJob, Store, open_store
@@ -35,10 +38,12 @@ from mta.dkimkeys import KeyStore
 from mta.mime import Mailbox, MimeError, build_message
 from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateCache, TemplateError
-from mta.routing import Router
+from mta.routing import Destination, Router
 from mta.verp import Verp
 from tracking.links import add_pixel, rewrite_links, rewrite_text_links
 from tracking.tokens import Tokens, load_keys, unsubscribe_payload
+from warmup.gate import WarmupGate
+from warmup.providers import provider_of
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +102,10 @@ class Worker:
             idle_timeout=self.delivery.idle_timeout,
             throttle_backoff=self.delivery.throttle_backoff,
         )
-        self.source_ips: dict[str, Iterator[str]] = {}
-        for pool_name in {ip.pool for ip in self.delivery.ips}:
-            members = [ip.ip for ip in self.delivery.ips if ip.pool == pool_name]
-            self.source_ips[pool_name] = itertools.cycle(members)
+        self.pools: dict[str, list[str]] = {}
+        for sending in self.delivery.ips:
+            self.pools.setdefault(sending.pool, []).append(sending.ip)
+        self.warmup = WarmupGate(store)
         self.limit = self.delivery.concurrency_per_worker
         self.capacity = asyncio.Semaphore(self.limit)
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -246,9 +251,10 @@ class Worker:
         domain = domain_of(recipient)
         sender_domain = self.delivery.bounce_domain or domain_of(batch["f"][0])
         sender = self.verp.return_path(job["m"], sender_domain)
-        source_ip = self._source_ip(batch.get("pool"))
+        destinations = await self.router.destinations(domain)
+        source_ip = await self._source_ip(batch.get("pool"), domain, destinations)
         failure: DeliveryError = TransientDeliveryError(f"no destination to try for {domain}")
-        for dest in await self.router.destinations(domain):
+        for dest in destinations:
             try:
                 reply = await self.pool.send(
                     dest, domain, sender, recipient, message, source_ip=source_ip
@@ -261,9 +267,24 @@ class Worker:
                 return str(dest), reply.code
         raise failure
 
-    def _source_ip(self, pool: str | None) -> str | None:
-        members = self.source_ips.get(pool or "default") or self.source_ips.get("default")
-        return next(members) if members is not None else None
+    async def _source_ip(
+        self, pool: str | None, domain: str, destinations: list[Destination]
+    ) -> str | None:
+        """The sending IP: from the message's pool, within its warmup budget (``warmup/``)."""
+        name = pool if pool in self.pools else "default"
+        members = self.pools.get(name)
+        if not members:
+            return None  # no --ips: the system picks the source address
+        mx = destinations[0].host if destinations and destinations[0].via == "mx" else None
+        provider = provider_of(domain, mx)
+        choice = await self.warmup.choose(members, provider, time.time())
+        if choice.ip is None:
+            raise WarmupDeferral(
+                f"warmup: every IP of pool {name} has used its {provider} budget for now; "
+                f"room again in {choice.wait:.0f}s",
+                retry_after=choice.wait,
+            )
+        return choice.ip
 
     @staticmethod
     def _log(message_id: str, dest: str, code: int | None, started: float, outcome: str) -> None:
@@ -333,6 +354,9 @@ class Worker:
             await self._finish(queued, batch, EventType.EXPIRED, **fields)
             return
         delay = retry_delay(self.delivery.retry_schedule, job["a"]) * random.uniform(0.9, 1.1)
+        if isinstance(exc, WarmupDeferral):
+            # the next window, spread over its first minutes: budgets open on the hour
+            delay = (exc.retry_after or 0.0) + random.uniform(0.0, 120.0)
         retry_at = min(now + max(delay, exc.retry_after or 0.0), deadline)
         await self._finish(
             queued, batch, EventType.DEFERRED, retry_job=job, retry_at=retry_at,

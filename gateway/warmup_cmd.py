@@ -1,0 +1,131 @@
+"""``sluice warmup``: plan, start, status, pause, resume and stop IP warmups."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from datetime import date, timedelta
+from typing import Any
+
+from core import keys
+from core.errors import ValidationError
+from core.settings import load_settings
+from gateway.operator import operator_store
+from warmup.gate import WarmupIp, load_ips, save_ip, status, utc_day
+from warmup.schedules import BUILT_IN, PROVIDERS, parse_schedule, plan
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    warmup = commands.add_parser("warmup", parents=[common], help="IP warmup ramps")
+    actions = warmup.add_subparsers(dest="warmup_command", required=True, metavar="ACTION")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
+    )
+    where.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
+    where.add_argument("--redis-url", metavar="URL", help="env SLUICE_REDIS_URL; default: embedded")
+    show = actions.add_parser("plan", parents=[common], help="a schedule's budgets, day by day")
+    show.add_argument("--schedule", default="standard-30d",
+                      help=f"{', '.join(sorted(BUILT_IN))} or daily limits: 50,100,200,...")  # fmt: skip
+    start = actions.add_parser("start", parents=[common, where], help="start warming up an IP")
+    start.add_argument("ip")
+    start.add_argument("--schedule", default="standard-30d")
+    start.add_argument(
+        "--pool", default=None, help="default: the pool --ips gives it, else default"
+    )
+    start.add_argument(
+        "--start-date", type=date.fromisoformat, default=None, help="YYYY-MM-DD; default today"
+    )
+    state = actions.add_parser("status", parents=[common, where], help="where every warmup stands")
+    state.add_argument("--json", action="store_true")
+    for name, text in (("pause", "hold an IP at its current day"),
+                       ("resume", "continue a paused warmup"),
+                       ("stop", "treat the IP as warm from now on")):  # fmt: skip
+        action = actions.add_parser(name, parents=[common, where], help=text)
+        action.add_argument("ip")
+
+
+def _schedule(text: str) -> tuple[int, ...]:
+    try:
+        if text and text[0].isdigit():
+            return parse_schedule([int(x) for x in text.split(",")])
+        return parse_schedule(text)
+    except ValueError as exc:
+        raise ValidationError(f"--schedule: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.warmup_command == "plan":
+        schedule = _schedule(args.schedule)
+        print(
+            f"{'day':>4} {'daily':>9} {'hourly':>7}   per provider group ({', '.join(PROVIDERS)})"
+        )
+        for row in plan(schedule):
+            print(f"{row['day']:>4} {row['daily']:>9,} {row['hourly']:>7,}")
+        print(f"then warm: no limit (total over the ramp {sum(schedule):,} per provider)")
+        return 0
+    settings = load_settings({"data_dir": args.data_dir, "config": args.config,
+                              "redis_url": args.redis_url})  # fmt: skip
+    return asyncio.run(_run(args, settings))
+
+
+async def _run(args: argparse.Namespace, settings: Any) -> int:
+    action = args.warmup_command
+    async with operator_store(settings) as store:
+        configs = await load_ips(store)
+        today = utc_day(time.time())
+        if action == "start":
+            schedule = _schedule(args.schedule)
+            pools = {s.ip: s.pool for s in settings.delivery.ips}
+            config = WarmupIp(
+                ip=args.ip, pool=args.pool or pools.get(args.ip, "default"), schedule=schedule,
+                schedule_name=None if args.schedule[0].isdigit() else args.schedule,
+                started_on=args.start_date or today,
+            )  # fmt: skip
+            await save_ip(store, config)
+            done = config.started_on + timedelta(days=len(schedule))
+            print(f"{args.ip} warms up on {args.schedule} from {config.started_on} (day "
+                  f"{config.day(today)} today); full volume on {done}.")  # fmt: skip
+            return 0
+        if action == "status":
+            doc = await status(store)
+            if args.json:
+                print(json.dumps(doc, indent=2))
+                return 0
+            if not doc["ips"]:
+                print(
+                    "No IP is warming up. Start one: sluice warmup start IP --schedule standard-30d"
+                )
+                return 0
+            for ip in doc["ips"]:
+                state = "warm" if ip["warm"] else ("PAUSED" if ip["paused"] else "warming")
+                print(f"{ip['ip']} (pool {ip['pool']}): {state}, day {ip['day']} of {ip['days']}, "
+                      f"full volume on {ip['full_volume_on']}")  # fmt: skip
+                for name, p in ip["providers"].items():
+                    budget = "no limit" if p["daily_budget"] is None else (
+                        f"{p['sent_today']:>7,} of {p['daily_budget']:>7,} today "
+                        f"(hourly {p['hourly_budget']:,})")  # fmt: skip
+                    print(f"  {name:<10} {budget}")
+            return 0
+        found = configs.get(args.ip)
+        if found is None:
+            raise ValidationError(f"{args.ip} is not warming up (see sluice warmup status)")
+        config = found
+        if action == "pause":
+            if config.paused_on is None:
+                config = WarmupIp(**{**config.__dict__, "paused_on": today})
+                await save_ip(store, config)
+            print(f"{args.ip} paused at day {config.day(today)}.")
+        elif action == "resume":
+            if config.paused_on is not None:
+                shift = today - config.paused_on
+                config = WarmupIp(**{**config.__dict__, "paused_on": None,
+                                     "started_on": config.started_on + shift})  # fmt: skip
+                await save_ip(store, config)
+            print(f"{args.ip} resumed at day {config.day(today)}.")
+        else:
+            await store.redis.hdel(keys.WARMUP_IPS, args.ip)
+            print(f"{args.ip} is treated as warm from now on.")
+        return 0
