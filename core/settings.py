@@ -84,6 +84,17 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class WarmupSettings:
+    """When a warming IP's rates over the last hour (per provider) pass these, its warmup holds."""
+
+    max_deferral_rate: float = 0.15
+    max_bounce_rate: float = 0.05
+    max_complaint_rate: float = 0.001
+    min_attempts: int = 20  # fewer attempts in the hour: no rates yet
+    idle_restart_days: int = 30  # an IP that sent nothing this long starts its warmup over
+
+
+@dataclass(frozen=True)
 class RedisSettings:
     url: str | None  # None: start the embedded Redis in the data dir
 
@@ -142,6 +153,7 @@ class Settings:
     config_path: Path | None = field(default=None)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    warmup: WarmupSettings = field(default_factory=WarmupSettings)
 
 
 # --- casts ------------------------------------------------------------------
@@ -247,6 +259,13 @@ def _bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _rate(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 < value <= 1:
+        raise ValueError(f"expected a rate such as 0.1% or 0.001, got {text!r}")
+    return value
 
 
 def _scope(text: str) -> str:
@@ -362,6 +381,13 @@ def load_settings(
             unsubscribe_scope=src.get("unsubscribe_scope", _scope, "category"),
             token_max_age_days=src.get("tracking_max_age_days", _positive_int, 400),
             text_links=src.get("track_text_links", _bool, False),
+        ),
+        warmup=WarmupSettings(
+            max_deferral_rate=src.get("warmup_max_deferral_rate", _rate, 0.15),
+            max_bounce_rate=src.get("warmup_max_bounce_rate", _rate, 0.05),
+            max_complaint_rate=src.get("warmup_max_complaint_rate", _rate, 0.001),
+            min_attempts=src.get("warmup_min_attempts", _positive_int, 20),
+            idle_restart_days=src.get("warmup_idle_restart_days", _positive_int, 30),
         ),
         webhooks=WebhookSettings(
             url=src.get("webhook_url", _url, "") or None,

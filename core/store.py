@@ -75,6 +75,7 @@ class Store:
         self._promote = client.register_script(_script("promote.lua"))
         self._engage = client.register_script(_script("engage.lua"))
         self._warmup = client.register_script(_script("warmup.lua"))
+        self._warmup_signal = client.register_script(_script("warmup_signal.lua"))
         self.suppressions = Suppressions(client)
 
     # --- accept side --------------------------------------------------------
@@ -240,6 +241,22 @@ class Store:
         """One message of warmup budget (``core/lua/warmup.lua``): (IP taken or "", wait)."""
         ip, wait = await self._warmup(keys=[], args=args)
         return _text(ip), float(wait)
+
+    async def warmup_signal(
+        self, ip: str, provider: str, outcome: str, now: float, *,
+        thresholds: tuple[float, float, float], min_attempts: int, day: str,
+    ) -> str:  # fmt: skip
+        """Record a warming IP's SMTP outcome (sent, deferred, bounced, complained); returns
+        "paused" or "resumed" when that changed its hold, else ""."""
+        target = f"{ip}:{provider}"
+        template = msgpack.packb({"ip": ip, "provider": provider, "message_id": None})
+        result = await self._warmup_signal(
+            keys=[keys.WARMUP_SIGNALS + target, keys.WARMUP_HOLDS, keys.EVENTS,
+                  keys.WARMUP_DAILY + target, keys.WARMUP_LAST],
+            args=[target, f"{now:.3f}", outcome, *thresholds, min_attempts, EVENTS_MAXLEN,
+                  template, day, ip],
+        )  # fmt: skip
+        return _text(result)
 
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
         return int(await self._promote(keys=[keys.DELAYED, keys.JOBS], args=[f"{now:.3f}", limit]))

@@ -104,6 +104,7 @@ async def _run(
                     settings.delivery.inbound,
                     settings.delivery.ehlo_name,
                     Verp(verp_key, prefix="unsubscribe+"),
+                    settings.warmup,
                 )
                 resources.push_async_callback(inbound.wait_closed)
                 resources.callback(inbound.close)

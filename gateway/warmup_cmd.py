@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from core import keys
@@ -14,6 +15,7 @@ from core.errors import ValidationError
 from core.settings import load_settings
 from gateway.operator import operator_store
 from warmup.gate import WarmupIp, load_ips, save_ip, status, utc_day
+from warmup.report import history, write_report
 from warmup.schedules import BUILT_IN, PROVIDERS, parse_schedule, plan
 
 
@@ -40,6 +42,12 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     state = actions.add_parser("status", parents=[common, where], help="where every warmup stands")
     state.add_argument("--json", action="store_true")
+    report = actions.add_parser(
+        "report", parents=[common, where],
+        help="chart of planned versus actual volume per day per provider, rates beneath",
+    )  # fmt: skip
+    report.add_argument("ip")
+    report.add_argument("--out", required=True, type=Path, help="FILE.html or FILE.png")
     for name, text in (("pause", "hold an IP at its current day"),
                        ("resume", "continue a paused warmup"),
                        ("stop", "treat the IP as warm from now on")):  # fmt: skip
@@ -103,11 +111,27 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
                 state = "warm" if ip["warm"] else ("PAUSED" if ip["paused"] else "warming")
                 print(f"{ip['ip']} (pool {ip['pool']}): {state}, day {ip['day']} of {ip['days']}, "
                       f"full volume on {ip['full_volume_on']}")  # fmt: skip
+                print(f"  {'provider':<10} {'day':>4} {'sent today':>17} {'hourly':>7} "
+                      f"{'deferred':>8} {'bounced':>7} {'complaints':>10}  state")  # fmt: skip
                 for name, p in ip["providers"].items():
-                    budget = "no limit" if p["daily_budget"] is None else (
-                        f"{p['sent_today']:>7,} of {p['daily_budget']:>7,} today "
-                        f"(hourly {p['hourly_budget']:,})")  # fmt: skip
-                    print(f"  {name:<10} {budget}")
+                    hour = p["last_hour"]
+                    budget = "no limit".rjust(17) if p["daily_budget"] is None else (
+                        f"{p['sent_today']:>7,} of {p['daily_budget']:>7,}")  # fmt: skip
+                    hourly = "-" if p["hourly_budget"] is None else f"{p['hourly_budget']:,}"
+                    state = f"HELD: {p['held_reason']}" if p["held"] else "ok"
+                    print(f"  {name:<10} {p['day']:>4} {budget} {hourly:>7} "
+                          f"{hour['deferral_rate']:>8.1%} {hour['bounce_rate']:>7.1%} "
+                          f"{hour['complaint_rate']:>10.2%}  {state}")  # fmt: skip
+            return 0
+        if action == "report":
+            if args.ip not in configs:
+                raise ValidationError(f"{args.ip} is not warming up (see sluice warmup status)")
+            series = await history(store, args.ip, time.time())
+            try:
+                write_report(args.out, f"Warmup of {args.ip}", series)
+            except RuntimeError as exc:
+                raise ValidationError(str(exc)) from exc
+            print(f"Report for {args.ip} written to {args.out}.")
             return 0
         found = configs.get(args.ip)
         if found is None:

@@ -19,12 +19,14 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from core import keys
 from core.events import EventType, pack_event
 from core.ids import split_message_id
-from core.settings import HostPort
+from core.settings import HostPort, WarmupSettings
 from core.store import Store
 from mta.bounces import Report, parse_report
 from mta.verp import Verp
+from warmup.gate import WarmupGate
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,14 @@ MAX_REPORT_BYTES = 10 * 1024 * 1024
 
 
 class InboundHandler:
-    def __init__(self, store: Store, verp: Verp, unsubscribe: Verp | None = None) -> None:
+    def __init__(
+        self, store: Store, verp: Verp, unsubscribe: Verp | None = None,
+        warmup: WarmupGate | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.verp = verp
         self.unsubscribe = unsubscribe
+        self.warmup = warmup  # complaints about mail from a warming IP count against it
 
     def _unsubscribes(self, address: str) -> str | None:
         return self.unsubscribe.message_id(address) if self.unsubscribe is not None else None
@@ -96,6 +102,13 @@ class InboundHandler:
         email = context["email"]
         if report.kind == "arf":
             await self.store.suppressions.add(email, reason="complaint", source=f"arf:{message_id}")
+            sent_by: list[Any] = await self.store.redis.hmget(
+                keys.message(message_id), ["ip", "pv"]
+            )
+            if self.warmup is not None and sent_by[0] and sent_by[1]:
+                await self.warmup.record(
+                    sent_by[0].decode(), sent_by[1].decode(), "complained", time.time()
+                )
             await self._event(message_id, context, "", EventType.COMPLAINED,
                               feedback_type=report.feedback_type)  # fmt: skip
             log.info("message=%s complaint (%s) from %s", message_id, report.feedback_type, email)
@@ -139,9 +152,15 @@ def _ours(header_message_id: str | None) -> str | None:
 
 
 async def start_inbound(
-    store: Store, verp: Verp, listen: HostPort, hostname: str, unsubscribe: Verp | None = None
+    store: Store,
+    verp: Verp,
+    listen: HostPort,
+    hostname: str,
+    unsubscribe: Verp | None = None,
+    warmup: WarmupSettings | None = None,
 ) -> asyncio.Server:
-    handler = InboundHandler(store, verp, unsubscribe)
+    gate = WarmupGate(store, warmup) if warmup is not None else None
+    handler = InboundHandler(store, verp, unsubscribe, gate)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(

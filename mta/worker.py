@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from core import keys
 from core.addresses import domain_of
 from core.errors import (
     DeliveryError,
@@ -105,7 +106,7 @@ class Worker:
         self.pools: dict[str, list[str]] = {}
         for sending in self.delivery.ips:
             self.pools.setdefault(sending.pool, []).append(sending.ip)
-        self.warmup = WarmupGate(store)
+        self.warmup = WarmupGate(store, settings.warmup)
         self.limit = self.delivery.concurrency_per_worker
         self.capacity = asyncio.Semaphore(self.limit)
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -252,7 +253,7 @@ class Worker:
         sender_domain = self.delivery.bounce_domain or domain_of(batch["f"][0])
         sender = self.verp.return_path(job["m"], sender_domain)
         destinations = await self.router.destinations(domain)
-        source_ip = await self._source_ip(batch.get("pool"), domain, destinations)
+        source_ip, provider = await self._source_ip(batch.get("pool"), domain, destinations)
         failure: DeliveryError = TransientDeliveryError(f"no destination to try for {domain}")
         for dest in destinations:
             try:
@@ -261,20 +262,44 @@ class Worker:
                 )
             except TransientDeliveryError as exc:
                 if exc.smtp_code is not None or exc.throttle:
+                    await self._warmup_signal(source_ip, provider, "deferred")
                     raise  # the host answered (or asked us to wait): not the next MX's business
                 failure = exc  # could not talk to this host: try the next one
+            except PermanentDeliveryError:
+                await self._warmup_signal(source_ip, provider, "bounced")
+                raise
             else:
+                await self._warmup_signal(source_ip, provider, "sent", job["m"])
                 return str(dest), reply.code
         raise failure
 
+    async def _warmup_signal(
+        self, ip: str | None, provider: str | None, outcome: str, message_id: str | None = None
+    ) -> None:
+        """Feed a warming IP's outcome to its adaptive hold (nothing for warm IPs); a sent
+        message remembers its IP and provider, for a complaint about it later."""
+        if ip is None or provider is None:
+            return
+        configs = await self.warmup.configs()
+        config = configs.get(ip)
+        if config is None or self.warmup.budget_of(config, provider, time.time()).warm:
+            return
+        if message_id is not None:
+            await self.store.redis.hset(
+                keys.message(message_id), mapping={"ip": ip, "pv": provider}
+            )
+        changed = await self.warmup.record(ip, provider, outcome, time.time())
+        if changed:
+            log.warning("warmup of %s for %s %s", ip, provider, changed)
+
     async def _source_ip(
         self, pool: str | None, domain: str, destinations: list[Destination]
-    ) -> str | None:
-        """The sending IP: from the message's pool, within its warmup budget (``warmup/``)."""
+    ) -> tuple[str | None, str | None]:
+        """(sending IP, provider group): from the message's pool, within its warmup budget."""
         name = pool if pool in self.pools else "default"
         members = self.pools.get(name)
         if not members:
-            return None  # no --ips: the system picks the source address
+            return None, None  # no --ips: the system picks the source address
         mx = destinations[0].host if destinations and destinations[0].via == "mx" else None
         provider = provider_of(domain, mx)
         choice = await self.warmup.choose(members, provider, time.time())
@@ -284,7 +309,7 @@ class Worker:
                 f"room again in {choice.wait:.0f}s",
                 retry_after=choice.wait,
             )
-        return choice.ip
+        return choice.ip, provider
 
     @staticmethod
     def _log(message_id: str, dest: str, code: int | None, started: float, outcome: str) -> None:

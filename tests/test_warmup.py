@@ -16,12 +16,15 @@ from typing import Any
 
 import pytest
 
+from core.settings import WarmupSettings
 from core.store import Store, open_store
 from loadtests.fault_sink import FaultSink
 from loadtests.harness import PROJECT_ROOT, fixture_batch
+from loadtests.sim_warmup import SCHEDULE, START, simulate
 from tests.test_end_to_end import get, post, wait_status
 from warmup.gate import WarmupGate, WarmupIp, save_ip
 from warmup.providers import provider_of
+from warmup.report import history, write_report
 from warmup.schedules import BUILT_IN, budget, plan
 
 COLD, WARM, OTHER = "192.0.2.10", "192.0.2.20", "192.0.2.30"
@@ -209,3 +212,45 @@ def test_warmup_commands(tmp_path: Path) -> None:
     assert sluice("resume", "192.0.2.10", *data).returncode == 0
     bad = sluice("start", "192.0.2.11", "--schedule", "yolo", *data)
     assert bad.returncode == 2 and "unknown schedule 'yolo'" in bad.stderr
+
+
+@pytest.mark.slow
+async def test_a_simulated_warmup_holds_on_bad_signals_and_resumes(
+    store: Store, tmp_path: Path
+) -> None:
+    """16 days on an accelerated clock; the sink defers half the Gmail mail on days 10-12."""
+    with FaultSink(seed=11) as sink:
+        settings = WarmupSettings(max_deferral_rate=0.15, min_attempts=10)
+        days = await simulate(store, sink, 16, settings)
+    attempts = [d.sent + d.deferred for d in days]
+    assert all(d.held_hours == 0 for d in days[:10]), "2% deferrals never hold it"
+    assert [attempts[d] for d in range(10)] == [SCHEDULE[d] for d in range(10)], attempts
+    assert days[10].held_hours >= 23, "held from the first hours of day 10"
+    assert attempts[10] < 0.6 * SCHEDULE[10], "the budget dropped (half, after the first hour)"
+    assert days[11].held_hours == 24 and days[12].held_hours == 24
+    assert days[14].held_hours == 0, "resumed once the rates recovered"
+    # held about three days (day 10, early, to day 13, early): day 15 gets the budget of
+    # day 12 or 13, and the days held never came back
+    assert attempts[15] in (SCHEDULE[12], SCHEDULE[13]), (attempts, SCHEDULE)
+    events = [e for e in await store.events_after(None, 100_000)
+              if e["type"] in ("warmup_paused", "warmup_resumed")]  # fmt: skip
+    assert [e["type"] for e in events] == ["warmup_paused", "warmup_resumed"], [
+        (
+            e["type"],
+            round((e["timestamp"] - store_now(0)) / 3600, 1),
+            e["reason"],
+            e["attempts_last_hour"],
+            e["deferral_rate"],
+        )
+        for e in events
+    ]
+    assert events[0]["ip"] == "127.0.0.1" and events[0]["provider"] == "gmail"
+    assert events[0]["deferral_rate"] > 0.15
+    series = await history(store, "127.0.0.1", store_now(16))
+    write_report(tmp_path / "report.html", "Warmup", series)
+    page = (tmp_path / "report.html").read_text()
+    assert "<svg" in page and "polyline" in page and ">gmail<" in page
+
+
+def store_now(days: int) -> float:
+    return datetime(START.year, START.month, START.day, tzinfo=UTC).timestamp() + days * 86400 - 600

@@ -16,11 +16,14 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+import msgpack
+
 from core import keys
+from core.settings import WarmupSettings
 from core.store import Store
 from warmup.schedules import PROVIDERS, WARM, Budget, budget, parse_schedule
 
@@ -34,12 +37,19 @@ class WarmupIp:
     started_on: date
     paused_on: date | None = None  # held at its day since then
 
-    def day(self, today: date) -> int:
-        """Warmup day (0 first); a paused IP stays on the day it was paused."""
-        return ((self.paused_on or today) - self.started_on).days
+    def day(self, today: date, held_seconds: float = 0.0) -> int:
+        """Warmup day (0 first); a paused IP stays on the day it was paused, and days a
+        provider held it (bad signals) do not count for that provider."""
+        return ((self.paused_on or today) - self.started_on).days - int(held_seconds // 86400)
 
-    def budget(self, today: date) -> Budget:
-        return budget(self.schedule, self.day(today))
+    def budget(self, today: date, hold: Hold | None = None, now: float = 0.0) -> Budget:
+        if hold is None:
+            return budget(self.schedule, self.day(today))
+        limits = budget(self.schedule, self.day(today, hold.held_seconds(now)))
+        if hold.since is None or limits.warm:
+            return limits
+        daily = limits.daily // 2  # held: half the day's budget until the rates recover
+        return Budget(daily, -(-daily // 24))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +69,27 @@ class WarmupIp:
             started_on=date.fromisoformat(doc["started_on"]),
             paused_on=date.fromisoformat(doc["paused_on"]) if doc.get("paused_on") else None,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A provider's hold on a warming IP: since when (None: not held now), seconds held before."""
+
+    since: float | None
+    total: float
+    reason: str | None = None
+
+    def held_seconds(self, now: float) -> float:
+        return self.total + (max(0.0, now - self.since) if self.since is not None else 0.0)
+
+
+async def load_holds(store: Store) -> dict[str, Hold]:
+    found: dict[Any, Any] = await store.redis.hgetall(keys.WARMUP_HOLDS)
+    out = {}
+    for name, blob in found.items():
+        doc = msgpack.unpackb(blob)
+        out[name.decode()] = Hold(doc.get("since"), float(doc.get("total") or 0), doc.get("reason"))
+    return out
 
 
 def utc_day(now: float) -> date:
@@ -84,28 +115,49 @@ class Choice:
 @dataclass
 class WarmupGate:
     store: Store
+    settings: WarmupSettings = field(default_factory=WarmupSettings)
     refresh: float = 2.0
     _configs: dict[str, WarmupIp] = field(default_factory=dict)
+    _holds: dict[str, Hold] = field(default_factory=dict)
     _loaded: float = -1e9
     _turns: dict[str, itertools.cycle[str]] = field(default_factory=dict)
 
-    async def configs(self) -> dict[str, WarmupIp]:
+    async def configs(self, now: float | None = None) -> dict[str, WarmupIp]:
         if time.monotonic() - self._loaded > self.refresh:
             self._configs = await load_ips(self.store)
+            self._holds = await load_holds(self.store)
             self._loaded = time.monotonic()
+            await self._restart_idle(time.time() if now is None else now)
         return self._configs
 
+    async def _restart_idle(self, now: float) -> None:
+        """An IP that sent nothing for ``idle_restart_days`` has lost its reputation: day 0."""
+        last: dict[Any, Any] = await self.store.redis.hgetall(keys.WARMUP_LAST)
+        limit = self.settings.idle_restart_days * 86400
+        for ip, config in list(self._configs.items()):
+            sent = last.get(ip.encode())
+            if sent is not None and now - float(sent) > limit and config.paused_on is None:
+                restarted = replace(config, started_on=utc_day(now))
+                await save_ip(self.store, restarted)
+                await self.store.redis.hdel(keys.WARMUP_LAST, ip)
+                self._configs[ip] = restarted
+
+    def budget_of(self, config: WarmupIp, provider: str, now: float) -> Budget:
+        return config.budget(utc_day(now), self._holds.get(f"{config.ip}:{provider}"), now)
+
     async def choose(self, ips: list[str], provider: str, now: float) -> Choice:
-        configs = await self.configs()
+        configs = await self.configs(now)
         today = utc_day(now)
+        budgets = {ip: self.budget_of(c, provider, now)
+                   for ip in ips if (c := configs.get(ip)) is not None}  # fmt: skip
         warming = sorted(
-            (c for ip in ips if (c := configs.get(ip)) is not None and not c.budget(today).warm),
+            (configs[ip] for ip, b in budgets.items() if not b.warm),
             key=lambda c: -c.day(today),
         )
         warm = [ip for ip in ips if ip not in {c.ip for c in warming}]
         if not warming:
             return Choice(self._turn(warm) if warm else None)
-        offer: list[tuple[str, Budget]] = [(c.ip, c.budget(today)) for c in warming]
+        offer: list[tuple[str, Budget]] = [(c.ip, budgets[c.ip]) for c in warming]
         if warm:
             offer.append((self._turn(warm), WARM))
         moment = datetime.fromtimestamp(now, UTC)
@@ -121,6 +173,18 @@ class WarmupGate:
             return Choice(taken, warming=taken in {c.ip for c in warming})
         return Choice(None, float(wait))
 
+    async def record(self, ip: str, provider: str, outcome: str, now: float) -> str:
+        """An SMTP outcome of a warming IP: "sent", "deferred", "bounced" or "complained"."""
+        w = self.settings
+        changed = await self.store.warmup_signal(
+            ip, provider, outcome, now,
+            thresholds=(w.max_deferral_rate, w.max_bounce_rate, w.max_complaint_rate),
+            min_attempts=w.min_attempts, day=utc_day(now).strftime("%Y%m%d"),
+        )  # fmt: skip
+        if changed:
+            self._loaded = -1e9  # budgets change at once
+        return changed
+
     def _turn(self, ips: list[str]) -> str:
         key = ",".join(ips)
         if key not in self._turns:
@@ -133,30 +197,59 @@ async def sent_today(store: Store, ip: str, provider: str, today: date) -> int:
     return int(value or 0)
 
 
+async def last_hour(store: Store, ip: str, provider: str, now: float) -> dict[str, Any]:
+    """Outcomes and rates of the last hour (the 5-minute buckets the hold watches)."""
+    found: dict[Any, Any] = await store.redis.hgetall(f"{keys.WARMUP_SIGNALS}{ip}:{provider}")
+    bucket = int(now // 300)
+    counts = dict.fromkeys(("sent", "deferred", "bounced", "complained"), 0)
+    for name, value in found.items():
+        at, _, kind = name.decode().partition(":")
+        if at.isdigit() and int(at) > bucket - 12 and kind in counts:
+            counts[kind] += int(value)
+    attempts = counts["sent"] + counts["deferred"] + counts["bounced"]
+    return {
+        **counts,
+        "deferral_rate": round(counts["deferred"] / attempts, 4) if attempts else 0.0,
+        "bounce_rate": round(counts["bounced"] / attempts, 4) if attempts else 0.0,
+        "complaint_rate": round(counts["complained"] / max(counts["sent"], 1), 5),
+    }
+
+
 async def status(store: Store, now: float | None = None) -> dict[str, Any]:
-    """Per warming IP and provider: day n of N, today's budgets, sent today, full volume date."""
+    """Per warming IP and provider: day n of N, today's budgets, sent, the last hour's rates,
+    held or not, and the date of full volume."""
     moment = time.time() if now is None else now
     today = utc_day(moment)
+    holds = await load_holds(store)
     out = []
     for ip, config in sorted((await load_ips(store)).items()):
-        limits = config.budget(today)
-        day = config.day(today)
         providers = {}
+        finish = today
         for provider in PROVIDERS:
+            hold = holds.get(f"{ip}:{provider}")
+            limits = config.budget(today, hold, moment)
+            held_seconds = hold.held_seconds(moment) if hold else 0.0
+            day = config.day(today, held_seconds)
             sent = await sent_today(store, ip, provider, today)
+            ends = date.fromordinal(today.toordinal() + max(0, len(config.schedule) - day))
+            finish = max(finish, ends)
             providers[provider] = {
+                "day": day,
                 "daily_budget": None if limits.warm else limits.daily,
                 "hourly_budget": None if limits.warm else limits.hourly,
                 "sent_today": sent,
-                "left_today": None if limits.warm else max(0, limits.daily - sent),
+                "held": bool(hold and hold.since is not None),
+                "held_reason": hold.reason if hold and hold.since is not None else None,
+                "days_held": round(held_seconds / 86400, 2),
+                "last_hour": await last_hour(store, ip, provider, moment),
+                "full_volume_on": ends.isoformat(),
             }
-        remaining = max(0, len(config.schedule) - day)
-        full = today.toordinal() + remaining
         out.append({
             **config.as_json(),
-            "day": day, "days": len(config.schedule), "warm": limits.warm,
+            "day": config.day(today), "days": len(config.schedule),
+            "warm": all(p["daily_budget"] is None for p in providers.values()),
             "paused": config.paused_on is not None,
-            "full_volume_on": date.fromordinal(full).isoformat(),
+            "full_volume_on": finish.isoformat(),
             "providers": providers,
         })  # fmt: skip
     return {"date": today.isoformat(), "ips": out}
