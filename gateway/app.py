@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -329,6 +330,23 @@ async def put_warmup_ip(request: web.Request) -> web.Response:
     return _json(config.as_json())
 
 
+async def pause_or_resume_warmup(request: web.Request) -> web.Response:
+    ip = _warmup_ip(request)
+    store = request.app[STORE]
+    config = (await load_ips(store)).get(ip)
+    if config is None:
+        raise NotFound(f"{ip} is not warming up")
+    today = utc_day(time.time())
+    if request.match_info["action"] == "pause" and config.paused_on is None:
+        config = dataclasses.replace(config, paused_on=today)
+    elif request.match_info["action"] == "resume" and config.paused_on is not None:
+        config = dataclasses.replace(
+            config, paused_on=None, started_on=config.started_on + (today - config.paused_on)
+        )
+    await save_ip(store, config)
+    return _json(config.as_json())
+
+
 async def delete_warmup_ip(request: web.Request) -> web.Response:
     ip = _warmup_ip(request)
     if not await request.app[STORE].redis.hdel(keys.WARMUP_IPS, ip):
@@ -396,6 +414,7 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.router.add_get("/v1/warmup/ips/{ip}", get_warmup_ip)
     app.router.add_put("/v1/warmup/ips/{ip}", put_warmup_ip)
     app.router.add_delete("/v1/warmup/ips/{ip}", delete_warmup_ip)
+    app.router.add_post("/v1/warmup/ips/{ip}/{action:pause|resume}", pause_or_resume_warmup)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

@@ -47,6 +47,25 @@ PATHS: dict[str, Any] = {
             "responses": {"204": {"description": "Done"}, "404": {"description": "Not warming"}},
         },
     },
+    "/v1/warmup/ips/{ip}/{action}": {
+        "post": {
+            "summary": "Pause (hold at today's day) or resume an IP's warmup",
+            "security": _AUTH,
+            "parameters": [
+                {"name": "ip", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "action",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": ["pause", "resume"]},
+                },
+            ],
+            "responses": {
+                "200": {"description": "Its warmup"},
+                "404": {"description": "Not warming"},
+            },
+        }
+    },
     "/v1/webhooks/enable": {
         "post": {
             "summary": "Resume after the endpoint answered 410 Gone",

@@ -254,3 +254,40 @@ async def test_a_simulated_warmup_holds_on_bad_signals_and_resumes(
 
 def store_now(days: int) -> float:
     return datetime(START.year, START.month, START.day, tzinfo=UTC).timestamp() + days * 86400 - 600
+
+
+async def test_an_idle_ip_starts_over(store: Store) -> None:
+    await configure(store, COLD, (48, 96, 192, 384), "2026-10-01")
+    gate = WarmupGate(store, refresh=0)
+    first = at("2026-10-03T10:00:00")
+    assert (await gate.choose([COLD], "gmail", first)).ip == COLD
+    await gate.record(COLD, "gmail", "sent", first)
+    later = at("2026-11-10T10:00:00")  # 38 days without a send: its reputation is gone
+    await gate.choose([COLD], "gmail", later)
+    config = (await gate.configs(later))[COLD]
+    assert config.started_on == date(2026, 11, 10) and config.day(date(2026, 11, 10)) == 0
+
+
+async def test_warmup_api(api: Any) -> None:
+    put_answer = await api.put("/v1/warmup/ips/192.0.2.10", json={"schedule": "aggressive-14d"})
+    assert put_answer.status == 200
+    assert (await put_answer.json())["schedule"] == "aggressive-14d"
+    for bad, field in (({"schedule": "yolo"}, "schedule"), ({"schedule": [1, -1]}, "schedule"),
+                       ({"schedule": [5], "started_on": "monday"}, "started_on"),
+                       ({"nope": 1}, "body")):  # fmt: skip
+        answer = await api.put("/v1/warmup/ips/192.0.2.10", json=bad)
+        assert answer.status == 400 and (await answer.json())["field"] == field, bad
+    assert (await api.put("/v1/warmup/ips/not-an-ip", json={})).status == 400
+    paused = await (await api.post("/v1/warmup/ips/192.0.2.10/pause")).json()
+    assert paused["paused_on"] is not None
+    doc = await (await api.get("/v1/warmup/status")).json()
+    [ip] = doc["ips"]
+    assert ip["paused"] and ip["day"] == 0 and ip["days"] == 14
+    gmail = ip["providers"]["gmail"]
+    assert {"daily_budget", "hourly_budget", "sent_today", "sent_this_hour", "deferred",
+            "held", "last_hour", "full_volume_on"} <= set(gmail)  # fmt: skip
+    assert gmail["daily_budget"] == 200
+    resumed = await (await api.post("/v1/warmup/ips/192.0.2.10/resume")).json()
+    assert resumed["paused_on"] is None
+    assert (await api.delete("/v1/warmup/ips/192.0.2.10")).status == 204
+    assert (await api.get("/v1/warmup/ips/192.0.2.10")).status == 404

@@ -231,6 +231,13 @@ async def status(store: Store, now: float | None = None) -> dict[str, Any]:
             held_seconds = hold.held_seconds(moment) if hold else 0.0
             day = config.day(today, held_seconds)
             sent = await sent_today(store, ip, provider, today)
+            stamp = today.strftime("%Y%m%d")
+            hour_sent = await store.redis.get(
+                f"{keys.WARMUP_PREFIX}{ip}:{provider}:{stamp}:{datetime.fromtimestamp(moment, UTC).hour}"
+            )
+            deferred = await store.redis.hget(
+                f"{keys.WARMUP_DAILY}{ip}:{provider}", f"{stamp}:deferred"
+            )
             ends = date.fromordinal(today.toordinal() + max(0, len(config.schedule) - day))
             finish = max(finish, ends)
             providers[provider] = {
@@ -238,6 +245,8 @@ async def status(store: Store, now: float | None = None) -> dict[str, Any]:
                 "daily_budget": None if limits.warm else limits.daily,
                 "hourly_budget": None if limits.warm else limits.hourly,
                 "sent_today": sent,
+                "sent_this_hour": int(hour_sent or 0),
+                "deferred": int(deferred or 0),
                 "held": bool(hold and hold.since is not None),
                 "held_reason": hold.reason if hold and hold.since is not None else None,
                 "days_held": round(held_seconds / 86400, 2),
