@@ -113,6 +113,7 @@ class Route:
 class SendingIp:
     ip: str
     pool: str = "default"
+    ehlo_name: str | None = None  # None: the global SLUICE_EHLO_NAME (match the IP's PTR)
 
 
 @dataclass(frozen=True)
@@ -225,17 +226,23 @@ def parse_route(domain: str, text: str) -> Route:
 
 
 def parse_ips(text: str) -> tuple[SendingIp, ...]:
-    """``"192.0.2.10,192.0.2.11@warm"``: sending addresses, each optionally ``@pool``."""
+    """``"192.0.2.10,192.0.2.11@warm=mta2.example.com"``: sending addresses, each optionally
+    ``@pool`` and ``=EHLO name`` (the name its PTR record gives, for forward-confirmed rDNS)."""
     out = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
+        item, _, ehlo = item.partition("=")
         ip, _, pool = item.partition("@")
         try:
             ipaddress.ip_address(ip)
         except ValueError as exc:
             raise ValueError(f"{ip!r} is not an IP address") from exc
-        out.append(SendingIp(ip, pool or "default"))
+        if ehlo:
+            ehlo = _domain(ehlo)
+        if pool and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", pool):
+            raise ValueError(f"{pool!r} is not a pool name")
+        out.append(SendingIp(ip, pool or "default", ehlo or None))
     return tuple(out)
 
 

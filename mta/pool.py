@@ -126,6 +126,7 @@ class SmtpPool:
         idle_timeout: float = 30.0,
         throttle_backoff: float = 30.0,
         pipelining: bool = True,
+        ehlo_by_ip: dict[str, str] | None = None,
     ) -> None:
         self.ehlo_name = ehlo_name
         self.timeout = timeout
@@ -135,6 +136,7 @@ class SmtpPool:
         self.idle_timeout = idle_timeout
         self.throttle_backoff = throttle_backoff
         self.pipelining = pipelining
+        self.ehlo_by_ip = ehlo_by_ip or {}
         self.hosts: dict[tuple[str, str, int], HostState] = {}
         self.domains: dict[str, _DomainGate] = {}
         self._closed = False
@@ -213,7 +215,7 @@ class SmtpPool:
             smtp = await SmtpConnection.open(
                 dest.address,
                 dest.port,
-                ehlo_name=self.ehlo_name,
+                ehlo_name=self.ehlo_by_ip.get(source_ip or "", self.ehlo_name),
                 wait=self.timeout,
                 source_ip=source_ip,
                 tls="required" if dest.require_tls else "opportunistic",

@@ -102,6 +102,7 @@ class Worker:
             messages_per_connection=self.delivery.messages_per_connection,
             idle_timeout=self.delivery.idle_timeout,
             throttle_backoff=self.delivery.throttle_backoff,
+            ehlo_by_ip={s.ip: s.ehlo_name for s in self.delivery.ips if s.ehlo_name},
         )
         self.pools: dict[str, list[str]] = {}
         for sending in self.delivery.ips:

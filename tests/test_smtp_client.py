@@ -393,3 +393,40 @@ async def test_pool_reconnects_at_once_when_the_server_dropped_an_idle_connectio
             await pool.aclose()
         assert len(sink.accepted()) == 2
         assert sink.connections_total == 2
+
+
+async def test_each_sending_ip_says_its_own_ehlo_name(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    names: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw.test ESMTP\r\n")
+        names.append(await reader.readline())
+        writer.write(b"250 raw.test\r\n")
+        await reader.readline()  # QUIT
+
+    port = await raw_server(script)
+    pool = SmtpPool(
+        ehlo_name="mta.sluice.test", timeout=5, per_host=2, per_domain=2,
+        messages_per_connection=10, ehlo_by_ip={"127.0.0.2": "mta2.example.com"},
+    )  # fmt: skip
+    dest = Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
+    for source in ("127.0.0.2", "127.0.0.3"):
+        host = pool.host_state(dest, source)
+        conn = await pool._connect(host, dest, source)
+        await conn.smtp.quit()
+    assert names == [b"EHLO mta2.example.com\r\n", b"EHLO mta.sluice.test\r\n"]
+
+
+def test_sending_ips_with_pools_and_ehlo_names() -> None:
+    from core.settings import SendingIp, parse_ips
+
+    assert parse_ips("192.0.2.10, 192.0.2.11@warm=MTA2.example.com,2001:db8::5@warm") == (
+        SendingIp("192.0.2.10", "default", None),
+        SendingIp("192.0.2.11", "warm", "mta2.example.com"),
+        SendingIp("2001:db8::5", "warm", None),
+    )
+    for bad in ("300.1.1.1", "192.0.2.1@bad pool", "192.0.2.1=not a name"):
+        with pytest.raises(ValueError):
+            parse_ips(bad)
