@@ -11,6 +11,7 @@ from core.errors import ConfigurationError, ValidationError
 from core.logs import setup_logging
 from core.settings import load_settings
 from gateway import dkim_cmd, suppress_cmd, warmup_cmd
+from gateway.operator import where_options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,14 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     tracking_actions = tracking.add_subparsers(
         dest="tracking_command", required=True, metavar="ACTION"
     )
-    rotate = tracking_actions.add_parser(
-        "rotate-key", parents=[common],
+    tracking_actions.add_parser(
+        "rotate-key", parents=[common, where_options(redis=False)],
         help="seal new tracking links with a new key; links already sent keep working",
     )  # fmt: skip
-    rotate.add_argument(
-        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
-    )
-    rotate.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
     return parser
 
 

@@ -8,17 +8,14 @@ import json
 from typing import Any
 
 from core.settings import load_settings
+from gateway.operator import where_options
 from mta.dkimkeys import DkimKey, KeyStore
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     dkim = commands.add_parser("dkim", parents=[common], help="manage DKIM signing keys")
     actions = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
-        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
-    )
-    where.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
+    where = where_options(redis=False)
     where.add_argument("--json", action="store_true", help="machine-readable output")
     which = argparse.ArgumentParser(add_help=False)
     which.add_argument("--domain", required=True, help="the signing domain (d=)")

@@ -8,6 +8,7 @@ the data dir's lock and start the embedded Redis for the length of the command.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,20 @@ from core.embedded_redis import EmbeddedRedis
 from core.errors import ConfigurationError
 from core.settings import Settings
 from core.store import Store, open_store
+
+
+def where_options(*, redis: bool = True) -> argparse.ArgumentParser:
+    """``--data-dir``, ``--config`` (and ``--redis-url``): which Sluice an operator command is for."""
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
+    )
+    where.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
+    if redis:
+        where.add_argument(
+            "--redis-url", metavar="URL", help="env SLUICE_REDIS_URL; default: embedded"
+        )
+    return where
 
 
 @asynccontextmanager

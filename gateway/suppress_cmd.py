@@ -20,7 +20,7 @@ from core.errors import ValidationError
 from core.settings import load_settings
 from core.store import Store
 from core.suppressions import REASONS, Suppression
-from gateway.operator import operator_store
+from gateway.operator import operator_store, where_options
 from suppression import transfer
 
 _CATEGORY = transfer.CATEGORY
@@ -31,12 +31,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "suppress", parents=[common], help="manage the suppression list (who is never mailed)"
     )
     actions = suppress.add_subparsers(dest="suppress_command", required=True, metavar="ACTION")
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
-        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
-    )
-    where.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
-    where.add_argument("--redis-url", metavar="URL", help="env SLUICE_REDIS_URL; default: embedded")
+    where = where_options()
     scope = argparse.ArgumentParser(add_help=False)
     scope.add_argument("--category", help="only this category (an unsubscribe group); default: all")
     entry = argparse.ArgumentParser(add_help=False)

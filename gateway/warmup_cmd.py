@@ -13,7 +13,7 @@ from typing import Any
 from core import keys
 from core.errors import ValidationError
 from core.settings import load_settings
-from gateway.operator import operator_store
+from gateway.operator import operator_store, where_options
 from warmup.gate import WarmupIp, load_ips, save_ip, status, utc_day
 from warmup.report import history, write_report
 from warmup.schedules import BUILT_IN, PROVIDERS, parse_schedule, plan
@@ -22,12 +22,7 @@ from warmup.schedules import BUILT_IN, PROVIDERS, parse_schedule, plan
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     warmup = commands.add_parser("warmup", parents=[common], help="IP warmup ramps")
     actions = warmup.add_subparsers(dest="warmup_command", required=True, metavar="ACTION")
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
-        "--data-dir", metavar="DIR", help="env SLUICE_DATA_DIR; default ./sluice-data"
-    )
-    where.add_argument("--config", metavar="PATH", help="sluice.toml to read (env SLUICE_CONFIG)")
-    where.add_argument("--redis-url", metavar="URL", help="env SLUICE_REDIS_URL; default: embedded")
+    where = where_options()
     show = actions.add_parser("plan", parents=[common], help="a schedule's budgets, day by day")
     show.add_argument("--schedule", default="standard-30d",
                       help=f"{', '.join(sorted(BUILT_IN))} or daily limits: 50,100,200,...")  # fmt: skip
