@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from core.addresses import AddressError, normalize_domain
 from core.errors import ConfigurationError, ValidationError
 from core.logs import setup_logging
 from core.settings import load_settings
@@ -43,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     dkim_cmd.add_commands(commands, common)
     suppress_cmd.add_commands(commands, common)
     warmup_cmd.add_commands(commands, common)
+    preflight = commands.add_parser(
+        "preflight", parents=[common, where_options(redis=False)],
+        help="the pre-launch checklist for a sending domain (SPF, DKIM, DMARC, PTR, ...)",
+    )  # fmt: skip
+    preflight.add_argument("domain")
+    preflight.add_argument("--selector", action="append", default=[], help="DKIM selector (repeat)")
+    preflight.add_argument("--ip", action="append", default=[], help="sending IP (repeat)")
+    preflight.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to ask")
+    preflight.add_argument("--json", action="store_true")
     tracking = commands.add_parser("tracking", parents=[common], help="tracking link keys")
     tracking_actions = tracking.add_subparsers(
         dest="tracking_command", required=True, metavar="ACTION"
@@ -71,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return suppress_cmd.run(args)
         if args.command == "warmup":
             return warmup_cmd.run(args)
+        if args.command == "preflight":
+            return _preflight(args)
         if args.command == "tracking":
             from tracking.tokens import rotate_key
 
@@ -86,6 +98,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sluice: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    import json
+
+    from core.settings import parse_hostport
+    from gateway import preflight
+
+    settings = load_settings({"data_dir": args.data_dir, "config": args.config})
+    try:
+        domain = normalize_domain(args.domain)
+        ips = [preflight.valid_ip(ip) for ip in args.ip]
+        nameserver = (
+            parse_hostport(args.nameserver, default_port=53)
+            if args.nameserver
+            else settings.delivery.nameserver
+        )
+    except (AddressError, ValueError) as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 3
+    checks = preflight.run_checks(settings, domain, args.selector, ips, nameserver)
+    if args.json:
+        print(json.dumps(preflight.as_json(domain, checks), indent=2))
+    else:
+        print(preflight.render(domain, checks))
+    return preflight.exit_code(checks)
 
 
 if __name__ == "__main__":
