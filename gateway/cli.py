@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from core.addresses import AddressError, normalize_domain
 from core.errors import ConfigurationError, ValidationError
@@ -53,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     preflight.add_argument("--ip", action="append", default=[], help="sending IP (repeat)")
     preflight.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to ask")
     preflight.add_argument("--json", action="store_true")
+    preflight.add_argument("--message", metavar="FILE.json", help="a /v1/messages body to check")
+    preflight.add_argument(
+        "--redis-url", metavar="URL", help="env SLUICE_REDIS_URL; default: embedded"
+    )
     tracking = commands.add_parser("tracking", parents=[common], help="tracking link keys")
     tracking_actions = tracking.add_subparsers(
         dest="tracking_command", required=True, metavar="ACTION"
@@ -106,7 +111,14 @@ def _preflight(args: argparse.Namespace) -> int:
     from core.settings import parse_hostport
     from gateway import preflight
 
-    settings = load_settings({"data_dir": args.data_dir, "config": args.config})
+    settings = load_settings(
+        {"data_dir": args.data_dir, "config": args.config, "redis_url": args.redis_url}
+    )
+    try:
+        message = json.loads(Path(args.message).read_text()) if args.message else None
+    except (OSError, ValueError) as exc:
+        print(f"sluice: --message {args.message}: {exc}", file=sys.stderr)
+        return 3
     try:
         domain = normalize_domain(args.domain)
         ips = [preflight.valid_ip(ip) for ip in args.ip]
@@ -118,7 +130,9 @@ def _preflight(args: argparse.Namespace) -> int:
     except (AddressError, ValueError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 3
-    checks = preflight.run_checks(settings, domain, args.selector, ips, nameserver)
+    checks = preflight.run_checks(
+        settings, domain, args.selector, ips, nameserver, message=message, own_setup=True
+    )
     if args.json:
         print(json.dumps(preflight.as_json(domain, checks), indent=2))
     else:

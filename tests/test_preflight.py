@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway import preflight
-from loadtests.harness import PROJECT_ROOT
+from loadtests.harness import FIXTURE, PROJECT_ROOT
 from mta.dkimkeys import KeyStore
 from tests.conftest import make_settings
 from tests.dnsserver import DNSServer, txt_rdata
@@ -265,15 +265,34 @@ def test_broken_domains(
         assert checks[check_id].fix, "every problem comes with a fix"
 
 
-def test_the_command(world: tuple[DNSServer, Path]) -> None:
+@pytest.mark.slow
+def test_the_command_with_a_running_gateway(
+    world: tuple[DNSServer, Path], serve_factory: Any
+) -> None:
     server, data = world
+    served = serve_factory(workers=0, data_dir=data)
+    message = Path(data.parent / "message.json")
+    body = json.loads(FIXTURE.read_text())
+    body["from"]["email"] = f"news@{DOMAIN}"
+    message.write_text(json.dumps(body))
     base = [sys.executable, "-m", "gateway.cli", "preflight", DOMAIN, "--ip", IP,
-            "--nameserver", server.nameserver, "--data-dir", str(data)]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "SLUICE_IPS": f"{IP}=mta1.example.test"}
+            "--nameserver", server.nameserver, "--data-dir", str(data), "--message", str(message)]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "SLUICE_IPS": f"{IP}=mta1.example.test",
+           "SLUICE_PUBLIC_URL": served.url}  # fmt: skip
     human = subprocess.run(base, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
-    assert human.returncode == 0, human.stdout + human.stderr
-    assert human.stdout.startswith(f"Preflight for {DOMAIN}")
-    assert "0 failed" in human.stdout
+    assert human.stdout.startswith(f"Preflight for {DOMAIN}"), human.stderr
+    lines = {line.split()[1]: line.split()[0] for line in human.stdout.splitlines()[1:-1]
+             if line.split() and line.split()[0] in ("PASS", "WARN", "FAIL", "ERROR")}  # fmt: skip
+    # a loopback public URL is not under the domain, and the IP has no warmup: warnings only
+    assert {k for k, v in lines.items() if v != "PASS"} == {
+        "sluice.tracking_domain",
+        f"sluice.warmup:{IP}",
+    }
+    assert human.returncode == 1
+    for passed in ("sluice.tracking_roundtrip", "sluice.suppression_roundtrip", "content.template",
+                   "content.img_alt", "content.text_part", "content.html_size", "content.from_domain"):  # fmt: skip
+        assert lines[passed] == "PASS", (passed, human.stdout)
+
     server.remove(DOMAIN, "TXT")
     server.add(DOMAIN, "TXT", '"v=spf1 ip4:192.0.2.10 +all"')
     broken = subprocess.run(
@@ -288,3 +307,30 @@ def test_the_command(world: tuple[DNSServer, Path]) -> None:
         [*base[:4], "not a domain"], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env
     )
     assert bad.returncode == 3 and "Traceback" not in bad.stderr
+
+
+def test_content_checks() -> None:
+    body = json.loads(FIXTURE.read_text())
+    body["from"]["email"] = f"news@{DOMAIN}"
+    good = {c.id: c.status for c in preflight.content_checks(DOMAIN, body)}
+    assert set(good.values()) == {"pass"}, good
+    broken = json.loads(FIXTURE.read_text())  # From shop.example.com, not example.test
+    broken.pop("text")
+    broken["html"] = (
+        broken["html"].replace('alt="Example Shop"', "") + "<!--" + "x" * 110_000 + "-->"
+    )
+    broken["subject"] = "{{ first_name }}, {{ coupon_code }}"
+    found = {c.id: c for c in preflight.content_checks(DOMAIN, broken)}
+    assert found["content.text_part"].status == "warn"
+    assert (
+        found["content.img_alt"].status == "warn" and "1 of 6" in found["content.img_alt"].summary
+    )
+    assert found["content.html_size"].status == "fail"
+    assert (
+        found["content.template"].status == "fail"
+        and "coupon_code" in found["content.template"].detail
+    )
+    assert found["content.from_domain"].status == "warn"
+    assert "shop.example.com" in found["content.links"].detail
+    refused = preflight.content_checks(DOMAIN, {"from": "x"})
+    assert refused[0].id == "content.request" and refused[0].status == "fail"
