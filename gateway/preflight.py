@@ -491,7 +491,7 @@ def content_checks(domain: str, body: Any) -> list[Check]:
                         f"{len(missing_alt)} of {len(images)} images without alt text" if missing_alt
                         else f"all {len(images)} images have alt text", missing_alt[0][:120] if missing_alt else "",
                         "describe every image with alt=\"...\" (alt=\"\" for decoration)"))  # fmt: skip
-    biggest = max(html_sizes, default=0)
+    biggest = max(html_sizes, default=len((request.html or "").encode()))  # else the template
     checks.append(Check("content.html_size", "fail" if biggest > GMAIL_CLIP_BYTES else "pass",
                         f"HTML is {biggest / 1024:.0f} KB" + (" (Gmail clips over 102 KB)" if biggest > GMAIL_CLIP_BYTES else ""),
                         "", "trim the HTML under 102 KB: Gmail hides the rest and the open pixel"))  # fmt: skip
