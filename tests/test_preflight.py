@@ -319,7 +319,6 @@ def test_content_checks() -> None:
     broken["html"] = (
         broken["html"].replace('alt="Example Shop"', "") + "<!--" + "x" * 110_000 + "-->"
     )
-    broken["subject"] = "{{ first_name }}, {{ coupon_code }}"
     found = {c.id: c for c in preflight.content_checks(DOMAIN, broken)}
     assert found["content.text_part"].status == "warn"
     assert (
@@ -332,5 +331,8 @@ def test_content_checks() -> None:
     )
     assert found["content.from_domain"].status == "warn"
     assert "shop.example.com" in found["content.links"].detail
+    broken["subject"] = "{{ first_name }}, {{ coupon_code }}"
+    unresolved = {c.id: c for c in preflight.content_checks(DOMAIN, broken)}["content.template"]
+    assert unresolved.status == "fail" and "coupon_code" in unresolved.detail
     refused = preflight.content_checks(DOMAIN, {"from": "x"})
     assert refused[0].id == "content.request" and refused[0].status == "fail"
