@@ -138,7 +138,8 @@ class DNSServer:
             "$TTL 300\n" + _dedent(text), origin=name, relativize=False, check_origin=False
         )
         if zone.get_rdataset(name, "SOA") is None:
-            soa = dns.rdata.from_text(IN, "SOA", f"ns.{name} hostmaster.{name} 1 3600 600 86400 60")
+            host = "root-servers.test." if name == dns.name.root else name.to_text()
+            soa = dns.rdata.from_text(IN, "SOA", f"ns.{host} hostmaster.{host} 1 3600 600 86400 60")
             zone.find_rdataset(name, "SOA", create=True).add(soa, 60)
         with self._lock:
             self._zones[name] = zone
@@ -371,7 +372,7 @@ class DNSServer:
     def _zone_for(self, name: dns.name.Name) -> dns.zone.Zone | None:
         with self._lock:
             while name not in self._zones:
-                if len(name) <= 1:
+                if name == dns.name.root:  # a root zone ("." added) answers for everything
                     return None
                 name = name.parent()
             return self._zones[name]
