@@ -444,4 +444,13 @@ def valid_ip(text: str) -> str:
     return str(ipaddress.ip_address(text))
 
 
-from gateway.preflight_sluice import content_checks, sluice_checks  # noqa: E402
+def content_checks(domain: str, body: Any) -> list[Check]:
+    from gateway.preflight_sluice import content_checks as checks_of
+
+    return checks_of(domain, body)
+
+
+async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list[Check]:
+    from gateway.preflight_sluice import sluice_checks as checks_of
+
+    return await checks_of(settings, domain, ips)
