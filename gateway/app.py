@@ -32,7 +32,7 @@ from core.settings import Secret, Settings
 from core.store import Store, StoreError, open_store, valid_stream_id
 from core.suppressions import BUCKETS, REASONS
 from gateway import accept as accepting
-from gateway import webhooks
+from gateway import sendgrid, webhooks
 from gateway.metrics import Metrics
 from gateway.openapi import openapi_document
 from gateway.policy import load_policy, parse_policy
@@ -97,7 +97,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/"):
+    if request.path.startswith(("/v1/", "/v3/")):
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         expected = request.app[API_KEY].reveal().encode()
@@ -145,6 +145,30 @@ async def post_messages(request: web.Request) -> web.Response:
     if not replayed:
         request.app[METRICS].count_recipients(counts)
     return _json(response, 202, {"Idempotent-Replayed": "true"} if replayed else None)
+
+
+async def sendgrid_send(request: web.Request) -> web.Response:
+    """SendGrid's v3 mail send, translated (``gateway/sendgrid.py``); SendGrid-shaped errors."""
+    try:
+        body = accepting.decode_json(await request.read())
+        translated = sendgrid.to_sluice(body)
+        store = request.app[STORE]
+        policy = load_policy(await store.policy())
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: accepting.prepare(translated, now=time.time(), policy=policy)
+        )
+        if prepared.rejected:
+            reasons = [
+                r for r in json.loads(prepared.response)["results"] if r["status"] == "rejected"
+            ]
+            raise ValidationError(
+                f"{reasons[0]['email']}: {reasons[0]['reason']}", field="personalizations"
+            )
+    except ValidationError as exc:
+        return _json(sendgrid.errors_body(exc), 400)
+    _, _, counts = await accepting.accept(store, prepared, "", None)
+    request.app[METRICS].count_recipients(counts)
+    return web.Response(status=202, headers={"X-Message-Id": prepared.batch_id})
 
 
 async def get_message(request: web.Request) -> web.Response:
@@ -397,6 +421,7 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx)
     app.router.add_post("/v1/messages", post_messages)
+    app.router.add_post("/v3/mail/send", sendgrid_send)
     app.router.add_get("/v1/messages/{message_id}", get_message)
     app.router.add_get("/v1/events", get_events)
     app.router.add_get("/v1/destinations", get_destinations)

@@ -17,6 +17,17 @@ PATHS: dict[str, Any] = {
             "responses": {"200": {"description": "The dispatcher's state"}},
         }
     },
+    "/v3/mail/send": {
+        "post": {
+            "summary": "SendGrid v3 mail send, for tools that speak SendGrid (see the README's table)",
+            "security": _AUTH,
+            "responses": {
+                "202": {"description": "Accepted; X-Message-Id is the batch id"},
+                "400": {"description": "SendGrid-shaped errors[]"},
+                "401": {"description": "Missing or wrong API key"},
+            },
+        }
+    },
     "/v1/warmup/status": {
         "get": {
             "summary": "Every warming IP: day n of N, per provider today's budgets and sends",

@@ -1,0 +1,177 @@
+"""``POST /v3/mail/send``: the SendGrid v3 body, mapped onto Sluice's own ``/v1/messages``.
+
+Tools that speak SendGrid's API point at Sluice by changing the base URL. The body
+is translated into a Sluice send request and goes through the same validation,
+contact policy, queue, signing and tracking; errors come back as SendGrid shapes
+them: ``400 {"errors": [{"message", "field", "help"}]}``.
+
+Mapping: each personalization's ``to`` addresses become recipients, with the
+personalization's ``dynamic_template_data`` as their template data (the content
+is rendered per recipient: ``{{first_name}}`` works as in SendGrid's dynamic
+templates), ``substitutions`` (literal keys replaced per recipient), ``custom_args``
+and ``subject``; ``categories`` -> ``category`` (the first) and ``tags`` (all);
+``custom_args`` -> ``metadata``; ``send_at`` -> ``send_at``; ``headers``;
+``asm.group_id`` -> the unsubscribe category ``asm-<id>`` (a one-click unsubscribe
+then leaves that group only); ``tracking_settings`` open and click tracking.
+Not supported, answered with a 400 naming the field (see the README's table):
+``template_id`` (stored templates), ``cc``, ``bcc``, ``attachments``, ``batch_id``,
+``ip_pool_name``, ``mail_settings`` other than ``bypass_*`` and ``sandbox_mode``
+false, per-personalization ``from``, content types other than text/plain and text/html.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import ValidationError
+
+UNSUPPORTED = {
+    "template_id": "stored templates: put the template in content (Jinja/handlebars {{var}} works)",
+    "attachments": "attachments are not sent by Sluice",
+    "batch_id": "batch cancellation is not supported",
+    "ip_pool_name": "use Sluice's ip_pool through /v1/messages",
+}
+_PERSONALIZATION = {"to", "subject", "dynamic_template_data", "substitutions", "custom_args",
+                    "send_at", "headers", "cc", "bcc"}  # fmt: skip
+_TOP = {"personalizations", "from", "reply_to", "subject", "content", "categories", "custom_args",
+        "send_at", "headers", "asm", "tracking_settings", "mail_settings", "reply_to_list",
+        *UNSUPPORTED}  # fmt: skip
+
+
+def _fail(field: str, message: str) -> ValidationError:
+    return ValidationError(message, field=field, code="bad_request")
+
+
+def _address(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not isinstance(value.get("email"), str):
+        raise _fail(field, f"{field} must be an object with an email")
+    out = {"email": value["email"]}
+    if value.get("name") is not None:
+        out["name"] = value["name"]
+    return out
+
+
+def _substitute(text: str | None, keys: list[str]) -> str | None:
+    """Literal substitution keys as template variables (values come per recipient)."""
+    if text is None:
+        return None
+    for index, key in enumerate(keys):
+        text = text.replace(key, f"{{{{ __sub{index} }}}}")
+    return text
+
+
+def to_sluice(body: Any) -> dict[str, Any]:
+    """The Sluice ``/v1/messages`` body for a SendGrid v3 body, or ValidationError."""
+    if not isinstance(body, dict):
+        raise _fail("", "the body must be a JSON object")
+    for name in body:
+        if name in UNSUPPORTED:
+            raise _fail(name, f"{name} is not supported by Sluice: {UNSUPPORTED[name]}")
+        if name not in _TOP:
+            raise _fail(name, f"{name} is not a field Sluice knows")
+    personalizations = body.get("personalizations")
+    if not isinstance(personalizations, list) or not personalizations:
+        raise _fail("personalizations", "personalizations must be a non-empty array")
+    if len(personalizations) > 1000:
+        raise _fail("personalizations", "at most 1000 personalizations")
+    content = body.get("content")
+    if not isinstance(content, list) or not content:
+        raise _fail("content", "content must be a non-empty array (template_id is not supported)")
+    parts: dict[str, str] = {}
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("text/plain", "text/html") or not isinstance(part.get("value"), str):
+            raise _fail(f"content[{i}]", "content types text/plain and text/html only")
+        parts[kind] = part["value"]
+    substitution_keys = sorted(
+        {k for p in personalizations if isinstance(p, dict) for k in (p.get("substitutions") or {})},
+        key=len, reverse=True,
+    )  # fmt: skip
+    recipients = []
+    subjects = set()
+    for i, p in enumerate(personalizations):
+        where = f"personalizations[{i}]"
+        if not isinstance(p, dict):
+            raise _fail(where, f"{where} must be an object")
+        for name in p:
+            if name in ("cc", "bcc"):
+                raise _fail(
+                    f"{where}.{name}", f"{name} is not supported: send each address as its own to"
+                )
+            if name not in _PERSONALIZATION:
+                raise _fail(f"{where}.{name}", f"{name} is not supported in a personalization")
+        if p.get("send_at") is not None or p.get("headers"):
+            raise _fail(where, "send_at and headers are supported for the whole message only")
+        tos = p.get("to")
+        if not isinstance(tos, list) or not tos:
+            raise _fail(f"{where}.to", "to must be a non-empty array")
+        data = dict(p.get("dynamic_template_data") or {})
+        substitutions = p.get("substitutions") or {}
+        if not isinstance(data, dict) or not isinstance(substitutions, dict):
+            raise _fail(where, "dynamic_template_data and substitutions must be objects")
+        for index, key in enumerate(substitution_keys):
+            data[f"__sub{index}"] = str(substitutions.get(key, key))
+        subject = p.get("subject", body.get("subject"))
+        if not isinstance(subject, str):
+            raise _fail(f"{where}.subject", "a subject is required (here or at the top)")
+        subjects.add(subject)
+        data["__subject"] = subject
+        for j, to in enumerate(tos):
+            address = _address(to, f"{where}.to[{j}]")
+            recipient: dict[str, Any] = {"email": address["email"], "data": data}
+            if "name" in address:
+                recipient["name"] = address["name"]
+            if p.get("custom_args"):
+                recipient["metadata"] = p["custom_args"]
+            recipients.append(recipient)
+    if len(recipients) > 1000:
+        raise _fail("personalizations", "at most 1000 recipients in all")
+    # one subject for everybody is used as it is; different ones go per recipient
+    subject_template = subjects.pop() if len(subjects) == 1 else "{{ __subject }}"
+    out: dict[str, Any] = {
+        "from": _address(body.get("from"), "from"),
+        "subject": _substitute(subject_template, substitution_keys),
+        "stream": "marketing" if body.get("asm") or body.get("categories") else "transactional",
+        "recipients": recipients,
+    }
+    if "text/html" in parts:
+        out["html"] = _substitute(parts["text/html"], substitution_keys)
+    if "text/plain" in parts:
+        out["text"] = _substitute(parts["text/plain"], substitution_keys)
+    if body.get("reply_to") is not None:
+        out["reply_to"] = _address(body["reply_to"], "reply_to")
+    categories = body.get("categories") or []
+    if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+        raise _fail("categories", "categories must be an array of strings")
+    asm = body.get("asm")
+    if asm is not None:
+        if not isinstance(asm, dict) or not isinstance(asm.get("group_id"), int):
+            raise _fail("asm.group_id", "asm.group_id must be a number")
+        out["category"] = f"asm-{asm['group_id']}"
+    elif categories:
+        out["category"] = categories[0]
+    if categories:
+        out["tags"] = categories
+    if body.get("custom_args"):
+        out["metadata"] = body["custom_args"]
+    if body.get("send_at") is not None:
+        out["send_at"] = body["send_at"]
+    if body.get("headers"):
+        out["headers"] = body["headers"]
+    tracking = body.get("tracking_settings") or {}
+    if tracking:
+        if not isinstance(tracking, dict):
+            raise _fail("tracking_settings", "tracking_settings must be an object")
+        out["tracking"] = {
+            "opens": bool((tracking.get("open_tracking") or {}).get("enable", True)),
+            "clicks": bool((tracking.get("click_tracking") or {}).get("enable", True)),
+        }
+    settings = body.get("mail_settings") or {}
+    if (settings.get("sandbox_mode") or {}).get("enable"):
+        raise _fail("mail_settings.sandbox_mode", "sandbox_mode is not supported: Sluice sends")
+    return out
+
+
+def errors_body(exc: ValidationError) -> dict[str, Any]:
+    return {"errors": [{"message": exc.detail, "field": exc.field or None,
+                        "help": "see README: SendGrid compatibility"}]}  # fmt: skip
