@@ -84,6 +84,14 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class SubmissionSettings:
+    listen: HostPort | None = None  # None: no SMTP submission
+    cert: Path | None = None  # PEM; None (with key None): self-signed in the data dir
+    key: Path | None = None
+    insecure_loopback: bool = False  # allow AUTH without STARTTLS when listening on loopback
+
+
+@dataclass(frozen=True)
 class WarmupSettings:
     """When a warming IP's rates over the last hour (per provider) pass these, its warmup holds."""
 
@@ -155,6 +163,7 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     warmup: WarmupSettings = field(default_factory=WarmupSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
 
 
 # --- casts ------------------------------------------------------------------
@@ -266,6 +275,13 @@ def _bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"{text!r} is not a file")
+    return path
 
 
 def _rate(text: str) -> float:
@@ -388,6 +404,12 @@ def load_settings(
             unsubscribe_scope=src.get("unsubscribe_scope", _scope, "category"),
             token_max_age_days=src.get("tracking_max_age_days", _positive_int, 400),
             text_links=src.get("track_text_links", _bool, False),
+        ),
+        submission=SubmissionSettings(
+            listen=src.get("submission", _inbound, None),
+            cert=src.get("submission_cert", _existing_file, None),
+            key=src.get("submission_key", _existing_file, None),
+            insecure_loopback=src.get("submission_insecure_loopback", _bool, False),
         ),
         warmup=WarmupSettings(
             max_deferral_rate=src.get("warmup_max_deferral_rate", _rate, 0.15),

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--public-url", "URL", "base of tracking links (env SLUICE_PUBLIC_URL; default http://<listen>)"),
         ("--relay", "HOST:PORT", "deliver everything through this SMTP relay (env SLUICE_RELAY; default: by MX)"),
         ("--workers", "N", "delivery worker processes; 0 accepts without delivering (env SLUICE_WORKERS)"),
+        ("--submission", "HOST:PORT", "SMTP submission listener, AUTH with the API key (env SLUICE_SUBMISSION; default off)"),
     ):  # fmt: skip
         serve.add_argument(flag, metavar=meta, help=text)
     dkim_cmd.add_commands(commands, common)

@@ -24,6 +24,7 @@ from core.embedded_redis import EmbeddedRedis
 from core.settings import Secret, Settings
 from core.store import open_store
 from gateway.app import create_app
+from gateway.submission import start_submission, tls_context
 from gateway.webhooks import WebhookDispatcher
 from mta.inbound import start_inbound
 from mta.verp import Verp
@@ -108,6 +109,15 @@ async def _run(
                 )
                 resources.push_async_callback(inbound.wait_closed)
                 resources.callback(inbound.close)
+            if settings.submission.listen is not None:
+                submission_store = await resources.enter_async_context(open_store(redis_url))
+                context = tls_context(settings, settings.submission.cert, settings.submission.key)
+                submission = await start_submission(
+                    submission_store, settings, api_key, settings.submission.listen, context,
+                    insecure_loopback=settings.submission.insecure_loopback,
+                )  # fmt: skip
+                resources.push_async_callback(submission.wait_closed)
+                resources.callback(submission.close)
             if settings.webhooks.url is not None:
                 hooks_store = await resources.enter_async_context(open_store(redis_url))
                 dispatcher = WebhookDispatcher(hooks_store, settings.webhooks)
