@@ -33,10 +33,13 @@ from tests.test_end_to_end import get, post
 pytestmark = pytest.mark.slow
 
 WORKERS = 2
-# A duplicate needs an SMTP transaction that was past its final dot at the kill: at most
-# one per open connection, and all workers together open at most 10 to the relay
-# (SLUICE_MAX_CONNECTIONS_PER_HOST); twice that leaves room for a reconnect race.
-IN_FLIGHT_LIMIT = 2 * 10
+PER_WORKER = 10
+# A duplicate needs a delivery task that was past its final dot, and whose outcome was not
+# yet in Redis, at the kill: at most one per task in flight, and each worker runs at most
+# SLUICE_CONCURRENCY_PER_WORKER of them. (Connections alone do not bound it: while Redis
+# stalls on an fsync, finished transactions wait to be recorded as new ones start.)
+IN_FLIGHT_LIMIT = WORKERS * PER_WORKER
+IN_FLIGHT_ENV = {"SLUICE_CONCURRENCY_PER_WORKER": str(PER_WORKER)}
 
 
 class _SlowSinkHandler:
@@ -171,7 +174,9 @@ def test_kill_9_of_the_group_mid_delivery_loses_nothing(
     serve_factory: Any, slow_sink: Sink, tmp_path: Path, record_property: Any
 ) -> None:
     data_dir = tmp_path / "data"
-    served = serve_factory(relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir)
+    served = serve_factory(
+        relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir, extra_env=IN_FLIGHT_ENV
+    )
     accepted = post_batches(served, 5)
     wanted = set(accepted)
     wait_received(slow_sink, 1500, timeout=90)
@@ -184,7 +189,9 @@ def test_kill_9_of_the_group_mid_delivery_loses_nothing(
     assert len(before_kill) == at_kill, "no duplicates before the crash"
 
     restarted = time.monotonic()
-    again = serve_factory(relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir)
+    again = serve_factory(
+        relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir, extra_env=IN_FLIGHT_ENV
+    )
     recovery = wait_all_distinct(slow_sink, wanted, timeout=120)
     wait_queue_empty(again)
     elapsed = time.monotonic() - restarted
@@ -239,7 +246,9 @@ def test_graceful_stop_mid_delivery_drains_and_restart_sends_the_rest_once(
     how: str, serve_factory: Any, slow_sink: Sink, tmp_path: Path, record_property: Any
 ) -> None:
     data_dir = tmp_path / "data"
-    served = serve_factory(relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir)
+    served = serve_factory(
+        relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir, extra_env=IN_FLIGHT_ENV
+    )
     accepted = post_batches(served, 2)
     wanted = set(accepted)
     wait_received(slow_sink, 300, timeout=90)
@@ -257,7 +266,9 @@ def test_graceful_stop_mid_delivery_drains_and_restart_sends_the_rest_once(
     assert at_stop < len(wanted), "the stop landed after every delivery"
     assert "cancelled at shutdown" not in served.log(), "every in-flight delivery finished"
 
-    again = serve_factory(relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir)
+    again = serve_factory(
+        relay=slow_sink.relay, workers=WORKERS, data_dir=data_dir, extra_env=IN_FLIGHT_ENV
+    )
     wait_all_distinct(slow_sink, wanted, timeout=120)
     wait_queue_empty(again)
 
