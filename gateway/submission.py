@@ -178,7 +178,10 @@ class SubmissionHandler:
             if rule.action != "drop":
                 continue
             key = f"{keys.CAP_PREFIX}{rule.key}:{contact}"
-            if await self.store.redis.zcount(key, f"({now - rule.window_seconds}", now) >= rule.limit:
+            if (
+                await self.store.redis.zcount(key, f"({now - rule.window_seconds}", now)
+                >= rule.limit
+            ):
                 return f"at most {rule.limit} messages per {rule.window_seconds} seconds"
         return None
 
