@@ -1,0 +1,114 @@
+"""End-to-end benchmark: API to SMTP with DKIM, tracking and durable acceptance, against the wire limit.
+
+Run::
+
+    .venv/bin/python -m loadtests.bench_e2e [--recipients N] [--workers W] [--json]
+
+Needs Postfix's ``smtp-sink`` and ``smtp-source`` (``apt-get install postfix``).
+
+1. Starts ``smtp-sink`` on loopback and measures ``smtp-source -s 20 -m N -l LEN``
+   into it (LEN: the fixture's size): the SMTP wire limit of this machine.
+2. Makes an RSA-2048 DKIM key for the fixture's From domain and starts the real
+   ``sluice serve`` relaying into the same sink: embedded Redis with
+   ``appendfsync always``, ``--workers W`` (default: CPU count), tracking on.
+3. Submits N fixture recipients (default 20,000) in 1,000-recipient batches from 4
+   concurrent clients, then waits until every one is delivered.
+
+Reports accepted/s (first request to last 202), delivered/s (first request to the
+last ``delivered``), and delivered/s divided by the smtp-source rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from loadtests.bench_pipelining import smtp_source, start_sink
+from loadtests.harness import API_KEY, fixture_batch, fixture_message, free_port, start_serve
+from mta.dkimkeys import KeyStore
+
+
+async def submit(url: str, recipients: int, clients: int = 4) -> float:
+    batches = [fixture_batch(1000, start=i) for i in range(0, recipients, 1000)]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    queue = iter(batches)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def client() -> None:
+            for body in queue:
+                async with session.post(url + "/v1/messages", json=body) as answer:
+                    assert answer.status == 202, await answer.text()
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - started
+
+
+async def delivered(url: str) -> int:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.get(url + "/metrics") as answer,
+    ):
+        text = await answer.text()
+    for line in text.splitlines():
+        if line.startswith('sluice_messages_total{status="delivered"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipients", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    n = args.recipients
+    length = len(fixture_message(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        sink_port = free_port()
+        sink = start_sink(sink_port)
+        try:
+            wire = smtp_source(sink_port, n, 20, length)
+            data = Path(tmp) / "data"
+            KeyStore(data).generate("shop.example.com", "bench", "rsa", 2048)
+            served = start_serve(data, relay=f"127.0.0.1:{sink_port}", workers=args.workers)
+            try:
+                started = time.perf_counter()
+                accept_seconds = asyncio.run(submit(served.url, n))
+                while asyncio.run(delivered(served.url)) < n:
+                    time.sleep(0.2)
+                total_seconds = time.perf_counter() - started
+            finally:
+                served.stop()
+        finally:
+            sink.kill()
+            sink.wait()
+    result: dict[str, Any] = {
+        "recipients": n,
+        "message_bytes": length,
+        "workers": args.workers,
+        "smtp_source_per_s": round(wire),
+        "accepted_per_s": round(n / accept_seconds),
+        "delivered_per_s": round(n / total_seconds),
+        "ratio_to_wire": round(n / total_seconds / wire, 3),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:<20} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
