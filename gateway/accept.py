@@ -88,7 +88,8 @@ def _batch_content(req: SendRequest) -> bytes:
     return msgpack.packb(content)  # type: ignore[no-any-return]
 
 
-def _contact_key(contact_id: str | None, address: str) -> str:
+def contact_key(contact_id: str | None, address: str) -> str:
+    """Whom frequency caps count for: the contact id, else the address."""
     return f"c:{contact_id}" if contact_id else f"a:{suppressions.canonical(address)}"
 
 
@@ -147,7 +148,7 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
         if not marketing:
             entry["tx"] = 1
         if rules:
-            entry["ci"] = _contact_key(r.contact_id, address)
+            entry["ci"] = contact_key(r.contact_id, address)
         where: dict[str, Any] = {}
         if quiet is not None:
             zone_name = r.timezone or quiet.default_timezone

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from core import keys, suppressions
+from core import keys
 from core.addresses import AddressError, normalize_address
 from core.errors import ValidationError
 from core.settings import HostPort, Secret, Settings
@@ -173,7 +173,7 @@ class SubmissionHandler:
         before DATA; the accept script makes the binding decision then, for every rule)."""
         policy = load_policy(await self.store.policy())
         now = time.time()
-        contact = f"a:{suppressions.canonical(address)}"
+        contact = accepting.contact_key(None, address)
         for rule in policy.rules_for("marketing", None):
             if rule.action != "drop":
                 continue

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,14 @@ from typing import Any
 import aiohttp
 
 from loadtests.bench_pipelining import smtp_source, start_sink
-from loadtests.harness import API_KEY, fixture_batch, fixture_message, free_port, start_serve
+from loadtests.harness import (
+    API_KEY,
+    fixture_batch,
+    fixture_message,
+    free_port,
+    print_result,
+    start_serve,
+)
 from mta.dkimkeys import KeyStore
 
 
@@ -102,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "delivered_per_s": round(n / total_seconds),
         "ratio_to_wire": round(n / total_seconds / wire, 3),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:<20} {value}")
+    print_result(result, as_json=args.json)
     return 0
 
 

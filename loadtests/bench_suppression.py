@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from core.store import Store, open_store
 from core.suppressions import pack_entry
 from gateway import accept as accepting
 from gateway.policy import Policy
-from loadtests.harness import PROJECT_ROOT, fixture_batch
+from loadtests.harness import PROJECT_ROOT, fixture_batch, print_result
 
 DOMAINS = [f"mail{i}.example.{tld}" for i in range(20) for tld in ("com", "org")]
 REASONS = ["unsubscribe"] * 6 + ["hard_bounce"] * 3 + ["complaint"]
@@ -175,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "accept_ratio": round(big_accept_ms / small_accept_ms, 2),
         "import_output": done.stdout.strip(),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:<40} {value}")
+    print_result(result, as_json=args.json)
     return 0
 
 

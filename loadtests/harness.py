@@ -83,6 +83,16 @@ def fixture_message(index: int = 0, *, domain: str = "inbox.example.org") -> byt
     )
 
 
+def print_result(result: dict[str, Any], *, as_json: bool) -> None:
+    """A benchmark's figures: JSON, or one ``name  value`` line each."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    width = max(map(len, result)) + 2
+    for key, value in result.items():
+        print(f"{key:<{width}}{value}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

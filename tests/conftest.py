@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -170,3 +172,17 @@ def serve_factory(tmp_path: Path) -> Iterator[Any]:
     for served in started:
         if served.process.poll() is None:
             served.kill_group()
+
+
+def tool_missing(reason: str) -> NoReturn:
+    """A test needs something scripts/test-deps installs: fail, unless the run opted out
+    with SLUICE_ALLOW_MISSING_TOOLS=1 (a machine where packages cannot be installed)."""
+    if os.environ.get("SLUICE_ALLOW_MISSING_TOOLS"):
+        pytest.skip(reason)
+    pytest.fail(f"{reason} (scripts/test-deps installs it; SLUICE_ALLOW_MISSING_TOOLS=1 skips)")
+
+
+def need_tools(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        tool_missing(f"needs {', '.join(missing)}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import smtplib
 import ssl
 import subprocess
@@ -14,7 +12,7 @@ import pytest
 
 from loadtests.harness import API_KEY, free_port
 from mta.dkimkeys import KeyStore
-from tests.conftest import Sink
+from tests.conftest import Sink, need_tools
 from tests.test_contact_policy_e2e import put
 
 pytestmark = pytest.mark.slow
@@ -88,10 +86,7 @@ def test_submission_delivers_signed_and_tracked(
 
 
 def test_swaks_submits_too(serve_factory: Any, sink: Sink) -> None:
-    if shutil.which("swaks") is None:
-        if os.environ.get("SLUICE_REQUIRE_TOOLS"):
-            pytest.fail("needs swaks (apt-get install swaks)")
-        pytest.skip("needs swaks (apt-get install swaks)")
+    need_tools("swaks")
     port = free_port()
     serve_factory(relay=sink.relay, workers=1, extra_env={"SLUICE_SUBMISSION": f"127.0.0.1:{port}"})
     done = subprocess.run(

@@ -109,7 +109,6 @@ async def save_ip(store: Store, config: WarmupIp) -> None:
 class Choice:
     ip: str | None  # None: no IP of the pool has room now
     wait: float = 0.0  # then: seconds until one may
-    warming: bool = False
 
 
 @dataclass
@@ -170,7 +169,7 @@ class WarmupGate:
             args += [ip, limits.daily, limits.hourly]
         taken, wait = await self.store.warmup_take(args)
         if taken:
-            return Choice(taken, warming=taken in {c.ip for c in warming})
+            return Choice(taken)
         return Choice(None, float(wait))
 
     async def record(self, ip: str, provider: str, outcome: str, now: float) -> str:
