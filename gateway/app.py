@@ -16,6 +16,7 @@ from datetime import date
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from core import keys
 from core.addresses import AddressError, normalize_address
@@ -181,7 +182,23 @@ async def get_message(request: web.Request) -> web.Response:
     return _json(found)
 
 
+def _query(request: web.Request, *allowed: str) -> MultiMapping[str]:
+    """The query string, refused if it names a parameter this route does not know (a typo
+    such as ``?limt=10`` would otherwise be silently ignored) or repeats one."""
+    query = request.query
+    for name in query:
+        if name not in allowed:
+            known = ", ".join(f"'{a}'" for a in allowed) or "none"
+            raise ValidationError(
+                f"unknown query parameter {name[:40]!r} (this route takes {known})", field=name[:40]
+            )
+        if len(query.getall(name)) > 1:
+            raise ValidationError(f"query parameter {name!r} given more than once", field=name)
+    return query
+
+
 async def get_events(request: web.Request) -> web.Response:
+    _query(request, "after", "limit")
     after = request.query.get("after") or None
     if after is not None and not (_CURSOR.fullmatch(after) and valid_stream_id(after)):
         raise ValidationError("'after' must be the 'next' cursor of an earlier page", field="after")
@@ -217,7 +234,7 @@ def _suppression_target(request: web.Request) -> tuple[str, str | None]:
         email = normalize_address(request.match_info["email"])
     except AddressError as exc:
         raise ValidationError(f"not a valid address: {exc}", field="email") from exc
-    category = request.query.get("category") or None
+    category = _query(request, "category").get("category") or None
     if category is not None and not _CATEGORY.fullmatch(category):
         raise ValidationError("'category' must be a category name", field="category")
     return email, category
@@ -264,6 +281,7 @@ async def delete_suppression(request: web.Request) -> web.Response:
 
 
 async def list_suppressions(request: web.Request) -> web.Response:
+    _query(request, "cursor", "limit")
     cursor_text = request.query.get("cursor", "0")
     if (
         not _LIMIT.fullmatch(cursor_text[:6])

@@ -135,6 +135,27 @@ _SEND = {
         },
     },
 }
+
+
+def _null_means_absent(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same object schema, where every optional property may also be ``null``: the API reads
+    a ``null`` exactly as a field left out (clients that serialize ``None`` need no special case)."""
+    required = set(schema.get("required", ()))
+    properties = {}
+    for name, prop in schema["properties"].items():
+        if name in required:
+            properties[name] = prop
+        elif isinstance(prop.get("type"), str):
+            properties[name] = {**prop, "type": [prop["type"], "null"]}
+        else:
+            properties[name] = {"anyOf": [prop, {"type": "null"}]}
+    return {**schema, "properties": properties}
+
+
+_SEND["properties"]["recipients"]["items"] = _null_means_absent(  # type: ignore[index]
+    _SEND["properties"]["recipients"]["items"]  # type: ignore[index]
+)
+_SEND = _null_means_absent(_SEND)
 _RESULT = {
     "type": "object",
     "required": ["batch_id", "results"],
@@ -186,6 +207,27 @@ def json_of(ref: str) -> dict[str, Any]:
 
 
 def openapi_document(server_url: str) -> dict[str, Any]:
+    document = _document(server_url)
+    _add_common_errors(document["paths"])
+    return document
+
+
+def _add_common_errors(paths: dict[str, Any]) -> None:
+    """Answers every route can give, documented once: 401 where an API key is needed, and 413
+    and 415 where a JSON body is read (the middleware gives them before any handler runs)."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            if operation.get("security"):
+                responses.setdefault("401", _error_responses(401)["401"])
+            if "requestBody" in operation or method in ("put", "post"):
+                for code, answer in _error_responses(413, 415).items():
+                    responses.setdefault(code, answer)
+
+
+def _document(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -285,7 +327,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                             "name": "after",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
+                            # empty: from the oldest event
+                            "schema": {"type": "string", "pattern": r"^(\d{1,20}-\d{1,20})?$"},
                         },
                         {
                             "name": "limit",

@@ -9,6 +9,13 @@ _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "s
 _NOT_FOUND = {"404": {"description": "Not a valid token: a plain page, never a redirect"}}
 
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+_IP = {
+    "name": "ip",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+}
+_NOT_AN_IP = {"400": {"description": "Not an IP address"}}
 PATHS: dict[str, Any] = {
     "/v1/webhooks": {
         "get": {
@@ -36,14 +43,13 @@ PATHS: dict[str, Any] = {
         }
     },
     "/v1/warmup/ips/{ip}": {
-        "parameters": [
-            {"name": "ip", "in": "path", "required": True, "schema": {"type": "string"}}
-        ],
+        "parameters": [_IP],
         "get": {
             "summary": "An IP's warmup",
             "security": _AUTH,
             "responses": {
                 "200": {"description": "Its warmup"},
+                **_NOT_AN_IP,
                 "404": {"description": "Not warming"},
             },
         },
@@ -55,7 +61,11 @@ PATHS: dict[str, Any] = {
         "delete": {
             "summary": "Treat the IP as warm",
             "security": _AUTH,
-            "responses": {"204": {"description": "Done"}, "404": {"description": "Not warming"}},
+            "responses": {
+                "204": {"description": "Done"},
+                **_NOT_AN_IP,
+                "404": {"description": "Not warming"},
+            },
         },
     },
     "/v1/warmup/ips/{ip}/{action}": {
@@ -63,7 +73,7 @@ PATHS: dict[str, Any] = {
             "summary": "Pause (hold at today's day) or resume an IP's warmup",
             "security": _AUTH,
             "parameters": [
-                {"name": "ip", "in": "path", "required": True, "schema": {"type": "string"}},
+                _IP,
                 {
                     "name": "action",
                     "in": "path",
@@ -73,6 +83,7 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": {"description": "Its warmup"},
+                **_NOT_AN_IP,
                 "404": {"description": "Not warming"},
             },
         }
