@@ -116,6 +116,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
             "--maxmemory-policy", "noeviction",
+            "--auto-aof-rewrite-min-size", "1gb",
         ]  # fmt: skip
         if len(str(sock)) <= _MAX_UNIX_PATH:
             args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]

@@ -63,12 +63,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -84,7 +81,7 @@ import redis.asyncio as aioredis
 from redis.connection import Connection
 
 from core import keys
-from loadtests.harness import Served, fixture_batch, served
+from loadtests.harness import Served, cpu_seconds, fixture_batch, py_spy, served
 
 TARGET_ACCEPTED_PER_S = 5_000
 TARGET_BYTES_PER_RECIPIENT = 1_024
@@ -298,46 +295,6 @@ async def redis_baseline(
     return rate
 
 
-# --- CPU accounting -------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def redis_pid(served_: Served) -> int:
-    return int((served_.data_dir / "redis" / "redis.pid").read_text().strip())
-
-
-# --- py-spy (optional) -------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def py_spy(pid: int, output: Path | None) -> Iterator[None]:
-    if output is None:
-        yield
-        return
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
-    proc = subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--threads",
-         "--format", fmt, "--output", str(output)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(1.0)  # let it attach before the clock starts
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -388,7 +345,9 @@ async def bench(served_: Served, args: argparse.Namespace) -> Report:
             jobs_before = int(await client.xlen(JOBS))
             log(f"warm-up batch: {warm.seconds * 1000:.0f} ms; sending {args.recipients:,} "
                 f"recipients from {args.concurrency} clients ...")  # fmt: skip
-            pids = (served_.pid, redis_pid(served_))
+            redis_process = served_.redis_pid()
+            assert redis_process is not None, "the embedded Redis wrote no pid file"
+            pids = (served_.pid, redis_process)
             cpu_before = [cpu_seconds(pid) for pid in pids]
             load_before = os.getloadavg()[0]
             with py_spy(served_.pid, args.py_spy):

@@ -56,34 +56,6 @@ PER_WORKER = 10
 FINAL = {"delivered", "bounced", "expired", "suppressed", "rejected"}
 
 
-def worker_pids(served: Served) -> list[int]:
-    """The delivery worker processes of ``served`` (spawned children, not the resource tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rpartition(")")[2].split()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (
-            int(stat[1]) == served.pid
-            and stat[0] not in ("Z", "X")
-            and b"spawn_main" in command
-            and b"resource_tracker" not in command
-        ):
-            found.append(int(entry.name))
-    return found
-
-
-def redis_pid(served: Served) -> int | None:
-    try:
-        return int((served.data_dir / "redis" / "redis.pid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class Chaos(threading.Thread):
     """Kills at random moments until ``kills`` are done or ``stop`` is set."""
 
@@ -100,9 +72,9 @@ class Chaos(threading.Thread):
         while len(self.log) < self.kills and not self.stop.wait(self.random.uniform(0.5, 3.0)):
             what = "worker" if self.random.random() < 2 / 3 else "redis"
             pid = (
-                self.random.choice(worker_pids(self.served) or [0])
+                self.random.choice(self.served.worker_pids() or [0])
                 if what == "worker"
-                else redis_pid(self.served)
+                else self.served.redis_pid()
             )
             if not pid:
                 continue  # still being restarted after the previous kill

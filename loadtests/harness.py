@@ -93,6 +93,49 @@ def print_result(result: dict[str, Any], *, as_json: bool) -> None:
         print(f"{key:<{width}}{value}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process now (Linux /proc), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, output: Path | None) -> Iterator[None]:
+    """Record ``pid`` with py-spy while the block runs (``.svg`` flame graph, ``.json``
+    speedscope, anything else raw collapsed stacks); nothing if ``output`` is None."""
+    if output is None:
+        yield
+        return
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
+    proc = subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--threads",
+         "--format", fmt, "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # let it attach before the clock starts
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -130,6 +173,34 @@ class Served:
         """The embedded Redis, as the serve log names it (else its unix socket)."""
         found = _REDIS_READY.findall(self.log())
         return found[-1] if found else f"unix://{self.data_dir / 'redis' / 'redis.sock'}"
+
+    def worker_pids(self) -> list[int]:
+        """The live delivery worker processes (serve's spawned children, not the resource
+        tracker)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if (
+                int(stat[1]) == self.pid
+                and stat[0] not in ("Z", "X")
+                and b"spawn_main" in command
+                and b"resource_tracker" not in command
+            ):
+                found.append(int(entry.name))
+        return found
+
+    def redis_pid(self) -> int | None:
+        """The embedded Redis, from its pid file."""
+        try:
+            return int((self.data_dir / "redis" / "redis.pid").read_text())
+        except (OSError, ValueError):
+            return None
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
         """Signal everything serve started at once: itself, its workers and its embedded Redis.

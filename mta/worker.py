@@ -127,7 +127,7 @@ class Worker:
                     pass
                 free = max(1, self.limit - len(self.in_flight))
                 try:
-                    jobs = await self.store.read_jobs(self.name, count=free, block_ms=500)
+                    jobs = await self._read_unless_stopping(free)
                 except Exception as exc:  # Redis restarting: keep the worker, retry shortly
                     log.warning("reading jobs failed: %s", exc)
                     await asyncio.sleep(1)
@@ -139,6 +139,24 @@ class Worker:
                 await housekeeping
             await self._drain()
             await self.pool.aclose()
+
+    async def _read_unless_stopping(self, count: int) -> list[QueuedJob]:
+        """The next jobs, or none as soon as the worker is told to stop: with Redis gone, a read
+        can wait up to the pool's timeout for a connection, and a stop must not wait for it.
+        Jobs a cancelled read had already taken stay pending and are claimed again later."""
+        read = asyncio.ensure_future(self.store.read_jobs(self.name, count=count, block_ms=500))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not read.done():
+            read.cancel()
+            await asyncio.wait({read})  # its outcome is dropped; our own cancellation is not
+            if not read.cancelled():
+                read.exception()  # retrieved, so asyncio does not log it as lost
+            return []
+        return read.result()
 
     async def _dispatch(self, jobs: list[QueuedJob], *, recovered: bool = False) -> None:
         for job in jobs:
