@@ -565,7 +565,7 @@ def test_corpus_agreement_with_sisimai(corpus: dict[str, Tally]) -> None:
         ("lhost-exchange2007", 1.0, 1.0),
         ("lhost-office365", 1.0, 0.9),
         ("lhost-outlook", 1.0, 1.0),
-        ("lhost-yahoo", 1.0, 1.0),
+        ("lhost-yahoo", 1.0, 0.87),  # a bare "550: User unknown" is no proof
         ("rhost-microsoft", 1.0, 1.0),
         ("rhost-apple", 1.0, 1.0),
         ("rfc3464", 1.0, 0.82),
