@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from loadtests.harness import Served, fixture_batch
-from tests.conftest import Sink
-from tests.test_bounces import (
+from tests.bounce_reports import (
     EXCHANGE_POLICY_BLOCK,
     GMAIL_DELAYED_QUOTA,
     POSTFIX_USER_UNKNOWN,
     YAHOO_ARF,
 )
+from tests.conftest import Sink
 from tests.test_end_to_end import get, post, wait_status
 
 pytestmark = pytest.mark.slow

@@ -60,6 +60,7 @@ MTA_CATEGORIES: dict[str, tuple[BounceClass, bool]] = {
 _CATEGORY_FIELDS = ("x-powermta-bouncecategory",)
 _DSN_HINT = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.IGNORECASE | re.MULTILINE)
 _DIAG_TYPE = re.compile(r"^\s*(?:smtp|x-[\w-]+|dns|rfc\d+|unix|local)\s*;\s*", re.IGNORECASE)
+_PROGRAM = re.compile(r"^\s*(?:x-unix|unix|x-local|local)\s*;", re.IGNORECASE)  # an exit status
 
 
 def _records(groups: list[list[tuple[str, str]]]) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -147,7 +148,9 @@ def recipients_from_fields(text: str, human: str = "") -> tuple[dict[str, str], 
                 email,
                 action=action,
                 status=record.get("status"),
-                smtp_code=smtp_code_in(diagnostic),
+                smtp_code=None
+                if _PROGRAM.match(record.get("diagnostic-code", ""))
+                else smtp_code_in(diagnostic),
                 diagnostic=diagnostic,
                 original_recipient=original,
                 remote_mta=_DIAG_TYPE.sub("", remote).strip() or None,
