@@ -97,13 +97,15 @@ class Tally:
     hard_ok: int = 0
     class_n: int = 0
     class_ok: int = 0
+    # recipients of complaints, auto-replies and delivery notices: read as such, never hard
+    notice_n: int = 0
+    notice_ok: int = 0
     misses: list[str] = field(default_factory=list)
+    notice_errors: list[str] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
-        for name in vars(self):
-            if name != "misses":
-                setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.misses += other.misses
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
 
     def ratio(self, what: str) -> float:
         """Agreement on ``found``, ``status``, ``hard`` or ``class``, from 0 to 1."""
@@ -112,6 +114,7 @@ class Tally:
             "status": (self.status_ok, self.status_n),
             "hard": (self.hard_ok, self.expected),
             "class": (self.class_ok, self.class_n),
+            "notice": (self.notice_ok, self.notice_n),
         }[what]
         return part / whole if whole else 1.0
 
@@ -123,8 +126,6 @@ class Measured:
     total: Tally
     confusion: Counter[tuple[str, str]]  # (Sisimai's reason as a class, ours)
     unclassed: Counter[str]  # recipients left out of the class agreement, by Sisimai's reason
-    not_failures: int = 0  # recipients of auto-replies, complaints and delivery notices
-    not_failure_errors: list[str] = field(default_factory=list)
 
 
 def family(name: str) -> str:
@@ -164,17 +165,18 @@ def _compare(name: str, report: Report, entries: list[dict[str, Any]], measured:
         else:
             measured.unclassed[reason] += 1
         if reason in _NOT_FAILURES:
-            measured.not_failures += 1
-            kind = _NOT_FAILURES[reason]
-            feedback = entry["feedback_type"]
-            if report.kind != kind or (kind == "arf" and report.feedback_type != feedback):
-                measured.not_failure_errors.append(
+            tally.notice_n += 1
+            kind, feedback = _NOT_FAILURES[reason], entry["feedback_type"]
+            if report.kind == kind and (kind != "arf" or report.feedback_type == feedback):
+                tally.notice_ok += not hard
+            else:
+                tally.notice_errors.append(
                     f"{name}: {report.kind}/{report.feedback_type}, Sisimai {reason}/{feedback}"
                 )
     if report.kind in ("autoreply", "delivered", "arf"):
-        hard = [r.email for r in report.recipients if r.verdict.hard]
-        if hard:
-            measured.not_failure_errors.append(f"{name}: {report.kind} with hard {hard}")
+        hard_ones = [r.email for r in report.recipients if r.verdict.hard]
+        if hard_ones:
+            tally.notice_errors.append(f"{name}: {report.kind} with hard {hard_ones}")
     return tally
 
 
@@ -202,7 +204,7 @@ def _row(label: str, t: Tally) -> str:
         f"{label:24} {t.files:5d} {t.expected:5d} {_pct(t.ratio('found'), t.expected):>7} "
         f"{_pct(t.ratio('status'), t.status_n):>8} {t.status_n:5d} "
         f"{_pct(t.ratio('hard'), t.expected):>6} {_pct(t.ratio('class'), t.class_n):>7} "
-        f"{t.class_n:5d}"
+        f"{t.class_n:5d} {_pct(t.ratio('notice'), t.notice_n):>8} {t.notice_n:5d}"
     )
 
 
@@ -210,7 +212,7 @@ def render(measured: Measured) -> str:
     """The agreement table: per family, per half, in total; then the class confusion matrix."""
     head = (
         f"{'family':24} {'files':>5} {'rcpts':>5} {'found%':>7} {'status%':>8} {'(n)':>5} "
-        f"{'hard%':>6} {'class%':>7} {'(n)':>5}"
+        f"{'hard%':>6} {'class%':>7} {'(n)':>5} {'notice%':>8} {'(n)':>5}"
     )
     lines = [head]
     lines += [_row(name, measured.families[name]) for name in sorted(measured.families)]
@@ -225,7 +227,7 @@ def render(measured: Measured) -> str:
     left_out = ", ".join(f"{r} {n}" for r, n in measured.unclassed.most_common())
     lines += ["", f"left out of class agreement (Sisimai reason, recipients): {left_out}"]
     lines.append(
-        f"auto-replies, complaints, delivery notices: {measured.not_failures} recipients, "
-        f"{len(measured.not_failure_errors)} of them misread or hard"
+        "notice%: recipients of complaints (arf, with Sisimai's feedback type), auto-replies and "
+        "delivery notices read as such and not hard"
     )
     return "\n".join(lines)
