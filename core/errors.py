@@ -83,6 +83,7 @@ class DeliveryError(SluiceError):
         host: str | None = None,
         bounce_class: str = "other",
         hard: bool = False,
+        status: str | None = None,
         throttle: bool = False,
         retry_after: float | None = None,
     ) -> None:
@@ -92,6 +93,7 @@ class DeliveryError(SluiceError):
         self.host = host
         self.bounce_class = bounce_class  # bad-mailbox, bad-domain, quota, policy, spam, ...
         self.hard = hard  # the address is dead: suppress it
+        self.status = status  # the RFC 3463 code of the reply ("5.1.1"), when known
         self.throttle = throttle  # the destination asks us to slow down
         self.retry_after = retry_after  # seconds before the destination takes mail again
 

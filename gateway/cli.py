@@ -12,7 +12,7 @@ from core.addresses import AddressError, normalize_domain
 from core.errors import ConfigurationError, ValidationError
 from core.logs import setup_logging
 from core.settings import load_settings
-from gateway import dkim_cmd, suppress_cmd, warmup_cmd
+from gateway import bounce_cmd, dkim_cmd, suppress_cmd, warmup_cmd
 from gateway.operator import where_options
 
 
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ):  # fmt: skip
         serve.add_argument(flag, metavar=meta, help=text)
     dkim_cmd.add_commands(commands, common)
+    bounce_cmd.add_commands(commands, common)
     suppress_cmd.add_commands(commands, common)
     warmup_cmd.add_commands(commands, common)
     preflight = commands.add_parser(
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(load_settings(flags))
         if args.command == "dkim":
             return dkim_cmd.run(args)
+        if args.command == "bounce":
+            return bounce_cmd.run(args)
         if args.command == "suppress":
             return suppress_cmd.run(args)
         if args.command == "warmup":

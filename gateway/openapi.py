@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import openapi_policy, openapi_tracking, schemas
+from mta.replies import BOUNCE_CLASSES
 
 _TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}
 _ADDRESS: dict[str, Any] = {
@@ -75,7 +76,16 @@ _EVENT = {
         "category": {"type": ["string", "null"]},
         "metadata": {"type": "object"},
         "smtp_code": {"type": ["integer", "null"]},
-        "bounce_class": {"type": "string"},
+        "bounce_class": {
+            "type": "string",
+            "enum": sorted(BOUNCE_CLASSES),
+            "description": "bounced: why (docs/bounces.md)",
+        },
+        "hard": {"type": "boolean", "description": "bounced: the address is dead and suppressed"},
+        "status": {
+            "type": ["string", "null"],
+            "description": "bounced: the RFC 3463 enhanced status code, e.g. 5.1.1",
+        },
         "reason": {"type": "string"},
         "mx": {"type": "string"},
         "send_at": {"type": "string"},

@@ -4,10 +4,13 @@ It accepts mail only for Sluice's own VERP return paths and List-Unsubscribe
 mailto addresses (signed, see ``mta.verp``) and for ``fbl@`` feedback-loop
 addresses; anything else is
 refused at RCPT time. A delivery status notification (RFC 3464, or a common
-non-standard layout) becomes a ``bounced`` event for the original message, and
-a hard bounce puts the address on the suppression list; an ARF report
-(RFC 5965) becomes a ``complained`` event and a ``complaint`` suppression.
-Auto-replies and success notices are accepted and dropped.
+non-standard layout) becomes a ``bounced`` event for the original message, with
+the verdict of ``mta.replies`` (``bounce_class``, ``hard``, ``status``: the
+RFC 3463 code, ``smtp_code``, ``reason``: the diagnostic, ``source: "dsn"``);
+only a hard bounce (the address is dead) puts the address on the suppression
+list. An ARF report (RFC 5965) becomes a ``complained`` event and a
+``complaint`` suppression. Auto-replies, delay and success notices are
+accepted and dropped.
 """
 
 from __future__ import annotations
@@ -116,31 +119,48 @@ class InboundHandler:
         if report.kind != "dsn":
             log.info("message=%s inbound %s dropped", message_id, report.kind)
             return
-        for rcpt in report.recipients:
-            if rcpt.action not in ("failed", None) or rcpt.verdict.outcome != "permanent":
-                continue  # delayed, relayed, delivered: nothing to record
-            if rcpt.verdict.hard:
-                await self.store.suppressions.add(
-                    email, reason="hard_bounce", source=f"dsn:{message_id}"
-                )
-            await self._event(
-                message_id, context, "bounced", EventType.BOUNCED,
-                smtp_code=rcpt.smtp_code, enhanced_status=rcpt.status,
-                bounce_class=rcpt.verdict.bounce_class or "other", hard=rcpt.verdict.hard,
-                reason=rcpt.diagnostic[:500], source="dsn",
-            )  # fmt: skip
-            log.info("message=%s bounced later (%s %s)", message_id, rcpt.status, email)
+        failed = [
+            r for r in report.recipients
+            if r.action in ("failed", None) and r.verdict.outcome == "permanent"
+        ]  # fmt: skip
+        if not failed:
+            log.info("message=%s delay or success notice dropped", message_id)
             return
+        # a VERP message has one recipient: the report's line about it, else its only failure
+        rcpt = next((r for r in failed if r.email.lower() == email.lower()), failed[0])
+        if rcpt.verdict.hard:
+            await self.store.suppressions.add(
+                email, reason="hard_bounce", source=f"dsn:{message_id}"
+            )
+        await self._event(
+            message_id, context, "bounced", EventType.BOUNCED,
+            smtp_code=rcpt.smtp_code, status=rcpt.status,
+            bounce_class=rcpt.verdict.bounce_class or "other", hard=rcpt.verdict.hard,
+            reason=rcpt.diagnostic[:500], source="dsn",
+        )  # fmt: skip
+        log.info(
+            "message=%s bounced later (%s %s, %s%s)", message_id, rcpt.status, email,
+            rcpt.verdict.bounce_class, ", hard: suppressed" if rcpt.verdict.hard else "",
+        )  # fmt: skip
 
     async def _event(
-        self, message_id: str, context: dict[str, Any], status: str, kind: EventType, **fields: Any
+        self,
+        message_id: str,
+        context: dict[str, Any],
+        message_status: str,
+        kind: EventType,
+        **fields: Any,
     ) -> None:
+        """Record an event; ``message_status`` (``bounced``, or ``""`` to keep it) is the
+        message's new status, ``fields`` the event's own (``status`` there is an RFC 3463 code)."""
         event = pack_event(
             kind, timestamp=time.time(), message_id=message_id, email=context["email"],
             contact_id=context["contact_id"], category=context["category"],
             metadata=context["metadata"], **fields,
         )  # fmt: skip
-        await self.store.complete(entry_id="", message_id=message_id, status=status, event=event)
+        await self.store.complete(
+            entry_id="", message_id=message_id, status=message_status, event=event
+        )
 
 
 def _ours(header_message_id: str | None) -> str | None:

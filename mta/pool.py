@@ -259,8 +259,9 @@ class SmtpPool:
             except SmtpUnsupported as exc:
                 keep = True  # nothing was written
                 raise PermanentDeliveryError(
-                    f"{exc} ({exc.enhanced})", host=str(dest), bounce_class="content"
-                ) from exc
+                    f"{exc} ({exc.enhanced})", host=str(dest), bounce_class="content",
+                    status=exc.enhanced,
+                ) from exc  # fmt: skip
             except SmtpError as exc:
                 if reused and not exc.committed and attempt == 1:
                     # A pooled connection the server had dropped: nothing of the message
@@ -298,6 +299,7 @@ class SmtpPool:
             host=str(dest),
             bounce_class=verdict.bounce_class or "other",
             hard=verdict.hard,
+            status=verdict.enhanced,
             throttle=verdict.throttle,
         )
 

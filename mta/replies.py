@@ -14,13 +14,24 @@ Pure logic, no I/O. ``classify(code, text)`` looks at, in order:
 4. the basic code again as the last resort (``552`` storage, ``551``/``553`` mailbox...).
 
 ``hard`` means the **address** is dead and should not be mailed again: unknown user, unknown
-or mail-less domain, disabled mailbox. Policy and reputation blocks (``x.7.x``, whatever their
+or mail-less domain, closed account. Policy and reputation blocks (``x.7.x``, whatever their
 text says), blocklistings, full mailboxes, spam and content rejections and routing trouble are
-never hard: the address is fine, the message or the sender is not. Two texts do beat an
-``x.4.x`` routing code, because they prove the address dead: a domain that does not exist
-("Host or domain name not found", ``NonExistentDomain``, no MX) and Microsoft's directory-based
-edge blocking ("550 5.4.1 Recipient address rejected: Access denied"). ``521``/``556`` (RFC
-7504: the host or domain accepts no mail) are hard unless the text says policy.
+never hard: the address is fine, the message or the sender is not. A *disabled* or suspended
+mailbox (``x.2.1``) is not hard either: it exists and may be enabled again (RFC 3463). A few
+texts do beat an ``x.4.x`` routing code, because they prove the address dead: a domain that
+does not exist ("Host or domain name not found", ``NonExistentDomain``, no MX) and a recipient
+refused by the receiver's access map ("Recipient address rejected: Access denied", Microsoft's
+directory-based edge blocking, which also beats ``x.7.x``, as does a null MX). ``521``/``556``
+(RFC 7504: the host or domain accepts no mail) are hard unless the text says policy.
+
+A "no such user" is hard only with proof of the step it answered (``command``): in reply to
+``DATA`` the address had been accepted, so a filter is talking; and in a bounce *report*
+(``quoted``), where another system relays the reply, a bare "user unknown" without the command
+is often a filter's too (Sisimai calls it "filtered"). Proof is ``RCPT``, an ``x.1.x`` code,
+or a wording only a directory or an RCPT reply uses (``_PROVES_DEAD``).
+
+Adding a rule: put a ``_rule(regex, class, ...)`` line in ``_RULES`` before any broader rule
+it must win over (first match wins), with a real reply in ``tests/test_replies.py``.
 
 ``throttle`` means the receiver asks the sender to slow down (``421``, ``x.4.5`` congestion,
 ``452 too many recipients``, Gmail ``4.7.28``, Microsoft ``4.7.650``/``S3150``, Yahoo
@@ -85,15 +96,17 @@ def find_enhanced(text: str, code: int | None = None) -> str | None:
 
 @dataclass(frozen=True)
 class _Meaning:
-    """A bounce class with its hardness; ``specific`` codes beat weak text."""
+    """A bounce class with its hardness; ``specific`` codes beat weak text, and strong text
+    decides the class of a ``catch_all`` code (x.7.x policy: spam? relaying? blocklisted?)."""
 
     bounce_class: BounceClass
     hard: bool = False
     specific: bool = True
+    catch_all: bool = False
 
 
 _GENERIC_OTHER = _Meaning("other", specific=False)
-_GENERIC_POLICY = _Meaning("policy", specific=False)
+_GENERIC_POLICY = _Meaning("policy", specific=False, catch_all=True)
 
 # (subject, detail) -> meaning; (subject, None) is the default for the subject.
 _CODES: dict[tuple[int, int | None], _Meaning] = {
@@ -105,34 +118,36 @@ _CODES: dict[tuple[int, int | None], _Meaning] = {
     (1, 3): _Meaning("bad-mailbox", hard=True),
     (1, 4): _Meaning("bad-mailbox"),
     (1, 6): _Meaning("bad-mailbox", hard=True),
-    (1, 7): _Meaning("policy"),  # bad sender mailbox syntax
-    (1, 8): _Meaning("policy"),  # bad sender's system address
-    (1, 10): _Meaning("bad-mailbox", hard=True),  # Microsoft RecipientNotFound / null MX
+    (1, 7): _Meaning("policy", catch_all=True),  # bad sender mailbox syntax
+    (1, 8): _Meaning("policy", catch_all=True),  # bad sender's system address
+    # Microsoft RecipientNotFound, or RFC 7505 null MX (then the text says "domain")
+    (1, 10): _Meaning("bad-mailbox", hard=True, specific=False),
     (1, None): _Meaning("bad-mailbox", specific=False),
     # x.2.x mailbox
     (2, 0): _Meaning("bad-mailbox", specific=False),
-    (2, 1): _Meaning("bad-mailbox", hard=True),  # mailbox disabled
+    (2, 1): _Meaning("bad-mailbox", specific=False),  # disabled: exists, may come back
     (2, 2): _Meaning("quota"),
-    (2, 3): _Meaning("content"),  # message longer than the mailbox accepts
+    (2, 3): _Meaning("quota"),  # message longer than this mailbox accepts: its own limit
     (2, None): _Meaning("bad-mailbox", specific=False),
     # x.3.x mail system
     (3, 0): _GENERIC_OTHER,
     (3, 1): _Meaning("other"),  # mail system full
-    (3, 2): _Meaning("routing", specific=False),  # system not accepting messages
+    (3, 2): _Meaning("routing", specific=False, catch_all=True),  # not accepting messages
     (3, 4): _Meaning("content"),  # message too big for system
     (3, None): _GENERIC_OTHER,
     # x.4.x network and routing
-    (4, None): _Meaning("routing"),
+    (4, None): _Meaning("routing", catch_all=True),
     # x.5.x protocol
     (5, 0): _GENERIC_OTHER,
-    (5, 3): _Meaning("policy"),  # too many recipients
+    (5, 3): _Meaning("policy", catch_all=True),  # too many recipients
     (5, None): _GENERIC_OTHER,
     # x.6.x content
+    (6, 0): _Meaning("content", catch_all=True),  # "other media error": spam, virus...
     (6, None): _Meaning("content"),
     # x.7.x security and policy
     (7, 0): _GENERIC_POLICY,
     (7, 1): _GENERIC_POLICY,
-    (7, None): _Meaning("policy"),
+    (7, None): _Meaning("policy", catch_all=True),
 }
 
 
@@ -156,6 +171,7 @@ class _Rule:
     strong: bool = False
     throttle: bool = False
     beats_routing: bool = False  # the text proves the address dead despite an x.4.x code
+    beats_policy: bool = False  # ... and despite an x.7.x code
 
 
 def _rule(
@@ -166,13 +182,15 @@ def _rule(
     strong: bool = False,
     throttle: bool = False,
     beats_routing: bool = False,
+    beats_policy: bool = False,
 ) -> _Rule:
     return _Rule(
         re.compile(regex, re.IGNORECASE),
         _Meaning(bounce_class, hard=hard, specific=False),
         strong=strong,
         throttle=throttle,
-        beats_routing=beats_routing,
+        beats_routing=beats_routing or beats_policy,
+        beats_policy=beats_policy,
     )
 
 
@@ -204,10 +222,15 @@ _RULES: tuple[_Rule, ...] = (
         "policy",
         strong=True,
     ),
+    _rule(  # a link of the message is on a URI blocklist: the content, not the sender
+        r"blacklisted (?:url|link)|blocklisted (?:url|link)|\buribl\b|\bsurbl\b",
+        "spam",
+        strong=True,
+    ),
     _rule(
         r"spamhaus|barracuda|spamcop|\bsorbs\b|\bRBL\b|DNSBL|\bBRBL\b|blocked using|black ?list"
         r"|block ?list|blocked by|(?<!not )listed (?:in|on|at|by)|is listed|\[BL\d+\]|reputation"
-        r"|\bbanned\b|ipcheck\.proofpoint|dnsbl-lookup|\bCS0\d\b|\bHM0\d\b|\bRP-00\d"
+        r"|\bbanned\b|open relay|ipcheck\.proofpoint|dnsbl-lookup|\bCS0\d\b|\bHM0\d\b|\bRP-00\d"
         r"|access denied, (?:banned|bad|traffic)|client host .{0,80}blocked|blocked - see"
         r"|\bblocked\b.{0,30}\b(?:ip|host|sender|address|domain)\b|\bip\b.{0,40}\bblocked",
         "policy",
@@ -215,7 +238,7 @@ _RULES: tuple[_Rule, ...] = (
     ),
     _rule(
         r"\bspam\b|\bUCE\b|\bUBE\b|unsolicited|junk ?mail|bulk (?:e-?)?mail|scored too high"
-        r"|spam score|likely spam|suspicious|phish",
+        r"|spam score|likely spam|suspicious|phish|\bOFR_?506\b",  # Orange: "Mail rejete" as spam
         "spam",
         strong=True,
     ),
@@ -223,7 +246,8 @@ _RULES: tuple[_Rule, ...] = (
         r"virus|malware|infected|trojan|message content rejected|content rejected"
         r"|content (?:filter|polic)|(?:prohibited|blocked|banned|forbidden) (?:attachment|file)"
         r"|attachment (?:type|not allowed|blocked|rejected)|executable"
-        r"|security issue|message (?:is )?malformed|header error|line too long",
+        r"|security issue|message (?:is )?malformed|header error|line too long|media error"
+        r"|line (?:length )?limit exceeded",
         "content",
         strong=True,
     ),
@@ -233,8 +257,13 @@ _RULES: tuple[_Rule, ...] = (
         r"|insufficient (?:disk|mailbox|user) (?:space|storage)|exceeded storage|storage (?:allocation|limit|quota)"
         r"|out of (?:storage|space)|QuotaExceeded"
         r"|over (?:its|the|their) (?:storage|quota)|disk quota|mailbox size limit"
-        r"|mailbox (?:exceeds|has exceeded)|mailbox is over",
+        r"|mailbox (?:exceeds|has exceeded|exceeded)|mailbox is over",
         "quota",
+        strong=True,
+    ),
+    _rule(  # a local delivery program failed: the receiving system's fault, whatever it says
+        r"\bprocmail:|\bmaildrop:|mailer error|\bx-unix;",
+        "other",
         strong=True,
     ),
     _rule(
@@ -245,7 +274,9 @@ _RULES: tuple[_Rule, ...] = (
     ),
     _rule(
         r"will not accept|not accepted (?:for|due to) polic|local policy|policy reasons"
-        r"|administrative prohibition|prohibited by (?:local )?polic",
+        r"|administrative prohibition|prohibited by (?:local )?polic"
+        r"|(?:host|client|ip|network) (?:address |network )?not allowed"
+        r"|groups\.google\.com/support",  # Google Groups: the group refuses the post
         "policy",
         strong=True,
     ),
@@ -269,17 +300,25 @@ _RULES: tuple[_Rule, ...] = (
         "policy",
         strong=True,
     ),
-    _rule(
+    _rule(  # disabled or suspended: the mailbox exists and may come back (RFC 3463 x.2.1)
         r"(?:account|mailbox|user|address|recipient)\b.{0,40}\b(?:disabled|deactivated"
-        r"|discontinued|closed|terminated|expired|no longer (?:active|available|in use|valid))"
-        r"|(?:disabled|inactive|deactivated|closed) (?:account|mailbox|user)"
-        r"|is disabled|has been disabled",
+        r"|suspended|inactive|frozen|locked)|(?:disabled|inactive|deactivated|suspended)"
+        r" (?:account|mailbox|user)|is disabled|has been disabled|suspended|inactive|on hold"
+        r"|frozen|\blocked\b",
+        "bad-mailbox",
+    ),
+    _rule(
+        r"(?:account|mailbox|user|address|recipient)\b.{0,40}\b(?:discontinued|closed"
+        r"|terminated|deleted|no longer (?:active|available|in use|valid))"
+        r"|closed (?:account|mailbox)",
         "bad-mailbox",
         hard=True,
     ),
-    _rule(
-        r"suspended|inactive|on hold|frozen|\blocked\b",
-        "bad-mailbox",
+    _rule(  # RFC 7504/7505: a null MX; Sendmail sends it with the sender's code 5.7.27
+        r"(?:host|domain)(?: [\w.-]+)? does not accept (?:e-?)?mail\b(?! from)|\bnull ?mx\b",
+        "bad-domain",
+        hard=True,
+        beats_policy=True,
     ),
     _rule(
         r"host (?:or domain name )?not found|domain (?:name )?not found|no such domain"
@@ -294,11 +333,20 @@ _RULES: tuple[_Rule, ...] = (
         hard=True,
         beats_routing=True,
     ),
-    _rule(  # Microsoft's directory-based edge blocking: no such mailbox in the tenant
+    _rule(  # Microsoft's directory-based edge blocking, Postfix recipient access maps
         r"recipient address rejected: access denied",
         "bad-mailbox",
         hard=True,
-        beats_routing=True,
+        beats_policy=True,
+    ),
+    _rule(  # refused at RCPT TO with no reason at all (no Postfix wording: it always says why)
+        r"recipient address rejected\.?\s*(?:$|\(in reply to rcpt)",
+        "bad-mailbox",
+        hard=True,
+    ),
+    _rule(  # au (KDDI): its spam filter answers "550 : User unknown", naming no address
+        r"(?:^|\b[45]\d\d\s)\s*:\s*user unknown",
+        "bad-mailbox",
     ),
     _rule(
         r"user(?:name)? unknown|unknown (?:user|recipient|local|mailbox|address|alias)"
@@ -318,6 +366,7 @@ _RULES: tuple[_Rule, ...] = (
         "bad-mailbox",
         hard=True,
     ),
+    _rule(r"access denied", "policy", strong=True),
     _rule(
         r"timed? ?out|connection (?:refused|reset|closed|dropped|lost)|network|unreachable"
         r"|no route|routing|loop|hop count|retry time|expired|too long in queue"
@@ -335,6 +384,22 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 _ADDRESS = re.compile(r"(?<![^\s<>()\[\]\"',;:])[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:]+")
+_NO_ADDRESS = "<@>"  # what an address becomes before matching: no word a rule could match
+
+# A "no such user" is proof that the address is dead only in reply to RCPT TO, or with an
+# x.1.x code, or in one of these wordings. In reply to DATA it comes from a filter (the
+# address was accepted at RCPT TO); quoted in a report without the command it answered, it
+# may be a filter's too (Sisimai's "filtered"). Either way it is not hard without proof.
+_PROVES_DEAD = re.compile(
+    r"recipient address rejected"  # Postfix: an RCPT reply, read after DATA when pipelining
+    r"|\bdd This user doesn't have"  # Yahoo checks its recipients at the end of DATA
+    r"|recipient name is not recognized"  # Exchange: its own directory
+    r"|not listed in (?:the )?(?:Domino Directory|public Name & Address Book)"  # Domino, Notes
+    r"|ディレクトリ(?:には見つかりません|のリストにありません)"  # the same, in Japanese
+    r"|mail\.local: unknown user"  # Sendmail's local delivery agent: the mailbox store itself
+    r"|no valid recipients",
+    re.IGNORECASE,
+)
 _MAX_TEXT = 4096  # an SMTP reply is a few lines; a longer text is truncated before matching
 _THROTTLE_EXEMPT = re.compile(r"grey[- ]?list|gray[- ]?list", re.IGNORECASE)
 
@@ -372,16 +437,23 @@ def _meaning(code: int, enhanced: str | None, rule: _Rule | None) -> _Meaning:
             return text  # a "no such user" code with a blocklist, quota, rate... text
         if (
             rule.strong
-            and by_code.bounce_class in ("policy", "routing")
+            and by_code.catch_all
             and text.bounce_class != by_code.bounce_class
             and not (rule.throttle and by_code.bounce_class == "routing")
         ):
-            return text  # x.7.x / x.4.x are catch-alls; the text says which: spam, relay...
-        if by_code.bounce_class == "routing" and rule.beats_routing:
+            return text  # x.7.x / x.4.x / x.6.0 are catch-alls; the text says which: spam...
+        if (by_code.bounce_class == "routing" and rule.beats_routing) or (
+            by_code.bounce_class == "policy" and rule.beats_policy
+        ):
             return text  # 5.4.4 "Host not found", Microsoft 5.4.1 "Access denied" (DBEB)
         return by_code
     if rule is not None:
-        if enhanced is not None and enhanced[2] == "7" and rule.meaning.hard:
+        if (
+            enhanced is not None
+            and enhanced[2] == "7"
+            and rule.meaning.hard
+            and not rule.beats_policy
+        ):
             return by_code or _GENERIC_POLICY  # x.7.x is policy: never hard, whatever the text
         return rule.meaning
     if by_code is not None and by_code is not _GENERIC_OTHER:
@@ -389,13 +461,26 @@ def _meaning(code: int, enhanced: str | None, rule: _Rule | None) -> _Meaning:
     return _basic_meaning(code)
 
 
-def classify(code: int, text: str) -> Verdict:
-    """Classify one SMTP reply (``code`` and its text, multi-line or not). Never raises."""
+def _proves_dead(text: str, enhanced: str | None, command: str | None, quoted: bool) -> bool:
+    """Whether a "no such user" verdict holds, given the step it answered (see _PROVES_DEAD)."""
+    if command == "RCPT" or _PROVES_DEAD.search(text):
+        return True
+    if command == "DATA":
+        return False
+    return not quoted or (enhanced is not None and enhanced[2] == "1")
+
+
+def classify(code: int, text: str, *, command: str | None = None, quoted: bool = False) -> Verdict:
+    """Classify one SMTP reply (``code`` and its text, multi-line or not). Never raises.
+
+    ``command``: the SMTP command the reply answered, when known (``RCPT``, ``DATA``...).
+    ``quoted``: the reply comes second-hand, in a bounce report, not from our own session.
+    """
     text = (text if isinstance(text, str) else str(text))[:_MAX_TEXT]
     enhanced = find_enhanced(text, code)
     if 200 <= code <= 299:
         return Verdict("delivered", None, enhanced, throttle=False, hard=False)
-    rule = _text_rule(_ADDRESS.sub("<address>", text))  # "no-such-user@" is no reason
+    rule = _text_rule(_ADDRESS.sub(_NO_ADDRESS, text))  # "no-such-user@" is no reason
     throttle = (
         code == 421
         or (enhanced is not None and _THROTTLE_CODES.match(enhanced) is not None)
@@ -405,11 +490,14 @@ def classify(code: int, text: str) -> Verdict:
         return Verdict("transient", "other", enhanced, throttle=throttle, hard=False)
     meaning = _meaning(code, enhanced, rule)
     if code >= 500:
+        filtered = meaning.bounce_class == "bad-mailbox" and not _proves_dead(
+            text, enhanced, command, quoted
+        )
         return Verdict(
             "permanent",
             meaning.bounce_class,
             enhanced,
             throttle=throttle,
-            hard=meaning.hard and meaning.bounce_class in _HARD_CLASSES,
+            hard=meaning.hard and meaning.bounce_class in _HARD_CLASSES and not filtered,
         )
     return Verdict("transient", meaning.bounce_class, enhanced, throttle=throttle, hard=False)

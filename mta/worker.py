@@ -243,7 +243,7 @@ class Worker:
             log.warning("message=%s cannot be built: %s", message_id, exc)
             await self._finish(
                 queued, batch, EventType.BOUNCED, smtp_code=None, bounce_class="content",
-                hard=False, reason=str(exc), attempt=attempt,
+                hard=False, status=None, reason=str(exc), attempt=attempt,
             )  # fmt: skip
         except PermanentDeliveryError as exc:
             self._log(message_id, exc.host or "-", exc.smtp_code, started, "bounced")
@@ -252,7 +252,7 @@ class Worker:
                     job["e"], reason="hard_bounce", source=f"bounce:{message_id}"
                 )
             await self._finish(
-                queued, batch, EventType.BOUNCED, smtp_code=exc.smtp_code,
+                queued, batch, EventType.BOUNCED, smtp_code=exc.smtp_code, status=exc.status,
                 bounce_class=exc.bounce_class, hard=exc.hard, reason=exc.detail, attempt=attempt,
             )  # fmt: skip
         except TransientDeliveryError as exc:

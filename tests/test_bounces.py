@@ -1,15 +1,14 @@
-"""mta.bounces.parse_report: hand-written DSN/ARF/auto-reply messages, garbage, and the
-375-message real-world corpus of /work/shared/corpora/bounces measured against Sisimai.
+"""mta.bounces.parse_report: hand-written DSN/ARF/auto-reply messages (tests/bounce_reports.py),
+garbage, and the 375-message real-world corpus of shared/corpora/bounces measured against
+Sisimai (tests/bounce_corpus.py).
 
-Run with ``-s`` to see the corpus agreement table.
+Run with ``-s`` to see the corpus agreement table: per MTA family, per half of a fixed split of
+the files, in total, and the class confusion matrix.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,271 +18,25 @@ from hypothesis import strategies as st
 
 from mta.bounces import LAYOUTS, Report, parse_report
 from mta.replies import Verdict
-
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora" / "bounces"
-
-
-def _crlf(text: str) -> bytes:
-    return text.lstrip("\n").replace("\n", "\r\n").encode()
-
-
-# --- hand-written reports -----------------------------------------------------------------
-
-POSTFIX_USER_UNKNOWN = _crlf("""
-Return-Path: <>
-Date: Mon,  3 Jun 2024 10:00:02 +0000 (UTC)
-From: MAILER-DAEMON@mx.sluice.test (Mail Delivery System)
-Subject: Undelivered Mail Returned to Sender
-To: bounces+abc@sluice.test
-Auto-Submitted: auto-replied
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status;
-	boundary="4F1A23C0D1.1717408802/mx.sluice.test"
-Message-Id: <20240603100002.9C2D23C0D2@mx.sluice.test>
-
-This is a MIME-encapsulated message.
-
---4F1A23C0D1.1717408802/mx.sluice.test
-Content-Description: Notification
-Content-Type: text/plain; charset=us-ascii
-
-This is the mail system at host mx.sluice.test.
-
-I'm sorry to have to inform you that your message could not
-be delivered to one or more recipients. It's attached below.
-
-<Nobody@Example.NET>: host mx.example.net[192.0.2.25] said: 550 5.1.1
-    <Nobody@Example.NET>: Recipient address rejected: User unknown in virtual
-    mailbox table (in reply to RCPT TO command)
-
---4F1A23C0D1.1717408802/mx.sluice.test
-Content-Description: Delivery report
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; mx.sluice.test
-X-Postfix-Queue-ID: 4F1A23C0D1
-Arrival-Date: Mon,  3 Jun 2024 10:00:01 +0000 (UTC)
-
-Final-Recipient: rfc822; Nobody@Example.NET
-Original-Recipient: rfc822;Nobody@Example.NET
-Action: failed
-Status: 5.1.1
-Remote-MTA: dns; mx.example.net
-Diagnostic-Code: smtp; 550 5.1.1 <Nobody@Example.NET>: Recipient address
-    rejected: User unknown in virtual mailbox table
-
---4F1A23C0D1.1717408802/mx.sluice.test
-Content-Description: Undelivered Message
-Content-Type: message/rfc822
-
-From: Shop <news@sluice.test>
-To: Nobody@Example.NET
-Subject: Your June newsletter
-Message-ID: <01HZX3J6Q0ABCDEF@sluice.test>
-X-Sluice-Message-ID: msg_01HZX3J6Q0ABCDEF
-MIME-Version: 1.0
-Content-Type: text/plain
-
-Hello
-
---4F1A23C0D1.1717408802/mx.sluice.test--
-""")
-
-EXCHANGE_POLICY_BLOCK = _crlf("""
-From: postmaster@contoso.example
-To: news@sluice.test
-Subject: Undeliverable: Your June newsletter
-Content-Type: multipart/report; report-type=delivery-status;
-	boundary="_000_NDR_contoso_"
-MIME-Version: 1.0
-Message-ID: <ndr-1@contoso.example>
-
---_000_NDR_contoso_
-Content-Type: text/plain; charset="us-ascii"
-
-Delivery has failed to these recipients or groups:
-
-alice@contoso.example
-Your message wasn't delivered because the recipient's email provider rejected it.
-
-Diagnostic information for administrators:
-
-Generating server: EX01.contoso.example
-alice@contoso.example
-Remote Server returned '550 5.7.1 Delivery not authorized, message refused by policy'
-
---_000_NDR_contoso_
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns;EX01.contoso.example
-Received-From-MTA: dns;mx.sluice.test
-Arrival-Date: Mon, 3 Jun 2024 10:00:00 +0000
-
-Final-Recipient: rfc822;alice@contoso.example
-Action: failed
-Status: 5.7.1
-Diagnostic-Code: smtp;550 5.7.1 Delivery not authorized, message refused by policy
-
---_000_NDR_contoso_
-Content-Type: text/rfc822-headers
-
-From: Shop <news@sluice.test>
-To: alice@contoso.example
-Subject: Your June newsletter
-Message-ID: <01HZX3J6Q1XYZ@sluice.test>
-
---_000_NDR_contoso_--
-""")
-
-GMAIL_DELAYED_QUOTA = _crlf("""
-From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>
-To: bounces+def@sluice.test
-Subject: Delivery Status Notification (Delay)
-Auto-Submitted: auto-replied
-Message-ID: <5f1e@mx.google.com>
-Content-Type: multipart/report; boundary="000000000000abcd"; report-type=delivery-status
-
---000000000000abcd
-Content-Type: text/plain; charset="UTF-8"
-
-** Delivery incomplete **
-
-There was a temporary problem delivering your message to full@gmail.com.
-Gmail will retry for 46 more hours.
-
-The response was:
-
-The email account that you tried to reach is over quota.
-
---000000000000abcd
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; googlemail.com
-Arrival-Date: Mon, 03 Jun 2024 03:00:00 -0700 (PDT)
-
-Final-Recipient: rfc822; full@gmail.com
-Action: delayed
-Status: 4.2.2
-Remote-MTA: dns; gmail-smtp-in.l.google.com. (2607:f8b0::1b, the server for the domain gmail.com.)
-Diagnostic-Code: smtp; 452-4.2.2 The email account that you tried to reach is over quota.
-    Please direct the recipient to https://support.google.com/mail/?p=OverQuotaTemp - gsmtp
-Last-Attempt-Date: Mon, 03 Jun 2024 05:00:00 -0700 (PDT)
-Will-Retry-Until: Wed, 05 Jun 2024 03:00:00 -0700 (PDT)
-
---000000000000abcd
-Content-Type: message/rfc822
-
-Message-ID: <01HZX3J6Q2GMAIL@sluice.test>
-From: news@sluice.test
-To: full@gmail.com
-Subject: Your June newsletter
-
-Hello
---000000000000abcd--
-""")
-
-YAHOO_ARF = _crlf("""
-From: feedbackloop@yahoo.com
-To: fbl@sluice.test
-Subject: FW: Your June newsletter
-Date: Mon, 3 Jun 2024 12:00:00 +0000
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=feedback-report;
-	boundary="arf_boundary"
-Message-ID: <fbl-77@yahoo.com>
-
---arf_boundary
-Content-Type: text/plain; charset="US-ASCII"
-
-This is an email abuse report for an email message received from IP 192.0.2.10.
-
---arf_boundary
-Content-Type: message/feedback-report
-
-Feedback-Type: abuse
-User-Agent: Yahoo!-Mail-Feedback/2.0
-Version: 1
-Original-Mail-From: <bounces+ghi@sluice.test>
-Original-Rcpt-To: <Complainer@Yahoo.com>
-Arrival-Date: Mon, 03 Jun 2024 10:00:00 +0000
-Source-IP: 192.0.2.10
-Reported-Domain: sluice.test
-
---arf_boundary
-Content-Type: message/rfc822
-Content-Disposition: inline
-
-From: Shop <news@sluice.test>
-To: complainer@yahoo.com
-Subject: Your June newsletter
-Message-ID: <01HZX3J6Q3ARF@sluice.test>
-X-Sluice-Message-ID: msg_01HZX3J6Q3ARF
-
-Hello
---arf_boundary--
-""")
-
-OUT_OF_OFFICE = _crlf("""
-From: Bob Example <Bob@Example.ORG>
-To: news@sluice.test
-Subject: Automatic reply: Your June newsletter
-Auto-Submitted: auto-replied
-X-Auto-Response-Suppress: All
-In-Reply-To: <01HZX3J6Q4OOO@sluice.test>
-Message-ID: <ooo-1@example.org>
-Content-Type: text/plain; charset="utf-8"
-
-I am out of the office until June 10 with limited access to email.
-""")
-
-QMAIL_NO_MAILBOX = _crlf("""
-From: MAILER-DAEMON@mail.example.com
-To: bounces+jkl@sluice.test
-Subject: failure notice
-
-Hi. This is the qmail-send program at mail.example.com.
-I'm afraid I wasn't able to deliver your message to the following addresses.
-This is a permanent error; I've given up. Sorry it didn't work out.
-
-<ghost@example.com>:
-Sorry, no mailbox here by that name. (#5.1.1)
-
---- Below this line is a copy of the message.
-
-Message-ID: <01HZX3J6Q5QMAIL@sluice.test>
-From: news@sluice.test
-To: ghost@example.com
-Subject: Your June newsletter
-
-Hello
-""")
-
-EXIM_BLOCKLISTED = _crlf("""
-From: Mail Delivery System <Mailer-Daemon@relay.example.de>
-To: bounces+mno@sluice.test
-Subject: Mail delivery failed: returning message to sender
-Auto-Submitted: auto-replied
-X-Failed-Recipients: kunde@example.de
-
-This message was created automatically by mail delivery software.
-
-A message that you sent could not be delivered to one or more of its
-recipients. This is a permanent error. The following address(es) failed:
-
-  kunde@example.de
-    host mx.example.de [192.0.2.77]
-    SMTP error from remote mail server after RCPT TO:<kunde@example.de>:
-    550 5.7.1 Service unavailable; client [198.51.100.7] blocked using zen.spamhaus.org
-
------- This is a copy of the message, including all the headers. ------
-
-Message-ID: <01HZX3J6Q6EXIM@sluice.test>
-From: news@sluice.test
-To: kunde@example.de
-Subject: Your June newsletter
-
-Hello
-""")
+from tests import bounce_corpus
+from tests.bounce_corpus import CORPUS, REASON_CLASS, UNCLASSED
+from tests.bounce_reports import (
+    EXCHANGE_EXPIRED,
+    EXCHANGE_POLICY_BLOCK,
+    EXIM_BLOCKLISTED,
+    GMAIL_DELAYED_QUOTA,
+    GMAIL_SPAM_BLOCK,
+    LOCAL_MAILER_ERROR,
+    OFFICE365_MAILBOX_FULL,
+    OUT_OF_OFFICE,
+    POSTFIX_DELIVERED,
+    POSTFIX_NO_SUCH_DOMAIN,
+    POSTFIX_USER_UNKNOWN,
+    QMAIL_NO_MAILBOX,
+    RELAYED_USER_UNKNOWN,
+    SENDMAIL_TOO_BIG,
+    YAHOO_ARF,
+)
 
 
 def _only(report: Report) -> Any:
@@ -447,138 +200,137 @@ def test_layout_registry_is_ordered_and_named() -> None:
     assert len(set(names)) == len(names)
 
 
+@pytest.mark.parametrize(
+    ("raw", "email", "kind", "status", "bounce_class", "hard"),
+    [
+        (POSTFIX_USER_UNKNOWN, "Nobody@example.net", "dsn", "5.1.1", "bad-mailbox", True),
+        (POSTFIX_NO_SUCH_DOMAIN, "someone@no-such-domain.example", "dsn", "5.4.4", "bad-domain", True),
+        (OFFICE365_MAILBOX_FULL, "carol@contoso.example", "dsn", "5.2.2", "quota", False),
+        (EXCHANGE_POLICY_BLOCK, "alice@contoso.example", "dsn", "5.7.1", "policy", False),
+        (GMAIL_SPAM_BLOCK, "dave@example.net", "dsn", "5.7.1", "spam", False),
+        (SENDMAIL_TOO_BIG, "erin@example.org", "dsn", "5.3.4", "content", False),
+        (EXCHANGE_EXPIRED, "frank@example.com", "dsn", "4.4.7", "routing", False),
+        (LOCAL_MAILER_ERROR, "support@example.net", "dsn", "5.3.0", "other", False),
+        (RELAYED_USER_UNKNOWN, "henry@example.jp", "dsn", "5.0.0", "bad-mailbox", False),
+        (POSTFIX_DELIVERED, "grace@example.org", "delivered", "2.0.0", None, False),
+    ],
+    ids=lambda value: value if isinstance(value, str) and "@" not in value else None,
+)  # fmt: skip
+def test_each_bounce_class(
+    raw: bytes, email: str, kind: str, status: str, bounce_class: str | None, hard: bool
+) -> None:
+    report = parse_report(raw)
+    rcpt = _only(report)
+    assert (report.kind, rcpt.email, rcpt.status) == (kind, email, status)
+    assert (rcpt.verdict.bounce_class, rcpt.verdict.hard) == (bounce_class, hard)
+
+
+def test_a_relayed_user_unknown_is_hard_only_with_proof() -> None:
+    """A bare "550 user unknown" in a report may be a filter's; RCPT TO or x.1.1 proves it."""
+    assert not _only(parse_report(RELAYED_USER_UNKNOWN)).verdict.hard
+    at_rcpt = RELAYED_USER_UNKNOWN.replace(
+        b"550 user unknown", b"550 user unknown (in reply to RCPT TO command)"
+    )
+    assert _only(parse_report(at_rcpt)).verdict.hard
+    coded = RELAYED_USER_UNKNOWN.replace(b"Status: 5.0.0", b"Status: 5.1.1")
+    assert _only(parse_report(coded)).verdict.hard
+
+
+def test_a_program_exit_status_is_not_an_smtp_code() -> None:
+    rcpt = _only(parse_report(LOCAL_MAILER_ERROR))
+    assert (rcpt.smtp_code, rcpt.diagnostic) == (None, "255")
+
+
+def test_powermta_bounce_category_decides() -> None:
+    raw = RELAYED_USER_UNKNOWN.replace(
+        b"Diagnostic-Code: smtp; 550 user unknown",
+        b"Diagnostic-Code: smtp; 550 user unknown\r\nX-PowerMTA-BounceCategory: bad-mailbox",
+    )
+    assert _only(parse_report(raw)).verdict.hard
+    raw = raw.replace(b"bad-mailbox", b"spam-related")
+    verdict = _only(parse_report(raw)).verdict
+    assert (verdict.bounce_class, verdict.hard) == ("spam", False)
+
+
 # --- the real-world corpus ----------------------------------------------------------------
 
 needs_corpus = pytest.mark.skipif(
     not (CORPUS / "expected.json").is_file(), reason=f"no bounce corpus at {CORPUS}"
 )
-_INVENTED = re.compile(r"^\d\.0\.9\d\d$")  # Sisimai's own codes for messages without one
 
-
-@dataclass
-class Tally:
-    """Agreement counts for one MTA family (or all of them)."""
-
-    files: int = 0
-    expected: int = 0
-    found: int = 0
-    status_n: int = 0
-    status_ok: int = 0
-    hard_ok: int = 0
-    feedback_n: int = 0
-    feedback_ok: int = 0
-    kind_n: int = 0
-    kind_ok: int = 0
-    misses: list[str] = field(default_factory=list)
-
-    def add(self, other: Tally) -> None:
-        for name in vars(self):
-            if name != "misses":
-                setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-def _pct(part: int, whole: int) -> str:
-    return f"{100 * part / whole:5.1f}" if whole else "    -"
-
-
-def _family(name: str) -> str:
-    return re.sub(r"-\d+\.eml$", "", name)
+# What issue 11 asks of every half of the corpus and of the whole: agreement with Sisimai on
+# hard (all recipients), on the status code (where Sisimai has a real one) and on the class
+# (where Sisimai's reason maps onto one of our classes: REASON_CLASS; the rest, UNCLASSED, are
+# left out and the table says how many).
+THRESHOLDS = {"found": 0.98, "hard": 0.95, "status": 0.90, "class": 0.85, "notice": 1.0}
+# What the whole corpus reaches today, to catch regressions.
+TOTAL_FLOORS = {"found": 0.99, "hard": 0.965, "status": 0.98, "class": 0.96}
 
 
 @pytest.fixture(scope="module")
-def corpus() -> dict[str, Tally]:
-    expected: dict[str, list[dict[str, Any]]] = json.loads((CORPUS / "expected.json").read_text())
-    families: dict[str, Tally] = defaultdict(Tally)
-    for name in sorted(expected):
-        report = parse_report((CORPUS / "samples" / name).read_bytes())
-        tally = families[_family(name)]
-        tally.files += 1
-        for index, entry in enumerate(expected[name]):
-            ours = report.recipients[index] if index < len(report.recipients) else None
-            tally.expected += 1
-            tally.found += ours is not None and "@" in ours.email
-            status = entry["status"] or ""
-            if status and not _INVENTED.match(status):
-                tally.status_n += 1
-                tally.status_ok += ours is not None and ours.status == status
-            hard = ours is not None and ours.verdict.hard
-            tally.hard_ok += hard == entry["hard"]
-            if hard != entry["hard"]:
-                tally.misses.append(f"{name}: hard={hard}, Sisimai {entry['reason']}")
-            if entry["feedback_type"]:
-                tally.feedback_n += 1
-                tally.feedback_ok += report.feedback_type == entry["feedback_type"]
-        if name.startswith(("arf-", "rfc3834-")):
-            tally.kind_n += 1
-            tally.kind_ok += report.kind == ("arf" if name.startswith("arf-") else "autoreply")
-    return dict(families)
-
-
-def _table(families: dict[str, Tally]) -> tuple[str, Tally]:
-    total = Tally()
-    lines = [
-        f"{'family':24} {'files':>5} {'rcpts':>5} {'found%':>7} {'status%':>8} {'(n)':>5} "
-        f"{'hard%':>6}",
-    ]
-    for family in sorted(families):
-        t = families[family]
-        total.add(t)
-        lines.append(
-            f"{family:24} {t.files:5d} {t.expected:5d} {_pct(t.found, t.expected):>7} "
-            f"{_pct(t.status_ok, t.status_n):>8} {t.status_n:5d} {_pct(t.hard_ok, t.expected):>6}"
-        )
-    lines.append(
-        f"{'TOTAL':24} {total.files:5d} {total.expected:5d} "
-        f"{_pct(total.found, total.expected):>7} {_pct(total.status_ok, total.status_n):>8} "
-        f"{total.status_n:5d} {_pct(total.hard_ok, total.expected):>6}"
-    )
-    lines.append(
-        f"ARF feedback-type agreement {_pct(total.feedback_ok, total.feedback_n)}% "
-        f"({total.feedback_n}); kind of arf-*/rfc3834-* {_pct(total.kind_ok, total.kind_n)}% "
-        f"({total.kind_n})"
-    )
-    return "\n".join(lines), total
+def corpus() -> bounce_corpus.Measured:
+    return bounce_corpus.measure()
 
 
 @needs_corpus
-def test_corpus_agreement_with_sisimai(corpus: dict[str, Tally]) -> None:
-    table, total = _table(corpus)
-    print("\n" + table)
-    assert total.files == 375
-    assert total.found / total.expected >= 0.98
-    assert total.status_ok / total.status_n >= 0.97
-    assert total.hard_ok / total.expected >= 0.91
-    assert total.feedback_ok == total.feedback_n
-    assert total.kind_ok == total.kind_n
+def test_corpus_agreement_with_sisimai(corpus: bounce_corpus.Measured) -> None:
+    print("\n" + bounce_corpus.render(corpus))
+    assert corpus.total.files == 375
+    assert set(corpus.halves) == {"A", "B"}
+    for name, tally in [*corpus.halves.items(), ("total", corpus.total)]:
+        for what, threshold in THRESHOLDS.items():
+            assert tally.ratio(what) >= threshold, (name, what, tally.misses)
+    for what, floor in TOTAL_FLOORS.items():
+        assert corpus.total.ratio(what) >= floor, (what, corpus.total.misses)
+
+
+@needs_corpus
+def test_complaints_autoreplies_and_delivery_notices(corpus: bounce_corpus.Measured) -> None:
+    """Every ARF report is ``arf`` with Sisimai's feedback type, every auto-reply an
+    ``autoreply``, every delivery notice ``delivered``; none of them is ever hard."""
+    assert corpus.total.notice_n == 25
+    assert corpus.total.notice_errors == []
+    assert all(half.notice_n for half in corpus.halves.values())
+    arf = sorted((CORPUS / "samples").glob("arf-*.eml"))
+    assert len(arf) == 12
+    for path in arf:
+        assert parse_report(path.read_bytes()).kind == "arf", path.name
+
+
+def test_every_sisimai_reason_is_classed_or_left_out_on_purpose() -> None:
+    assert not set(REASON_CLASS) & set(UNCLASSED)
+    if (CORPUS / "expected.json").is_file():
+        reasons = {e["reason"] for entries in bounce_corpus.expected().values() for e in entries}
+        assert reasons <= set(REASON_CLASS) | set(UNCLASSED)
 
 
 @needs_corpus
 @pytest.mark.parametrize(
     ("family", "found_floor", "hard_floor"),
     [  # what this parser achieves today; the misses are listed on failure
-        ("lhost-postfix", 1.0, 0.93),
-        ("lhost-sendmail", 1.0, 0.97),
-        ("lhost-exim", 1.0, 0.93),
+        ("lhost-postfix", 1.0, 1.0),
+        ("lhost-sendmail", 1.0, 1.0),
+        ("lhost-exim", 1.0, 0.96),
         ("lhost-qmail", 1.0, 1.0),
         ("lhost-gmail", 1.0, 1.0),
         ("lhost-exchange2003", 1.0, 1.0),
         ("lhost-exchange2007", 1.0, 1.0),
-        ("lhost-office365", 1.0, 0.9),
+        ("lhost-office365", 1.0, 1.0),
         ("lhost-outlook", 1.0, 1.0),
-        ("lhost-yahoo", 1.0, 1.0),
+        ("lhost-yahoo", 1.0, 0.87),  # a bare "550: User unknown" is no proof
         ("rhost-microsoft", 1.0, 1.0),
         ("rhost-apple", 1.0, 1.0),
-        ("rfc3464", 1.0, 0.82),
+        ("rfc3464", 1.0, 0.94),
         ("rfc3834", 1.0, 1.0),
         ("arf", 0.89, 1.0),  # two complaints name no recipient at all
     ],
 )
 def test_corpus_agreement_per_family(
-    corpus: dict[str, Tally], family: str, found_floor: float, hard_floor: float
+    corpus: bounce_corpus.Measured, family: str, found_floor: float, hard_floor: float
 ) -> None:
-    tally = corpus[family]
-    assert tally.found / tally.expected >= found_floor
-    assert tally.hard_ok / tally.expected >= hard_floor, tally.misses
+    tally = corpus.families[family]
+    assert tally.ratio("found") >= found_floor
+    assert tally.ratio("hard") >= hard_floor, tally.misses
 
 
 @needs_corpus
@@ -588,3 +340,15 @@ def test_every_corpus_sample_is_understood() -> None:
         kinds[parse_report(path.read_bytes()).kind] += 1
     assert sum(kinds.values()) == 375
     assert kinds["unknown"] <= 3, kinds  # mailing-list managers' replies (fml)
+
+
+@needs_corpus
+def test_no_rule_names_a_corpus_file() -> None:
+    """The rules generalise: nothing under mta/ mentions a corpus sample."""
+    names = {p.name for p in (CORPUS / "samples").glob("*.eml")}
+    names |= {name.removesuffix(".eml") for name in names}
+    mta = Path(__file__).resolve().parents[1] / "mta"
+    for source in mta.rglob("*"):
+        if source.is_file() and source.suffix in (".py", ".lua", ".json", ".txt"):
+            text = source.read_text(errors="replace")
+            assert not [n for n in names if n in text], source

@@ -135,10 +135,13 @@ def test_5xx_user_unknown_bounces_hard_and_suppresses(engine: Any, fault_sink: F
     gone, blocked = send(served, 2)
     found = wait_status(served, gone, "bounced")
     last = found["events"][-1]
-    assert (last["bounce_class"], last["hard"], last["smtp_code"]) == ("bad-mailbox", True, 550)
+    assert (last["bounce_class"], last["hard"], last["smtp_code"], last["status"]) == (
+        "bad-mailbox", True, 550, "5.1.1",
+    )  # fmt: skip
     found = wait_status(served, blocked, "bounced")
     last = found["events"][-1]
     assert last["hard"] is False and last["bounce_class"] in ("policy", "spam")
+    assert last["status"] == "5.7.1"
 
     # the dead address is suppressed: a new message to it is not sent; the blocked one is
     again_gone, again_blocked = send(served, 2)

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import re
 import smtplib
 import time
+import urllib.error
+import urllib.request
+from email.utils import getaddresses
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadtests.harness import Served, fixture_batch
-from tests.conftest import Sink
-from tests.test_bounces import (
+from mta.bounces import parse_report
+from mta.bounces.parts import header, load
+from tests.bounce_reports import (
     EXCHANGE_POLICY_BLOCK,
     GMAIL_DELAYED_QUOTA,
     POSTFIX_USER_UNKNOWN,
     YAHOO_ARF,
 )
+from tests.conftest import Sink
 from tests.test_end_to_end import get, post, wait_status
+
+CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora" / "bounces"
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +85,7 @@ def test_dsn_and_arf_become_events_and_suppressions(serve_factory: Any, sink: Si
     assert (event["type"], event["bounce_class"], event["hard"], event["source"]) == (
         "bounced", "bad-mailbox", True, "dsn",
     )  # fmt: skip
-    assert event["enhanced_status"] == "5.1.1" and event["email"] == dead_rcpt
+    assert event["status"] == "5.1.1" and event["email"] == dead_rcpt
 
     found = get(served, f"/v1/messages/{blocked}")
     assert found["status"] == "bounced"
@@ -117,3 +127,65 @@ def test_mail_for_unknown_or_forged_return_paths_is_refused(serve_factory: Any, 
                 smtp.sendmail("", [rcpt], POSTFIX_USER_UNKNOWN)
             assert refused.value.recipients[rcpt][0] == 550
     assert get(served, f"/v1/messages/{message_id}")["status"] == "delivered"
+
+
+def suppressed(served: Served, email: str) -> list[dict[str, Any]]:
+    """The suppression entries of ``email`` (none: 404)."""
+    request = urllib.request.Request(
+        f"{served.url}/v1/suppressions/{email}", headers=served.headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            entries: list[dict[str, Any]] = json.loads(response.read())["suppressions"]
+            return entries
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        return []
+
+
+def readdressed(name: str, recipient: str, return_path: str) -> bytes:
+    """A corpus DSN as if it were about ``recipient`` and sent back to ``return_path``."""
+    raw = (CORPUS / "samples" / name).read_bytes()
+    [failed] = parse_report(raw).recipients
+    msg = load(raw)
+    assert msg is not None
+    sender = getaddresses([header(msg, "To")])[0][1]
+    for old, new in ((failed.email, recipient), (sender, return_path)):
+        raw = re.sub(re.escape(old.encode()), new.encode(), raw, flags=re.IGNORECASE)
+    return re.sub(rb"\r?\n", b"\r\n", raw)  # SMTP's line ends (the files have bare LF)
+
+
+@pytest.mark.skipif(not (CORPUS / "expected.json").is_file(), reason="no bounce corpus")
+def test_corpus_dsns_bounce_the_message_and_only_hard_ones_suppress(
+    serve_factory: Any, sink: Sink
+) -> None:
+    """Real DSNs (Sisimai's verdict in brackets), readdressed to messages Sluice sent."""
+    expected = json.loads((CORPUS / "expected.json").read_text())
+    cases = [  # file, (class, hard, status) Sluice must record
+        ("lhost-postfix-04.eml", ("bad-mailbox", True, "5.1.1")),  # [userunknown]
+        ("lhost-postfix-58.eml", ("policy", False, "5.7.1")),  # [badreputation]: Gmail block
+        ("rhost-google-01.eml", ("bad-mailbox", False, "5.2.1")),  # [suspend]: disabled
+    ]
+    served = serve_factory(relay=sink.relay, workers=1)
+    sent = deliver(served, sink, len(cases))
+    for (name, (bounce_class, hard, status)), (message_id, email, verp) in zip(
+        cases, sent, strict=True
+    ):
+        assert expected[name][0]["hard"] is hard, name
+        raw = readdressed(name, email, verp)
+        assert email.encode() in raw and verp.encode() in raw
+        report(served, verp, raw)
+        found = get(served, f"/v1/messages/{message_id}")
+        assert found["status"] == "bounced", name
+        event = found["events"][-1]
+        assert (event["type"], event["email"], event["source"]) == ("bounced", email, "dsn")
+        assert (event["bounce_class"], event["hard"], event["status"]) == (
+            bounce_class, hard, status,
+        ), name  # fmt: skip
+        entries = suppressed(served, email)
+        if hard:
+            assert [(e["reason"], e["source"]) for e in entries] == [
+                ("hard_bounce", f"dsn:{message_id}")
+            ]
+        else:
+            assert entries == [], name

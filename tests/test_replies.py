@@ -95,7 +95,7 @@ def test_enhanced_code_is_not_taken_from_addresses_or_ips() -> None:
 REAL_REPLIES = [
     # Gmail / Google Workspace
     (550, "5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces. Learn more at https://support.google.com/mail/?p=NoSuchUser a1si123 - gsmtp", "permanent", "bad-mailbox", True, False),
-    (550, "5.2.1 The email account that you tried to reach is disabled. Learn more at https://support.google.com/mail/?p=DisabledUser - gsmtp", "permanent", "bad-mailbox", True, False),
+    (550, "5.2.1 The email account that you tried to reach is disabled. Learn more at https://support.google.com/mail/?p=DisabledUser - gsmtp", "permanent", "bad-mailbox", False, False),  # may come back
     (452, "4.2.2 The email account that you tried to reach is over quota. Please direct the recipient to https://support.google.com/mail/?p=OverQuotaTemp - gsmtp", "transient", "quota", False, False),
     (552, "5.2.2 The email account that you tried to reach is over quota. Please direct the recipient to https://support.google.com/mail/?p=OverQuotaPerm - gsmtp", "permanent", "quota", False, False),
     (550, "5.7.26 This mail is unauthenticated, which poses a security risk to the sender and Gmail users, and has been blocked. The sender must authenticate with at least one of SPF or DKIM. - gsmtp", "permanent", "policy", False, False),
@@ -122,12 +122,13 @@ REAL_REPLIES = [
     (554, "5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain", "permanent", "bad-domain", True, False),
     (550, "5.4.316 Message expired, connection refused(Socket error code 10061)", "permanent", "routing", False, False),
     (550, "5.4.1 Relay Access Denied", "permanent", "policy", False, False),
+    (550, "5.4.1 All recipient addresses rejected : Access denied [AM4PEPF00025F97.EURPRD83.prod.outlook.com]", "permanent", "policy", False, False),
     (554, "5.4.4 Unable to route due to invalid recipient address", "permanent", "routing", False, False),
     (550, "5.4.6 Routing loop detected", "permanent", "routing", False, False),
     (550, "5.7.1 Message rejected as spam by Content Filtering.", "permanent", "spam", False, False),
     # Yahoo / AOL
     (554, "delivery error: dd This user doesn't have a yahoo.com account (someone@yahoo.com) [0] - mta1234.mail.gq1.yahoo.com", "permanent", "bad-mailbox", True, False),
-    (554, "delivery error: dd Sorry your message to someone@yahoo.com cannot be delivered. This mailbox is disabled (554.30). - mta1234.mail.bf1.yahoo.com", "permanent", "bad-mailbox", True, False),
+    (554, "delivery error: dd Sorry your message to someone@yahoo.com cannot be delivered. This mailbox is disabled (554.30). - mta1234.mail.bf1.yahoo.com", "permanent", "bad-mailbox", False, False),
     (553, "5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in Spamhaus's list; see https://postmaster.yahooinc.com/error-codes", "permanent", "policy", False, False),
     (421, "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes", "transient", "policy", False, True),
     (421, "4.7.0 [TS03] All messages from 192.0.2.1 will be permanently deferred; Retrying will NOT succeed. See https://postmaster.yahooinc.com/error-codes", "transient", "policy", False, True),
@@ -170,6 +171,19 @@ REAL_REPLIES = [
     (421, "Too many concurrent SMTP connections; please try again later.", "transient", "policy", False, True),
     (550, "No such user (someone@example.com)", "permanent", "bad-mailbox", True, False),
     (554, "5.7.1 Message content rejected, virus detected", "permanent", "content", False, False),
+    # Orange, au (KDDI), URI blocklists, null MX, Postfix access maps
+    (550, "5.2.0 Mail rejete. Mail rejected. OFR_506 [506]", "permanent", "spam", False, False),
+    (550, ": User unknown", "permanent", "bad-mailbox", False, False),  # au's filter
+    (550, "REJECTED - Blacklisted URL in message. (example.com) in [black]. See http://lookup.uribl.com", "permanent", "spam", False, False),
+    (556, "5.1.10 <someone@example.com>: Recipient address rejected: Domain example.com does not accept mail (nullMX)", "permanent", "bad-domain", True, False),
+    (550, "5.7.27 Host does not accept mail", "permanent", "bad-domain", True, False),
+    (550, "5.7.1 This host does not accept mail from 192.0.2.1", "permanent", "policy", False, False),
+    (554, "5.7.1 <someone@example.ch>: Recipient address rejected: Access denied", "permanent", "bad-mailbox", True, False),
+    (550, "<someone@example.jp>: Recipient address rejected.", "permanent", "bad-mailbox", True, False),
+    (500, "Line limit exceeded", "permanent", "content", False, False),
+    (552, "5.2.3 Message length exceeds limit set by recipient", "permanent", "quota", False, False),
+    (554, "Host network not allowed - https://community.mimecast.com/docs/DOC-1369#554", "permanent", "policy", False, False),
+    (550, "5.1.1 procmail: Couldn't create \"/var/spool/mail/someone\": No such user", "permanent", "other", False, False),
     # Exchange on premises, qmail, others
     (550, "5.3.4 ROUTING.SizeLimit; message size exceeds fixed maximum size for route", "permanent", "content", False, False),
     (554, "5.4.6 Hop count exceeded - possible mail loop", "permanent", "routing", False, False),

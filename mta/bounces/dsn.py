@@ -26,8 +26,10 @@ from mta.bounces.parts import (
     smtp_code_in,
     smtp_command,
     split_original,
+    transcript_context,
     unfold,
 )
+from mta.replies import BounceClass
 
 __all__ = ["parse_dsn", "parse_embedded_dsn", "recipients_from_fields"]
 
@@ -35,8 +37,30 @@ _STATUS_TYPES = frozenset(
     {"message/delivery-status", "message/global-delivery-status", "text/delivery-status"}
 )
 _RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "x-actual-recipient")
+# The reporting MTA's own reading of the reply, as (class, the address is dead): PowerMTA's
+# X-PowerMTA-BounceCategory field.
+MTA_CATEGORIES: dict[str, tuple[BounceClass, bool]] = {
+    "bad-mailbox": ("bad-mailbox", True),
+    "bad-domain": ("bad-domain", True),
+    "inactive-mailbox": ("bad-mailbox", False),
+    "quota-issues": ("quota", False),
+    "policy-related": ("policy", False),
+    "relaying-issues": ("policy", False),
+    "spam-related": ("spam", False),
+    "virus-related": ("content", False),
+    "content-related": ("content", False),
+    "message-expired": ("routing", False),
+    "no-answer-from-host": ("routing", False),
+    "routing-errors": ("routing", False),
+    "bad-connection": ("routing", False),
+    "protocol-errors": ("other", False),
+    "bad-configuration": ("other", False),
+    "other": ("other", False),
+}
+_CATEGORY_FIELDS = ("x-powermta-bouncecategory",)
 _DSN_HINT = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.IGNORECASE | re.MULTILINE)
 _DIAG_TYPE = re.compile(r"^\s*(?:smtp|x-[\w-]+|dns|rfc\d+|unix|local)\s*;\s*", re.IGNORECASE)
+_PROGRAM = re.compile(r"^\s*(?:x-unix|unix|x-local|local)\s*;", re.IGNORECASE)  # an exit status
 
 
 def _records(groups: list[list[tuple[str, str]]]) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -67,15 +91,22 @@ def _diagnostic(value: str) -> str:
 
 def _text_diagnostic(text: str, email: str) -> str:
     """The lines of the human-readable part about ``email`` (Postfix, Sendmail style)."""
+    transcript = transcript_context(text, email)
+    if transcript:
+        return transcript
     lines = text.split("\n")
     for index, line in enumerate(lines):
         if email.lower() not in line.lower():
             continue
         chunk = [line]
+        indent = len(line) - len(line.lstrip())
         for following in lines[index + 1 : index + 8]:
-            if not following.strip() or (
-                "@" in following and following.lstrip()[:1] in "<" and chunk
-            ):
+            next_block = (  # the next recipient's "<address>:" line, not a folded one
+                "@" in following
+                and following.lstrip()[:1] == "<"
+                and len(following) - len(following.lstrip()) <= indent
+            )
+            if not following.strip() or next_block:
                 break
             chunk.append(following)
         found = unfold(" ".join(chunk))
@@ -101,8 +132,8 @@ def recipients_from_fields(text: str, human: str = "") -> tuple[dict[str, str], 
         context = _text_diagnostic(human, email) if human else ""
         if not context and human and original and original != email:
             context = _text_diagnostic(human, original)
-        diagnostic = diagnostic or context
-        command = smtp_command(f"{diagnostic} {context}") or (
+        diagnostic = diagnostic or unfold(context)
+        command = smtp_command(f"{diagnostic}\n{context}") or (
             smtp_command(human) if human and len(records) == 1 else None
         )
         action = record.get("action", "").strip().lower().split(" ")[0] or None
@@ -111,16 +142,20 @@ def recipients_from_fields(text: str, human: str = "") -> tuple[dict[str, str], 
             continue
         seen.add(key)
         remote = record.get("remote-mta", "")
+        category = next((record[f] for f in _CATEGORY_FIELDS if f in record), "")
         recipients.append(
             make_recipient(
                 email,
                 action=action,
                 status=record.get("status"),
-                smtp_code=smtp_code_in(diagnostic),
+                smtp_code=None
+                if _PROGRAM.match(record.get("diagnostic-code", ""))
+                else smtp_code_in(diagnostic),
                 diagnostic=diagnostic,
                 original_recipient=original,
                 remote_mta=_DIAG_TYPE.sub("", remote).strip() or None,
                 command=command,
+                reported=MTA_CATEGORIES.get(category.strip().lower()),
             )
         )
     return per_message, recipients

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mta.replies import Verdict, classify, find_enhanced
+from mta.replies import BounceClass, Verdict, classify, find_enhanced
 
 Kind = Literal["dsn", "arf", "autoreply", "delivered", "unknown"]
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
@@ -108,16 +108,21 @@ def make_recipient(
     original_recipient: str | None = None,
     remote_mta: str | None = None,
     command: str | None = None,
+    reported: tuple[BounceClass, bool] | None = None,
 ) -> Recipient:
     """Build a recipient, choosing the best status and classifying its reply.
 
     An enhanced code inside the diagnostic beats the ``Status`` field (MTAs often put a generic
     ``5.0.0`` or ``4.4.7`` there and the receiver's real code in the diagnostic). The verdict's
     outcome follows the action: a ``failed`` recipient is permanent even after 4xx replies (the
-    message was given up on), a ``delivered``/``relayed``/``expanded`` one is delivered.
+    message was given up on; not hard: the last reply was only temporary), a
+    ``delivered``/``relayed``/``expanded`` one is delivered.
 
-    A "no such user" answered to ``DATA`` is not hard: the server had accepted the address at
-    ``RCPT TO``, so the mailbox exists and a filter rejected the message (Sisimai's "filtered").
+    The reply is classified as quoted (``classify(..., quoted=True)``): a "no such user" is hard
+    only with proof (answered to ``RCPT TO``, an x.1.x code, a directory's wording).
+    ``reported``: the reporting MTA's own reading (class, address dead), such as PowerMTA's
+    bounce category; it decides the class of a permanent failure, and proves a dead address
+    when it agrees with the text's class.
     """
     act: Action | None = action if action in ACTIONS else None  # type: ignore[assignment]
     status = clean_status(status)
@@ -129,7 +134,7 @@ def make_recipient(
     else:
         code = _basic_code(act, status, smtp_code)
         text = diagnostic if status is None or status in diagnostic else f"{status} {diagnostic}"
-        verdict = classify(code, text)
+        verdict = classify(code, text, command=command, quoted=True)
         if act == "failed" and verdict.outcome != "permanent":
             verdict = dataclasses.replace(
                 verdict,
@@ -139,13 +144,12 @@ def make_recipient(
             )
         elif act == "delayed" and verdict.outcome == "permanent":
             verdict = dataclasses.replace(verdict, outcome="transient", hard=False)
-    if (
-        command == "DATA"
-        and verdict.hard
-        and verdict.bounce_class == "bad-mailbox"
-        and "recipient address rejected" not in diagnostic.lower()  # Postfix: an RCPT reply
-    ):
-        verdict = dataclasses.replace(verdict, hard=False)
+        if reported is not None and verdict.outcome == "permanent":
+            reported_class, dead = reported
+            agrees = verdict.bounce_class == reported_class
+            verdict = dataclasses.replace(
+                verdict, bounce_class=reported_class, hard=dead and (agrees or verdict.hard)
+            )
     if verdict.enhanced is not None and status is None:
         status = verdict.enhanced
     return Recipient(

@@ -26,6 +26,7 @@ __all__ = [
     "smtp_code_in",
     "smtp_command",
     "split_original",
+    "transcript_context",
     "unfold",
 ]
 
@@ -413,20 +414,55 @@ _COMMAND = re.compile(
     r"|after (rcpt|mail|data) command"
     r"|did not like our (final data|data|rcpt to|mail from)\b"
     r"|smtp command:?\s*(data|rcpt|mail|helo|ehlo)\b"
-    r"|(?:following|for) (rcpt|data|mail|text) command",
+    r"|(?:following|for) (rcpt|data|mail|text) command"
+    r"|most progress was (rcpt to|mail from|data|helo|ehlo) response"  # qmail
+    r"|\bsmtp:(rcpt|data|mail)\b"
+    r"|\[(rcpt_to|mail_from|data)\]",  # Yahoo
     re.IGNORECASE,
 )
-_QMAIL_PHASES = (
-    ("failed after i sent the message", "DATA"),
-    ("does not like recipient", "RCPT"),
-    ("sender was rejected", "MAIL"),
+_PHASES = (  # wordings that name no command but say which step failed
+    ("failed after i sent the message", "DATA"),  # qmail
+    ("does not like recipient", "RCPT"),  # qmail
+    ("sender was rejected", "MAIL"),  # qmail
+    ("remote smtp server has rejected address", "RCPT"),  # Oracle Messaging Server
 )
 _PIPELINED = re.compile(
     r"no valid recipients|need rcpt|^\d{3} [45]\.1\.\d+ .{0,200}user unknown", re.I | re.M
 )
 _TRANSCRIPT = re.compile(
-    r"^\s*>>>\s*(DATA|RCPT TO|MAIL FROM|HELO|EHLO)\b|^\s*<<<\s*[45]\d\d", re.I | re.M
+    r"(?:^|\s)>>>\s*(DATA|RCPT TO|MAIL FROM|HELO|EHLO)\b|(?:^|\s)<<<\s*[45]\d\d", re.I | re.M
 )
+
+
+_TRANSCRIPT_START = re.compile(r"^[ \t]*-+ ?Transcript of session follows ?-+[ \t]*$", re.I | re.M)
+# Sendmail's summary of one failure: "554 <user@host>... reason", "550 host (smtp)... reason"
+_SUMMARY = re.compile(
+    r"^\s*[245]\d\d(?: [245]\.\d{1,3}\.\d{1,3})? (?:<[^<>\s]+>|\S+ \([\w-]+\))\.\.\."
+)
+_SECTION = re.compile(r"^\s*-{3,}")
+
+
+def transcript_context(text: str, email: str) -> str:
+    """Sendmail's "Transcript of session follows" lines about ``email``: the dialogue since
+    the previous summary line, the summary line about it, and the replies read right after
+    it (a pipelined "no valid recipients"), or ``""``. Line breaks are kept."""
+    start = _TRANSCRIPT_START.search(text)
+    if start is None:
+        return ""
+    wanted = email.lower()
+    lines = text[start.end() :].split("\n")[:400]
+    begin = 0
+    for index, line in enumerate(lines):
+        if _SECTION.match(line):
+            break
+        if _SUMMARY.match(line):
+            if wanted in line.lower():
+                end = index + 1
+                while end < len(lines) and lines[end].lstrip().startswith(("<<<", ">>>")):
+                    end += 1
+                return "\n".join(kept for kept in lines[begin:end] if kept.strip())
+            begin = index + 1
+    return ""
 
 
 def smtp_command(text: str) -> str | None:
@@ -434,7 +470,7 @@ def smtp_command(text: str) -> str | None:
     match = _COMMAND.search(text)
     if match is not None:
         phrase = next(g for g in match.groups() if g)
-        return _COMMANDS.get(" ".join(phrase.upper().split()))
+        return _COMMANDS.get(" ".join(phrase.upper().replace("_", " ").split()))
     last: str | None = None
     for step in _TRANSCRIPT.finditer(text):  # Sendmail: ">>> DATA" then "<<< 550 ..."
         if step.group(1) is None:
@@ -445,7 +481,7 @@ def smtp_command(text: str) -> str | None:
             return _COMMANDS.get(" ".join(last.upper().split()))
         last = step.group(1)
     lowered = text.lower()
-    for phrase, command in _QMAIL_PHASES:
+    for phrase, command in _PHASES:
         if phrase in lowered:
             return command
     return None

@@ -31,6 +31,7 @@ from mta.bounces.parts import (
     smtp_code_in,
     smtp_command,
     split_original,
+    transcript_context,
     unfold,
 )
 from mta.replies import find_enhanced
@@ -279,7 +280,7 @@ def looks_like_bounce(msg: Message) -> bool:
     )
 
 
-_QUOTE = re.compile(r"^(?:> ?)+")
+_QUOTE = re.compile(r"^(?!>>> )(?:> ?)+")  # not a transcript's ">>> RCPT TO:"
 _NOT_RECIPIENT_LINE = re.compile(
     r"^\s*(?:From|Sender|Reply-To|Return-Path|Message-I[dD]|Date|To|Cc|In-Reply-To|References)\s*:"
 )
@@ -325,6 +326,10 @@ def parse_text(msg: Message) -> Report | None:
     for address, index in found:
         if index < 0:
             recipients.append(_make(address, "", action, fallback=notice))
+            continue
+        transcript = transcript_context(notice, address)
+        if transcript:
+            recipients.append(_make(address, transcript, action, fallback=notice))
             continue
         chunk = [re.sub(re.escape(address), " ", lines[index], flags=re.IGNORECASE)]
         for offset in range(index + 1, min(len(lines), index + 12)):
