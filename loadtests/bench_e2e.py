@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR")
+    parser.add_argument(
+        "--dkim", choices=("rsa", "ed25519", "none"), default="rsa",
+        help="signing key (default RSA-2048, the target's setting; the others show its cost)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     n = args.recipients
     length = len(fixture_message(0))
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wire = smtp_source(sink_port, n, 20, length)
             data = Path(tmp) / "data"
-            KeyStore(data).generate("shop.example.com", "bench", "rsa", 2048)
+            if args.dkim != "none":
+                KeyStore(data).generate("shop.example.com", "bench", args.dkim, 2048)
             served = start_serve(data, relay=f"127.0.0.1:{sink_port}", workers=args.workers)
             sampler = Sampler(served)
             try:
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipients": n,
         "message_bytes": length,
         "workers": args.workers,
+        "dkim": args.dkim,
         "smtp_source_per_s": round(wire),
         "accepted_per_s": round(n / accept_seconds),
         "delivered_per_s": round(n / total_seconds),

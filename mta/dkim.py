@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 from dkim import rfc822_parse, select_headers
-from dkim.canonicalization import Relaxed, correct_empty_body, strip_trailing_lines
+from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 
 from mta.dkimkeys import DkimKey, DkimKeyError, KeyStore, PrivateKey
 from mta.smtp import crlf_only
@@ -86,6 +86,23 @@ def relaxed_body(body: bytes) -> bytes:
     return canonical
 
 
+def relaxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 6376 3.4.2 relaxed header canonicalization, equal to dkimpy's
+    ``Relaxed.canonicalize_headers`` (a Hypothesis test holds them equal) with ``bytes`` methods
+    instead of three regex passes per field (~80 us of a signature's ~330 us of Python)."""
+    out = []
+    for name, value in headers:
+        value = value.replace(b"\r\n", b"")
+        if b"\n" in value:
+            value = value.replace(b"\n", b"")
+        if b"\t" in value:
+            value = value.replace(b"\t", b" ")
+        while b"  " in value:
+            value = value.replace(b"  ", b" ")
+        out.append((name.lower().rstrip(), value.strip() + b"\r\n"))
+    return out
+
+
 def _fold_list(names: list[bytes], first: int) -> bytes:
     """``a:b:c`` folded after a colon so that lines stay under ~76 characters."""
     out, line = bytearray(), first
@@ -126,7 +143,7 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
     signed = [n for n in OVERSIGNED for _ in range(counts.get(n, 0) + 1)]
     signed += [n for n in SIGNED_WHEN_PRESENT for _ in range(counts.get(n, 0))]
-    canonical = Relaxed.canonicalize_headers(select_headers(headers, signed))
+    canonical = relaxed_headers(select_headers(headers, signed))
     header_data = b"".join(name + b":" + value for name, value in canonical)
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     stamp = str(int(time.time()) if timestamp is None else timestamp).encode("ascii")
@@ -140,7 +157,7 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
         )  # fmt: skip
         head += _fold_list(signed, first=len(stamp) + 10) + b";"
         head += _FOLD + b"bh=" + body_hash + b";" + _FOLD + b"b="
-        [(name, value)] = Relaxed.canonicalize_headers([(b"DKIM-Signature", head)])
+        [(name, value)] = relaxed_headers([(b"DKIM-Signature", head)])
         data = header_data + name + b":" + value.rstrip(b"\r\n")
         if isinstance(key.private, ed25519.Ed25519PrivateKey):
             signature = key.private.sign(hashlib.sha256(data).digest())

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadtests.harness import PROJECT_ROOT, cart_reminder, fixture_message
-from mta.dkim import DkimSigner, relaxed_body
+from mta.dkim import DkimSigner, relaxed_body, relaxed_headers
 from mta.dkimkeys import KeyStore
 from tests.conftest import Sink, need_tools, tool_missing
 from tests.dnsserver import DNSServer
@@ -103,6 +103,22 @@ def test_keygen_prints_the_record_and_keeps_keys_private(tmp_path: Path) -> None
 @given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"a", b"  ", b"\t \r\n"])).map(b"".join))
 def test_relaxed_body_equals_dkimpy(body: bytes) -> None:
     assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+_HEADER_PIECES = [b" ", b"\t", b"\r\n", b"\n", b"\r", b"a", b"  ", b"\t \r\n", b"\x0b", b"\x0c"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from([b"Subject", b"X-A ", b"FROM\t", b" b"])).map(b"".join),
+            st.lists(st.sampled_from(_HEADER_PIECES)).map(b"".join),
+        ),
+        max_size=4,
+    )
+)
+def test_relaxed_headers_equal_dkimpy(headers: list[tuple[bytes, bytes]]) -> None:
+    assert relaxed_headers(headers) == Relaxed.canonicalize_headers(headers)
 
 
 def _txt_lookup(dns_server: DNSServer) -> Any:

@@ -29,13 +29,14 @@ def rewrite_links(markup: str, tracked: Callable[[str], str]) -> tuple[str, list
 
     def anchor(match: re.Match[str]) -> str:
         tag = match.group(0)
-        if _NOTRACK.search(tag):
+        if "notrack" in tag.lower() and _NOTRACK.search(tag):
             return tag
         href = _HREF.search(tag)
         if href is None:
             return tag
-        raw = next(g for g in (href.group(2), href.group(3), href.group(4)) if g is not None)
-        url = html.unescape(raw).strip(_SPACE)
+        quoted, single, bare = href.group(2, 3, 4)
+        raw = quoted if quoted is not None else single if single is not None else bare
+        url = (html.unescape(raw) if "&" in raw else raw).strip(_SPACE)
         if not url.lower().startswith(("http://", "https://")) or _CONTROL.search(url):
             return tag
         urls.append(url)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +112,7 @@ class Tokens:
         if not keys:
             raise ValueError("no tracking keys")
         self.sealing_id, sealing = keys[0]
+        self._header = bytes([VERSION, self.sealing_id])
         self._sealing = ChaCha20Poly1305(sealing)
         self._by_id = {key_id: ChaCha20Poly1305(key) for key_id, key in keys}
         self.max_age_days = max_age_days
@@ -129,9 +129,9 @@ class Tokens:
             KINDS[kind] + self._today(now).to_bytes(2, "big") + len(ident).to_bytes(1, "big")
             + ident + (url.encode("utf-8") if url is not None else b"")
         )  # fmt: skip
-        header = bytes([VERSION, self.sealing_id])
-        nonce = secrets.token_bytes(12)
-        return _b64(header + nonce + self._sealing.encrypt(nonce, payload, header))
+        nonce = os.urandom(12)
+        sealed = self._header + nonce + self._sealing.encrypt(nonce, payload, self._header)
+        return _b64(sealed)
 
     def open(self, token: str, *, expect: str | None = None, now: float | None = None) -> Opened:
         raw = _unb64(token)
