@@ -211,6 +211,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "delivered": outcome["delivered"],
         "bounced": outcome["bounced"],
         "expired": outcome["expired"],
+        # bounced hard, then killed before the outcome was recorded: the retry finds the
+        # address already suppressed by that bounce
+        "suppressed": outcome["suppressed"],
         "lost": len(lost),
         "lost_examples": lost[:5],
         "bounced_without_5xx": len(wrong_bounces),
