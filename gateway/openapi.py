@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import openapi_policy, openapi_tracking, schemas
+from gateway.openapi_parts import AUTH, LIMIT_QUERY, TOKEN, error_responses, json_of
 from mta.replies import BOUNCE_CLASSES
 
-_TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}
 _ADDRESS: dict[str, Any] = {
     "oneOf": [
         {"type": "string", "format": "email", "maxLength": 254},
@@ -92,59 +92,6 @@ _EVENT = {
         "attempt": {"type": "integer"},
     },
 }
-_SEND = {
-    "type": "object",
-    "required": ["from", "subject", "stream", "recipients"],
-    "additionalProperties": False,
-    "properties": {
-        "from": _ADDRESS,
-        "reply_to": _ADDRESS,
-        "subject": {
-            "type": "string",
-            "minLength": 1,
-            "description": "Jinja2 template, rendered per recipient",
-        },
-        "html": {"type": "string", "description": "Jinja2 template; values are HTML-escaped"},
-        "text": {"type": "string", "description": "Jinja2 template"},
-        "category": _TOKEN,
-        "stream": {"type": "string", "enum": list(schemas.STREAMS)},
-        "headers": {
-            "type": "object",
-            "maxProperties": schemas.MAX_HEADERS,
-            "additionalProperties": {"type": "string", "maxLength": schemas.MAX_HEADER_VALUE_CHARS},
-        },
-        "tags": {"type": "array", "maxItems": schemas.MAX_TAGS, "items": _TOKEN},
-        "metadata": _METADATA,
-        "tracking": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"opens": {"type": "boolean"}, "clicks": {"type": "boolean"}},
-        },
-        "send_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
-        "ip_pool": _TOKEN,
-        "recipients": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": schemas.MAX_RECIPIENTS,
-            "items": {
-                "type": "object",
-                "required": ["email"],
-                "additionalProperties": False,
-                "properties": {
-                    "email": {"type": "string", "maxLength": 254},
-                    "name": {"type": "string"},
-                    "contact_id": {"type": "string", "maxLength": 128},
-                    "timezone": {"type": "string", "description": "IANA time zone name"},
-                    "data": {
-                        "type": "object",
-                        "description": "Template variables for this recipient",
-                    },
-                    "metadata": _METADATA,
-                },
-            },
-        },
-    },
-}
 
 
 def _null_means_absent(schema: dict[str, Any]) -> dict[str, Any]:
@@ -162,10 +109,66 @@ def _null_means_absent(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "properties": properties}
 
 
-_SEND["properties"]["recipients"]["items"] = _null_means_absent(  # type: ignore[index]
-    _SEND["properties"]["recipients"]["items"]  # type: ignore[index]
+_RECIPIENT = _null_means_absent(
+    {
+        "type": "object",
+        "required": ["email"],
+        "additionalProperties": False,
+        "properties": {
+            "email": {"type": "string", "maxLength": 254},
+            "name": {"type": "string"},
+            "contact_id": {"type": "string", "maxLength": 128},
+            "timezone": {"type": "string", "description": "IANA time zone name"},
+            "data": {"type": "object", "description": "Template variables for this recipient"},
+            "metadata": _METADATA,
+        },
+    }
 )
-_SEND = _null_means_absent(_SEND)
+_SEND = _null_means_absent(
+    {
+        "type": "object",
+        "required": ["from", "subject", "stream", "recipients"],
+        "additionalProperties": False,
+        "properties": {
+            "from": _ADDRESS,
+            "reply_to": _ADDRESS,
+            "subject": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Jinja2 template, rendered per recipient",
+            },
+            "html": {"type": "string", "description": "Jinja2 template; values are HTML-escaped"},
+            "text": {"type": "string", "description": "Jinja2 template"},
+            "category": TOKEN,
+            "stream": {"type": "string", "enum": list(schemas.STREAMS)},
+            "headers": {
+                "type": "object",
+                "maxProperties": schemas.MAX_HEADERS,
+                "additionalProperties": {
+                    "type": "string",
+                    "maxLength": schemas.MAX_HEADER_VALUE_CHARS,
+                },
+            },
+            "tags": {"type": "array", "maxItems": schemas.MAX_TAGS, "items": TOKEN},
+            "metadata": _METADATA,
+            "tracking": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"opens": {"type": "boolean"}, "clicks": {"type": "boolean"}},
+            },
+            "send_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+            "ip_pool": TOKEN,
+            "recipients": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": schemas.MAX_RECIPIENTS,
+                "items": _RECIPIENT,
+            },
+        },
+    }
+)
+
+
 _RESULT = {
     "type": "object",
     "required": ["batch_id", "results"],
@@ -193,29 +196,6 @@ _RESULT = {
 }
 
 
-def _error_responses(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "Invalid request",
-        401: "Missing or wrong API key",
-        404: "Not found",
-        413: "Body too large",
-        415: "Body is not JSON",
-        422: "Idempotency-Key reused with another body",
-        503: "Queue unavailable",
-    }
-    return {
-        str(c): {
-            "description": text[c],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
-        for c in codes
-    }
-
-
-def json_of(ref: str) -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
-
-
 def openapi_document(server_url: str) -> dict[str, Any]:
     document = _document(server_url)
     _add_common_errors(document["paths"])
@@ -231,9 +211,9 @@ def _add_common_errors(paths: dict[str, Any]) -> None:
                 continue
             responses = operation["responses"]
             if operation.get("security"):
-                responses.setdefault("401", _error_responses(401)["401"])
+                responses.setdefault("401", error_responses(401)["401"])
             if "requestBody" in operation or method in ("put", "post"):
-                for code, answer in _error_responses(413, 415).items():
+                for code, answer in error_responses(413, 415).items():
                     responses.setdefault(code, answer)
 
 
@@ -260,7 +240,7 @@ def _document(server_url: str) -> dict[str, Any]:
             "/v1/messages": {
                 "post": {
                     "summary": "Queue a personalized message for 1 to 1,000 recipients",
-                    "security": [{"bearer": []}],
+                    "security": AUTH,
                     "parameters": [
                         {
                             "name": "Idempotency-Key",
@@ -275,14 +255,14 @@ def _document(server_url: str) -> dict[str, Any]:
                             "description": "Accepted; per-recipient results",
                             "content": json_of("SendResult"),
                         },
-                        **_error_responses(400, 401, 413, 415, 422, 503),
+                        **error_responses(400, 401, 413, 415, 422, 503),
                     },
                 }
             },
             "/v1/messages/{message_id}": {
                 "get": {
                     "summary": "A message's status and events",
-                    "security": [{"bearer": []}],
+                    "security": AUTH,
                     "parameters": [
                         {
                             "name": "message_id",
@@ -324,14 +304,14 @@ def _document(server_url: str) -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_error_responses(401, 404),
+                        **error_responses(401, 404),
                     },
                 }
             },
             "/v1/events": {
                 "get": {
                     "summary": "Delivery and engagement events, oldest first, after a cursor",
-                    "security": [{"bearer": []}],
+                    "security": AUTH,
                     "parameters": [
                         {
                             "name": "after",
@@ -340,12 +320,7 @@ def _document(server_url: str) -> dict[str, Any]:
                             # empty: from the oldest event
                             "schema": {"type": "string", "pattern": r"^(\d{1,20}-\d{1,20})?$"},
                         },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        },
+                        LIMIT_QUERY,
                     ],
                     "responses": {
                         "200": {
@@ -366,14 +341,14 @@ def _document(server_url: str) -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_error_responses(400, 401),
+                        **error_responses(400, 401),
                     },
                 }
             },
             "/v1/destinations": {
                 "get": {
                     "summary": "Delivery state per recipient domain and per destination host",
-                    "security": [{"bearer": []}],
+                    "security": AUTH,
                     "responses": {
                         "200": {
                             "description": "Pending messages per domain; pools, limits, backoff and recent replies per host",
@@ -418,7 +393,7 @@ def _document(server_url: str) -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_error_responses(401),
+                        **error_responses(401),
                     },
                 }
             },

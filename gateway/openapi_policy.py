@@ -5,24 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from core.suppressions import REASONS
+from gateway.openapi_parts import AUTH, LIMIT_QUERY, TOKEN, error_responses, json_of
 
-_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _EMAIL = {"name": "email", "in": "path", "required": True, "schema": {"type": "string"}}
 _CATEGORY_QUERY = {
     "name": "category", "in": "query", "required": False,
-    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"},
+    "schema": TOKEN,
     "description": "An unsubscribe group; without it, the global entry",
 }  # fmt: skip
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid request", 401: "Missing or wrong API key", 404: "Not found",
-            415: "Body is not JSON"}  # fmt: skip
-    return {str(c): {"description": text[c], "content": _ERROR} for c in codes}
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -83,34 +73,29 @@ PATHS: dict[str, Any] = {
     "/v1/policy": {
         "get": {
             "summary": "The contact policy: frequency caps and quiet hours",
-            "security": [{"bearer": []}],
+            "security": AUTH,
             "responses": {
-                "200": {"description": "The policy", "content": _ref("Policy")},
-                **_errors(401),
+                "200": {"description": "The policy", "content": json_of("Policy")},
+                **error_responses(401),
             },
         },
         "put": {
             "summary": "Replace the contact policy (takes effect for the next request)",
-            "security": [{"bearer": []}],
-            "requestBody": {"required": True, "content": _ref("Policy")},
+            "security": AUTH,
+            "requestBody": {"required": True, "content": json_of("Policy")},
             "responses": {
-                "200": {"description": "The stored policy", "content": _ref("Policy")},
-                **_errors(400, 401, 415),
+                "200": {"description": "The stored policy", "content": json_of("Policy")},
+                **error_responses(400, 401, 415),
             },
         },
     },
     "/v1/suppressions": {
         "get": {
             "summary": "Suppressed addresses, a page at a time",
-            "security": [{"bearer": []}],
+            "security": AUTH,
             "parameters": [
                 {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                },
+                LIMIT_QUERY,
             ],
             "responses": {
                 "200": {
@@ -131,20 +116,20 @@ PATHS: dict[str, Any] = {
                         }
                     },
                 },
-                **_errors(400, 401),
+                **error_responses(400, 401),
             },
         }
     },
     "/v1/suppressions/{email}": {
         "get": {
             "summary": "Every entry for an address (global and per category)",
-            "security": [{"bearer": []}],
+            "security": AUTH,
             "parameters": [_EMAIL],
-            "responses": {"200": {"description": "The entries"}, **_errors(400, 401, 404)},
+            "responses": {"200": {"description": "The entries"}, **error_responses(400, 401, 404)},
         },
         "put": {
             "summary": "Suppress an address, globally or for one category",
-            "security": [{"bearer": []}],
+            "security": AUTH,
             "parameters": [_EMAIL, _CATEGORY_QUERY],
             "requestBody": {
                 "required": False,
@@ -163,16 +148,16 @@ PATHS: dict[str, Any] = {
                 },
             },
             "responses": {
-                "201": {"description": "Added", "content": _ref("Suppression")},
-                "200": {"description": "Replaced", "content": _ref("Suppression")},
-                **_errors(400, 401, 415),
+                "201": {"description": "Added", "content": json_of("Suppression")},
+                "200": {"description": "Replaced", "content": json_of("Suppression")},
+                **error_responses(400, 401, 415),
             },
         },
         "delete": {
             "summary": "Lift a suppression (global, or one category's with ?category=)",
-            "security": [{"bearer": []}],
+            "security": AUTH,
             "parameters": [_EMAIL, _CATEGORY_QUERY],
-            "responses": {"204": {"description": "Lifted"}, **_errors(400, 401, 404)},
+            "responses": {"204": {"description": "Lifted"}, **error_responses(400, 401, 404)},
         },
     },
 }

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.openapi_parts import AUTH
+
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
 _NOT_FOUND = {"404": {"description": "Not a valid token: a plain page, never a redirect"}}
 
-_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
 _IP = {
     "name": "ip",
     "in": "path",
@@ -20,14 +21,14 @@ PATHS: dict[str, Any] = {
     "/v1/webhooks": {
         "get": {
             "summary": "Webhook delivery: cursor, batch being retried, last error, dead letters",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {"200": {"description": "The dispatcher's state"}},
         }
     },
     "/v3/mail/send": {
         "post": {
             "summary": "SendGrid v3 mail send, for tools that speak SendGrid (see the README's table)",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {
                 "202": {"description": "Accepted; X-Message-Id is the batch id"},
                 "400": {"description": "SendGrid-shaped errors[]"},
@@ -38,7 +39,7 @@ PATHS: dict[str, Any] = {
     "/v1/warmup/status": {
         "get": {
             "summary": "Every warming IP: day n of N, per provider today's budgets and sends",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {"200": {"description": "Warmup status"}},
         }
     },
@@ -46,7 +47,7 @@ PATHS: dict[str, Any] = {
         "parameters": [_IP],
         "get": {
             "summary": "An IP's warmup",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {
                 "200": {"description": "Its warmup"},
                 **_NOT_AN_IP,
@@ -55,12 +56,12 @@ PATHS: dict[str, Any] = {
         },
         "put": {
             "summary": "Start (or change) an IP's warmup: {schedule, pool?, started_on?}",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {"200": {"description": "Its warmup"}, "400": {"description": "Invalid"}},
         },
         "delete": {
             "summary": "Treat the IP as warm",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {
                 "204": {"description": "Done"},
                 **_NOT_AN_IP,
@@ -71,7 +72,7 @@ PATHS: dict[str, Any] = {
     "/v1/warmup/ips/{ip}/{action}": {
         "post": {
             "summary": "Pause (hold at today's day) or resume an IP's warmup",
-            "security": _AUTH,
+            "security": AUTH,
             "parameters": [
                 _IP,
                 {
@@ -91,21 +92,21 @@ PATHS: dict[str, Any] = {
     "/v1/webhooks/enable": {
         "post": {
             "summary": "Resume after the endpoint answered 410 Gone",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {"200": {"description": "The dispatcher's state"}},
         }
     },
     "/v1/webhooks/dead-letters": {
         "get": {
             "summary": "Batches that failed for the whole retry period",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {"200": {"description": "Dead letters, oldest first"}},
         }
     },
     "/v1/webhooks/dead-letters/replay": {
         "post": {
             "summary": "Send every dead letter again, before new events",
-            "security": _AUTH,
+            "security": AUTH,
             "responses": {"202": {"description": "How many were queued"}},
         }
     },

@@ -81,7 +81,7 @@ import redis.asyncio as aioredis
 from redis.connection import Connection
 
 from core import keys
-from loadtests.harness import Served, cpu_seconds, fixture_batch, py_spy, served
+from loadtests.harness import Served, cpu_seconds, fixture_batch, percentile, py_spy, served
 
 TARGET_ACCEPTED_PER_S = 5_000
 TARGET_BYTES_PER_RECIPIENT = 1_024
@@ -149,13 +149,6 @@ async def run_load(
         for _ in range(concurrency):
             group.create_task(client())
     return results, time.perf_counter() - started
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))
-    return ordered[int(rank) - 1]
 
 
 # --- Redis memory -------------------------------------------------------------------------

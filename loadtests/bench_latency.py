@@ -29,14 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from loadtests.harness import API_KEY, fixture_batch, print_result, start_serve
+from loadtests.harness import API_KEY, fixture_batch, percentile, print_result, start_serve
 
 TARGET_P99_MS = 50.0
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 class Sender:
@@ -106,7 +101,7 @@ async def bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
         ceiling = await max_rate(sender, args.concurrency, args.probe_seconds)
         await asyncio.sleep(1.0)
         latencies = await open_loop(sender, ceiling / 2, args.seconds)
-    p99 = _percentile(latencies, 99)
+    p99 = percentile(latencies, 99)
     return {
         "batch_size": args.batch_size,
         "max_batches_per_s": round(ceiling, 1),
@@ -114,8 +109,8 @@ async def bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "offered_batches_per_s": round(ceiling / 2, 1),
         "requests": len(latencies),
         "errors": sender.errors,
-        "p50_ms": round(_percentile(latencies, 50), 1),
-        "p90_ms": round(_percentile(latencies, 90), 1),
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p90_ms": round(percentile(latencies, 90), 1),
         "p99_ms": round(p99, 1),
         "max_ms": round(max(latencies), 1),
         "target_p99_ms": TARGET_P99_MS,

@@ -50,10 +50,10 @@ import redis
 from core import keys
 from loadtests.fault_sink import FaultSink
 from loadtests.harness import API_KEY, Served, fixture_batch, print_result, start_serve
+from mta.worker import FINAL_STATUSES
 
 WORKERS = 2
 PER_WORKER = 10
-FINAL = {"delivered", "bounced", "expired", "suppressed", "rejected"}
 
 
 class Chaos(threading.Thread):
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + args.settle
         while True:
             statuses = final_statuses(served, ids)
-            settled = sum(s in FINAL for s in statuses.values())
+            settled = sum(s in FINAL_STATUSES for s in statuses.values())
             if settled == len(ids) and not chaos.is_alive():
                 break
             if time.monotonic() > deadline:
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for received in sink.received():
         by_email[received.rcpt_tos[0]].append(received.outcome)
     outcome = Counter(statuses.get(m, "") for m in ids)
-    lost = [e for e, m in accepted.items() if statuses.get(m) not in FINAL]
+    lost = [e for e, m in accepted.items() if statuses.get(m) not in FINAL_STATUSES]
     lost += [
         e for e, m in accepted.items()
         if statuses.get(m) == "delivered" and not {"accepted", "drop"} & set(by_email[e])

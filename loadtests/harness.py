@@ -93,6 +93,37 @@ def print_result(result: dict[str, Any], *, as_json: bool) -> None:
         print(f"{key:<{width}}{value}")
 
 
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+def _live_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every process that is
+    neither a zombie nor dead."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X"):
+            yield int(entry.name), fields
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid``."""
+    return [child for child, fields in _live_processes() if int(fields[1]) == pid]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid`` (they outlive a leader killed alone)."""
+    return [member for member, fields in _live_processes() if int(fields[2]) == pgid]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -178,21 +209,13 @@ class Served:
         """The live delivery worker processes (serve's spawned children, not the resource
         tracker)."""
         found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        for pid in children_of(self.pid):
             try:
-                stat = (entry / "stat").read_text().rpartition(")")[2].split()
-                command = (entry / "cmdline").read_bytes()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if (
-                int(stat[1]) == self.pid
-                and stat[0] not in ("Z", "X")
-                and b"spawn_main" in command
-                and b"resource_tracker" not in command
-            ):
-                found.append(int(entry.name))
+            if b"spawn_main" in command and b"resource_tracker" not in command:
+                found.append(pid)
         return found
 
     def redis_pid(self) -> int | None:

@@ -25,7 +25,7 @@ import redis
 from aiosmtpd.controller import Controller
 
 from core import keys
-from loadtests.harness import Served, fixture_batch, free_port
+from loadtests.harness import Served, fixture_batch, free_port, group_members
 from mta.worker import STALE_AFTER_MS
 from tests.conftest import Received, Sink
 from tests.test_end_to_end import get, post
@@ -146,21 +146,6 @@ def statuses(served: Served, message_ids: list[str]) -> Counter[str]:
         client.close()
 
 
-def children_alive(served: Served) -> list[int]:
-    """Processes still in serve's process group (workers, resource tracker) after it exited."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == served.process.pid and fields[0] not in ("Z", "X"):
-            alive.append(int(entry.name))
-    return alive
-
-
 def report(record_property: Any, **values: Any) -> None:
     print("\n" + "  ".join(f"{k}={v}" for k, v in values.items()), flush=True)
     for key, value in values.items():
@@ -259,9 +244,9 @@ def test_graceful_stop_mid_delivery_drains_and_restart_sends_the_rest_once(
     assert "Traceback" not in served.log(), served.log()[-3000:]
     stop_seconds = time.monotonic() - stopping
     deadline = time.monotonic() + 5  # multiprocessing's resource tracker exits just after serve
-    while children_alive(served) and time.monotonic() < deadline:
+    while group_members(served.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert children_alive(served) == [], "workers and redis-server exit with serve"
+    assert group_members(served.pid) == [], "workers and redis-server exit with serve"
     at_stop = len(slow_sink.snapshot())
     assert at_stop < len(wanted), "the stop landed after every delivery"
     assert "cancelled at shutdown" not in served.log(), "every in-flight delivery finished"

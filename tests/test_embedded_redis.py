@@ -18,7 +18,7 @@ import redis
 
 from core import keys
 from core.embedded_redis import EmbeddedRedis
-from loadtests.harness import API_KEY, Served, fixture_batch, free_port
+from loadtests.harness import API_KEY, Served, children_of, fixture_batch, free_port
 from tests.conftest import Sink
 from tests.test_end_to_end import get, post, wait_status
 
@@ -39,20 +39,6 @@ def is_running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:

@@ -1,0 +1,35 @@
+"""Pieces every part of the OpenAPI document uses: error answers, JSON bodies by schema name,
+the bearer requirement, and the parameters several routes share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}
+LIMIT_QUERY = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+}
+
+_ERROR_TEXT = {
+    400: "Invalid request",
+    401: "Missing or wrong API key",
+    404: "Not found",
+    413: "Body too large",
+    415: "Body is not JSON",
+    422: "Idempotency-Key reused with another body",
+    503: "Queue unavailable",
+}
+
+
+def json_of(ref: str) -> dict[str, Any]:
+    """A JSON body of the named component schema."""
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+def error_responses(*codes: int) -> dict[str, Any]:
+    """The ``{error, detail, field}`` answers for these status codes."""
+    return {str(c): {"description": _ERROR_TEXT[c], "content": json_of("Error")} for c in codes}
