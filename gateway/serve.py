@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 from multiprocessing.context import SpawnProcess
@@ -47,7 +48,14 @@ class WorkerSupervisor:
     def _spawn(self, name: str) -> None:
         process = self.context.Process(
             target=run_worker_process,
-            args=(self.settings, self.redis_url, name, self.verp_key, logging.getLogger().level),
+            args=(
+                self.settings,
+                self.redis_url,
+                name,
+                self.verp_key,
+                logging.getLogger().level,
+                os.getpid(),
+            ),
             name=f"sluice-worker-{name}",
             daemon=False,
         )

@@ -449,13 +449,13 @@ async def _worker_main(settings: Settings, redis_url: str, name: str, verp_key: 
 
 
 def run_worker_process(
-    settings: Settings, redis_url: str, name: str, verp_key: Secret, log_level: int
+    settings: Settings, redis_url: str, name: str, verp_key: Secret, log_level: int, parent: int
 ) -> None:
-    """Entry point of a worker process (multiprocessing, spawn)."""
+    """Entry point of a worker process (multiprocessing, spawn); ``parent``: serve's pid."""
     from core.embedded_redis import die_with_parent
     from core.logs import setup_logging
 
-    die_with_parent()
+    die_with_parent(parent)
     setup_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     import uvloop
