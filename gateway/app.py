@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -25,6 +26,7 @@ from core.errors import (
     ClientError,
     IdempotencyConflict,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
     UnsupportedMedia,
     ValidationError,
@@ -98,9 +100,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+def _on_metrics_listener(request: web.Request) -> bool:
+    metrics_listen = request.app[SETTINGS].http.metrics_listen
+    if metrics_listen is None or request.transport is None:
+        return False
+    sockname = request.transport.get_extra_info("sockname")
+    return bool(sockname) and sockname[1] == metrics_listen.port
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(("/v1/", "/v3/")):
+    """The API key on ``/v1/*``, ``/v3/*`` and ``/metrics``. The metrics listener
+    (``SLUICE_METRICS_LISTEN``) serves ``/metrics`` alone, without the key: it is meant for
+    a network only the scraper reaches."""
+    if _on_metrics_listener(request):
+        if request.path != "/metrics":
+            raise NotFound("this listener serves /metrics only")
+        return await handler(request)
+    if request.path.startswith(("/v1/", "/v3/")) or request.path == "/metrics":
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         expected = request.app[API_KEY].reveal().encode()
@@ -108,6 +125,55 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
             raise Unauthorized("send 'Authorization: Bearer <api key>'")
     return await handler(request)
+
+
+# The server reads bodies as sent (``auto_decompress=False``): aiohttp would otherwise
+# inflate a gzip body in the protocol, on the event loop and before any handler could
+# check the API key (1 MB of gzip is 1 GiB of zeros).
+RUNNER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+_INFLATE_WBITS = {"gzip": 16 + 15, "x-gzip": 16 + 15, "deflate": 32 + 15}
+
+
+@web.middleware
+async def encoding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Compressed bodies only where the API key was checked first, and only gzip/deflate."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity") and (
+        encoding not in _INFLATE_WBITS or not request.path.startswith(("/v1/", "/v3/"))
+    ):
+        raise UnsupportedMedia(
+            "Content-Encoding must be identity, or gzip or deflate on /v1 and /v3",
+            field="Content-Encoding",
+        )
+    return await handler(request)
+
+
+def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """A compressed body, inflated to at most ``limit`` bytes (never more is allocated)."""
+    inflater = zlib.decompressobj(_INFLATE_WBITS[encoding])
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise ValidationError(
+            f"the body is not valid {encoding} data: {exc}", field="Content-Encoding"
+        ) from exc
+    if len(body) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the body inflates to more than {limit} bytes")
+    if not inflater.eof:
+        raise ValidationError(f"the {encoding} body is truncated", field="Content-Encoding")
+    return body
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, inflated off the event loop (bounded) if it came compressed."""
+    raw = await request.read()
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    limit = request.app[SETTINGS].http.max_body_bytes
+    return await asyncio.get_running_loop().run_in_executor(
+        request.app[PREPARE], _inflate, raw, encoding, limit
+    )
 
 
 async def post_messages(request: web.Request) -> web.Response:
@@ -123,10 +189,11 @@ async def post_messages(request: web.Request) -> web.Response:
             )
         key_digest = hashlib.sha256(idem_key.encode()).hexdigest()
 
-    raw = await request.read()
-    body = accepting.decode_json(raw)
-    store = request.app[STORE]
+    raw = await read_body(request)
     loop = asyncio.get_running_loop()
+    # Parsing 16 MB of JSON takes a while: on the prepare thread, not the event loop.
+    body = await loop.run_in_executor(request.app[PREPARE], accepting.decode_json, raw)
+    store = request.app[STORE]
     digest = ""
     if key_digest is not None:
         digest = await loop.run_in_executor(request.app[PREPARE], accepting.request_digest, body)
@@ -153,8 +220,10 @@ async def post_messages(request: web.Request) -> web.Response:
 async def sendgrid_send(request: web.Request) -> web.Response:
     """SendGrid's v3 mail send, translated (``gateway/sendgrid.py``); SendGrid-shaped errors."""
     try:
-        body = accepting.decode_json(await request.read())
-        translated = sendgrid.to_sluice(body)
+        raw = await read_body(request)
+        translated = await asyncio.get_running_loop().run_in_executor(
+            request.app[PREPARE], lambda: sendgrid.to_sluice(accepting.decode_json(raw))
+        )
         store = request.app[STORE]
         policy = load_policy(await store.policy())
         prepared = await asyncio.get_running_loop().run_in_executor(
@@ -225,7 +294,7 @@ async def get_policy(request: web.Request) -> web.Response:
 
 async def put_policy(request: web.Request) -> web.Response:
     _require_json(request)
-    policy = parse_policy(accepting.decode_json(await request.read()))
+    policy = parse_policy(accepting.decode_json(await read_body(request)))
     text = json.dumps(policy.as_json(), separators=(",", ":"))
     await request.app[STORE].set_policy(text)
     log.info("contact policy changed: %s", text)
@@ -254,9 +323,10 @@ async def get_suppression(request: web.Request) -> web.Response:
 async def put_suppression(request: web.Request) -> web.Response:
     email, category = _suppression_target(request)
     body: Any = {}
-    if await request.read():
+    raw = await read_body(request)
+    if raw:
         _require_json(request)
-        body = accepting.decode_json(await request.read())
+        body = accepting.decode_json(raw)
     if not isinstance(body, dict) or set(body) - {"reason", "category", "source"}:
         raise ValidationError("body: {reason?, category?, source?}", field="body")
     reason = body.get("reason", "manual")
@@ -347,7 +417,7 @@ async def get_warmup_ip(request: web.Request) -> web.Response:
 async def put_warmup_ip(request: web.Request) -> web.Response:
     ip = _warmup_ip(request)
     _require_json(request)
-    body = accepting.decode_json(await request.read())
+    body = accepting.decode_json(await read_body(request))
     if not isinstance(body, dict) or set(body) - {"pool", "schedule", "started_on"}:
         raise ValidationError("body: {schedule, pool?, started_on?}", field="body")
     try:
@@ -443,7 +513,7 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, auth_middleware, encoding_middleware],
         client_max_size=settings.http.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -479,6 +549,7 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
         lambda request: request.app[STORE],
         Tokens(load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days),
         settings.tracking.unsubscribe_scope,
+        settings.http.trusted_proxies,
     )
     app.router.add_routes(tracking.routes())
     return app

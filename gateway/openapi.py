@@ -410,8 +410,12 @@ def _document(server_url: str) -> dict[str, Any]:
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "Text exposition format"}},
+                    "summary": "Prometheus metrics (also on SLUICE_METRICS_LISTEN, without the key)",
+                    "security": AUTH,
+                    "responses": {
+                        "200": {"description": "Text exposition format"},
+                        **error_responses(401),
+                    },
                 }
             },
             "/openapi.json": {

@@ -19,7 +19,7 @@ _ERROR_TEXT = {
     401: "Missing or wrong API key",
     404: "Not found",
     413: "Body too large",
-    415: "Body is not JSON",
+    415: "Body is not JSON, or its Content-Encoding is not accepted",
     422: "Idempotency-Key reused with another body",
     503: "Queue unavailable",
 }

@@ -54,7 +54,7 @@ async def operator_store(settings: Settings) -> AsyncIterator[Store]:
             yield store
         return
     try:
-        redis = EmbeddedRedis(settings.data_dir)
+        redis = EmbeddedRedis(settings.data_dir, binary=settings.redis.server)
         url = redis.start()
         try:
             async with open_store(url) as store:

@@ -22,9 +22,10 @@ from aiohttp import web
 
 from core.datadir import DataDirLock, load_or_create_api_key, load_or_create_secret
 from core.embedded_redis import EmbeddedRedis
+from core.logs import show_addresses
 from core.settings import Secret, Settings
 from core.store import open_store
-from gateway.app import create_app
+from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.submission import start_submission, tls_context
 from gateway.webhooks import WebhookDispatcher
 from mta.inbound import start_inbound
@@ -100,7 +101,10 @@ async def _run(
     load_keys(settings.data_dir)  # the tracking keys exist before any worker reads them
     workers = WorkerSupervisor(settings, redis_url, settings.delivery.workers, verp_key)
     runner = web.AppRunner(
-        create_app(settings, redis_url, api_key), shutdown_timeout=10, access_log=None
+        create_app(settings, redis_url, api_key),
+        shutdown_timeout=10,
+        access_log=None,
+        **RUNNER_OPTIONS,
     )
     await runner.setup()
     try:
@@ -142,6 +146,10 @@ async def _run(
                 runner, settings.http.listen.host, settings.http.listen.port, backlog=1024
             )
             await site.start()
+            if settings.http.metrics_listen is not None:
+                metrics = settings.http.metrics_listen
+                await web.TCPSite(runner, metrics.host, metrics.port).start()
+                log.info("metrics on http://%s/metrics (no API key: keep it private)", metrics)
             workers.start()
             log.info(
                 "sluice serving on http://%s (public URL %s), %d delivery workers, %s",
@@ -166,21 +174,22 @@ async def _run(
 def serve(settings: Settings) -> int:
     import uvloop
 
+    os.umask(0o077)  # whatever serve and its workers write (keys, certificates) is private
+    show_addresses(settings.log_addresses)
     with DataDirLock(settings.data_dir):
         redis = None
         redis_url = settings.redis.url
         if redis_url is None:
-            redis = EmbeddedRedis(settings.data_dir)
+            redis = EmbeddedRedis(settings.data_dir, binary=settings.redis.server)
             redis_url = redis.start()
         try:
             api_key = settings.api_key
             if api_key is None:
                 api_key, created = load_or_create_api_key(settings.data_dir)
                 where = settings.data_dir / "api-key"
-                print(
-                    f"sluice: API key {'generated' if created else 'read'} in {where}:\n  {api_key.reveal()}",
-                    file=sys.stderr, flush=True,
-                )  # fmt: skip
+                # The key is shown once, when it is made; afterwards only where it is.
+                shown = f"API key generated in {where}:\n  {api_key.reveal()}"
+                print(f"sluice: {shown if created else f'API key in {where}'}", file=sys.stderr)
             uvloop.run(_run(settings, redis, redis_url, api_key))
         finally:
             if redis is not None:

@@ -456,7 +456,7 @@ def run_worker_process(
     from core.logs import setup_logging
 
     die_with_parent(parent)
-    setup_logging(log_level)
+    setup_logging(log_level, addresses=settings.log_addresses)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     import uvloop
 

@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from core.embedded_redis import EmbeddedRedis
 from core.settings import Secret, Settings, load_settings
 from core.store import Store, open_store
-from gateway.app import create_app
+from gateway.app import RUNNER_OPTIONS, create_app
 from loadtests.harness import (
     API_KEY,
     Served,
@@ -138,7 +138,7 @@ def make_settings(tmp_path: Path, **flags: Any) -> Settings:
 async def api(redis_url: str, store: Store, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     """The real aiohttp app on a real port, against the real Redis (no delivery workers)."""
     app = create_app(make_settings(tmp_path), redis_url, Secret(API_KEY))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    client: TestClient[Any, Any] = TestClient(TestServer(app, **RUNNER_OPTIONS))
     await client.start_server()
     client.session.headers["Authorization"] = f"Bearer {API_KEY}"
     yield client

@@ -24,6 +24,8 @@ from urllib.parse import quote
 import msgpack
 from aiohttp import web
 
+from core.logs import address
+from core.settings import TrustedProxies
 from core.store import Store
 from tracking.machines import CLICK_WINDOW_SECONDS, client_ip, machine_reason
 from tracking.tokens import TokenError, Tokens
@@ -101,11 +103,16 @@ class _GroupCommit:
 
 class Tracking:
     def __init__(
-        self, store_of: Callable[[web.Request], Store], tokens: Tokens, unsubscribe_scope: str
+        self,
+        store_of: Callable[[web.Request], Store],
+        tokens: Tokens,
+        unsubscribe_scope: str,
+        trusted_proxies: TrustedProxies,
     ) -> None:
         self.store_of = store_of
         self.tokens = tokens
         self.unsubscribe_scope = unsubscribe_scope
+        self.trusted_proxies = trusted_proxies
         self.events = _GroupCommit()
 
     def routes(self) -> list[web.RouteDef]:
@@ -116,9 +123,8 @@ class Tracking:
             web.post("/t/u/{token}", self.unsubscribe),
         ]
 
-    @staticmethod
-    def _event(request: web.Request, kind: str, message_id: str, **fields: Any) -> bytes:
-        ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"))
+    def _event(self, request: web.Request, kind: str, message_id: str, **fields: Any) -> bytes:
+        ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
         agent = request.headers.get("User-Agent", "")
         body: dict[str, Any] = {
             "type": kind, "timestamp": round(time.time(), 3), "message_id": message_id, **fields,
@@ -199,7 +205,9 @@ class Tracking:
             event = self._event(request, "unsubscribed", message_id, email=email, category=category,
                                 scope=scope or "global", method="one-click")  # fmt: skip
             await store.engage(message_id, event)
-            log.info("message=%s %s unsubscribed (%s)", message_id, email, scope or "global")
+            log.info(
+                "message=%s %s unsubscribed (%s)", message_id, address(email), scope or "global"
+            )
         done = f" from {html.escape(scope)} emails" if scope else ""
         return _page(
             "Unsubscribed", f"<p><strong>{html.escape(email)}</strong> is unsubscribed{done}.</p>"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from core.settings import TrustedProxies
+
 APPLE = ipaddress.ip_network("17.0.0.0/8")
 SCANNERS = (
     "barracuda", "mimecast", "proofpoint", "urldefense", "safelinks", "symantec", "messagelabs",
@@ -28,17 +30,33 @@ SCANNERS = (
 CLICK_WINDOW_SECONDS = 10.0  # a click this soon after delivery is a scanner's
 
 
-def client_ip(remote: str | None, forwarded_for: str | None) -> str | None:
-    """The client address; ``X-Forwarded-For``'s first hop only when a proxy on a private
-    or loopback address (a reverse proxy in front of Sluice) sent the request."""
-    if remote and forwarded_for:
-        try:
-            proxy = ipaddress.ip_address(remote)
-        except ValueError:
-            return remote
-        if proxy.is_private or proxy.is_loopback:
-            return forwarded_for.split(",")[0].strip() or remote
+def client_ip(remote: str | None, forwarded_for: str | None, trusted: TrustedProxies) -> str | None:
+    """The client's address: the rightmost hop that no trusted proxy added.
+
+    ``X-Forwarded-For`` is written by whoever sends the request, so only the entries a
+    trusted proxy appended mean anything: walking from the peer leftwards, each hop that
+    is a trusted proxy (one of the ``count`` nearest, or an address in ``networks``)
+    vouches for the entry to its left; the first hop that is not one is the client. No
+    trusted proxies (the default): the peer address, whatever the header says.
+    """
+    if remote is None or not (trusted.count or trusted.networks):
+        return remote
+    hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
+    hops.append(remote)
+    if trusted.count:
+        return hops[max(0, len(hops) - 1 - trusted.count)]
+    for index in range(len(hops) - 1, -1, -1):
+        if index == 0 or not _in(hops[index], trusted.networks):
+            return hops[index]
     return remote
+
+
+def _in(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # not an address: nobody we trust wrote it
+    return any(ip in network for network in networks)
 
 
 def machine_reason(method: str, user_agent: str, ip: str | None) -> str | None:
