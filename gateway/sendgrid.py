@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import ValidationError
+from core.errors import ClientError, ValidationError
 
 UNSUPPORTED = {
     "template_id": "stored templates: put the template in content (Jinja/handlebars {{var}} works)",
@@ -172,6 +172,6 @@ def to_sluice(body: Any) -> dict[str, Any]:
     return out
 
 
-def errors_body(exc: ValidationError) -> dict[str, Any]:
+def errors_body(exc: ClientError) -> dict[str, Any]:
     return {"errors": [{"message": exc.detail, "field": exc.field or None,
                         "help": "see README: SendGrid compatibility"}]}  # fmt: skip
