@@ -1,5 +1,6 @@
 """Template bombs against the real app: each answered within a second past its budget with
-a clear reason, while the same server keeps answering ``/healthz``.
+a clear reason, while the same server keeps answering ``/healthz``; and an over-budget
+render at delivery bounces that message without stalling the worker's other deliveries.
 
 The request-time bombs go to the in-process app (``api``: real port, real Redis), whose
 prepare thread renders while a task on the same event loop polls ``/healthz``.
@@ -9,16 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import re
 import resource
+import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgpack
 import pytest
 from aiohttp.test_utils import TestClient
+from aiosmtpd.controller import Controller
 
-from loadtests.harness import fixture_batch
+from core.store import open_store
+from gateway import accept as accepting
+from loadtests.harness import Served, fixture_batch, free_port
 from mta.template_budget import (
     MAX_BUILT_CHARS,
     MAX_ITEMS,
@@ -246,3 +255,106 @@ async def test_fixture_is_still_accepted(api: Client) -> None:
     assert status == 202
     assert {r["status"] for r in answer["results"]} == {"queued"}
     assert max(latencies) < HEALTHZ_MAX_SECONDS
+
+
+# --- at delivery --------------------------------------------------------------------------------
+
+
+class SlowSink:
+    """An SMTP sink that answers DATA after ``delay`` seconds; ``begun`` is set once
+    ``expect`` DATA commands have begun."""
+
+    def __init__(self, delay: float, expect: int) -> None:
+        self.delay = delay
+        self.expect = expect
+        self.started = 0
+        self.begun = threading.Event()
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.started += 1
+            if self.started >= self.expect:
+                self.begun.set()
+        await asyncio.sleep(self.delay)
+        return "250 OK"
+
+
+def http_get(served: Served, path: str) -> Any:
+    request = urllib.request.Request(served.url + path, headers=served.headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def http_post(served: Served, path: str, body: Any) -> Any:
+    request = urllib.request.Request(
+        served.url + path, data=json.dumps(body).encode(), headers=served.headers
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+async def queue_expensive_batch(served: Served, recipients: int, text: str) -> list[str]:
+    """Queue a batch whose text is over the render budget, as one accepted under other limits
+    (an older Sluice, a quieter moment) would be: prepared with a cheap text, stored with
+    the expensive one."""
+    body = fixture_batch(recipients, domain="slow.example.org")
+    prepared = accepting.prepare(body, now=time.time())
+    content = msgpack.unpackb(prepared.content)
+    content["t"] = text
+    prepared = dataclasses.replace(prepared, content=msgpack.packb(content))
+    async with open_store(served.redis_url()) as store:
+        response, _, _ = await accepting.accept(store, prepared, "", None)
+    return [r["message_id"] for r in json.loads(response)["results"]]
+
+
+@pytest.mark.slow
+async def test_render_over_budget_at_delivery_bounces_without_stalling_other_deliveries(
+    serve_factory: Any,
+) -> None:
+    """Eight messages in SMTP conversations (the sink answers after 0.3 s), then eight
+    renders of 0.25 s each: rendered on the worker's event loop, they would hold the replies
+    of the first eight for two seconds; on its render threads, they do not."""
+    port = free_port()
+    sink = SlowSink(delay=0.3, expect=8)
+    controller = Controller(sink, hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    try:
+        served = serve_factory(relay=f"127.0.0.1:{port}", workers=1)
+        normal = await asyncio.to_thread(http_post, served, "/v1/messages", fixture_batch(8))
+        assert await asyncio.to_thread(sink.begun.wait, 30), "the first messages did not arrive"
+        expensive = await queue_expensive_batch(served, 8, BOMBS["slow-loop-150-iterations"][0])
+        for message_id in expensive:
+            found = await wait_for_status(served, message_id, "bounced")
+            bounce = found["events"][-1]
+            assert bounce["bounce_class"] == "content", found
+            assert TIME in bounce["reason"], bounce
+        for result in normal["results"]:
+            assert await wait_for_status(served, result["message_id"], "delivered")
+    finally:
+        controller.stop()
+    durations = {
+        match["id"]: float(match["ms"])
+        for match in re.finditer(
+            r"message=(?P<id>\S+) dest=\S+ code=250 outcome=delivered duration_ms=(?P<ms>[\d.]+)",
+            served.log(),
+        )
+    }
+    normal_ids = [r["message_id"] for r in normal["results"]]
+    assert set(normal_ids) <= set(durations), served.log()[-3000:]
+    slowest = max(durations[m] for m in normal_ids)
+    assert slowest < 300 + 500, f"a delivery waited {slowest:.0f} ms: the event loop stalled"
+
+
+async def wait_for_status(
+    served: Served, message_id: str, status: str, seconds: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        found: dict[str, Any] = await asyncio.to_thread(
+            http_get, served, f"/v1/messages/{message_id}"
+        )
+        if found["status"] == status:
+            return found
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.1)
