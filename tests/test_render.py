@@ -11,7 +11,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from loadtests.harness import fixture_batch
 from mta.render import RenderError, RenderOverBudget, TemplateError, Templates
-from mta.template_budget import MAX_PART_CHARS
+from mta.template_budget import MAX_ITEMS, MAX_LOOP_ITERATIONS, MAX_PART_CHARS
 
 
 def test_defaults_and_conditions_work_without_the_variable() -> None:
@@ -154,3 +154,19 @@ def test_only_the_data_makes_this_template_expensive() -> None:
     with pytest.raises(RenderOverBudget) as caught:
         bomb.render({})
     assert "'~' would build" in (bomb.expensive_without_data("text") or "")
+
+
+@pytest.mark.parametrize(
+    "use",
+    ["map('string')|list", "select|list", "reject|list", "batch(2)|list", "slice(2)|list",
+     "groupby(0)", "sum", "unique|list", "list", "join", "sort", "min", "max", "first"],
+)  # fmt: skip
+def test_iterating_filters_draw_from_the_loop_budget(use: str) -> None:
+    """A list of the largest size a template may build, iterated once more by a filter."""
+    assert MAX_ITEMS == MAX_LOOP_ITERATIONS
+    source = "{% set l = (range(1000)|list) * " + str(MAX_ITEMS // 1000) + " %}{{ l|" + use + " }}"
+    if use == "first":  # picks one item: no iteration to count
+        assert Templates("s", None, source).render({}).text == "0"
+        return
+    with pytest.raises(RenderOverBudget, match=f"loops ran more than {MAX_LOOP_ITERATIONS}"):
+        Templates("s", None, source).render({})
