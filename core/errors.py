@@ -7,7 +7,8 @@
     │   ├── UnsupportedMedia     415: the body is not JSON
     │   ├── Unauthorized         401: missing or wrong API key
     │   ├── NotFound             404
-    │   └── IdempotencyConflict  422: an Idempotency-Key reused with another body
+    │   ├── IdempotencyConflict  422: an Idempotency-Key reused with another body
+    │   └── TemplateTooExpensive 422: a template over its render budget for any recipient
     ├── DeliveryError            an SMTP transaction did not end in 2xx
     │   ├── TransientDeliveryError   retry later (4xx, network trouble, timeouts)
     │   └── PermanentDeliveryError   bounce (5xx); may suppress the address
@@ -70,6 +71,14 @@ class NotFound(ClientError):
 class IdempotencyConflict(ClientError):
     status = 422
     code = "idempotency_conflict"
+
+
+class TemplateTooExpensive(ClientError):
+    """Well-formed, but rendering it would take more time or memory than any message needs
+    (a template that is merely invalid is a ``ValidationError``, ``invalid_template``)."""
+
+    status = 422
+    code = "template_too_expensive"
 
 
 class DeliveryError(SluiceError):

@@ -3,6 +3,13 @@
 The CPU-heavy part (JSON parsing, validation, rendering every recipient once to
 catch undefined variables) runs in a thread so the event loop keeps answering
 tracking and health requests; the Redis part is one atomic script call.
+
+Rendering runs on budgets (``mta/template_budget.py``): a recipient whose render
+blows its budget is rejected with the reason, unless the template alone (with no
+data) blows it too, or all the recipients together take longer than
+``MAX_REQUEST_RENDER_SECONDS``: then the whole request is refused with 422
+``template_too_expensive``, so one request holds the prepare thread for seconds at
+most, never minutes.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +26,20 @@ import msgpack
 
 from core import ids, keys, suppressions
 from core.addresses import domain_of
-from core.errors import IdempotencyConflict, ValidationError
+from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationError
 from core.events import EventType, iso_time, pack_event
 from core.store import Store
 from gateway.policy import Policy, intervals_from, ramp_offset
 from gateway.schemas import SendRequest, parse_send_request
-from mta.render import RenderError, TemplateCache, TemplateError
+from mta.render import (
+    RenderError,
+    RenderOverBudget,
+    TemplateCache,
+    TemplateError,
+    TemplateOverBudget,
+    Templates,
+)
+from mta.template_budget import MAX_REQUEST_RENDER_SECONDS
 
 # Upstream tools send the same templates again and again: compile each once per process.
 _TEMPLATES = TemplateCache()
@@ -93,6 +109,28 @@ def contact_key(contact_id: str | None, address: str) -> str:
     return f"c:{contact_id}" if contact_id else f"a:{suppressions.canonical(address)}"
 
 
+def _refusal(exc: TemplateError) -> ValidationError | TemplateTooExpensive:
+    if isinstance(exc, TemplateOverBudget):
+        return TemplateTooExpensive(exc.detail, field=exc.field)
+    return ValidationError(exc.detail, field=exc.field, code="invalid_template")
+
+
+def _render_once(templates: Templates, data: dict[str, Any], deadline: float) -> str | None:
+    """Why this recipient is rejected, or None; raises when the whole request is refused."""
+    try:
+        templates.render(data, deadline=deadline)
+    except RenderOverBudget as exc:
+        alone = templates.expensive_without_data(exc.field)
+        if alone is not None:
+            raise TemplateTooExpensive(alone, field=exc.field) from exc
+        return f"{exc.field}: {exc.detail} (with this recipient's data)"
+    except RenderError as exc:
+        return f"{exc.field}: {exc.detail}"
+    except TemplateError as exc:
+        raise _refusal(exc) from exc
+    return None
+
+
 def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
     """Validate, render every recipient once, and build the queue entries and policy input."""
     policy = policy or Policy()
@@ -100,7 +138,7 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
     try:
         templates = _TEMPLATES.get(req.subject, req.html, req.text)
     except TemplateError as exc:
-        raise ValidationError(exc.detail, field=exc.field, code="invalid_template") from exc
+        raise _refusal(exc) from exc
 
     batch_id = ids.new_batch_id()
     due = req.send_at if req.send_at is not None and req.send_at > now + 1 else 0
@@ -111,15 +149,11 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
     results: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
     rejected = 0
+    render_deadline = time.monotonic() + MAX_REQUEST_RENDER_SECONDS
     for r in req.recipients:
         reason = r.reject_reason
         if reason is None:
-            try:
-                templates.render(r.data)
-            except RenderError as exc:
-                reason = f"{exc.field}: {exc.detail}"
-            except TemplateError as exc:
-                raise ValidationError(exc.detail, field=exc.field, code="invalid_template") from exc
+            reason = _render_once(templates, r.data, render_deadline)
         if reason is not None:
             rejected += 1
             results.append({"index": r.index, "email": r.email, "message_id": None,

@@ -27,6 +27,7 @@ from core.errors import (
     IdempotencyConflict,
     NotFound,
     PayloadTooLarge,
+    TemplateTooExpensive,
     Unauthorized,
     UnsupportedMedia,
     ValidationError,
@@ -237,8 +238,8 @@ async def sendgrid_send(request: web.Request) -> web.Response:
             raise ValidationError(
                 f"{reasons[0]['email']}: {reasons[0]['reason']}", field="personalizations"
             )
-    except ValidationError as exc:
-        return _json(sendgrid.errors_body(exc), 400)
+    except (ValidationError, TemplateTooExpensive) as exc:
+        return _json(sendgrid.errors_body(exc), exc.status)
     _, _, counts = await accepting.accept(store, prepared, "", None)
     request.app[METRICS].count_recipients(counts)
     return web.Response(status=202, headers={"X-Message-Id": prepared.batch_id})

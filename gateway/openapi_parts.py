@@ -20,7 +20,12 @@ _ERROR_TEXT = {
     404: "Not found",
     413: "Body too large",
     415: "Body is not JSON, or its Content-Encoding is not accepted",
-    422: "Idempotency-Key reused with another body",
+    422: (
+        "idempotency_conflict: Idempotency-Key reused with another body; "
+        "template_too_expensive: a template over its render budget (time, size or loop "
+        "iterations) whatever the recipient data, or all recipients together over the "
+        "request's render budget"
+    ),
     503: "Queue unavailable",
 }
 

@@ -33,6 +33,9 @@ PATHS: dict[str, Any] = {
                 "202": {"description": "Accepted; X-Message-Id is the batch id"},
                 "400": {"description": "SendGrid-shaped errors[]"},
                 "401": {"description": "Missing or wrong API key"},
+                "422": {
+                    "description": "SendGrid-shaped errors[]: a template too expensive to render"
+                },
             },
         }
     },

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import ValidationError
+from core.errors import ClientError, ValidationError
 
 # Caps checked before any per-recipient work: every recipient carries every substitution
 # key, and every key is one pass over the content, so keys x recipients and keys x content
@@ -203,6 +203,6 @@ def to_sluice(body: Any) -> dict[str, Any]:
     return out
 
 
-def errors_body(exc: ValidationError) -> dict[str, Any]:
+def errors_body(exc: ClientError) -> dict[str, Any]:
     return {"errors": [{"message": exc.detail, "field": exc.field or None,
                         "help": "see README: SendGrid compatibility"}]}  # fmt: skip

@@ -33,7 +33,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from core import keys
 from core.addresses import AddressError, normalize_address
-from core.errors import ValidationError
+from core.errors import ClientError, ValidationError
 from core.settings import HostPort, Secret, Settings
 from core.store import Store, StoreError
 from gateway import accept as accepting
@@ -196,7 +196,7 @@ class SubmissionHandler:
             prepared = await asyncio.to_thread(
                 accepting.prepare, body, now=time.time(), policy=policy
             )
-        except ValidationError as exc:
+        except ClientError as exc:  # invalid, or a template too expensive to render
             return f"554 5.6.1 {exc.detail}"[:500].replace("\r", " ").replace("\n", " ")
         except (ValueError, LookupError) as exc:  # a header the parser cannot read
             return f"554 5.6.0 the message cannot be read: {exc}"[:300]

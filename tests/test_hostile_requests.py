@@ -218,6 +218,11 @@ def invalid(case_id: str, body: Any, field: str, error: str = "invalid_request")
     return refused(case_id, post(body), 400, error, field)
 
 
+def too_expensive(case_id: str, body: Any, field: str) -> Case:
+    """A well-formed template over its render budget whatever the data: 422."""
+    return refused(case_id, post(body), 422, "template_too_expensive", field)
+
+
 def neighbour(case_id: str) -> str:
     return f"ok-{case_id}@{DOMAIN}"
 
@@ -344,7 +349,7 @@ CASES: list[Case] = [
     invalid("header-reserved-list-unsubscribe", with_header("List-Unsubscribe", f"<https://{EVIL}/>"), "headers.List-Unsubscribe"),
     invalid("html-nul", message({"html": "<p>hi\0</p>"}), "html"),
     invalid("text-nul", message({"text": "hi\0"}), "text"),
-    # -- templates: syntax errors, sandbox escapes, resource limits ----------------------
+    # -- templates: syntax errors and sandbox escapes (400), resource limits (422) -----------
     invalid("template-syntax-error-html", message({"html": "<p>{% if %}</p>"}), "html", "invalid_template"),
     invalid("template-unclosed-subject", message({"subject": "Hi {{ first_name"}), "subject", "invalid_template"),
     # There is nothing to load: include/import/extends are refused before any rendering.
@@ -359,9 +364,9 @@ CASES: list[Case] = [
     invalid("sandbox-str-format", message({"text": "{{ '{0.__class__}'.format(1) }}"}), "text", "invalid_template"),
     invalid("sandbox-attr-filter", message({"text": "{{ ''|attr('__class__') }}"}), "text", "invalid_template"),
     invalid("sandbox-list-mutation", message({"text": "{{ [1].pop() }}"}), "text", "invalid_template"),
-    invalid("template-range-1e9", message({"html": "{% for i in range(10**9) %}x{% endfor %}"}), "html", "invalid_template"),
-    invalid("template-recursive-macro", message({"text": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}), "text", "invalid_template"),
-    invalid("template-5000-digit-number", message({"text": "{{ 10**5000 }}"}), "text", "invalid_template"),
+    too_expensive("template-range-1e9", message({"html": "{% for i in range(10**9) %}x{% endfor %}"}), "html"),
+    too_expensive("template-recursive-macro", message({"text": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}), "text"),
+    too_expensive("template-5000-digit-number", message({"text": "{{ 10**5000 }}"}), "text"),
     # -- other fields --------------------------------------------------------------------
     invalid("send-at-90-days-ahead", message({"send_at": time.time() + 90 * 86400}), "send_at"),
     invalid("send-at-without-offset", message({"send_at": "2030-01-01T09:00:00"}), "send_at"),
@@ -593,7 +598,11 @@ def test_template_cpu_bomb_is_refused_promptly(serve_factory: Any, body: dict[st
         assert [r["status"] for r in json.loads(raw)["results"]] == ["rejected"], raw
     else:
         answer = json.loads(raw)
-        assert (status, answer["error"], answer.get("field")) == (400, "invalid_template", "text")
+        assert (status, answer["error"], answer.get("field")) == (
+            422,
+            "template_too_expensive",
+            "text",
+        )
 
 
 # --- Hypothesis: random input in every field of the in-process app ---------------------------

@@ -1,10 +1,17 @@
-"""Template rendering rules: strict on output, falsy in conditions, escaped in HTML, sandboxed."""
+"""Template rendering rules: strict on output, falsy in conditions, escaped in HTML, sandboxed,
+and, within the render budgets, exactly what Jinja's own sandbox renders."""
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from mta.render import RenderError, TemplateError, Templates
+import jinja2
+import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from loadtests.harness import fixture_batch
+from mta.render import RenderError, RenderOverBudget, TemplateError, Templates
+from mta.template_budget import MAX_ITEMS, MAX_LOOP_ITERATIONS, MAX_PART_CHARS
 
 
 def test_defaults_and_conditions_work_without_the_variable() -> None:
@@ -53,3 +60,113 @@ def test_syntax_error_names_the_field() -> None:
     with pytest.raises(TemplateError) as caught:
         Templates("s", "{% if %}", None)
     assert caught.value.field == "html"
+
+
+# --- the budgets change nothing an ordinary template renders -----------------------------------
+
+
+class _Falsy(jinja2.StrictUndefined):
+    def __bool__(self) -> bool:  # type: ignore[override]
+        return False
+
+
+# Jinja's own sandbox, without Sluice's budgets: the reference output.
+PLAIN = {
+    autoescape: ImmutableSandboxedEnvironment(
+        undefined=_Falsy, autoescape=autoescape, keep_trailing_newline=True
+    )
+    for autoescape in (False, True)
+}
+DATA: dict[str, Any] = {
+    "first_name": "Ada",
+    "n": 7,
+    "coupon": "",
+    "items": [
+        {"name": "Shoes <b>", "price": 89.5, "qty": 1, "tags": ["run", "trail"]},
+        {"name": "Socks & co", "price": 14.0, "qty": 3, "tags": []},
+        {"name": "Watch", "price": 19.0, "qty": 1, "tags": ["time"]},
+    ],
+    "tree": [{"name": "a", "children": [{"name": "b", "children": []}]}],
+    "url": "see https://shop.example.com/x and www.example.org now",
+    "text": "line one\nline two\nline three is a much longer line that needs wrapping somewhere",
+}
+ORDINARY = [
+    "{% for i in items %}{{ loop.index }}/{{ loop.length }} {{ i.name }}{% if not loop.last %}, {% endif %}{% endfor %}",
+    "{{ first_name ~ ' ' ~ n ~ ' ' ~ items[0].name }}{% for i in items %}{{ '<li>' ~ i.name ~ '</li>' }}{% endfor %}",
+    "{{ (first_name|safe) ~ '<c>' }}{{ '<x>' ~ (first_name|safe) }}{{ '<b>'|e }}{{ '<i>'|safe }}{{ '<u>' }}",
+    "{{ items|map(attribute='name')|join(', ') }}|{{ items|sum(attribute='price') }}|{{ items|map(attribute='price')|max }}",
+    "{{ items|sort(attribute='price')|map(attribute='name')|list }} {{ items|selectattr('qty', 'gt', 1)|map(attribute='name')|first }}",
+    "{% if n > 5 and 'Ada' in first_name and n == 7 and items|length >= 3 %}yes{% endif %}{% if 1 < n < 10 %}chain{% endif %}",
+    "{{ '%.2f'|format(items[0].price) }} {{ '%s-%s' % (first_name, n) }} {{ '{} {}'.format(first_name, n) }} {{ '{0:>8}'.format(n) }}",
+    "{{ first_name|replace('a', 'A') }} {{ first_name.replace('A', 'a') }} {{ ', '.join(['x', 'y']) }} {{ first_name.center(11, '*') }}",
+    "{% macro row(i) %}<tr><td>{{ i.name }}</td><td>{{ caller() if caller else '' }}</td></tr>{% endmacro %}{% for i in items %}{{ row(i) }}{% call row(i) %}{{ i.qty }}{% endcall %}{% endfor %}",
+    "{% set ns = namespace(total=0, s='') %}{% for i in items %}{% set ns.total = ns.total + i.price * i.qty %}{% set ns.s = ns.s ~ i.name %}{% endfor %}{{ ns.total }} {{ ns.s }}",
+    "{% for t in tree recursive %}{{ t.name }}({{ loop.depth }}){% if t.children %}[{{ loop(t.children) }}]{% endif %}{% endfor %}",
+    "{% for i in items %}{{ loop.cycle('odd', 'even') }}{% if loop.changed(i.qty) %}!{% endif %}{% endfor %}",
+    "{% for g in items|groupby('qty') %}{{ g.grouper }}:{{ g.list|length }};{% endfor %}{% for row in items|batch(2, '-') %}{{ row|length }}{% endfor %}{% for col in items|slice(2) %}{{ col|length }}{% endfor %}",
+    "{% for k, v in {'b': 2, 'a': 1}|dictsort %}{{ k }}={{ v }}{% endfor %}{% for k, v in {'x': 1}.items() %}{{ k }}{{ v }}{% endfor %}{{ {'x': 1}|items|list }}",
+    "{{ text|wordwrap(20) }}|{{ text|indent(2) }}|{{ text|truncate(20) }}|{{ url|urlize }}|{{ 'hello world'|title }}|{{ text|wordcount }}",
+    "{{ items|string }}|{{ items[0]|tojson }}|{{ items[0]|pprint }}|{{ {'class': 'x'}|xmlattr }}|{{ 'a b'|urlencode }}",
+    "{% set x %}{% for i in range(3) %}{{ i }}{% endfor %}{% endset %}{{ x }}{% filter upper %}{{ first_name }} done{% endfilter %}",
+    "{{ range(5)|list }} {{ range(10)|select('odd')|list }} {{ [3, 1, 2]|sort|reverse|list }} {{ [1, 1, 2]|unique|list }} {{ 'abc'|list }}",
+    "{{ coupon|default('none') }} {{ missing|default('d') }} {% if coupon %}c{% else %}no{% endif %} {{ n is divisibleby 7 }} {{ 2 is in [1, 2] }}",
+    "{{ [1, 2] + [3] }} {{ 'ab' * 3 }} {{ [0] * 3 }} {{ 2 ** 10 }} {{ 7 % 3 }} {{ 'x' + 'y' }} {{ n + 1 }}",
+    "{% autoescape false %}{{ '<b>' ~ first_name }}{% endautoescape %}{{ '<b>' ~ first_name }}",
+    "{% for c in first_name %}{{ c }}.{% endfor %}{% for i in items if i.qty > 1 %}{{ i.name }}{% else %}none{% endfor %}",
+    "{{ dict(a=1)|tojson }} {{ items|map(attribute='tags')|map('join', '+')|join('|') }} {{ items|rejectattr('tags')|map(attribute='name')|join }}",
+    "{{ 'a,b,c'.split(',') }} {{ ' x '.strip() }} {{ 'abc'[::-1] }} {{ items|count }} {{ (items|last).name }} {{ 'ab'.zfill(5) }} {{ 'a\\tb'.expandtabs(4) }}",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ORDINARY)
+def test_ordinary_templates_render_exactly_as_jinja_renders_them(source: str) -> None:
+    out = Templates("s", source, source).render(DATA)
+    assert out.html == PLAIN[True].from_string(source).render(DATA)
+    assert out.text == PLAIN[False].from_string(source).render(DATA)
+
+
+def test_the_fixture_renders_exactly_as_jinja_renders_it() -> None:
+    body = fixture_batch(50)
+    templates = Templates(body["subject"], body["html"], body["text"])
+    for recipient in body["recipients"]:
+        data = recipient["data"]
+        out = templates.render(data)
+        assert out.subject == PLAIN[False].from_string(body["subject"]).render(data).strip()
+        assert out.html == PLAIN[True].from_string(body["html"]).render(data)
+        assert out.text == PLAIN[False].from_string(body["text"]).render(data)
+
+
+def test_a_part_stops_as_soon_as_it_passes_its_cap() -> None:
+    """Each iteration would print 1 MB: the render stops at the third, not the thousandth."""
+    source = '{% set s = "x" * 1000000 %}{% for i in range(1000) %}{{ s }}{% endfor %}'
+    with pytest.raises(RenderOverBudget, match=f"larger than {MAX_PART_CHARS} characters"):
+        Templates("s", None, source).render({})
+
+
+def test_only_the_data_makes_this_template_expensive() -> None:
+    templates = Templates(
+        "s", None, "{% for i in range(100) %}{{ note | default('') }}{% endfor %}"
+    )
+    with pytest.raises(RenderOverBudget) as caught:
+        templates.render({"note": "n" * 60_000})
+    assert templates.expensive_without_data(caught.value.field) is None
+    bomb = Templates("s", None, '{{ "x" * 1000000 ~ "x" * 1000000 ~ "x" * 1000000 }}')
+    with pytest.raises(RenderOverBudget) as caught:
+        bomb.render({})
+    assert "'~' would build" in (bomb.expensive_without_data("text") or "")
+
+
+@pytest.mark.parametrize(
+    "use",
+    ["map('string')|list", "select|list", "reject|list", "batch(2)|list", "slice(2)|list",
+     "groupby(0)", "sum", "unique|list", "list", "join", "sort", "min", "max", "first"],
+)  # fmt: skip
+def test_iterating_filters_draw_from_the_loop_budget(use: str) -> None:
+    """A list of the largest size a template may build, iterated once more by a filter."""
+    assert MAX_ITEMS == MAX_LOOP_ITERATIONS
+    source = "{% set l = (range(1000)|list) * " + str(MAX_ITEMS // 1000) + " %}{{ l|" + use + " }}"
+    if use == "first":  # picks one item: no iteration to count
+        assert Templates("s", None, source).render({}).text == "0"
+        return
+    with pytest.raises(RenderOverBudget, match=f"loops ran more than {MAX_LOOP_ITERATIONS}"):
+        Templates("s", None, source).render({})
