@@ -23,7 +23,6 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from core import keys
 from core.addresses import domain_of
 from core.errors import (
     DeliveryError,
@@ -304,9 +303,7 @@ class Worker:
         if config is None or self.warmup.budget_of(config, provider, time.time()).warm:
             return
         if message_id is not None:
-            await self.store.redis.hset(
-                keys.message(message_id), mapping={"ip": ip, "pv": provider}
-            )
+            await self.store.remember_sender(message_id, ip, provider)
         changed = await self.warmup.record(ip, provider, outcome, time.time())
         if changed:
             log.warning("warmup of %s for %s %s", ip, provider, changed)
