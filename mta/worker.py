@@ -35,6 +35,7 @@ from core.settings import DeliverySettings, Secret, Settings
 from core.store import QueuedJob, Store, open_store
 from mta.dkim import DkimSigner, DkimSignError
 from mta.dkimkeys import KeyStore
+from mta.message_ids import MessageIds
 from mta.mime import Mailbox, MimeError, build_message
 from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateCache, TemplateError
@@ -85,6 +86,7 @@ class Worker:
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
         self.unsubscribe = Verp(verp_key, prefix="unsubscribe+")
+        self.message_ids = MessageIds(verp_key)  # signed: a complaint must name a real message
         self.tokens = Tokens(
             load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days
         )
@@ -362,7 +364,7 @@ class Worker:
             subject=rendered.subject,
             html=html,
             text=text,
-            message_id=f"{message_id}@{domain_of(sender_email)}",
+            message_id=self.message_ids.header_value(message_id, domain_of(sender_email)),
             reply_to=reply_to,
             headers=headers,
         )
