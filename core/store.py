@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 import redis.asyncio as aioredis
@@ -21,10 +21,13 @@ from redis.exceptions import RedisError, ResponseError
 from core import keys
 from core.errors import SluiceError
 from core.events import event_of
-from core.suppressions import Suppressions
+from core.suppressions import Suppressions, bucket_key, canonical, pack_entry
+from core.suppressions import field as suppression_field
 
 RETENTION_SECONDS = 7 * 86400  # batch content and message records outlive the longest deferral
 EVENTS_MAXLEN = 2_000_000  # approximate cap on the events stream
+UNVERIFIED_KEPT = 1000  # unverified inbound reports kept to look at; the counter counts them all
+MAX_CLAIMED_CHARS = 200  # a quoted Message-ID is short; a longer one is cut before storing
 
 
 class StoreError(SluiceError):
@@ -61,6 +64,32 @@ class Accepted:
     outcomes: list[str]  # per accepted recipient, what the contact policy decided
 
 
+ReportKind = Literal["complained", "bounced"]
+# message record field per kind: when the first report of that kind was recorded
+_REPORT_FLAGS: dict[str, str] = {"complained": "rc", "bounced": "rb"}
+
+
+@dataclass(frozen=True)
+class FirstReport:
+    """The first report of its kind about a message, recorded: its event id, and the warming IP
+    and provider that sent the message (``None`` when a warm IP did)."""
+
+    event_id: str
+    ip: str | None
+    provider: str | None
+
+
+@dataclass(frozen=True)
+class UnverifiedReport:
+    """An inbound report that named no message Sluice signed, so changed nothing."""
+
+    kind: str  # what the parser read: arf, dsn, autoreply, delivered, unknown
+    claimed: str  # the Message-ID the report quotes ("" for none)
+    peer: str  # the address that sent it
+    at: float
+    reason: str  # unsigned, bad signature, no Message-ID, not ours, unknown message
+
+
 @dataclass(frozen=True)
 class QueuedJob:
     entry_id: str  # stream entry id, "" for a job not read from the stream
@@ -76,6 +105,7 @@ class Store:
         self._engage = client.register_script(_script("engage.lua"))
         self._warmup = client.register_script(_script("warmup.lua"))
         self._warmup_signal = client.register_script(_script("warmup_signal.lua"))
+        self._report = client.register_script(_script("report.lua"))
         self.suppressions = Suppressions(client)
 
     # --- accept side --------------------------------------------------------
@@ -218,6 +248,61 @@ class Store:
                 domain,
             ],
         )
+
+    async def remember_sender(self, message_id: str, ip: str, provider: str) -> None:
+        """The warming IP and provider that sent a message, for a complaint about it later."""
+        await self.redis.hset(keys.message(message_id), mapping={"ip": ip, "pv": provider})
+
+    async def record_report(
+        self,
+        message_id: str,
+        kind: ReportKind,
+        event: bytes,
+        *,
+        status: str = "",
+        suppress: tuple[str, str, str] | None = None,
+    ) -> FirstReport | None:
+        """Record a bounce or complaint report about a message once (``core/lua/report.lua``):
+        its event, its new ``status`` ("" keeps it) and a global suppression ``suppress`` =
+        (address, reason, source). ``None``: the message is unknown, or a report of this kind
+        was recorded before, and nothing changed."""
+        now = time.time()
+        address = canonical(suppress[0]) if suppress is not None else ""
+        entry = pack_entry(suppress[1], now, suppress[2]) if suppress is not None else b""
+        touched = [
+            keys.message(message_id),
+            keys.EVENTS,
+            keys.STATS,
+            bucket_key(address),
+            keys.SUPPRESSION_COUNT,
+        ]
+        flag = _REPORT_FLAGS[kind]
+        entry_field = suppression_field(address) if address else ""
+        args: list[Any] = [flag, event, status, EVENTS_MAXLEN, f"{now:.3f}", RETENTION_SECONDS]
+        result = await self._report(keys=touched, args=[*args, entry_field, entry])
+        if not result:
+            return None
+        event_id, ip, provider = (_text(value) for value in result)
+        return FirstReport(event_id, ip or None, provider or None)
+
+    async def record_unverified(self, report: UnverifiedReport) -> None:
+        """Keep an unverified report (the latest ``UNVERIFIED_KEPT``) and count it."""
+        entry = msgpack.packb(
+            [report.kind, report.claimed[:MAX_CLAIMED_CHARS], report.peer, report.at, report.reason]
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(keys.INBOUND_UNVERIFIED, entry)
+            pipe.ltrim(keys.INBOUND_UNVERIFIED, 0, UNVERIFIED_KEPT - 1)
+            pipe.incr(keys.INBOUND_UNVERIFIED_COUNT)
+            await pipe.execute()
+
+    async def unverified_reports(self, limit: int = 100) -> tuple[int, list[UnverifiedReport]]:
+        """How many unverified reports came in all, and the latest ``limit`` (newest first)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.INBOUND_UNVERIFIED_COUNT)
+            pipe.lrange(keys.INBOUND_UNVERIFIED, 0, max(0, limit - 1))
+            count, entries = await pipe.execute()
+        return int(count or 0), [UnverifiedReport(*msgpack.unpackb(e)) for e in entries]
 
     async def engage(
         self, message_id: str, event: bytes, *, click_window: float = 0.0

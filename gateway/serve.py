@@ -29,6 +29,7 @@ from gateway.app import RUNNER_OPTIONS, create_app
 from gateway.submission import start_submission, tls_context
 from gateway.webhooks import WebhookDispatcher
 from mta.inbound import start_inbound
+from mta.message_ids import MessageIds
 from mta.verp import Verp
 from mta.worker import run_worker_process
 from tracking.tokens import load_keys
@@ -117,6 +118,7 @@ async def _run(
                     settings.delivery.inbound,
                     settings.delivery.ehlo_name,
                     Verp(verp_key, prefix="unsubscribe+"),
+                    MessageIds(verp_key),
                     settings.warmup,
                 )
                 resources.push_async_callback(inbound.wait_closed)

@@ -34,7 +34,6 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from core import keys
 from core.addresses import domain_of
 from core.errors import (
     DeliveryError,
@@ -47,6 +46,7 @@ from core.settings import DeliverySettings, Secret, Settings
 from core.store import QueuedJob, Store, open_store
 from mta.dkim import DkimSigner, DkimSignError
 from mta.dkimkeys import KeyStore
+from mta.message_ids import MessageIds
 from mta.mime import Mailbox, MimeError, build_message
 from mta.pool import SmtpPool
 from mta.render import Rendered, RenderError, TemplateCache, TemplateError
@@ -99,6 +99,7 @@ class Worker:
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
         self.unsubscribe = Verp(verp_key, prefix="unsubscribe+")
+        self.message_ids = MessageIds(verp_key)  # signed: a complaint must name a real message
         self.tokens = Tokens(
             load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days
         )
@@ -322,9 +323,7 @@ class Worker:
         if config is None or self.warmup.budget_of(config, provider, time.time()).warm:
             return
         if message_id is not None:
-            await self.store.redis.hset(
-                keys.message(message_id), mapping={"ip": ip, "pv": provider}
-            )
+            await self.store.remember_sender(message_id, ip, provider)
         changed = await self.warmup.record(ip, provider, outcome, time.time())
         if changed:
             log.warning("warmup of %s for %s %s", ip, provider, changed)
@@ -386,7 +385,7 @@ class Worker:
             subject=rendered.subject,
             html=html,
             text=text,
-            message_id=f"{message_id}@{domain_of(sender_email)}",
+            message_id=self.message_ids.header_value(message_id, domain_of(sender_email)),
             reply_to=reply_to,
             headers=headers,
         )

@@ -43,6 +43,12 @@ def deliver(served: Served, sink: Sink, count: int) -> list[tuple[str, str, str]
     return out
 
 
+def header_id(sink: Sink, email: str) -> str:
+    """The Message-ID header of the message ``email`` received, angle brackets kept."""
+    [received] = [r for r in sink.snapshot() if r.rcpt_tos == [email]]
+    return str(received.message["Message-ID"]).strip()
+
+
 def wait_final(served: Served, message_id: str, timeout: float = 15) -> str:
     deadline = time.monotonic() + timeout
     while (status := get(served, f"/v1/messages/{message_id}")["status"]) in ("queued", "deferred"):
@@ -74,7 +80,7 @@ def test_dsn_and_arf_become_events_and_suppressions(serve_factory: Any, sink: Si
     report(served, dead_verp, POSTFIX_USER_UNKNOWN)  # Postfix: 550 5.1.1 user unknown
     report(served, blocked_verp, EXCHANGE_POLICY_BLOCK)  # Exchange: 5.7.1 policy block
     report(served, full_verp, GMAIL_DELAYED_QUOTA)  # Gmail: delayed, over quota
-    original = f"<{complainer}@shop.example.com>".encode()
+    original = header_id(sink, complainer_rcpt).encode()  # signed: <id.signature@domain>
     report(
         served, "fbl@shop.example.com", YAHOO_ARF.replace(b"<01HZX3J6Q3ARF@sluice.test>", original)
     )
