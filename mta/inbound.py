@@ -51,6 +51,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from core.events import EventType, pack_event
+from core.logs import address
 from core.settings import HostPort, WarmupSettings
 from core.store import Store, UnverifiedReport
 from mta.bounces import Report, parse_report
@@ -62,6 +63,9 @@ from warmup.gate import WarmupGate
 log = logging.getLogger(__name__)
 
 FEEDBACK_LOCAL_PARTS = frozenset({"fbl", "arf", "abuse-reports"})
+# RFC 5965 feedback types that say nothing against the recipient: a DMARC failure report
+# about our own message, a "this is not spam" vote.
+NOT_COMPLAINTS = frozenset({"auth-failure", "not-spam"})
 MAX_REPORT_BYTES = 10 * 1024 * 1024  # real reports attach the original message; ours are smaller
 MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: a server must take 100; a report needs one
 MAX_CONNECTIONS = 32  # a report a connection is the norm; each may hold ~25 MB while read
@@ -217,14 +221,18 @@ class InboundHandler:
             message_id, context, EventType.UNSUBSCRIBED, scope=category or "global", method="mailto"
         )
         await self.store.complete(entry_id="", message_id=message_id, status="", event=event)
-        log.info("message=%s %s unsubscribed by mail", message_id, email)
+        log.info("message=%s %s unsubscribed by mail", message_id, address(email))
 
     async def _record(self, message_id: str, report: Report) -> bool:
         """Act on a report about one of our messages; False if that message is unknown."""
         context = await self.store.message_context(message_id)
         if context is None:
             return False
-        if report.kind == "arf":
+        if report.kind == "arf" and report.feedback_type in NOT_COMPLAINTS:
+            log.info(
+                "message=%s %s report: not a complaint, dropped", message_id, report.feedback_type
+            )
+        elif report.kind == "arf":
             await self._complaint(message_id, context, report)
         elif report.kind == "dsn":
             await self._bounce(message_id, context, report)
@@ -246,7 +254,9 @@ class InboundHandler:
             return
         if self.warmup is not None and first.ip is not None and first.provider is not None:
             await self.warmup.record(first.ip, first.provider, "complained", time.time())
-        log.info("message=%s complaint (%s) from %s", message_id, report.feedback_type, email)
+        log.info(
+            "message=%s complaint (%s) from %s", message_id, report.feedback_type, address(email)
+        )
 
     async def _bounce(self, message_id: str, context: dict[str, Any], report: Report) -> None:
         email = context["email"]
@@ -283,7 +293,7 @@ class InboundHandler:
             "message=%s bounced later (%s %s, %s%s)",
             message_id,
             rcpt.status,
-            email,
+            address(email),
             rcpt.verdict.bounce_class,
             ", hard: suppressed" if hard else "",
         )

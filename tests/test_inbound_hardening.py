@@ -180,6 +180,23 @@ def test_a_genuine_complaint_counts_once_per_message(serve_factory: Any, sink: S
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (CORPUS / "expected.json").is_file(), reason="no bounce corpus")
+def test_a_dmarc_failure_report_about_our_message_is_not_a_complaint(
+    serve_factory: Any, sink: Sink
+) -> None:
+    """An ARF ``auth-failure`` (DMARC forensic) report quotes our signed Message-ID too, but
+    says our message failed authentication, nothing about the recipient."""
+    served = serve_warming(serve_factory, sink)
+    [message] = deliver_to_gmail(served, sink, 1)
+    raw = corpus_arf("arf-19.eml", message["header"], message["email"])
+    assert parse_report(raw).feedback_type == "auth-failure"
+    report(served, "fbl@shop.example.com", raw)
+    assert [e["type"] for e in events(served, message["id"])] == ["queued", "delivered"]
+    assert suppressed(served, message["email"]) == []
+    assert warmup_complaints(served) == 0
+
+
+@pytest.mark.slow
 def test_too_many_recipients_get_452_and_too_many_connections_421(
     serve_factory: Any, sink: Sink
 ) -> None:
