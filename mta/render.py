@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ class _Lenient(jinja2.ChainableUndefined):
 
 _TEXT_ENV = template_sandbox.environment(autoescape=False, undefined=_Undefined)
 _HTML_ENV = template_sandbox.environment(autoescape=True, undefined=_Undefined)
+_PLAIN_ENVS: dict[jinja2.Environment, jinja2.Environment] = {
+    env: template_sandbox.environment(autoescape=auto, undefined=_Undefined, plain=True)
+    for env, auto in ((_TEXT_ENV, False), (_HTML_ENV, True))
+}
 _LENIENT_ENVS = {
     "html": template_sandbox.environment(autoescape=True, undefined=_Lenient),
     "text": template_sandbox.environment(autoescape=False, undefined=_Lenient),
@@ -91,6 +96,37 @@ class Rendered:
 
 
 _FORBIDDEN = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+# Output can only outgrow the template through loops and macros (a macro may call itself);
+# without them it is the template's own text plus the printed values, which ``finalize``
+# already weighs one by one: such parts are joined in one go instead of chunk by chunk.
+_REPEATING = (nodes.For, nodes.Macro, nodes.CallBlock)
+_STRAIGHT: weakref.WeakSet[jinja2.Template] = weakref.WeakSet()
+
+# A part that only prints recipient data (``{{ first_name | default("there") }}``, ``{{ a.b }}``)
+# at a few places can do nothing expensive: its output is its own text plus at most
+# ``_PLAIN_SITES`` values of data the request validated (64 KB a recipient, HTML escaping at
+# most 6 times longer), so it renders without the per-value accounting (most templates).
+_PLAIN_SITES = 32
+_PLAIN_NODES = (
+    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const, nodes.Getattr,
+    nodes.Getitem,
+)  # fmt: skip
+_PLAIN: weakref.WeakSet[jinja2.Template] = weakref.WeakSet()
+
+
+def _plain(tree: nodes.Template) -> bool:
+    sites = 0
+    for node in tree.find_all(nodes.Node):
+        if isinstance(node, nodes.Filter):
+            if node.name != "default" or node.kwargs or node.dyn_args or node.dyn_kwargs:
+                return False
+            if not all(isinstance(arg, nodes.Const) for arg in node.args):
+                return False
+        elif not isinstance(node, _PLAIN_NODES):
+            return False
+    for output in tree.find_all(nodes.Output):
+        sites += sum(not isinstance(child, nodes.TemplateData) for child in output.nodes)
+    return sites <= _PLAIN_SITES
 
 
 def _compile(env: jinja2.Environment, field: str, source: str) -> jinja2.Template:
@@ -112,10 +148,19 @@ def _compile(env: jinja2.Environment, field: str, source: str) -> jinja2.Templat
                 field, f"the name {internal.name!r} is reserved (line {internal.lineno})"
             )
         template_sandbox.instrument(tree)
+        plain = _plain(tree)
+        if plain:
+            env = _PLAIN_ENVS[env]
         tree.set_environment(env)
+        straight = next(tree.find_all(_REPEATING), None) is None
         code = env.compile(tree)
         # A plain dict: Jinja's default ChainMap is copied key by key on every render.
-        return env.template_class.from_code(env, code, dict(env.make_globals(None)), None)
+        template = env.template_class.from_code(env, code, dict(env.make_globals(None)), None)
+        if straight:
+            _STRAIGHT.add(template)
+        if plain:
+            _PLAIN.add(template)
+        return template
     except TemplateError:
         raise
     except jinja2.TemplateSyntaxError as exc:
@@ -128,12 +173,24 @@ def _compile(env: jinja2.Environment, field: str, source: str) -> jinja2.Templat
         raise TemplateError(field, f"template cannot be compiled: {exc}") from exc
 
 
-def _stream(template: jinja2.Template, field: str, data: dict[str, Any], budget: Budget) -> str:
+def _stream(
+    template: jinja2.Template, field: str, data: dict[str, Any], budget: Budget | None
+) -> str:
     """The part, through Jinja's generator: stopped as soon as it is over ``MAX_PART_CHARS``
-    or late."""
-    budget.next_part()
+    or late. ``budget`` None: a part of a template whose parts are all plain (``_plain``)."""
+    if budget is not None:
+        budget.next_part()
     chunks = cast("Generator[str]", template.root_render_func(template.new_context(data)))
     try:
+        if (
+            budget is None or template in _STRAIGHT
+        ):  # bounded by the source and MAX_BUILT_CHARS: see _REPEATING
+            whole = "".join(chunks)
+            if len(whole) > MAX_PART_CHARS:
+                raise TemplateBudgetError(
+                    f"the rendered {field} would be larger than {MAX_PART_CHARS} characters"
+                )
+            return whole
         out: list[str] = []
         size = 0
         for chunk in chunks:
@@ -150,7 +207,7 @@ def _stream(template: jinja2.Template, field: str, data: dict[str, Any], budget:
         chunks.close()
 
 
-def _run(template: jinja2.Template, field: str, data: dict[str, Any], budget: Budget) -> str:
+def _run(template: jinja2.Template, field: str, data: dict[str, Any], budget: Budget | None) -> str:
     try:
         return _stream(template, field, data, budget)
     except jinja2.exceptions.SecurityError as exc:
@@ -176,11 +233,13 @@ class Templates:
         self.html = _compile(_HTML_ENV, "html", html) if html is not None else None
         self.text = _compile(_TEXT_ENV, "text", text) if text is not None else None
         self._alone: dict[str, str | None] = {}  # field -> why it is too expensive without data
+        # Parts that only print data need no budget: none to draw from, none to set up.
+        self.plain = all(t in _PLAIN for t in (self.subject, self.html, self.text) if t)
 
     def render(self, data: dict[str, Any], *, deadline: float | None = None) -> Rendered:
         """Render for one recipient within ``MAX_RENDER_SECONDS`` (or by the earlier
         monotonic ``deadline`` of the whole request)."""
-        budget = Budget(deadline)
+        budget = None if self.plain else Budget(deadline)
         token = template_budget.start(budget)
         try:
             subject = _run(self.subject, "subject", data, budget)

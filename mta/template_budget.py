@@ -151,8 +151,9 @@ class Budget:
 _current: ContextVar[Budget | None] = ContextVar("sluice_template_budget", default=None)
 
 
-def start(budget: Budget) -> Token[Budget | None]:
-    """Make ``budget`` the one this thread's render draws from."""
+def start(budget: Budget | None) -> Token[Budget | None]:
+    """Make ``budget`` the one this thread's render draws from (None: no budget, for plain
+    templates that cannot spend one)."""
     return _current.set(budget)
 
 

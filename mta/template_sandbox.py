@@ -323,11 +323,20 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         return built(result, f"calling {name}", new=new and result is not owner)
 
 
-def environment(*, autoescape: bool, undefined: type[Any]) -> BudgetedSandbox:
-    """A sandbox whose templates (compiled with ``instrument``) render within a ``Budget``."""
+def environment(*, autoescape: bool, undefined: type[Any], plain: bool = False) -> BudgetedSandbox:
+    """A sandbox whose templates (compiled with ``instrument``) render within a ``Budget``.
+
+    ``plain``: for parts that only print bounded recipient data through ``default`` at most
+    (``mta.render._plain``): printed values are not weighed and filters not wrapped, since
+    such a part has nothing to spend a budget on."""
     env = BudgetedSandbox(
-        undefined=undefined, autoescape=autoescape, keep_trailing_newline=True, finalize=finalize
+        undefined=undefined,
+        autoescape=autoescape,
+        keep_trailing_newline=True,
+        finalize=None if plain else finalize,
     )
+    if plain:
+        return env
     env.globals["range"] = budget.bounded_range
     env.globals["lipsum"] = budget.bounded_lipsum
     env.globals[LOOP] = counted

@@ -170,3 +170,24 @@ def test_iterating_filters_draw_from_the_loop_budget(use: str) -> None:
         return
     with pytest.raises(RenderOverBudget, match=f"loops ran more than {MAX_LOOP_ITERATIONS}"):
         Templates("s", None, source).render({})
+
+
+def test_parts_that_only_print_data_render_without_a_budget() -> None:
+    """The common template (the fixture) prints recipient data and nothing else: it renders
+    without per-value accounting, and still within the size limit."""
+    from mta.render import _PLAIN
+
+    fixture = fixture_batch(1)
+    plain = Templates(fixture["subject"], fixture["html"], fixture["text"])
+    assert plain.plain
+    sites = "".join(f"{{{{ v{i} }}}}" for i in range(33))
+    assert not Templates(sites, None, None).plain, "too many places to print"
+    for source in ("{{ a ~ b }}", "{% for x in xs %}{{ x }}{% endfor %}", "{{ a | upper }}"):
+        assert Templates(source, None, None).subject not in _PLAIN, source
+    big = {f"v{i}": "x" * 60_000 for i in range(32)}
+    wide = Templates("s", "".join(f"{{{{ v{i} }}}}" for i in range(32)), None)
+    assert wide.plain
+    assert len(wide.render(big).html or "") == 32 * 60_000
+    bigger = {name: value + "x" * 10_000 for name, value in big.items()}
+    with pytest.raises(RenderOverBudget):  # 2.2 MB of output: over the part's 2 MB
+        wide.render(bigger)
