@@ -53,6 +53,7 @@ class Prepared:
     response: str  # the answer before the contact policy: accepted recipients "queued"
     policy: bytes  # msgpack for accept.lua: applicable cap rules and quiet windows
     rejected: int
+    results: list[dict[str, Any]]  # ``response``'s results, for the answer (used once)
 
 
 def _reject_constant(name: str) -> Any:
@@ -224,14 +225,18 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
         "zones": zones,
     }
     return Prepared(
-        batch_id, _batch_content(req), entries, response, msgpack.packb(policy_input), rejected
+        batch_id, _batch_content(req), entries, response, msgpack.packb(policy_input), rejected,
+        results,
     )  # fmt: skip
 
 
-def final_response(response: str, outcomes: list[str]) -> tuple[str, dict[str, int]]:
-    """The 202 answer: ``response`` (where accepted recipients say "queued", in the order of
-    the script's outcomes) with each one's fate; and the counts per status."""
-    answer = json.loads(response)
+def final_response(
+    response: str | dict[str, Any], outcomes: list[str]
+) -> tuple[str, dict[str, int]]:
+    """The 202 answer: ``response`` (JSON, or the answer itself, where accepted recipients say
+    "queued", in the order of the script's outcomes) with each one's fate; and the counts per
+    status."""
+    answer = json.loads(response) if isinstance(response, str) else response
     results = answer["results"]
     accepted = [i for i, r in enumerate(results) if r["status"] != "rejected"]
     for position, outcome in zip(accepted, outcomes, strict=True):
@@ -279,5 +284,11 @@ async def accept(
             "this Idempotency-Key was used with a different body in the last 24 hours",
             field="Idempotency-Key",
         )
-    response, counts = final_response(outcome.response, outcome.outcomes)
+    # A new batch's answer is the one prepared (no need to parse what was just written).
+    first = (
+        outcome.response
+        if outcome.replay
+        else {"batch_id": prepared.batch_id, "results": prepared.results}
+    )
+    response, counts = final_response(first, outcome.outcomes)
     return response, outcome.replay, counts
