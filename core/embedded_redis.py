@@ -150,21 +150,35 @@ class EmbeddedRedis:
         sock = self._socket_path()
         args = [
             self.binary or redis_server_binary(),
-            "--dir", str(self.dir),
-            "--appendonly", "yes",
-            "--appendfsync", self.fsync,
-            "--appendfilename", "sluice.aof",
-            "--dbfilename", "sluice.rdb",
-            "--save", "",
-            "--pidfile", str(self.pidfile),
-            "--daemonize", "no",
-            "--logfile", str(self.dir / "redis.log"),
-            "--maxmemory-policy", "noeviction",
-            "--auto-aof-rewrite-min-size", "1gb",
-            "--port", "0",  # no TCP listener at all: the socket below is the only way in
-            "--unixsocket", str(sock),
-            "--unixsocketperm", "700",
-        ]  # fmt: skip
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.fsync,
+            "--appendfilename",
+            "sluice.aof",
+            "--dbfilename",
+            "sluice.rdb",
+            "--save",
+            "",
+            "--pidfile",
+            str(self.pidfile),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--maxmemory-policy",
+            "noeviction",
+            "--auto-aof-rewrite-min-size",
+            "1gb",
+            "--port",
+            "0",  # no TCP listener at all: the socket below is the only way in
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+        ]
         self.url = f"unix://{sock}"
         # Its own session: a Ctrl-C in the terminal must not stop Redis while the workers
         # are still recording outcomes; serve stops it last. It still dies with serve.

@@ -328,19 +328,40 @@ class Store:
         return _text(ip), float(wait)
 
     async def warmup_signal(
-        self, ip: str, provider: str, outcome: str, now: float, *,
-        thresholds: tuple[float, float, float], min_attempts: int, day: str,
-    ) -> str:  # fmt: skip
+        self,
+        ip: str,
+        provider: str,
+        outcome: str,
+        now: float,
+        *,
+        thresholds: tuple[float, float, float],
+        min_attempts: int,
+        day: str,
+    ) -> str:
         """Record a warming IP's SMTP outcome (sent, deferred, bounced, complained); returns
         "paused" or "resumed" when that changed its hold, else ""."""
         target = f"{ip}:{provider}"
         template = msgpack.packb({"ip": ip, "provider": provider, "message_id": None})
         result = await self._warmup_signal(
-            keys=[keys.WARMUP_SIGNALS + target, keys.WARMUP_HOLDS, keys.EVENTS,
-                  keys.WARMUP_DAILY + target, keys.WARMUP_LAST],
-            args=[target, f"{now:.3f}", outcome, *thresholds, min_attempts, EVENTS_MAXLEN,
-                  template, day, ip],
-        )  # fmt: skip
+            keys=[
+                keys.WARMUP_SIGNALS + target,
+                keys.WARMUP_HOLDS,
+                keys.EVENTS,
+                keys.WARMUP_DAILY + target,
+                keys.WARMUP_LAST,
+            ],
+            args=[
+                target,
+                f"{now:.3f}",
+                outcome,
+                *thresholds,
+                min_attempts,
+                EVENTS_MAXLEN,
+                template,
+                day,
+                ip,
+            ],
+        )
         return _text(result)
 
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
@@ -431,9 +452,12 @@ async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store
     # A blocking pool: hundreds of concurrent deliveries wait for a connection
     # instead of failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=30, socket_timeout=30,
+        url,
+        max_connections=max_connections,
+        timeout=30,
+        socket_timeout=30,
         socket_connect_timeout=10,
-    )  # fmt: skip
+    )
     client = aioredis.Redis(connection_pool=pool)
     try:
         try:

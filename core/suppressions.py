@@ -107,9 +107,13 @@ class Suppressions:
         return int(await self._script(keys=[keys.SUPPRESSION_COUNT], args=args))
 
     async def add(
-        self, address: str, *, reason: str, source: str | None = None,
+        self,
+        address: str,
+        *,
+        reason: str,
+        source: str | None = None,
         category: str | None = None,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         return await self.add_many([(address, category, reason, source)]) == 1
 
     async def remove(self, address: str, category: str | None = None) -> bool:

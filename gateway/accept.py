@@ -157,17 +157,35 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
             reason = _render_once(templates, r.data, render_deadline)
         if reason is not None:
             rejected += 1
-            results.append({"index": r.index, "email": r.email, "message_id": None,
-                            "status": "rejected", "reason": reason})  # fmt: skip
+            results.append(
+                {
+                    "index": r.index,
+                    "email": r.email,
+                    "message_id": None,
+                    "status": "rejected",
+                    "reason": reason,
+                }
+            )
             continue
         address = r.normalized
         assert address is not None
         canonical = suppressions.canonical(address)
         message_id = ids.message_id(batch_id, r.index)
-        job: dict[str, Any] = {"m": message_id, "b": batch_id, "i": r.index, "e": address,
-                               "t0": round(now, 3), "a": 0}  # fmt: skip
-        for key, value in (("n", r.name), ("c", r.contact_id), ("z", r.timezone),
-                           ("d", r.data), ("md", r.metadata)):  # fmt: skip
+        job: dict[str, Any] = {
+            "m": message_id,
+            "b": batch_id,
+            "i": r.index,
+            "e": address,
+            "t0": round(now, 3),
+            "a": 0,
+        }
+        for key, value in (
+            ("n", r.name),
+            ("c", r.contact_id),
+            ("z", r.timezone),
+            ("d", r.data),
+            ("md", r.metadata),
+        ):
             if value:
                 job[key] = value
         entry: dict[str, Any] = {
@@ -192,8 +210,10 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
                 zones[zone_name] = [x for pair in bounds for x in pair]
             entry["z"] = zone_name
             entry["o"] = ramp_offset(quiet, message_id)
-            where = {"timezone": zone_name,
-                     "timezone_source": "recipient" if r.timezone else "default"}  # fmt: skip
+            where = {
+                "timezone": zone_name,
+                "timezone_source": "recipient" if r.timezone else "default",
+            }
         entry["e"] = pack_event(
             EventType.QUEUED,
             timestamp=now,
@@ -206,8 +226,9 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
             **where,
         )
         entries.append(entry)
-        results.append({"index": r.index, "email": r.email, "message_id": message_id,
-                        "status": "queued"})  # fmt: skip
+        results.append(
+            {"index": r.index, "email": r.email, "message_id": message_id, "status": "queued"}
+        )
 
     response = json.dumps({"batch_id": batch_id, "results": results}, ensure_ascii=False)
     policy_input = {
@@ -225,9 +246,14 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
         "zones": zones,
     }
     return Prepared(
-        batch_id, _batch_content(req), entries, response, msgpack.packb(policy_input), rejected,
+        batch_id,
+        _batch_content(req),
+        entries,
+        response,
+        msgpack.packb(policy_input),
+        rejected,
         results,
-    )  # fmt: skip
+    )
 
 
 def final_response(

@@ -370,11 +370,13 @@ async def list_suppressions(request: web.Request) -> web.Response:
         raise ValidationError("'limit' must be a whole number from 1 to 1000", field="limit")
     store = request.app[STORE]
     entries, after = await store.suppressions.page(int(cursor_text), int(limit_text))
-    return _json({
-        "suppressions": [entry.as_json() for entry in entries],
-        "next": None if after is None else str(after),
-        "total": await store.suppressions.count(),
-    })  # fmt: skip
+    return _json(
+        {
+            "suppressions": [entry.as_json() for entry in entries],
+            "next": None if after is None else str(after),
+            "total": await store.suppressions.count(),
+        }
+    )
 
 
 async def get_webhooks(request: web.Request) -> web.Response:
@@ -487,9 +489,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     gauges = await request.app[STORE].gauges()
     return web.Response(
-        text=request.app[METRICS].render(gauges), content_type="text/plain", charset="utf-8",
+        text=request.app[METRICS].render(gauges),
+        content_type="text/plain",
+        charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
-    )  # fmt: skip
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:

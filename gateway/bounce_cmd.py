@@ -33,9 +33,10 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     actions = bounce.add_subparsers(dest="bounce_command", required=True, metavar="ACTION")
     parse = actions.add_parser(
-        "parse", parents=[common],
+        "parse",
+        parents=[common],
         help="what Sluice reads in each message: kind, recipients, status, class, hard",
-    )  # fmt: skip
+    )
     parse.add_argument("files", nargs="+", metavar="FILE", help="a message file; - for stdin")
     parse.add_argument("--json", action="store_true", help="one JSON object a line per file")
 

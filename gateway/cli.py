@@ -33,24 +33,57 @@ def _parser() -> argparse.ArgumentParser:
         help="run the HTTP API, delivery workers and embedded Redis in the foreground",
     )
     for flag, meta, text in (
-        ("--config", "PATH", "sluice.toml to read (env SLUICE_CONFIG; default ./sluice.toml if present)"),
-        ("--data-dir", "DIR", "where Redis, keys and the API key live (env SLUICE_DATA_DIR; default ./sluice-data)"),
-        ("--redis-url", "URL", "use this Redis >= 6.2 instead of the embedded one (env SLUICE_REDIS_URL)"),
-        ("--listen", "HOST:PORT", "HTTP listen address (env SLUICE_LISTEN; default 127.0.0.1:8025)"),
-        ("--public-url", "URL", "base of tracking links (env SLUICE_PUBLIC_URL; default http://<listen>)"),
-        ("--relay", "HOST:PORT", "deliver everything through this SMTP relay (env SLUICE_RELAY; default: by MX)"),
-        ("--workers", "N", "delivery worker processes; 0 accepts without delivering (env SLUICE_WORKERS)"),
-        ("--submission", "HOST:PORT", "SMTP submission listener, AUTH with the API key (env SLUICE_SUBMISSION; default off)"),
-    ):  # fmt: skip
+        (
+            "--config",
+            "PATH",
+            "sluice.toml to read (env SLUICE_CONFIG; default ./sluice.toml if present)",
+        ),
+        (
+            "--data-dir",
+            "DIR",
+            "where Redis, keys and the API key live (env SLUICE_DATA_DIR; default ./sluice-data)",
+        ),
+        (
+            "--redis-url",
+            "URL",
+            "use this Redis >= 6.2 instead of the embedded one (env SLUICE_REDIS_URL)",
+        ),
+        (
+            "--listen",
+            "HOST:PORT",
+            "HTTP listen address (env SLUICE_LISTEN; default 127.0.0.1:8025)",
+        ),
+        (
+            "--public-url",
+            "URL",
+            "base of tracking links (env SLUICE_PUBLIC_URL; default http://<listen>)",
+        ),
+        (
+            "--relay",
+            "HOST:PORT",
+            "deliver everything through this SMTP relay (env SLUICE_RELAY; default: by MX)",
+        ),
+        (
+            "--workers",
+            "N",
+            "delivery worker processes; 0 accepts without delivering (env SLUICE_WORKERS)",
+        ),
+        (
+            "--submission",
+            "HOST:PORT",
+            "SMTP submission listener, AUTH with the API key (env SLUICE_SUBMISSION; default off)",
+        ),
+    ):
         serve.add_argument(flag, metavar=meta, help=text)
     dkim_cmd.add_commands(commands, common)
     bounce_cmd.add_commands(commands, common)
     suppress_cmd.add_commands(commands, common)
     warmup_cmd.add_commands(commands, common)
     preflight = commands.add_parser(
-        "preflight", parents=[common, where_options(redis=False)],
+        "preflight",
+        parents=[common, where_options(redis=False)],
         help="the pre-launch checklist for a sending domain (SPF, DKIM, DMARC, PTR, ...)",
-    )  # fmt: skip
+    )
     preflight.add_argument("domain")
     preflight.add_argument("--selector", action="append", default=[], help="DKIM selector (repeat)")
     preflight.add_argument("--ip", action="append", default=[], help="sending IP (repeat)")
@@ -65,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         dest="tracking_command", required=True, metavar="ACTION"
     )
     tracking_actions.add_parser(
-        "rotate-key", parents=[common, where_options(redis=False)],
+        "rotate-key",
+        parents=[common, where_options(redis=False)],
         help="seal new tracking links with a new key; links already sent keep working",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -97,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = load_settings({"data_dir": args.data_dir, "config": args.config})
             key_id = rotate_key(settings.data_dir)
-            print(f"Tracking key {key_id} now seals new links; older keys still open earlier ones. "
-                  "Restart sluice serve to use it.")  # fmt: skip
+            print(
+                f"Tracking key {key_id} now seals new links; older keys still open earlier ones. "
+                "Restart sluice serve to use it."
+            )
             return 0
     except (ConfigurationError, ValidationError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)

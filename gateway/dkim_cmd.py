@@ -22,9 +22,10 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     which.add_argument("--selector", required=True, help="the selector (s=), e.g. s2026")
 
     keygen = actions.add_parser(
-        "keygen", parents=[common, where, which],
+        "keygen",
+        parents=[common, where, which],
         help="create a key, make it the active one for its algorithm, print its DNS record",
-    )  # fmt: skip
+    )
     keygen.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     actions.add_parser("list", parents=[common, where], help="keys, and which are active")
@@ -70,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([_describe(k) for k in keys], indent=2))
         elif not keys:
-            print(f"No DKIM keys in {settings.data_dir}; create one with "
-                  "`sluice dkim keygen --domain D --selector S`")  # fmt: skip
+            print(
+                f"No DKIM keys in {settings.data_dir}; create one with "
+                "`sluice dkim keygen --domain D --selector S`"
+            )
         else:
             print(
                 f"{'DOMAIN':<32} {'SELECTOR':<16} {'ALGORITHM':<9} {'BITS':>5}  CREATED     ACTIVE"
@@ -89,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(_describe(key), indent=2))
             return 0
         size = f"-{key.bits}" if key.algorithm == "rsa" else ""
-        print(f"Created {key.algorithm}{size} key {key.selector!r} for {key.domain}, active for "
-              f"{key.algorithm} signing; stored in {key.path} (mode 0600).")  # fmt: skip
+        print(
+            f"Created {key.algorithm}{size} key {key.selector!r} for {key.domain}, active for "
+            f"{key.algorithm} signing; stored in {key.path} (mode 0600)."
+        )
         print()
         _print_record(key)
         return 0

@@ -9,10 +9,12 @@ from gateway.openapi_parts import AUTH, LIMIT_QUERY, TOKEN, error_responses, jso
 
 _EMAIL = {"name": "email", "in": "path", "required": True, "schema": {"type": "string"}}
 _CATEGORY_QUERY = {
-    "name": "category", "in": "query", "required": False,
+    "name": "category",
+    "in": "query",
+    "required": False,
     "schema": TOKEN,
     "description": "An unsubscribe group; without it, the global entry",
-}  # fmt: skip
+}
 
 
 SCHEMAS: dict[str, Any] = {

@@ -57,8 +57,12 @@ class CapRule:
         return self.category == "*" or self.category == category
 
     def as_json(self) -> dict[str, Any]:
-        return {"category": self.category, "limit": self.limit,
-                "window_seconds": self.window_seconds, "action": self.action}  # fmt: skip
+        return {
+            "category": self.category,
+            "limit": self.limit,
+            "window_seconds": self.window_seconds,
+            "action": self.action,
+        }
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,12 @@ def parse_policy(body: object) -> Policy:
         )
     for i, raw in enumerate(caps):
         path = f"frequency_caps[{i}]"
-        item = _keys(raw, path, {"category", "limit", "window_seconds", "action"},
-                     {"category", "limit", "window_seconds"})  # fmt: skip
+        item = _keys(
+            raw,
+            path,
+            {"category", "limit", "window_seconds", "action"},
+            {"category", "limit", "window_seconds"},
+        )
         category = item["category"]
         if not isinstance(category, str) or not (category == "*" or _CATEGORY.fullmatch(category)):
             raise _fail(f"{path}.category", f"'{path}.category' must be \"*\" or a category name")
@@ -158,16 +166,22 @@ def parse_policy(body: object) -> Policy:
         rule = CapRule(
             category=category,
             limit=_int(item["limit"], f"{path}.limit", 1, MAX_LIMIT),
-            window_seconds=_int(item["window_seconds"], f"{path}.window_seconds", 1, MAX_WINDOW_SECONDS),
+            window_seconds=_int(
+                item["window_seconds"], f"{path}.window_seconds", 1, MAX_WINDOW_SECONDS
+            ),
             action=action,
-        )  # fmt: skip
+        )
         if any(r.key == rule.key for r in rules):
             raise _fail(path, f"two rules for category {category!r} with the same window")
         rules.append(rule)
     quiet = None
     if body.get("quiet_hours") is not None:
-        raw = _keys(body["quiet_hours"], "quiet_hours",
-                    {"start", "end", "default_timezone", "ramp_seconds"}, {"start", "end"})  # fmt: skip
+        raw = _keys(
+            body["quiet_hours"],
+            "quiet_hours",
+            {"start", "end", "default_timezone", "ramp_seconds"},
+            {"start", "end"},
+        )
         start, end = (
             _clock(raw["start"], "quiet_hours.start"),
             _clock(raw["end"], "quiet_hours.end"),
@@ -177,8 +191,9 @@ def parse_policy(body: object) -> Policy:
         default = raw.get("default_timezone", "UTC")
         zone(default, "quiet_hours.default_timezone")
         ramp = raw.get("ramp_seconds", DEFAULT_RAMP_SECONDS)
-        quiet = QuietHours(start, end, default,
-                           _int(ramp, "quiet_hours.ramp_seconds", 0, MAX_RAMP_SECONDS))  # fmt: skip
+        quiet = QuietHours(
+            start, end, default, _int(ramp, "quiet_hours.ramp_seconds", 0, MAX_RAMP_SECONDS)
+        )
     return Policy(tuple(rules), quiet)
 
 

@@ -105,8 +105,11 @@ def _tags(record: str) -> dict[str, str]:
 
 
 def _spf_records(resolver: Dns, domain: str) -> list[str]:
-    return [t for t in resolver.txt(domain) if t.lower().startswith("v=spf1") and
-            (len(t) == 6 or t[6] == " ")]  # fmt: skip
+    return [
+        t
+        for t in resolver.txt(domain)
+        if t.lower().startswith("v=spf1") and (len(t) == 6 or t[6] == " ")
+    ]
 
 
 def _spf_loop(resolver: Dns, domain: str, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
@@ -134,38 +137,92 @@ def _spf_loop(resolver: Dns, domain: str, path: tuple[str, ...] = ()) -> tuple[s
 def spf_checks(resolver: Dns, domain: str, ips: list[str]) -> list[Check]:
     records = _spf_records(resolver, domain)
     if not records:
-        return [Check("spf.record", "fail", "no SPF record",
-                      f"no TXT record starting v=spf1 at {domain}",
-                      f'publish TXT at {domain}: "v=spf1 ip4:<your sending IPs> -all"')]  # fmt: skip
+        return [
+            Check(
+                "spf.record",
+                "fail",
+                "no SPF record",
+                f"no TXT record starting v=spf1 at {domain}",
+                f'publish TXT at {domain}: "v=spf1 ip4:<your sending IPs> -all"',
+            )
+        ]
     if len(records) > 1:
-        return [Check("spf.record", "fail", f"{len(records)} SPF records (must be exactly one)",
-                      " | ".join(records), "merge them into one v=spf1 record")]  # fmt: skip
+        return [
+            Check(
+                "spf.record",
+                "fail",
+                f"{len(records)} SPF records (must be exactly one)",
+                " | ".join(records),
+                "merge them into one v=spf1 record",
+            )
+        ]
     record = records[0]
     checks = [Check("spf.record", "pass", "one SPF record", record)]
     if len(record) > 450:
-        checks.append(Check("spf.size", "warn", f"the record is {len(record)} bytes",
-                            "over 450 bytes risks DNS answers over UDP limits",
-                            "flatten or shorten it"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.size",
+                "warn",
+                f"the record is {len(record)} bytes",
+                "over 450 bytes risks DNS answers over UDP limits",
+                "flatten or shorten it",
+            )
+        )
     loop = _spf_loop(resolver, domain.lower())
     if loop:
-        checks.append(Check("spf.loop", "fail", "include/redirect loop", " -> ".join(loop),
-                            "remove the include that points back"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.loop",
+                "fail",
+                "include/redirect loop",
+                " -> ".join(loop),
+                "remove the include that points back",
+            )
+        )
     terms = [t.lower() for t in record.split()[1:]]
     all_term = next((t for t in terms if t.lstrip("+-~?") == "all"), None)
     if all_term in ("all", "+all"):
-        checks.append(Check("spf.all", "fail", "+all authorizes every host on the internet", record,
-                            "end the record with -all (or ~all)"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.all",
+                "fail",
+                "+all authorizes every host on the internet",
+                record,
+                "end the record with -all (or ~all)",
+            )
+        )
     elif all_term == "?all":
-        checks.append(Check("spf.all", "warn", "?all is neutral: unlisted senders are not refused",
-                            record, "end the record with -all (or ~all)"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.all",
+                "warn",
+                "?all is neutral: unlisted senders are not refused",
+                record,
+                "end the record with -all (or ~all)",
+            )
+        )
     elif all_term is None and not any(t.startswith("redirect=") for t in terms):
-        checks.append(Check("spf.all", "warn", "no all mechanism: unlisted senders are neutral",
-                            record, "end the record with -all (or ~all)"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.all",
+                "warn",
+                "no all mechanism: unlisted senders are neutral",
+                record,
+                "end the record with -all (or ~all)",
+            )
+        )
     else:
         checks.append(Check("spf.all", "pass", f"ends with {all_term or 'a redirect'}"))
     if any(t.lstrip("+-~?").startswith("ptr") for t in terms):
-        checks.append(Check("spf.ptr", "warn", "the ptr mechanism is deprecated (RFC 7208 5.5)",
-                            record, "list the addresses with ip4:/ip6: instead"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.ptr",
+                "warn",
+                "the ptr mechanism is deprecated (RFC 7208 5.5)",
+                record,
+                "list the addresses with ip4:/ip6: instead",
+            )
+        )
     query = spf.query(i=PROBE_IP, s=f"postmaster@{domain}", h=domain, querytime=20)
     result, _, explanation = query.check()
     if result == "temperror":
@@ -175,22 +232,52 @@ def spf_checks(resolver: Dns, domain: str, ips: list[str]) -> list[Check]:
     elif (
         result == "permerror" and "lookup" in explanation.lower() and "void" in explanation.lower()
     ):
-        checks.append(Check("spf.void_lookups", "fail", "more than 2 void lookups", explanation,
-                            "remove includes and names that do not exist"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.void_lookups",
+                "fail",
+                "more than 2 void lookups",
+                explanation,
+                "remove includes and names that do not exist",
+            )
+        )
     elif result == "permerror" and "lookups" in explanation.lower():
-        checks.append(Check("spf.lookups", "fail", "more than 10 DNS-querying terms", explanation,
-                            "flatten includes into ip4:/ip6: ranges"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.lookups",
+                "fail",
+                "more than 10 DNS-querying terms",
+                explanation,
+                "flatten includes into ip4:/ip6: ranges",
+            )
+        )
     elif result == "permerror":
-        checks.append(Check("spf.syntax", "fail", "the record does not parse", explanation,
-                            "fix the SPF syntax"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.syntax", "fail", "the record does not parse", explanation, "fix the SPF syntax"
+            )
+        )
     else:
-        checks.append(Check("spf.lookups", "pass", f"{query.lookups} of 10 DNS-querying terms",
-                            f"{query.void_lookups} void lookups"))  # fmt: skip
+        checks.append(
+            Check(
+                "spf.lookups",
+                "pass",
+                f"{query.lookups} of 10 DNS-querying terms",
+                f"{query.void_lookups} void lookups",
+            )
+        )
     for ip in ips:
         result, _, explanation = spf.query(i=ip, s=f"postmaster@{domain}", h=domain).check()
         status = {"pass": "pass", "temperror": "error"}.get(result, "fail")
-        checks.append(Check(f"spf.authorizes_ip:{ip}", status, f"check_host({ip}) = {result}",
-                            explanation, "" if status == "pass" else f"add ip4:{ip} to the record"))  # fmt: skip
+        checks.append(
+            Check(
+                f"spf.authorizes_ip:{ip}",
+                status,
+                f"check_host({ip}) = {result}",
+                explanation,
+                "" if status == "pass" else f"add ip4:{ip} to the record",
+            )
+        )
     return checks
 
 
@@ -202,26 +289,53 @@ def dkim_checks(resolver: Dns, domain: str, selectors: list[str], store: KeyStor
     if not selectors:
         selectors = [k.selector for k in store.all_keys() if k.domain == domain and k.active]
     if not selectors:
-        return [Check("dkim.key", "fail", f"no DKIM selector to check for {domain}",
-                      "Sluice holds no active key for it and no --selector was given",
-                      f"sluice dkim keygen --domain {domain} --selector s1, publish the record")]  # fmt: skip
+        return [
+            Check(
+                "dkim.key",
+                "fail",
+                f"no DKIM selector to check for {domain}",
+                "Sluice holds no active key for it and no --selector was given",
+                f"sluice dkim keygen --domain {domain} --selector s1, publish the record",
+            )
+        ]
     checks = []
     for selector in selectors:
         name = f"{selector}._domainkey.{domain}"
         records = [t for t in resolver.txt(name) if "p=" in t]
         if not records:
-            checks.append(Check(f"dkim.record:{selector}", "fail", f"no DKIM record at {name}", "",
-                                f"publish it: sluice dkim record --domain {domain} --selector {selector}"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"dkim.record:{selector}",
+                    "fail",
+                    f"no DKIM record at {name}",
+                    "",
+                    f"publish it: sluice dkim record --domain {domain} --selector {selector}",
+                )
+            )
             continue
         tags = _tags(records[0])
         if tags.get("v", "DKIM1") != "DKIM1" or len(records) > 1:
-            checks.append(Check(f"dkim.record:{selector}", "fail", "malformed DKIM record",
-                                records[0][:200], "publish exactly one v=DKIM1 record"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"dkim.record:{selector}",
+                    "fail",
+                    "malformed DKIM record",
+                    records[0][:200],
+                    "publish exactly one v=DKIM1 record",
+                )
+            )
             continue
         checks.append(Check(f"dkim.record:{selector}", "pass", f"record at {name}"))
         if not tags.get("p"):
-            checks.append(Check(f"dkim.key:{selector}", "fail", "the key is revoked (empty p=)", "",
-                                "publish the current key or use another selector"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"dkim.key:{selector}",
+                    "fail",
+                    "the key is revoked (empty p=)",
+                    "",
+                    "publish the current key or use another selector",
+                )
+            )
             continue
         algorithm = tags.get("k", "rsa")
         try:
@@ -234,29 +348,63 @@ def dkim_checks(resolver: Dns, domain: str, selectors: list[str], store: KeyStor
             )
             continue
         if algorithm == "ed25519":
-            checks.append(Check(f"dkim.key:{selector}", "pass" if len(raw) == 32 else "fail",
-                                "Ed25519 key" if len(raw) == 32 else "bad Ed25519 key"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"dkim.key:{selector}",
+                    "pass" if len(raw) == 32 else "fail",
+                    "Ed25519 key" if len(raw) == 32 else "bad Ed25519 key",
+                )
+            )
         else:
             try:
                 bits = load_der_public_key(raw).key_size  # type: ignore[union-attr]
             except (ValueError, AttributeError):
-                checks.append(Check(f"dkim.key:{selector}", "fail", "p= is not an RSA public key", "",
-                                    "republish the record"))  # fmt: skip
+                checks.append(
+                    Check(
+                        f"dkim.key:{selector}",
+                        "fail",
+                        "p= is not an RSA public key",
+                        "",
+                        "republish the record",
+                    )
+                )
                 continue
             status = "pass" if bits >= 2048 else "warn" if bits >= 1024 else "fail"
-            checks.append(Check(f"dkim.key:{selector}", status, f"RSA-{bits}", "",
-                                "" if status == "pass" else "rotate to a 2048-bit key"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"dkim.key:{selector}",
+                    status,
+                    f"RSA-{bits}",
+                    "",
+                    "" if status == "pass" else "rotate to a 2048-bit key",
+                )
+            )
         if "y" in tags.get("t", "").split(":"):
-            checks.append(Check(f"dkim.testing:{selector}", "warn", "t=y: receivers may ignore failures",
-                                "", "remove t=y once signatures verify"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"dkim.testing:{selector}",
+                    "warn",
+                    "t=y: receivers may ignore failures",
+                    "",
+                    "remove t=y once signatures verify",
+                )
+            )
         key = held.get((domain, selector))
         if key is None:
-            checks.append(Check(f"dkim.matches_private_key:{selector}", "warn",
-                                "Sluice holds no private key for this selector", "",
-                                "sign with a selector Sluice holds (sluice dkim list)"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"dkim.matches_private_key:{selector}",
+                    "warn",
+                    "Sluice holds no private key for this selector",
+                    "",
+                    "sign with a selector Sluice holds (sluice dkim list)",
+                )
+            )
             continue
-        probe = (f"From: preflight@{domain}\r\nTo: probe@{domain}\r\nSubject: preflight\r\n"
-                 "Date: Mon, 23 Nov 2026 00:00:00 +0000\r\nMessage-ID: <p@x>\r\n\r\nprobe\r\n").encode()  # fmt: skip
+        probe = (
+            f"From: preflight@{domain}\r\nTo: probe@{domain}\r\nSubject: preflight\r\n"
+            "Date: Mon, 23 Nov 2026 00:00:00 +0000\r\nMessage-ID: <p@x>\r\n\r\nprobe\r\n"
+        ).encode()
         signed = sign(probe, [SigningKey.of(key, key.load())])
 
         def lookup(qname: bytes, timeout: float = 5) -> bytes:
@@ -266,10 +414,19 @@ def dkim_checks(resolver: Dns, domain: str, selectors: list[str], store: KeyStor
             good = bool(dkim.DKIM(signed).verify(dnsfunc=lookup))
         except dkim.DKIMException:
             good = False
-        checks.append(Check(f"dkim.matches_private_key:{selector}", "pass" if good else "fail",
-                            "a probe signed with Sluice's key verifies against the record" if good
-                            else "the published key is not Sluice's key for this selector", "",
-                            "" if good else f"publish: sluice dkim record --domain {domain} --selector {selector}"))  # fmt: skip
+        checks.append(
+            Check(
+                f"dkim.matches_private_key:{selector}",
+                "pass" if good else "fail",
+                "a probe signed with Sluice's key verifies against the record"
+                if good
+                else "the published key is not Sluice's key for this selector",
+                "",
+                ""
+                if good
+                else f"publish: sluice dkim record --domain {domain} --selector {selector}",
+            )
+        )
     return checks
 
 
@@ -293,12 +450,25 @@ def dmarc_checks(
 ) -> list[Check]:
     where, records = _dmarc_record(resolver, domain)
     if not records:
-        return [Check("dmarc.record", "fail", "no DMARC record",
-                      f"nothing at _dmarc.{domain} or _dmarc.{org_domain(domain)}",
-                      f'publish TXT at _dmarc.{domain}: "v=DMARC1; p=none; rua=mailto:dmarc@{domain}"')]  # fmt: skip
+        return [
+            Check(
+                "dmarc.record",
+                "fail",
+                "no DMARC record",
+                f"nothing at _dmarc.{domain} or _dmarc.{org_domain(domain)}",
+                f'publish TXT at _dmarc.{domain}: "v=DMARC1; p=none; rua=mailto:dmarc@{domain}"',
+            )
+        ]
     if len(records) > 1:
-        return [Check("dmarc.record", "fail", "more than one DMARC record", " | ".join(records),
-                      "keep exactly one")]  # fmt: skip
+        return [
+            Check(
+                "dmarc.record",
+                "fail",
+                "more than one DMARC record",
+                " | ".join(records),
+                "keep exactly one",
+            )
+        ]
     tags = _tags(records[0])
     checks = [Check("dmarc.record", "pass", f"record at _dmarc.{where}", records[0])]
     policy = tags.get("sp" if where != domain and "sp" in tags else "p", "").lower()
@@ -307,14 +477,28 @@ def dmarc_checks(
             Check("dmarc.policy", "fail", "no valid p= tag", records[0], "add p=none to start")
         )
     elif policy == "none":
-        checks.append(Check("dmarc.policy", "warn", "p=none: failing mail is delivered anyway", "",
-                            "move to p=quarantine once reports look clean"))  # fmt: skip
+        checks.append(
+            Check(
+                "dmarc.policy",
+                "warn",
+                "p=none: failing mail is delivered anyway",
+                "",
+                "move to p=quarantine once reports look clean",
+            )
+        )
     else:
         checks.append(Check("dmarc.policy", "pass", f"p={policy}"))
     rua = [u for u in tags.get("rua", "").split(",") if u.lower().startswith("mailto:")]
     if not rua:
-        checks.append(Check("dmarc.rua", "warn", "no rua: you get no aggregate reports", "",
-                            f"add rua=mailto:dmarc@{domain}"))  # fmt: skip
+        checks.append(
+            Check(
+                "dmarc.rua",
+                "warn",
+                "no rua: you get no aggregate reports",
+                "",
+                f"add rua=mailto:dmarc@{domain}",
+            )
+        )
     for uri in rua:
         target = uri[7:].split("!")[0].rpartition("@")[2].lower()
         if org_domain(target) == org_domain(domain):
@@ -322,71 +506,137 @@ def dmarc_checks(
             continue
         grant = f"{domain}._report._dmarc.{target}"
         ok = any(t.upper().startswith("V=DMARC1") for t in resolver.txt(grant))
-        checks.append(Check(f"dmarc.rua_authorized:{target}", "pass" if ok else "fail",
-                            f"external report address at {target}" + ("" if ok else " is not authorized"),
-                            grant, "" if ok else f'{target} must publish TXT "v=DMARC1" at {grant}'))  # fmt: skip
+        checks.append(
+            Check(
+                f"dmarc.rua_authorized:{target}",
+                "pass" if ok else "fail",
+                f"external report address at {target}" + ("" if ok else " is not authorized"),
+                grant,
+                "" if ok else f'{target} must publish TXT "v=DMARC1" at {grant}',
+            )
+        )
     adkim, aspf = tags.get("adkim", "r").lower(), tags.get("aspf", "r").lower()
     dkim_ok = dkim_domain is not None and _aligned(dkim_domain, domain, adkim)
     spf_ok = _aligned(return_domain, domain, aspf)
     detail = f"DKIM d={dkim_domain or '(none)'} ({adkim}), return path {return_domain} ({aspf})"
     status = "pass" if dkim_ok and spf_ok else "warn" if dkim_ok or spf_ok else "fail"
-    checks.append(Check("dmarc.alignment", status,
-                        {"pass": "DKIM and SPF both align with the From domain",
-                         "warn": "only one of DKIM and SPF aligns with the From domain",
-                         "fail": "neither DKIM nor SPF aligns: DMARC fails"}[status], detail,
-                        "" if status == "pass" else
-                        "sign with a key of the From domain and use a return-path domain under it"))  # fmt: skip
+    checks.append(
+        Check(
+            "dmarc.alignment",
+            status,
+            {
+                "pass": "DKIM and SPF both align with the From domain",
+                "warn": "only one of DKIM and SPF aligns with the From domain",
+                "fail": "neither DKIM nor SPF aligns: DMARC fails",
+            }[status],
+            detail,
+            ""
+            if status == "pass"
+            else "sign with a key of the From domain and use a return-path domain under it",
+        )
+    )
     return checks
 
 
 # --- infrastructure ------------------------------------------------------------------------
 
 
-def infrastructure_checks(resolver: Dns, domain: str, return_domain: str, ips: list[str],
-                          ehlo: dict[str, str]) -> list[Check]:  # fmt: skip
+def infrastructure_checks(
+    resolver: Dns, domain: str, return_domain: str, ips: list[str], ehlo: dict[str, str]
+) -> list[Check]:
     checks = []
     mx = resolver.query(return_domain, "MX")
     if mx or resolver.addresses(return_domain):
         checks.append(Check("mx.return_path", "pass", f"{return_domain} receives mail (bounces)"))
     else:
-        checks.append(Check("mx.return_path", "fail", f"{return_domain} has no MX or address",
-                            "bounces and complaints cannot come back",
-                            f"publish an MX for {return_domain} that reaches sluice --inbound"))  # fmt: skip
+        checks.append(
+            Check(
+                "mx.return_path",
+                "fail",
+                f"{return_domain} has no MX or address",
+                "bounces and complaints cannot come back",
+                f"publish an MX for {return_domain} that reaches sluice --inbound",
+            )
+        )
     for ip in ips:
-        names = [r.target.to_text().rstrip(".").lower()
-                 for r in resolver.query(dns.reversename.from_address(ip).to_text(), "PTR") or []]  # fmt: skip
+        names = [
+            r.target.to_text().rstrip(".").lower()
+            for r in resolver.query(dns.reversename.from_address(ip).to_text(), "PTR") or []
+        ]
         if not names:
-            checks.append(Check(f"ptr.fcrdns:{ip}", "fail", f"{ip} has no PTR record", "",
-                                f"ask the IP's owner for a PTR naming your MTA ({ehlo.get(ip, 'mta.' + domain)})"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"ptr.fcrdns:{ip}",
+                    "fail",
+                    f"{ip} has no PTR record",
+                    "",
+                    f"ask the IP's owner for a PTR naming your MTA ({ehlo.get(ip, 'mta.' + domain)})",
+                )
+            )
             continue
         confirmed = [n for n in names if ip in resolver.addresses(n)]
         if not confirmed:
-            checks.append(Check(f"ptr.fcrdns:{ip}", "fail", f"PTR {names[0]} does not resolve back to {ip}",
-                                "", f"publish A/AAAA {names[0]} -> {ip}"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"ptr.fcrdns:{ip}",
+                    "fail",
+                    f"PTR {names[0]} does not resolve back to {ip}",
+                    "",
+                    f"publish A/AAAA {names[0]} -> {ip}",
+                )
+            )
             continue
         expected = ehlo.get(ip)
         if expected and expected not in confirmed:
-            checks.append(Check(f"ptr.fcrdns:{ip}", "warn", f"PTR {confirmed[0]} is not the EHLO name {expected}",
-                                "", f"set --ips {ip}={confirmed[0]} or fix the PTR"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"ptr.fcrdns:{ip}",
+                    "warn",
+                    f"PTR {confirmed[0]} is not the EHLO name {expected}",
+                    "",
+                    f"set --ips {ip}={confirmed[0]} or fix the PTR",
+                )
+            )
         else:
             checks.append(Check(f"ptr.fcrdns:{ip}", "pass", f"{ip} <-> {confirmed[0]}"))
     sts = [t for t in resolver.txt(f"_mta-sts.{domain}") if t.startswith("v=STSv1")]
-    checks.append(Check("mta_sts", "pass" if sts else "warn",
-                        "MTA-STS published" if sts else "no MTA-STS policy", "",
-                        "" if sts else "publish _mta-sts TXT and the policy file"))  # fmt: skip
+    checks.append(
+        Check(
+            "mta_sts",
+            "pass" if sts else "warn",
+            "MTA-STS published" if sts else "no MTA-STS policy",
+            "",
+            "" if sts else "publish _mta-sts TXT and the policy file",
+        )
+    )
     rpt = [t for t in resolver.txt(f"_smtp._tls.{domain}") if t.startswith("v=TLSRPTv1")]
-    checks.append(Check("tls_rpt", "pass" if rpt else "warn",
-                        "TLS-RPT published" if rpt else "no TLS-RPT record", "",
-                        "" if rpt else f'publish TXT _smtp._tls.{domain}: "v=TLSRPTv1; rua=mailto:tls@{domain}"'))  # fmt: skip
+    checks.append(
+        Check(
+            "tls_rpt",
+            "pass" if rpt else "warn",
+            "TLS-RPT published" if rpt else "no TLS-RPT record",
+            "",
+            ""
+            if rpt
+            else f'publish TXT _smtp._tls.{domain}: "v=TLSRPTv1; rua=mailto:tls@{domain}"',
+        )
+    )
     return checks
 
 
 # --- all of it ---------------------------------------------------------------------------------
 
 
-def run_checks(settings: Settings, domain: str, selectors: list[str], ips: list[str],
-               nameserver: HostPort | None, *, message: Any = None,
-               own_setup: bool = False) -> list[Check]:  # fmt: skip
+def run_checks(
+    settings: Settings,
+    domain: str,
+    selectors: list[str],
+    ips: list[str],
+    nameserver: HostPort | None,
+    *,
+    message: Any = None,
+    own_setup: bool = False,
+) -> list[Check]:
     resolver = Dns(nameserver)
     store = KeyStore(settings.data_dir)
     signer = DkimSigner(store, signing_domain=settings.delivery.dkim_domain)
@@ -405,16 +655,30 @@ def run_checks(settings: Settings, domain: str, selectors: list[str], ips: list[
         try:
             checks += section()
         except DnsFailure as exc:
-            checks.append(Check(f"{name}.dns", "error", "could not check: DNS failed", str(exc),
-                                "check the nameserver and run preflight again"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"{name}.dns",
+                    "error",
+                    "could not check: DNS failed",
+                    str(exc),
+                    "check the nameserver and run preflight again",
+                )
+            )
     if message is not None:
         checks += content_checks(domain, message)
     if own_setup:
         checks += asyncio.run(sluice_checks(settings, domain, ips))
-    checks.append(Check("sluice.dkim_key", "pass" if keys else "fail",
-                        f"Sluice signs {domain} mail as d={dkim_domain}" if keys
-                        else f"Sluice holds no active DKIM key for {domain}", "",
-                        "" if keys else f"sluice dkim keygen --domain {domain} --selector s1"))  # fmt: skip
+    checks.append(
+        Check(
+            "sluice.dkim_key",
+            "pass" if keys else "fail",
+            f"Sluice signs {domain} mail as d={dkim_domain}"
+            if keys
+            else f"Sluice holds no active DKIM key for {domain}",
+            "",
+            "" if keys else f"sluice dkim keygen --domain {domain} --selector s1",
+        )
+    )
     return checks
 
 
@@ -431,8 +695,10 @@ def render(domain: str, checks: list[Check]) -> str:
         if c.status != "pass" and c.fix:
             lines.append(f"  {'':<5} {'':<{width}}  fix: {c.fix}")
     counts = {s: sum(c.status == s for c in checks) for s in ("pass", "warn", "fail", "error")}
-    lines.append(f"{counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed, "
-                 f"{counts['error']} could not be checked")  # fmt: skip
+    lines.append(
+        f"{counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed, "
+        f"{counts['error']} could not be checked"
+    )
     return "\n".join(lines)
 
 

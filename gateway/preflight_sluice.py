@@ -29,8 +29,15 @@ def content_checks(domain: str, body: Any) -> list[Check]:
         request = parse_send_request(body, now=0.0)
         templates = Templates(request.subject, request.html, request.text)
     except (ValidationError, TemplateError) as exc:
-        return [Check("content.request", "fail", "the message would be refused", str(exc),
-                      "fix the field named above")]  # fmt: skip
+        return [
+            Check(
+                "content.request",
+                "fail",
+                "the message would be refused",
+                str(exc),
+                "fix the field named above",
+            )
+        ]
     checks = [Check("content.request", "pass", f"{len(request.recipients)} sample recipient(s)")]
     html_sizes, unresolved, domains = [], [], set()
     for r in request.recipients:
@@ -43,23 +50,50 @@ def content_checks(domain: str, body: Any) -> list[Check]:
             html_sizes.append(len(rendered.html.encode()))
             _, urls = rewrite_links(rendered.html, lambda url: url)
             domains |= {re.sub(r"^https?://([^/:?#]+).*$", r"\1", u).lower() for u in urls}
-    checks.append(Check("content.template", "fail" if unresolved else "pass",
-                        f"{len(unresolved)} recipient(s) with unresolved variables" if unresolved
-                        else "every template variable resolves for the sample data",
-                        "; ".join(unresolved[:3]), "give the missing data or a | default(...)"))  # fmt: skip
-    checks.append(Check("content.text_part", "pass" if request.text else "warn",
-                        "a text part is present" if request.text else "HTML only: no text part", "",
-                        "" if request.text else "add a text version (spam filters and screen readers)"))  # fmt: skip
+    checks.append(
+        Check(
+            "content.template",
+            "fail" if unresolved else "pass",
+            f"{len(unresolved)} recipient(s) with unresolved variables"
+            if unresolved
+            else "every template variable resolves for the sample data",
+            "; ".join(unresolved[:3]),
+            "give the missing data or a | default(...)",
+        )
+    )
+    checks.append(
+        Check(
+            "content.text_part",
+            "pass" if request.text else "warn",
+            "a text part is present" if request.text else "HTML only: no text part",
+            "",
+            "" if request.text else "add a text version (spam filters and screen readers)",
+        )
+    )
     images = _IMG.findall(request.html or "")
     missing_alt = [i for i in images if not _ALT.search(i)]
-    checks.append(Check("content.img_alt", "warn" if missing_alt else "pass",
-                        f"{len(missing_alt)} of {len(images)} images without alt text" if missing_alt
-                        else f"all {len(images)} images have alt text", missing_alt[0][:120] if missing_alt else "",
-                        "describe every image with alt=\"...\" (alt=\"\" for decoration)"))  # fmt: skip
+    checks.append(
+        Check(
+            "content.img_alt",
+            "warn" if missing_alt else "pass",
+            f"{len(missing_alt)} of {len(images)} images without alt text"
+            if missing_alt
+            else f"all {len(images)} images have alt text",
+            missing_alt[0][:120] if missing_alt else "",
+            'describe every image with alt="..." (alt="" for decoration)',
+        )
+    )
     biggest = max(html_sizes, default=len((request.html or "").encode()))  # else the template
-    checks.append(Check("content.html_size", "fail" if biggest > GMAIL_CLIP_BYTES else "pass",
-                        f"HTML is {biggest / 1024:.0f} KB" + (" (Gmail clips over 102 KB)" if biggest > GMAIL_CLIP_BYTES else ""),
-                        "", "trim the HTML under 102 KB: Gmail hides the rest and the open pixel"))  # fmt: skip
+    checks.append(
+        Check(
+            "content.html_size",
+            "fail" if biggest > GMAIL_CLIP_BYTES else "pass",
+            f"HTML is {biggest / 1024:.0f} KB"
+            + (" (Gmail clips over 102 KB)" if biggest > GMAIL_CLIP_BYTES else ""),
+            "",
+            "trim the HTML under 102 KB: Gmail hides the rest and the open pixel",
+        )
+    )
     checks.append(
         Check(
             "content.links",
@@ -70,9 +104,15 @@ def content_checks(domain: str, body: Any) -> list[Check]:
     )
     sender = request.sender.email.rpartition("@")[2]
     aligned = org_domain(sender) == org_domain(domain)
-    checks.append(Check("content.from_domain", "pass" if aligned else "warn",
-                        f"From {request.sender.email}" + ("" if aligned else f" is not under {domain}"), "",
-                        "" if aligned else f"send from an address at {domain}"))  # fmt: skip
+    checks.append(
+        Check(
+            "content.from_domain",
+            "pass" if aligned else "warn",
+            f"From {request.sender.email}" + ("" if aligned else f" is not under {domain}"),
+            "",
+            "" if aligned else f"send from an address at {domain}",
+        )
+    )
     return checks
 
 
@@ -87,8 +127,13 @@ async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list
     from gateway.operator import operator_store
     from warmup.gate import load_ips, utc_day
 
-    checks = [Check("sluice.one_click_unsubscribe", "pass",
-                    "marketing mail carries List-Unsubscribe and List-Unsubscribe-Post (RFC 8058)")]  # fmt: skip
+    checks = [
+        Check(
+            "sluice.one_click_unsubscribe",
+            "pass",
+            "marketing mail carries List-Unsubscribe and List-Unsubscribe-Post (RFC 8058)",
+        )
+    ]
     host = re.sub(r"^https?://([^/:]+).*$", r"\1", settings.http.public_url).lower()
     try:
         ipaddress.ip_address(host)
@@ -96,10 +141,15 @@ async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list
     except ValueError:
         literal = False
     aligned = not literal and org_domain(host) == org_domain(domain)
-    checks.append(Check("sluice.tracking_domain", "pass" if aligned else "warn",
-                        f"tracking links on {host}" + ("" if aligned else f", not under {org_domain(domain)}"),
-                        settings.http.public_url,
-                        "" if aligned else f"serve tracking at e.g. https://links.{domain} (--public-url)"))  # fmt: skip
+    checks.append(
+        Check(
+            "sluice.tracking_domain",
+            "pass" if aligned else "warn",
+            f"tracking links on {host}" + ("" if aligned else f", not under {org_domain(domain)}"),
+            settings.http.public_url,
+            "" if aligned else f"serve tracking at e.g. https://links.{domain} (--public-url)",
+        )
+    )
     probe = f"preflight-probe@{domain}"
     probe_id = f"preflight-{secrets.token_hex(4)}"
     try:
@@ -109,24 +159,49 @@ async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list
             for ip in ips or [s.ip for s in settings.delivery.ips]:
                 config = warming.get(ip)
                 if config is None:
-                    checks.append(Check(f"sluice.warmup:{ip}", "warn", f"{ip} has no warmup schedule",
-                                        "fine only if it already sends at full volume",
-                                        f"sluice warmup start {ip} --schedule standard-30d"))  # fmt: skip
+                    checks.append(
+                        Check(
+                            f"sluice.warmup:{ip}",
+                            "warn",
+                            f"{ip} has no warmup schedule",
+                            "fine only if it already sends at full volume",
+                            f"sluice warmup start {ip} --schedule standard-30d",
+                        )
+                    )
                 else:
-                    checks.append(Check(f"sluice.warmup:{ip}", "pass",
-                                        f"{ip} warming, day {config.day(today)} of {len(config.schedule)}"))  # fmt: skip
+                    checks.append(
+                        Check(
+                            f"sluice.warmup:{ip}",
+                            "pass",
+                            f"{ip} warming, day {config.day(today)} of {len(config.schedule)}",
+                        )
+                    )
             await store.suppressions.add(probe, reason="manual", source="preflight")
             found = await store.suppressions.check(probe, None)
             await store.suppressions.remove(probe)
-            checks.append(Check("sluice.suppression_roundtrip", "pass" if found else "fail",
-                                "a suppressed probe address is refused" if found
-                                else "a suppressed probe address was not found", "",
-                                "" if found else "check the Redis Sluice uses"))  # fmt: skip
+            checks.append(
+                Check(
+                    "sluice.suppression_roundtrip",
+                    "pass" if found else "fail",
+                    "a suppressed probe address is refused"
+                    if found
+                    else "a suppressed probe address was not found",
+                    "",
+                    "" if found else "check the Redis Sluice uses",
+                )
+            )
             checks.append(await _click_probe(settings, domain, probe_id, store))
             return checks
     except (ConfigurationError, StoreError, OSError) as exc:
-        checks.append(Check("sluice.store", "warn", "could not reach Sluice's Redis", str(exc),
-                            "run preflight on the gateway's host or give --redis-url"))  # fmt: skip
+        checks.append(
+            Check(
+                "sluice.store",
+                "warn",
+                "could not reach Sluice's Redis",
+                str(exc),
+                "run preflight on the gateway's host or give --redis-url",
+            )
+        )
     checks.append(await _click_probe(settings, domain, probe_id, None))
     return checks
 
@@ -144,25 +219,39 @@ async def _click_probe(settings: Settings, domain: str, probe_id: str, store: An
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-            session.get(url, allow_redirects=False,
-                        headers={"User-Agent": "Sluice-Preflight/1"}) as answer,
-        ):  # fmt: skip
+            session.get(
+                url, allow_redirects=False, headers={"User-Agent": "Sluice-Preflight/1"}
+            ) as answer,
+        ):
             status, location = answer.status, answer.headers.get("Location")
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return Check("sluice.tracking_roundtrip", "warn", "the public URL did not answer",
-                     f"{settings.http.public_url}: {exc}",
-                     "start sluice serve, or set --public-url to where recipients reach it")  # fmt: skip
+        return Check(
+            "sluice.tracking_roundtrip",
+            "warn",
+            "the public URL did not answer",
+            f"{settings.http.public_url}: {exc}",
+            "start sluice serve, or set --public-url to where recipients reach it",
+        )
     if status != 302 or location != target:
-        return Check("sluice.tracking_roundtrip", "fail",
-                     f"the public URL answered {status}, not Sluice's redirect", url[:80],
-                     "point --public-url at this gateway")  # fmt: skip
+        return Check(
+            "sluice.tracking_roundtrip",
+            "fail",
+            f"the public URL answered {status}, not Sluice's redirect",
+            url[:80],
+            "point --public-url at this gateway",
+        )
     if store is None:
         return Check(
             "sluice.tracking_roundtrip", "pass", "a probe click was redirected (event not checked)"
         )
     recent = await store.redis.xrevrange(keys.EVENTS, "+", "-", count=500)
     recorded = any(probe_id.encode() in fields.get(b"e", b"") for _, fields in recent)
-    return Check("sluice.tracking_roundtrip", "pass" if recorded else "fail",
-                 "a probe click came back through the public URL and was recorded" if recorded
-                 else "the probe click was redirected but no event was recorded", url[:80],
-                 "" if recorded else "the public URL reaches another gateway or Redis")  # fmt: skip
+    return Check(
+        "sluice.tracking_roundtrip",
+        "pass" if recorded else "fail",
+        "a probe click came back through the public URL and was recorded"
+        if recorded
+        else "the probe click was redirected but no event was recorded",
+        url[:80],
+        "" if recorded else "the public URL reaches another gateway or Redis",
+    )

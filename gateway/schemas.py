@@ -39,13 +39,32 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every C0 control but TAB
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
-        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "Reply-To", "Sender",
-        "Return-Path", "Received", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
-        "Content-Disposition", "DKIM-Signature", "ARC-Seal", "ARC-Message-Signature",
-        "ARC-Authentication-Results", "Authentication-Results", "List-Unsubscribe",
-        "List-Unsubscribe-Post", "Feedback-ID", "X-Sluice-Message-ID",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "Sender",
+        "Return-Path",
+        "Received",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "DKIM-Signature",
+        "ARC-Seal",
+        "ARC-Message-Signature",
+        "ARC-Authentication-Results",
+        "Authentication-Results",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "Feedback-ID",
+        "X-Sluice-Message-ID",
     )
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -179,9 +198,23 @@ def _timestamp(value: object, path: str, now: float) -> float:
 
 
 _TOP_LEVEL = frozenset(
-    {"from", "reply_to", "subject", "html", "text", "category", "stream", "headers", "tags",
-     "metadata", "tracking", "send_at", "ip_pool", "recipients"}
-)  # fmt: skip
+    {
+        "from",
+        "reply_to",
+        "subject",
+        "html",
+        "text",
+        "category",
+        "stream",
+        "headers",
+        "tags",
+        "metadata",
+        "tracking",
+        "send_at",
+        "ip_pool",
+        "recipients",
+    }
+)
 _RECIPIENT = frozenset({"email", "name", "contact_id", "timezone", "data", "metadata"})
 
 
@@ -231,10 +264,21 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
         raise _fail("ip_pool", "'ip_pool' must be 1-64 letters, digits, '_', '.', ':' or '-'")
 
     request = SendRequest(
-        sender=sender, reply_to=reply_to, subject=subject, html=html, text=text,
-        category=category, stream=stream, headers=headers, tags=tags, metadata=metadata,
-        track_opens=opens, track_clicks=clicks, send_at=send_at, ip_pool=ip_pool,
-    )  # fmt: skip
+        sender=sender,
+        reply_to=reply_to,
+        subject=subject,
+        html=html,
+        text=text,
+        category=category,
+        stream=stream,
+        headers=headers,
+        tags=tags,
+        metadata=metadata,
+        track_opens=opens,
+        track_clicks=clicks,
+        send_at=send_at,
+        ip_pool=ip_pool,
+    )
     request.recipients = _recipients(body.get("recipients"))
     return request
 
@@ -313,10 +357,14 @@ def _recipients(value: object) -> list[RecipientIn]:
         contact_id = _require_str(item, "contact_id", f"{path}.contact_id", required=False)
         timezone = _require_str(item, "timezone", f"{path}.timezone", required=False)
         recipient = RecipientIn(
-            index=index, email=email, name=name, contact_id=contact_id, timezone=timezone,
+            index=index,
+            email=email,
+            name=name,
+            contact_id=contact_id,
+            timezone=timezone,
             data=_json_object(item.get("data"), f"{path}.data", MAX_DATA_BYTES),
             metadata=_metadata(item.get("metadata"), f"{path}.metadata"),
-        )  # fmt: skip
+        )
         recipient.reject_reason = _recipient_problem(recipient, seen)
         out.append(recipient)
     return out

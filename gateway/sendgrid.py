@@ -38,11 +38,33 @@ UNSUPPORTED = {
     "batch_id": "batch cancellation is not supported",
     "ip_pool_name": "use Sluice's ip_pool through /v1/messages",
 }
-_PERSONALIZATION = {"to", "subject", "dynamic_template_data", "substitutions", "custom_args",
-                    "send_at", "headers", "cc", "bcc"}  # fmt: skip
-_TOP = {"personalizations", "from", "reply_to", "subject", "content", "categories", "custom_args",
-        "send_at", "headers", "asm", "tracking_settings", "mail_settings", "reply_to_list",
-        *UNSUPPORTED}  # fmt: skip
+_PERSONALIZATION = {
+    "to",
+    "subject",
+    "dynamic_template_data",
+    "substitutions",
+    "custom_args",
+    "send_at",
+    "headers",
+    "cc",
+    "bcc",
+}
+_TOP = {
+    "personalizations",
+    "from",
+    "reply_to",
+    "subject",
+    "content",
+    "categories",
+    "custom_args",
+    "send_at",
+    "headers",
+    "asm",
+    "tracking_settings",
+    "mail_settings",
+    "reply_to_list",
+    *UNSUPPORTED,
+}
 
 
 def _fail(field: str, message: str) -> ValidationError:
@@ -204,5 +226,12 @@ def to_sluice(body: Any) -> dict[str, Any]:
 
 
 def errors_body(exc: ClientError) -> dict[str, Any]:
-    return {"errors": [{"message": exc.detail, "field": exc.field or None,
-                        "help": "see README: SendGrid compatibility"}]}  # fmt: skip
+    return {
+        "errors": [
+            {
+                "message": exc.detail,
+                "field": exc.field or None,
+                "help": "see README: SendGrid compatibility",
+            }
+        ]
+    }

@@ -127,9 +127,13 @@ async def _run(
                 submission_store = await resources.enter_async_context(open_store(redis_url))
                 context = tls_context(settings, settings.submission.cert, settings.submission.key)
                 submission = await start_submission(
-                    submission_store, settings, api_key, settings.submission.listen, context,
+                    submission_store,
+                    settings,
+                    api_key,
+                    settings.submission.listen,
+                    context,
                     insecure_loopback=settings.submission.insecure_loopback,
-                )  # fmt: skip
+                )
                 resources.push_async_callback(submission.wait_closed)
                 resources.callback(submission.close)
             if settings.webhooks.url is not None:
@@ -155,9 +159,11 @@ async def _run(
             workers.start()
             log.info(
                 "sluice serving on http://%s (public URL %s), %d delivery workers, %s",
-                settings.http.listen, settings.http.public_url, settings.delivery.workers,
+                settings.http.listen,
+                settings.http.public_url,
+                settings.delivery.workers,
                 f"relay {settings.delivery.relay}" if settings.delivery.relay else "delivery by MX",
-            )  # fmt: skip
+            )
             print(f"sluice: ready on http://{settings.http.listen}", flush=True)
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):

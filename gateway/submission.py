@@ -75,20 +75,27 @@ def _self_signed(cert: Path, key: Path, name: str) -> None:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(private.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=825))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .sign(private, hashes.SHA256())
-    )  # fmt: skip
+    )
     cert.parent.mkdir(parents=True, exist_ok=True)
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(private.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+        handle.write(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
 
 
 def _raw(text: str) -> str:
@@ -144,13 +151,15 @@ class SubmissionHandler:
         self.store = store
         self.api_key = api_key.reveal().encode()
 
-    def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                     mechanism: str, data: Any) -> AuthResult:  # fmt: skip
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
         ok = isinstance(data, LoginPassword) and hmac.compare_digest(data.password, self.api_key)
         return AuthResult(success=ok, handled=False)  # aiosmtpd answers 235 or 535
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, options: list[str]) -> str:  # fmt: skip
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         try:
             normalized = normalize_address(address)
         except AddressError as exc:
@@ -212,18 +221,32 @@ class SubmissionHandler:
         return f"250 2.0.0 queued as {prepared.batch_id} ({queued} of {len(fates)} recipients)"
 
 
-async def start_submission(store: Store, settings: Settings, api_key: Secret, listen: HostPort,
-                           context: ssl.SSLContext, *, insecure_loopback: bool = False) -> asyncio.Server:  # fmt: skip
+async def start_submission(
+    store: Store,
+    settings: Settings,
+    api_key: Secret,
+    listen: HostPort,
+    context: ssl.SSLContext,
+    *,
+    insecure_loopback: bool = False,
+) -> asyncio.Server:
     handler = SubmissionHandler(store, api_key)
     loopback = listen.host in ("127.0.0.1", "::1", "localhost")
     server = await asyncio.get_running_loop().create_server(
         lambda: SMTP(
-            handler, hostname=settings.delivery.ehlo_name, decode_data=False,
-            data_size_limit=MAX_MESSAGE_BYTES, tls_context=context, require_starttls=False,
-            auth_required=True, auth_require_tls=not (insecure_loopback and loopback),
-            authenticator=handler.authenticate, timeout=120,
+            handler,
+            hostname=settings.delivery.ehlo_name,
+            decode_data=False,
+            data_size_limit=MAX_MESSAGE_BYTES,
+            tls_context=context,
+            require_starttls=False,
+            auth_required=True,
+            auth_require_tls=not (insecure_loopback and loopback),
+            authenticator=handler.authenticate,
+            timeout=120,
         ),
-        listen.host, listen.port,
-    )  # fmt: skip
+        listen.host,
+        listen.port,
+    )
     log.info("SMTP submission on %s (STARTTLS, AUTH with the API key)", listen)
     return server

@@ -87,8 +87,9 @@ def _line(entry: Suppression) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings({"data_dir": args.data_dir, "config": args.config,
-                              "redis_url": args.redis_url})  # fmt: skip
+    settings = load_settings(
+        {"data_dir": args.data_dir, "config": args.config, "redis_url": args.redis_url}
+    )
     return asyncio.run(_run(args, settings))
 
 
@@ -130,8 +131,16 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
             entries, after = await store.suppressions.page(args.cursor, args.limit)
             total = await store.suppressions.count()
             if args.json:
-                print(json.dumps({"suppressions": [e.as_json() for e in entries],
-                                  "next": after, "total": total}, indent=2))  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "suppressions": [e.as_json() for e in entries],
+                            "next": after,
+                            "total": total,
+                        },
+                        indent=2,
+                    )
+                )
                 return 0
             for entry in entries:
                 print(_line(entry))
@@ -156,8 +165,10 @@ async def _import(store: Store, args: argparse.Namespace, category: str | None, 
         if handle is not sys.stdin:
             handle.close()
     elapsed = time.monotonic() - started
-    print(f"Imported {report.imported:,} entries ({report.new:,} new) in {elapsed:.1f} s; "
-          f"{report.skipped:,} line(s) skipped.")  # fmt: skip
+    print(
+        f"Imported {report.imported:,} entries ({report.new:,} new) in {elapsed:.1f} s; "
+        f"{report.skipped:,} line(s) skipped."
+    )
     for line in report.problems:
         print(f"  skipped {line}", file=sys.stderr)
     return 0 if report.skipped == 0 else 1

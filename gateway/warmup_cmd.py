@@ -24,8 +24,11 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     actions = warmup.add_subparsers(dest="warmup_command", required=True, metavar="ACTION")
     where = where_options()
     show = actions.add_parser("plan", parents=[common], help="a schedule's budgets, day by day")
-    show.add_argument("--schedule", default="standard-30d",
-                      help=f"{', '.join(sorted(BUILT_IN))} or daily limits: 50,100,200,...")  # fmt: skip
+    show.add_argument(
+        "--schedule",
+        default="standard-30d",
+        help=f"{', '.join(sorted(BUILT_IN))} or daily limits: 50,100,200,...",
+    )
     start = actions.add_parser("start", parents=[common, where], help="start warming up an IP")
     start.add_argument("ip")
     start.add_argument("--schedule", default="standard-30d")
@@ -38,14 +41,17 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     state = actions.add_parser("status", parents=[common, where], help="where every warmup stands")
     state.add_argument("--json", action="store_true")
     report = actions.add_parser(
-        "report", parents=[common, where],
+        "report",
+        parents=[common, where],
         help="chart of planned versus actual volume per day per provider, rates beneath",
-    )  # fmt: skip
+    )
     report.add_argument("ip")
     report.add_argument("--out", required=True, type=Path, help="FILE.html or FILE.png")
-    for name, text in (("pause", "hold an IP at its current day"),
-                       ("resume", "continue a paused warmup"),
-                       ("stop", "treat the IP as warm from now on")):  # fmt: skip
+    for name, text in (
+        ("pause", "hold an IP at its current day"),
+        ("resume", "continue a paused warmup"),
+        ("stop", "treat the IP as warm from now on"),
+    ):
         action = actions.add_parser(name, parents=[common, where], help=text)
         action.add_argument("ip")
 
@@ -69,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['day']:>4} {row['daily']:>9,} {row['hourly']:>7,}")
         print(f"then warm: no limit (total over the ramp {sum(schedule):,} per provider)")
         return 0
-    settings = load_settings({"data_dir": args.data_dir, "config": args.config,
-                              "redis_url": args.redis_url})  # fmt: skip
+    settings = load_settings(
+        {"data_dir": args.data_dir, "config": args.config, "redis_url": args.redis_url}
+    )
     return asyncio.run(_run(args, settings))
 
 
@@ -83,14 +90,18 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
             schedule = _schedule(args.schedule)
             pools = {s.ip: s.pool for s in settings.delivery.ips}
             config = WarmupIp(
-                ip=args.ip, pool=args.pool or pools.get(args.ip, "default"), schedule=schedule,
+                ip=args.ip,
+                pool=args.pool or pools.get(args.ip, "default"),
+                schedule=schedule,
                 schedule_name=None if args.schedule[0].isdigit() else args.schedule,
                 started_on=args.start_date or today,
-            )  # fmt: skip
+            )
             await save_ip(store, config)
             done = config.started_on + timedelta(days=len(schedule))
-            print(f"{args.ip} warms up on {args.schedule} from {config.started_on} (day "
-                  f"{config.day(today)} today); full volume on {done}.")  # fmt: skip
+            print(
+                f"{args.ip} warms up on {args.schedule} from {config.started_on} (day "
+                f"{config.day(today)} today); full volume on {done}."
+            )
             return 0
         if action == "status":
             doc = await status(store)
@@ -104,19 +115,28 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
                 return 0
             for ip in doc["ips"]:
                 state = "warm" if ip["warm"] else ("PAUSED" if ip["paused"] else "warming")
-                print(f"{ip['ip']} (pool {ip['pool']}): {state}, day {ip['day']} of {ip['days']}, "
-                      f"full volume on {ip['full_volume_on']}")  # fmt: skip
-                print(f"  {'provider':<10} {'day':>4} {'sent today':>17} {'hourly':>7} "
-                      f"{'deferred':>8} {'bounced':>7} {'complaints':>10}  state")  # fmt: skip
+                print(
+                    f"{ip['ip']} (pool {ip['pool']}): {state}, day {ip['day']} of {ip['days']}, "
+                    f"full volume on {ip['full_volume_on']}"
+                )
+                print(
+                    f"  {'provider':<10} {'day':>4} {'sent today':>17} {'hourly':>7} "
+                    f"{'deferred':>8} {'bounced':>7} {'complaints':>10}  state"
+                )
                 for name, p in ip["providers"].items():
                     hour = p["last_hour"]
-                    budget = "no limit".rjust(17) if p["daily_budget"] is None else (
-                        f"{p['sent_today']:>7,} of {p['daily_budget']:>7,}")  # fmt: skip
+                    budget = (
+                        "no limit".rjust(17)
+                        if p["daily_budget"] is None
+                        else (f"{p['sent_today']:>7,} of {p['daily_budget']:>7,}")
+                    )
                     hourly = "-" if p["hourly_budget"] is None else f"{p['hourly_budget']:,}"
                     state = f"HELD: {p['held_reason']}" if p["held"] else "ok"
-                    print(f"  {name:<10} {p['day']:>4} {budget} {hourly:>7} "
-                          f"{hour['deferral_rate']:>8.1%} {hour['bounce_rate']:>7.1%} "
-                          f"{hour['complaint_rate']:>10.2%}  {state}")  # fmt: skip
+                    print(
+                        f"  {name:<10} {p['day']:>4} {budget} {hourly:>7} "
+                        f"{hour['deferral_rate']:>8.1%} {hour['bounce_rate']:>7.1%} "
+                        f"{hour['complaint_rate']:>10.2%}  {state}"
+                    )
             return 0
         if action == "report":
             if args.ip not in configs:
@@ -140,8 +160,13 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
         elif action == "resume":
             if config.paused_on is not None:
                 shift = today - config.paused_on
-                config = WarmupIp(**{**config.__dict__, "paused_on": None,
-                                     "started_on": config.started_on + shift})  # fmt: skip
+                config = WarmupIp(
+                    **{
+                        **config.__dict__,
+                        "paused_on": None,
+                        "started_on": config.started_on + shift,
+                    }
+                )
                 await save_ip(store, config)
             print(f"{args.ip} resumed at day {config.day(today)}.")
         else:

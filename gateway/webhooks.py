@@ -122,8 +122,11 @@ class WebhookDispatcher:
             "if redis.call('GET', KEYS[1]) == ARGV[1] then "
             "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else "
             "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 end",
-            1, keys.WEBHOOK_LEASE, self.owner, LEASE_SECONDS * 1000,
-        )  # fmt: skip
+            1,
+            keys.WEBHOOK_LEASE,
+            self.owner,
+            LEASE_SECONDS * 1000,
+        )
         return bool(renewed)
 
     # --- batches ----------------------------------------------------------------------
@@ -147,9 +150,14 @@ class WebhookDispatcher:
             body = json.dumps(events, ensure_ascii=False, separators=(",", ":")).encode()
             batch = {
                 "id": f"wh_{events[0]['id']}_{events[-1]['id']}",
-                "body": body, "last": events[-1]["id"], "count": len(events),
-                "attempts": 0, "first": time.time(), "due": 0.0, "replayed": False,
-            }  # fmt: skip
+                "body": body,
+                "last": events[-1]["id"],
+                "count": len(events),
+                "attempts": 0,
+                "first": time.time(),
+                "due": 0.0,
+                "replayed": False,
+            }
         await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
         return batch
 
@@ -172,8 +180,9 @@ class WebhookDispatcher:
             headers["webhook-signature"] = signature(
                 self.settings.secret.reveal(), batch["id"], stamp, batch["body"]
             )
-        async with session.post(self.url, data=batch["body"], headers=headers,
-                                allow_redirects=False) as answer:  # fmt: skip
+        async with session.post(
+            self.url, data=batch["body"], headers=headers, allow_redirects=False
+        ) as answer:
             text = (await answer.content.read(512)).decode("utf-8", "replace")
             return answer.status, text
 
@@ -204,8 +213,12 @@ class WebhookDispatcher:
             await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
             return
         if now - batch["first"] >= self.settings.max_retry:
-            log.error("webhook batch %s failed for %.0fs: dead-lettered (%s)",
-                      batch["id"], now - batch["first"], error)  # fmt: skip
+            log.error(
+                "webhook batch %s failed for %.0fs: dead-lettered (%s)",
+                batch["id"],
+                now - batch["first"],
+                error,
+            )
             batch["error"] = error
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.rpush(keys.WEBHOOK_DEAD, msgpack.packb(batch))
@@ -216,8 +229,13 @@ class WebhookDispatcher:
                 await pipe.execute()
             return
         batch["due"] = now + backoff(batch["attempts"], self.retry_base)
-        log.warning("webhook batch %s attempt %d failed (%s); next in %.1fs",
-                    batch["id"], batch["attempts"], error, batch["due"] - now)  # fmt: skip
+        log.warning(
+            "webhook batch %s attempt %d failed (%s); next in %.1fs",
+            batch["id"],
+            batch["attempts"],
+            error,
+            batch["due"] - now,
+        )
         await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
 
     async def run(self) -> None:
@@ -273,21 +291,32 @@ async def status(store: Store) -> dict[str, Any]:
         "cursor": cursor.decode() if cursor else None,
         "delivered_batches": int(state.get("delivered_batches", 0)),
         "last_error": state.get("last_error") or None,
-        "retrying": None if pending is None else {
-            "id": pending["id"], "events": pending["count"], "attempts": pending["attempts"],
+        "retrying": None
+        if pending is None
+        else {
+            "id": pending["id"],
+            "events": pending["count"],
+            "attempts": pending["attempts"],
             "next_attempt_at": round(pending["due"], 3) or None,
         },
         "dead_letters": int(dead),
         "replay_queued": int(replay),
-    }  # fmt: skip
+    }
 
 
 async def dead_letters(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     out = []
     for blob in await store.redis.lrange(keys.WEBHOOK_DEAD, 0, limit - 1):
         batch = msgpack.unpackb(blob)
-        out.append({"id": batch["id"], "events": batch["count"], "attempts": batch["attempts"],
-                    "first_attempt_at": round(batch["first"], 3), "error": batch.get("error")})  # fmt: skip
+        out.append(
+            {
+                "id": batch["id"],
+                "events": batch["count"],
+                "attempts": batch["attempts"],
+                "first_attempt_at": round(batch["first"], 3),
+                "error": batch.get("error"),
+            }
+        )
     return out
 
 
@@ -296,8 +325,10 @@ async def replay_dead_letters(store: Store) -> int:
     moved = await store.redis.eval(
         "local n = 0 while true do local v = redis.call('LPOP', KEYS[1]) "
         "if not v then break end redis.call('RPUSH', KEYS[2], v) n = n + 1 end return n",
-        2, keys.WEBHOOK_DEAD, keys.WEBHOOK_REPLAY,
-    )  # fmt: skip
+        2,
+        keys.WEBHOOK_DEAD,
+        keys.WEBHOOK_REPLAY,
+    )
     return int(moved)
 
 

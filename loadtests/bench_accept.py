@@ -133,9 +133,11 @@ async def post_batch(
 
 
 async def run_load(
-    session: aiohttp.ClientSession, served_: Served, bodies: list[tuple[bytes, int]],
+    session: aiohttp.ClientSession,
+    served_: Served,
+    bodies: list[tuple[bytes, int]],
     concurrency: int,
-) -> tuple[list[BatchResult], float]:  # fmt: skip
+) -> tuple[list[BatchResult], float]:
     """Send every body from ``concurrency`` clients; (per-batch results, wall seconds)."""
     pending: Iterator[tuple[bytes, int]] = iter(bodies)
     results: list[BatchResult] = []
@@ -336,8 +338,10 @@ async def bench(served_: Served, args: argparse.Namespace) -> Report:
             warm = await post_batch(session, served_, warmup, args.batch_size)
             before = await used_memory(client)
             jobs_before = int(await client.xlen(JOBS))
-            log(f"warm-up batch: {warm.seconds * 1000:.0f} ms; sending {args.recipients:,} "
-                f"recipients from {args.concurrency} clients ...")  # fmt: skip
+            log(
+                f"warm-up batch: {warm.seconds * 1000:.0f} ms; sending {args.recipients:,} "
+                f"recipients from {args.concurrency} clients ..."
+            )
             redis_process = served_.redis_pid()
             assert redis_process is not None, "the embedded Redis wrote no pid file"
             pids = (served_.pid, redis_process)
@@ -433,10 +437,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000, help="recipients per request")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
-                        help="record the API process with py-spy during the timed phase")  # fmt: skip
-    parser.add_argument("--serve-log", type=Path, default=None, metavar="FILE",
-                        help="keep a copy of the sluice serve log")  # fmt: skip
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="record the API process with py-spy during the timed phase",
+    )
+    parser.add_argument(
+        "--serve-log",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="keep a copy of the sluice serve log",
+    )
     args = parser.parse_args(argv)
     if args.recipients < 1 or args.concurrency < 1 or not 1 <= args.batch_size <= 1000:
         parser.error("--recipients and --concurrency must be >= 1, --batch-size 1..1000")

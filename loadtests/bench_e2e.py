@@ -125,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR")
     parser.add_argument(
-        "--dkim", choices=("rsa", "ed25519", "none"), default="rsa",
+        "--dkim",
+        choices=("rsa", "ed25519", "none"),
+        default="rsa",
         help="signing key (default RSA-2048, the target's setting; the others show its cost)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     n = args.recipients
     length = len(fixture_message(0))

@@ -78,9 +78,10 @@ async def _proxy(listen_port: int, target_port: int, delay: float) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
         await asyncio.gather(
-            _pipe(reader, up_writer, delay), _pipe(up_reader, writer, delay),
+            _pipe(reader, up_writer, delay),
+            _pipe(up_reader, writer, delay),
             return_exceptions=True,
-        )  # fmt: skip
+        )
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=512)
     async with server:
@@ -98,11 +99,22 @@ def smtp_source(port: int, messages: int, connections: int, length: int) -> floa
     started = time.perf_counter()
     subprocess.run(
         [
-            "smtp-source", "-s", str(connections), "-d", "-m", str(messages),
-            "-l", str(length), "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}",
+            "smtp-source",
+            "-s",
+            str(connections),
+            "-d",
+            "-m",
+            str(messages),
+            "-l",
+            str(length),
+            "-f",
+            SENDER,
+            "-t",
+            RECIPIENT,
+            f"127.0.0.1:{port}",
         ],
         check=True,
-    )  # fmt: skip
+    )
     return messages / (time.perf_counter() - started)
 
 
@@ -110,9 +122,13 @@ async def sluice_pool(
     port: int, messages: int, connections: int, bodies: list[bytes], pipelining: bool
 ) -> float:
     pool = SmtpPool(
-        ehlo_name="bench.sluice.test", timeout=30, per_host=connections, per_domain=connections,
-        messages_per_connection=10**9, pipelining=pipelining,
-    )  # fmt: skip
+        ehlo_name="bench.sluice.test",
+        timeout=30,
+        per_host=connections,
+        per_domain=connections,
+        messages_per_connection=10**9,
+        pipelining=pipelining,
+    )
     dest = Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
     pending = iter(range(messages))
 
@@ -207,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['rtt_ms']:>6.0f} {r['smtp_source_per_s']:>13} {r['sluice_unpipelined_per_s']:>13} "
             f"{r['sluice_pipelined_per_s']:>11} {r['gain']:>6.2f} {r['vs_smtp_source']:>14.2f}"
         )
-    print(f"({rows[0]['messages']} messages of {rows[0]['message_bytes']} bytes, "
-          f"{rows[0]['connections']} connections)")  # fmt: skip
+    print(
+        f"({rows[0]['messages']} messages of {rows[0]['message_bytes']} bytes, "
+        f"{rows[0]['connections']} connections)"
+    )
     return 0
 
 

@@ -138,10 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "suppress", "import", str(csv_path),
-             "--data-dir", str(root / "data")],
-            cwd=PROJECT_ROOT, capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "suppress",
+                "import",
+                str(csv_path),
+                "--data-dir",
+                str(root / "data"),
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+        )
         import_seconds = time.perf_counter() - started
         if done.returncode != 0:
             print(done.stdout, done.stderr, file=sys.stderr)

@@ -115,19 +115,28 @@ def main(argv: list[str] | None = None) -> int:
         baseline.start()
         try:
             request = urllib.request.Request(
-                served.url + "/v1/messages", data=json.dumps(fixture_batch(1000)).encode(),
+                served.url + "/v1/messages",
+                data=json.dumps(fixture_batch(1000)).encode(),
                 headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-            )  # fmt: skip
+            )
             with urllib.request.urlopen(request, timeout=60) as answer:
                 ids = [r["message_id"] for r in json.loads(answer.read())["results"]]
             tokens = Tokens(load_keys(root / "data"))
             scripts = {}
             for kind, path in (("open", "/t/o/"), ("click", "/t/c/")):
                 urls = [
-                    path + (tokens.seal("open", m) if kind == "open" else
-                            tokens.seal("click", m, "https://shop.example.com/p/100?utm_source=email&utm_campaign=cart"))
+                    path
+                    + (
+                        tokens.seal("open", m)
+                        if kind == "open"
+                        else tokens.seal(
+                            "click",
+                            m,
+                            "https://shop.example.com/p/100?utm_source=email&utm_campaign=cart",
+                        )
+                    )
                     for m in ids
-                ]  # fmt: skip
+                ]
                 script = root / f"{kind}.lua"
                 script.write_text(LUA % ", ".join(f'"{u}"' for u in urls))
                 scripts[kind] = script
@@ -151,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows.values():
         row["ratio"] = round(row["requests_per_second"] / base, 2)
     tracked = sum(r["requests"] for k, r in rows.items() if k.startswith(("open", "click")))
-    result: dict[str, Any] = {"rows": rows, "events_recorded": events - 1000,
-                              "tracked_requests": tracked}  # fmt: skip
+    result: dict[str, Any] = {
+        "rows": rows,
+        "events_recorded": events - 1000,
+        "tracked_requests": tracked,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -160,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{'endpoint':<36} {'req/s':>8} {'ratio':>6} {'p99 ms':>7} {'non-2xx/3xx':>11} {'sock err':>8}"
     )
     for name, r in rows.items():
-        print(f"{name:<36} {r['requests_per_second']:>8} {r['ratio']:>6} {r['p99_ms']:>7} "
-              f"{r['non_2xx_3xx']:>11} {r['socket_errors']:>8}")  # fmt: skip
-    print(f"events recorded {result['events_recorded']:,} for {tracked:,} tracked requests "
-          f"(wrk, 2 threads, {args.connections} connections, {args.seconds} s each)")  # fmt: skip
+        print(
+            f"{name:<36} {r['requests_per_second']:>8} {r['ratio']:>6} {r['p99_ms']:>7} "
+            f"{r['non_2xx_3xx']:>11} {r['socket_errors']:>8}"
+        )
+    print(
+        f"events recorded {result['events_recorded']:,} for {tracked:,} tracked requests "
+        f"(wrk, 2 threads, {args.connections} connections, {args.seconds} s each)"
+    )
     return 0
 
 

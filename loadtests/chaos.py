@@ -83,10 +83,19 @@ class Chaos(threading.Thread):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-            self.log.append({"what": what, "pid": pid, "sink_connections": open_connections,
-                             "at": round(time.monotonic(), 2)})  # fmt: skip
-            print(f"chaos: kill -9 {what} {pid} ({open_connections} sink connections open)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            self.log.append(
+                {
+                    "what": what,
+                    "pid": pid,
+                    "sink_connections": open_connections,
+                    "at": round(time.monotonic(), 2),
+                }
+            )
+            print(
+                f"chaos: kill -9 {what} {pid} ({open_connections} sink connections open)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 async def submit(
@@ -108,9 +117,10 @@ async def submit(
                 while True:
                     try:
                         async with session.post(
-                            url + "/v1/messages", json=body,
+                            url + "/v1/messages",
+                            json=body,
                             headers={"Idempotency-Key": f"chaos-{start}"},
-                        ) as answer:  # fmt: skip
+                        ) as answer:
                             if answer.status == 202:
                                 for r in (await answer.json())["results"]:
                                     if r["message_id"]:
@@ -188,9 +198,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outcome = Counter(statuses.get(m, "") for m in ids)
     lost = [e for e, m in accepted.items() if statuses.get(m) not in FINAL_STATUSES]
     lost += [
-        e for e, m in accepted.items()
+        e
+        for e, m in accepted.items()
         if statuses.get(m) == "delivered" and not {"accepted", "drop"} & set(by_email[e])
-    ]  # fmt: skip
+    ]
     wrong_bounces = [
         e for e, m in accepted.items() if statuses.get(m) == "bounced" and "5xx" not in by_email[e]
     ]

@@ -151,10 +151,23 @@ def py_spy(pid: int, output: Path | None) -> Iterator[None]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
     proc = subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--threads",
-         "--format", fmt, "--output", str(output)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--threads",
+            "--format",
+            fmt,
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)  # let it attach before the clock starts
     try:
         yield

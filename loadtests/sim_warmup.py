@@ -59,8 +59,13 @@ async def simulate(
     await store.redis.flushall()
     await save_ip(store, WarmupIp(IP, "default", SCHEDULE, None, START))
     gate = WarmupGate(store, settings, refresh=0)
-    pool = SmtpPool(ehlo_name="sim.sluice.test", timeout=10, per_host=8, per_domain=8,
-                    messages_per_connection=10_000)  # fmt: skip
+    pool = SmtpPool(
+        ehlo_name="sim.sluice.test",
+        timeout=10,
+        per_host=8,
+        per_domain=8,
+        messages_per_connection=10_000,
+    )
     dest = Destination(sink.host, sink.host, sink.port, False, "relay")
     message = fixture_message(1, domain="gmail.com")
     base = datetime(START.year, START.month, START.day, tzinfo=UTC).timestamp()
@@ -78,8 +83,14 @@ async def simulate(
                     if choice.ip is None:
                         break
                     try:
-                        await pool.send(dest, "gmail.com", "bounce@shop.example.com",
-                                        f"u{n}@gmail.com", message, source_ip=IP)  # fmt: skip
+                        await pool.send(
+                            dest,
+                            "gmail.com",
+                            "bounce@shop.example.com",
+                            f"u{n}@gmail.com",
+                            message,
+                            source_ip=IP,
+                        )
                         outcome = "sent"
                         sent += 1
                     except DeliveryError as exc:
@@ -98,9 +109,11 @@ async def simulate(
 def print_status(doc: dict[str, Any]) -> None:
     for ip in doc["ips"]:
         gmail = ip["providers"]["gmail"]
-        print(f"{ip['ip']}: gmail day {gmail['day']} of {ip['days']}, budget {gmail['daily_budget']}, "
-              f"sent today {gmail['sent_today']}, held {gmail['held']}, days held "
-              f"{gmail['days_held']}, full volume on {gmail['full_volume_on']}")  # fmt: skip
+        print(
+            f"{ip['ip']}: gmail day {gmail['day']} of {ip['days']}, budget {gmail['daily_budget']}, "
+            f"sent today {gmail['sent_today']}, held {gmail['held']}, days held "
+            f"{gmail['days_held']}, full volume on {gmail['full_volume_on']}"
+        )
 
 
 async def main_async(days: int, out: Path | None) -> int:
@@ -116,8 +129,10 @@ async def main_async(days: int, out: Path | None) -> int:
                 )
                 for r in results:
                     total = r.sent + r.deferred
-                    print(f"{r.day:>3} {r.planned:>7} {r.sent:>6} {r.deferred:>8} "
-                          f"{(r.deferred / total if total else 0):>6.1%} {r.held_hours:>6}")  # fmt: skip
+                    print(
+                        f"{r.day:>3} {r.planned:>7} {r.sent:>6} {r.deferred:>8} "
+                        f"{(r.deferred / total if total else 0):>6.1%} {r.held_hours:>6}"
+                    )
                 end = (
                     datetime(START.year, START.month, START.day, tzinfo=UTC).timestamp()
                     + days * 86400

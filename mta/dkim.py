@@ -43,13 +43,26 @@ from mta.smtp import crlf_only
 log = logging.getLogger(__name__)
 
 OVERSIGNED = (
-    b"from", b"to", b"subject", b"date", b"message-id", b"reply-to",
-    b"list-unsubscribe", b"list-unsubscribe-post",
-)  # fmt: skip
+    b"from",
+    b"to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+)
 SIGNED_WHEN_PRESENT = (
-    b"cc", b"mime-version", b"content-type", b"content-transfer-encoding", b"in-reply-to",
-    b"references", b"list-id", b"feedback-id", b"sender",
-)  # fmt: skip
+    b"cc",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
+    b"in-reply-to",
+    b"references",
+    b"list-id",
+    b"feedback-id",
+    b"sender",
+)
 _ALGORITHM_TAG = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
 _FOLD = b"\r\n\t"
 _SPACE_RUN = re.compile(b"  +")
@@ -151,10 +164,18 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
     out = []
     for key in keys:
         head = (
-            b" v=1; a=" + _ALGORITHM_TAG[key.algorithm] + b"; c=relaxed/relaxed; d="
-            + key.domain.encode("ascii") + b"; s=" + key.selector.encode("ascii") + b";"
-            + _FOLD + b"t=" + stamp + b"; h="
-        )  # fmt: skip
+            b" v=1; a="
+            + _ALGORITHM_TAG[key.algorithm]
+            + b"; c=relaxed/relaxed; d="
+            + key.domain.encode("ascii")
+            + b"; s="
+            + key.selector.encode("ascii")
+            + b";"
+            + _FOLD
+            + b"t="
+            + stamp
+            + b"; h="
+        )
         head += _fold_list(signed, first=len(stamp) + 10) + b";"
         head += _FOLD + b"bh=" + body_hash + b";" + _FOLD + b"b="
         [(name, value)] = relaxed_headers([(b"DKIM-Signature", head)])
@@ -205,9 +226,11 @@ class DkimSigner:
             "DKIM keys loaded: %s",
             ", ".join(
                 f"{k.selector}._domainkey.{k.domain} ({k.algorithm})"
-                for keys in self._keys.values() for k in keys
-            ) or "none",
-        )  # fmt: skip
+                for keys in self._keys.values()
+                for k in keys
+            )
+            or "none",
+        )
 
     def keys_for(self, from_domain: str) -> list[SigningKey]:
         self._refresh()
@@ -227,6 +250,7 @@ class DkimSigner:
             log.warning(
                 "no active DKIM key for %s: sending unsigned (create one with "
                 "`sluice dkim keygen --domain %s --selector S`)",
-                self.signing_domain or from_domain, self.signing_domain or from_domain,
-            )  # fmt: skip
+                self.signing_domain or from_domain,
+                self.signing_domain or from_domain,
+            )
         return sign(message, keys)

@@ -166,8 +166,10 @@ class SmtpPool:
         if wait > 0:
             raise TransientDeliveryError(
                 f"{dest.host} asked us to slow down; backing off {wait:.0f}s more",
-                host=str(dest), throttle=True, retry_after=wait,
-            )  # fmt: skip
+                host=str(dest),
+                throttle=True,
+                retry_after=wait,
+            )
         gate = self.domains.get(domain) if dest.via == "mx" else None
         if gate is None and dest.via == "mx":
             gate = self.domains[domain] = _DomainGate(self.per_domain)
@@ -259,9 +261,11 @@ class SmtpPool:
             except SmtpUnsupported as exc:
                 keep = True  # nothing was written
                 raise PermanentDeliveryError(
-                    f"{exc} ({exc.enhanced})", host=str(dest), bounce_class="content",
+                    f"{exc} ({exc.enhanced})",
+                    host=str(dest),
+                    bounce_class="content",
                     status=exc.enhanced,
-                ) from exc  # fmt: skip
+                ) from exc
             except SmtpError as exc:
                 if reused and not exc.committed and attempt == 1:
                     # A pooled connection the server had dropped: nothing of the message
@@ -283,8 +287,12 @@ class SmtpPool:
             error.retry_after = host.backoff
             log.warning(
                 "%s pushed back (%d %s): %d connections at most, backing off %.0fs",
-                dest, code, text[:80], host.limit, host.backoff,
-            )  # fmt: skip
+                dest,
+                code,
+                text[:80],
+                host.limit,
+                host.backoff,
+            )
         return error
 
     @staticmethod

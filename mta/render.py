@@ -108,9 +108,14 @@ _STRAIGHT: weakref.WeakSet[jinja2.Template] = weakref.WeakSet()
 # most 6 times longer), so it renders without the per-value accounting (most templates).
 _PLAIN_SITES = 32
 _PLAIN_NODES = (
-    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const, nodes.Getattr,
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Const,
+    nodes.Getattr,
     nodes.Getitem,
-)  # fmt: skip
+)
 _PLAIN: weakref.WeakSet[jinja2.Template] = weakref.WeakSet()
 
 

@@ -188,9 +188,15 @@ class SmtpConnection:
                 raise SmtpTlsUnavailable(f"TLS handshake with {peer} failed: {exc}") from exc
             # Opportunistic: a broken TLS stack must not make the destination unreachable.
             return await cls.open(
-                host, port, ehlo_name=ehlo_name, wait=wait, source_ip=source_ip,
-                tls=tls, pipelining=pipelining, use_starttls=False,
-            )  # fmt: skip
+                host,
+                port,
+                ehlo_name=ehlo_name,
+                wait=wait,
+                source_ip=source_ip,
+                tls=tls,
+                pipelining=pipelining,
+                use_starttls=False,
+            )
         except BaseException:
             conn.abort()
             raise
@@ -321,10 +327,13 @@ class SmtpConnection:
                     break
         mail_reply, rcpt_reply, data_reply = [*replies, None, None][:3]
         refused = next(
-            ((r, stage) for r, stage in ((mail_reply, "mail"), (rcpt_reply, "rcpt"))
-             if r is not None and not r.ok),
+            (
+                (r, stage)
+                for r, stage in ((mail_reply, "mail"), (rcpt_reply, "rcpt"))
+                if r is not None and not r.ok
+            ),
             None,
-        )  # fmt: skip
+        )
         if refused is not None:
             if data_reply is not None and data_reply.code == 354:
                 # RFC 2920 3.1: DATA accepted with no valid recipient; end it empty.

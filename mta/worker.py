@@ -252,9 +252,12 @@ class Worker:
         )
         if suppressed is not None:  # suppressed after the message was accepted
             await self._finish(
-                queued, batch, EventType.SUPPRESSED, reason=suppressed.reason,
+                queued,
+                batch,
+                EventType.SUPPRESSED,
+                reason=suppressed.reason,
                 scope=suppressed.category or "global",
-            )  # fmt: skip
+            )
             return
         started = time.monotonic()
         attempt = int(job.get("a", 0)) + 1
@@ -263,9 +266,16 @@ class Worker:
         except (RenderError, MimeError, TemplateError, DkimSignError) as exc:
             log.warning("message=%s cannot be built: %s", message_id, exc)
             await self._finish(
-                queued, batch, EventType.BOUNCED, smtp_code=None, bounce_class="content",
-                hard=False, status=None, reason=str(exc), attempt=attempt,
-            )  # fmt: skip
+                queued,
+                batch,
+                EventType.BOUNCED,
+                smtp_code=None,
+                bounce_class="content",
+                hard=False,
+                status=None,
+                reason=str(exc),
+                attempt=attempt,
+            )
         except PermanentDeliveryError as exc:
             self._log(message_id, exc.host or "-", exc.smtp_code, started, "bounced")
             if exc.hard:
@@ -273,9 +283,16 @@ class Worker:
                     job["e"], reason="hard_bounce", source=f"bounce:{message_id}"
                 )
             await self._finish(
-                queued, batch, EventType.BOUNCED, smtp_code=exc.smtp_code, status=exc.status,
-                bounce_class=exc.bounce_class, hard=exc.hard, reason=exc.detail, attempt=attempt,
-            )  # fmt: skip
+                queued,
+                batch,
+                EventType.BOUNCED,
+                smtp_code=exc.smtp_code,
+                status=exc.status,
+                bounce_class=exc.bounce_class,
+                hard=exc.hard,
+                reason=exc.detail,
+                attempt=attempt,
+            )
         except TransientDeliveryError as exc:
             self._log(message_id, exc.host or "-", exc.smtp_code, started, "deferred")
             await self._defer(queued, batch, exc)
@@ -354,8 +371,12 @@ class Worker:
     def _log(message_id: str, dest: str, code: int | None, started: float, outcome: str) -> None:
         log.info(
             "message=%s dest=%s code=%s outcome=%s duration_ms=%.1f",
-            message_id, dest, code or "-", outcome, (time.monotonic() - started) * 1000,
-        )  # fmt: skip
+            message_id,
+            dest,
+            code or "-",
+            outcome,
+            (time.monotonic() - started) * 1000,
+        )
 
     async def _render(self, batch: dict[str, Any], job: dict[str, Any]) -> Rendered:
         """Compile (once per batch) and render on a render thread, within the budgets; a plain
@@ -438,9 +459,14 @@ class Worker:
             delay = (exc.retry_after or 0.0) + random.uniform(0.0, 120.0)
         retry_at = min(now + max(delay, exc.retry_after or 0.0), deadline)
         await self._finish(
-            queued, batch, EventType.DEFERRED, retry_job=job, retry_at=retry_at,
-            next_attempt_at=round(retry_at, 3), **fields,
-        )  # fmt: skip
+            queued,
+            batch,
+            EventType.DEFERRED,
+            retry_job=job,
+            retry_at=retry_at,
+            next_attempt_at=round(retry_at, 3),
+            **fields,
+        )
 
     async def _finish(
         self,

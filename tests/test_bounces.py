@@ -204,7 +204,14 @@ def test_layout_registry_is_ordered_and_named() -> None:
     ("raw", "email", "kind", "status", "bounce_class", "hard"),
     [
         (POSTFIX_USER_UNKNOWN, "Nobody@example.net", "dsn", "5.1.1", "bad-mailbox", True),
-        (POSTFIX_NO_SUCH_DOMAIN, "someone@no-such-domain.example", "dsn", "5.4.4", "bad-domain", True),
+        (
+            POSTFIX_NO_SUCH_DOMAIN,
+            "someone@no-such-domain.example",
+            "dsn",
+            "5.4.4",
+            "bad-domain",
+            True,
+        ),
         (OFFICE365_MAILBOX_FULL, "carol@contoso.example", "dsn", "5.2.2", "quota", False),
         (EXCHANGE_POLICY_BLOCK, "alice@contoso.example", "dsn", "5.7.1", "policy", False),
         (GMAIL_SPAM_BLOCK, "dave@example.net", "dsn", "5.7.1", "spam", False),
@@ -215,7 +222,7 @@ def test_layout_registry_is_ordered_and_named() -> None:
         (POSTFIX_DELIVERED, "grace@example.org", "delivered", "2.0.0", None, False),
     ],
     ids=lambda value: value if isinstance(value, str) and "@" not in value else None,
-)  # fmt: skip
+)
 def test_each_bounce_class(
     raw: bytes, email: str, kind: str, status: str, bounce_class: str | None, hard: bool
 ) -> None:

@@ -23,8 +23,12 @@ from tests.bounce_reports import (
 def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
-        capture_output=True, text=True, timeout=60, cwd=cwd, env={"PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_bad_option_value_names_the_option_and_exits_2(tmp_path: Path) -> None:
@@ -57,11 +61,17 @@ def _write(folder: Path, reports: dict[str, bytes]) -> list[str]:
 
 
 def test_bounce_parse_json_one_line_per_file_and_errors_on_stderr(tmp_path: Path) -> None:
-    names = _write(tmp_path, {
-        "dead.eml": POSTFIX_USER_UNKNOWN, "blocked.eml": EXIM_BLOCKLISTED,
-        "complaint.eml": YAHOO_ARF, "away.eml": OUT_OF_OFFICE,
-        "ok.eml": POSTFIX_DELIVERED, "junk.eml": b"hello",
-    })  # fmt: skip
+    names = _write(
+        tmp_path,
+        {
+            "dead.eml": POSTFIX_USER_UNKNOWN,
+            "blocked.eml": EXIM_BLOCKLISTED,
+            "complaint.eml": YAHOO_ARF,
+            "away.eml": OUT_OF_OFFICE,
+            "ok.eml": POSTFIX_DELIVERED,
+            "junk.eml": b"hello",
+        },
+    )
     done = sluice("bounce", "parse", "--json", *names[:3], "missing.eml", *names[3:], cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == "sluice: missing.eml: No such file or directory"
@@ -73,12 +83,17 @@ def test_bounce_parse_json_one_line_per_file_and_errors_on_stderr(tmp_path: Path
         assert all(set(r) == RECIPIENT_KEYS for r in line["recipients"])
     by_file = {line["file"]: line for line in lines}
     assert by_file["dead.eml"]["kind"] == "dsn"
-    assert by_file["dead.eml"]["recipients"] == [{
-        "email": "Nobody@example.net", "status": "5.1.1", "smtp_code": 550,
-        "class": "bad-mailbox", "hard": True,
-        "diagnostic": "550 5.1.1 <Nobody@Example.NET>: Recipient address rejected: "
-        "User unknown in virtual mailbox table",
-    }]  # fmt: skip
+    assert by_file["dead.eml"]["recipients"] == [
+        {
+            "email": "Nobody@example.net",
+            "status": "5.1.1",
+            "smtp_code": 550,
+            "class": "bad-mailbox",
+            "hard": True,
+            "diagnostic": "550 5.1.1 <Nobody@Example.NET>: Recipient address rejected: "
+            "User unknown in virtual mailbox table",
+        }
+    ]
     blocked = by_file["blocked.eml"]["recipients"][0]
     assert (blocked["status"], blocked["class"], blocked["hard"]) == ("5.7.1", "policy", False)
     complaint = by_file["complaint.eml"]
@@ -87,8 +102,11 @@ def test_bounce_parse_json_one_line_per_file_and_errors_on_stderr(tmp_path: Path
     assert by_file["away.eml"]["kind"] == "autoreply"
     assert by_file["ok.eml"]["kind"] == "delivered"
     assert by_file["junk.eml"] == {
-        "file": "junk.eml", "kind": "unknown", "recipients": [], "feedback_type": None,
-    }  # fmt: skip
+        "file": "junk.eml",
+        "kind": "unknown",
+        "recipients": [],
+        "feedback_type": None,
+    }
     for line in lines:
         if line["kind"] in ("arf", "autoreply", "delivered"):
             assert not any(r["hard"] for r in line["recipients"])
@@ -110,15 +128,30 @@ def test_bounce_parse_table_and_stdin(tmp_path: Path) -> None:
         "DIAGNOSTIC",
     ]
     assert dead.split()[:7] == [
-        "dead.eml", "dsn", "Nobody@example.net", "5.1.1", "550", "bad-mailbox", "yes"
-    ]  # fmt: skip
+        "dead.eml",
+        "dsn",
+        "Nobody@example.net",
+        "5.1.1",
+        "550",
+        "bad-mailbox",
+        "yes",
+    ]
     assert complaint.split() == [
-        "complaint.eml", "arf/abuse", "Complainer@yahoo.com", "-", "-", "-", "no"
-    ]  # fmt: skip
+        "complaint.eml",
+        "arf/abuse",
+        "Complainer@yahoo.com",
+        "-",
+        "-",
+        "-",
+        "no",
+    ]
     piped = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "bounce", "parse", "--json", "-"],
-        input=OUT_OF_OFFICE, capture_output=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
+        input=OUT_OF_OFFICE,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert piped.returncode == 0
     assert json.loads(piped.stdout)["kind"] == "autoreply"
 
@@ -127,8 +160,14 @@ def test_bounce_parse_table_and_stdin(tmp_path: Path) -> None:
 def test_bounce_parse_agrees_with_the_parser_on_corpus_files(tmp_path: Path) -> None:
     expected = json.loads((BOUNCE_CORPUS / "expected.json").read_text())
     samples = BOUNCE_CORPUS / "samples"
-    names = ["arf-01.eml", "rfc3834-03.eml", "lhost-postfix-02.eml", "lhost-exim-30.eml",
-             "rhost-google-01.eml", "lhost-amazonses-18.eml"]  # fmt: skip
+    names = [
+        "arf-01.eml",
+        "rfc3834-03.eml",
+        "lhost-postfix-02.eml",
+        "lhost-exim-30.eml",
+        "rhost-google-01.eml",
+        "lhost-amazonses-18.eml",
+    ]
     done = sluice("bounce", "parse", "--json", *(str(samples / n) for n in names), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for name, line in zip(names, done.stdout.splitlines(), strict=True):

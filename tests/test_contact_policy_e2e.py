@@ -45,8 +45,9 @@ async def fire(gateways: list[Served], body: dict[str, Any], count: int) -> list
 
         async def one(i: int) -> str:
             served = gateways[i % len(gateways)]
-            async with session.post(served.url + "/v1/messages", json=body,
-                                    headers=served.headers) as answer:  # fmt: skip
+            async with session.post(
+                served.url + "/v1/messages", json=body, headers=served.headers
+            ) as answer:
                 assert answer.status == 202, await answer.text()
                 return str((await answer.json())["results"][0]["status"])
 
@@ -57,11 +58,14 @@ def test_two_gateways_one_redis_cap_holds_under_concurrency(
     serve_factory: Any, tmp_path: Path
 ) -> None:
     first = serve_factory(workers=0)
-    second = serve_factory(workers=0, data_dir=tmp_path / "second",
-                           args=["--redis-url", first.redis_url()])  # fmt: skip
-    policy = {"frequency_caps": [
-        {"category": "cart_abandonment", "limit": 3, "window_seconds": 86400, "action": "drop"}
-    ]}  # fmt: skip
+    second = serve_factory(
+        workers=0, data_dir=tmp_path / "second", args=["--redis-url", first.redis_url()]
+    )
+    policy = {
+        "frequency_caps": [
+            {"category": "cart_abandonment", "limit": 3, "window_seconds": 86400, "action": "drop"}
+        ]
+    }
     assert put(first, "/v1/policy", policy) == 200
     assert get(second, "/v1/policy")["frequency_caps"][0]["limit"] == 3, "one policy for both"
 
@@ -90,9 +94,13 @@ def test_a_suppression_after_acceptance_stops_delivery(serve_factory: Any, sink:
 
 def sluice(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], input=stdin,
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "gateway.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
+    )
 
 
 def test_suppress_command_imports_exports_and_reaches_a_running_gateway(
@@ -117,8 +125,10 @@ def test_suppress_command_imports_exports_and_reaches_a_running_gateway(
     served = serve_factory(workers=0, data_dir=data)  # the list is in the data dir's Redis
     body = cart_reminder()
     personal = body["recipients"][0]["data"]
-    body["recipients"] = [{"email": e, "data": personal} for e in
-                          ("ann@example.com", "bob@example.com", "carl@example.com")]  # fmt: skip
+    body["recipients"] = [
+        {"email": e, "data": personal}
+        for e in ("ann@example.com", "bob@example.com", "carl@example.com")
+    ]
     status, answer = post(served, "/v1/messages", body)
     assert status == 202
     assert [r["status"] for r in answer["results"]] == ["suppressed", "suppressed", "queued"]

@@ -136,8 +136,11 @@ def test_5xx_user_unknown_bounces_hard_and_suppresses(engine: Any, fault_sink: F
     found = wait_status(served, gone, "bounced")
     last = found["events"][-1]
     assert (last["bounce_class"], last["hard"], last["smtp_code"], last["status"]) == (
-        "bad-mailbox", True, 550, "5.1.1",
-    )  # fmt: skip
+        "bad-mailbox",
+        True,
+        550,
+        "5.1.1",
+    )
     found = wait_status(served, blocked, "bounced")
     last = found["events"][-1]
     assert last["hard"] is False and last["bounce_class"] in ("policy", "spam")

@@ -39,16 +39,27 @@ DOMAIN = "shop.example.com"  # the fixture's From domain
 def sluice(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=60,
+    )
 
 
 def keygen(data_dir: Path, selector: str, algorithm: str = "rsa") -> tuple[str, str]:
     """Run keygen; (record name, rdata text) from the zone line it printed."""
     done = sluice(
-        "dkim", "keygen", "--data-dir", str(data_dir), "--domain", DOMAIN,
-        "--selector", selector, "--algorithm", algorithm,
-    )  # fmt: skip
+        "dkim",
+        "keygen",
+        "--data-dir",
+        str(data_dir),
+        "--domain",
+        DOMAIN,
+        "--selector",
+        selector,
+        "--algorithm",
+        algorithm,
+    )
     assert done.returncode == 0, done.stderr
     [line] = [x for x in done.stdout.splitlines() if " IN TXT " in x]
     match = re.fullmatch(r"(\S+)\. IN TXT \( (.+) \)", line)
@@ -80,17 +91,24 @@ def test_keygen_prints_the_record_and_keeps_keys_private(tmp_path: Path) -> None
     rows = {tuple(line.split()[1:3]): line.split()[-1] for line in listing.stdout.splitlines()[1:]}
     assert rows == {("e2026", "ed25519"): "yes", ("s2026", "rsa"): "no", ("s2027", "rsa"): "yes"}
 
-    assert sluice("dkim", "activate", "--data-dir", str(data), "--domain", DOMAIN,
-                  "--selector", "s2026").returncode == 0  # fmt: skip
+    assert (
+        sluice(
+            "dkim", "activate", "--data-dir", str(data), "--domain", DOMAIN, "--selector", "s2026"
+        ).returncode
+        == 0
+    )
     active = {k.selector for k in KeyStore(data).all_keys() if k.active}
     assert active == {"s2026", "e2026"}
 
-    again = sluice("dkim", "keygen", "--data-dir", str(data), "--domain", DOMAIN,
-                   "--selector", "s2026")  # fmt: skip
+    again = sluice(
+        "dkim", "keygen", "--data-dir", str(data), "--domain", DOMAIN, "--selector", "s2026"
+    )
     assert again.returncode == 2 and "already has a key with selector 's2026'" in again.stderr
-    for bad in (["--domain", "not a domain", "--selector", "x"],
-                ["--domain", DOMAIN, "--selector", "a/../../b"],
-                ["--domain", DOMAIN, "--selector", "s9", "--bits", "512"]):  # fmt: skip
+    for bad in (
+        ["--domain", "not a domain", "--selector", "x"],
+        ["--domain", DOMAIN, "--selector", "a/../../b"],
+        ["--domain", DOMAIN, "--selector", "s9", "--bits", "512"],
+    ):
         refused = sluice("dkim", "keygen", "--data-dir", str(data), *bad)
         assert refused.returncode == 2 and refused.stderr.startswith("sluice: "), refused
         assert "Traceback" not in refused.stderr
@@ -218,8 +236,10 @@ def dkimpy_verdicts(message: bytes, lookup: Any) -> list[bool]:
 def perl_verdicts(message: bytes, dns_server: DNSServer) -> dict[str, str]:
     done = subprocess.run(
         ["perl", str(PERL_VERIFIER), dns_server.host, str(dns_server.port)],
-        input=message, capture_output=True, timeout=60,
-    )  # fmt: skip
+        input=message,
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     out = {}
     for line in done.stdout.decode().splitlines():
@@ -284,9 +304,11 @@ def tampered(message: bytes) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_delivered_messages_verify_with_three_implementations_and_tampering_fails(
-    serve_factory: Any, sink: Sink, keyed: tuple[Path, DNSServer, dict[str, str]],
+    serve_factory: Any,
+    sink: Sink,
+    keyed: tuple[Path, DNSServer, dict[str, str]],
     opendkim: tuple[OpenDkim, DNSServer],
-) -> None:  # fmt: skip
+) -> None:
     need_tools("perl")
     data, dns_server, records = keyed
     checker, dns53 = opendkim
@@ -325,8 +347,10 @@ def test_delivered_messages_verify_with_three_implementations_and_tampering_fail
             code, detail = checker.verify(single)
             # A changed byte: "Bad signature"; a second From: refused as a syntax error.
             assert code != 0 and ("Bad signature" in detail or "Syntax error" in detail), (
-                what, code, detail,
-            )  # fmt: skip
+                what,
+                code,
+                detail,
+            )
 
 
 @pytest.mark.slow

@@ -270,9 +270,11 @@ def test_compressed_bodies_are_inflated_only_when_they_may_be(
     assert (status, answer["error"]) == (400, "invalid_request"), answer
     # the unauthenticated tracking routes take no compressed body at all
     status, _, _ = raw_post(
-        served, "/t/u/anything", gzip.compress(b"List-Unsubscribe=One-Click"),
+        served,
+        "/t/u/anything",
+        gzip.compress(b"List-Unsubscribe=One-Click"),
         {"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "gzip"},
-    )  # fmt: skip
+    )
     assert status == 415
 
 

@@ -264,24 +264,79 @@ CASES: list[Case] = [
     refused("json-empty-body", Call(b""), 400, "invalid_json"),
     refused("json-nan", post(message({"send_at": float("nan")})), 400, "invalid_json"),
     refused("json-infinity", post(message({"send_at": float("-inf")})), 400, "invalid_json"),
-    refused("json-not-utf8", Call(VALID.replace(b"Example Shop", b"Caf\xe9 Shop")), 400, "invalid_json"),
+    refused(
+        "json-not-utf8", Call(VALID.replace(b"Example Shop", b"Caf\xe9 Shop")), 400, "invalid_json"
+    ),
     refused("json-nested-100k-arrays", Call(NESTED), 400, "invalid_json"),
-    refused("json-deep-in-data", Call(VALID.replace(b'"data": {', b'"data": {"x": ' + b"[" * 5000 + b"]" * 5000 + b",")), 400, "invalid_json"),
-    refused("json-huge-integer", Call(VALID[:-1] + b', "send_at": ' + b"9" * 5000 + b"}"), 400, "invalid_json"),
+    refused(
+        "json-deep-in-data",
+        Call(VALID.replace(b'"data": {', b'"data": {"x": ' + b"[" * 5000 + b"]" * 5000 + b",")),
+        400,
+        "invalid_json",
+    ),
+    refused(
+        "json-huge-integer",
+        Call(VALID[:-1] + b', "send_at": ' + b"9" * 5000 + b"}"),
+        400,
+        "invalid_json",
+    ),
     invalid("json-top-level-array", [message()], ""),
     invalid("json-top-level-string", "hello", ""),
     invalid("json-top-level-null", None, ""),
-    refused("content-type-text-plain", Call(VALID, headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type", "Content-Type"),
-    refused("content-type-missing", Call(VALID, headers={"Content-Type": None}), 415, "unsupported_media_type", "Content-Type"),
-    refused("content-type-form", Call(VALID, headers={"Content-Type": "application/x-www-form-urlencoded"}), 415, "unsupported_media_type", "Content-Type"),
+    refused(
+        "content-type-text-plain",
+        Call(VALID, headers={"Content-Type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+        "Content-Type",
+    ),
+    refused(
+        "content-type-missing",
+        Call(VALID, headers={"Content-Type": None}),
+        415,
+        "unsupported_media_type",
+        "Content-Type",
+    ),
+    refused(
+        "content-type-form",
+        Call(VALID, headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        415,
+        "unsupported_media_type",
+        "Content-Type",
+    ),
     refused("auth-missing", Call(VALID, headers={"Authorization": None}), 401, "unauthorized"),
-    refused("auth-wrong-key", Call(VALID, headers={"Authorization": "Bearer not-the-key"}), 401, "unauthorized"),
-    refused("auth-basic-scheme", Call(VALID, headers={"Authorization": f"Basic {API_KEY}"}), 401, "unauthorized"),
-    refused("auth-key-prefix", Call(VALID, headers={"Authorization": f"Bearer {API_KEY[:-1]}"}), 401, "unauthorized"),
-    refused("auth-non-ascii-byte", Call(VALID, headers={"Authorization": b"Bearer \xff" + API_KEY.encode()}), 401, "unauthorized"),
+    refused(
+        "auth-wrong-key",
+        Call(VALID, headers={"Authorization": "Bearer not-the-key"}),
+        401,
+        "unauthorized",
+    ),
+    refused(
+        "auth-basic-scheme",
+        Call(VALID, headers={"Authorization": f"Basic {API_KEY}"}),
+        401,
+        "unauthorized",
+    ),
+    refused(
+        "auth-key-prefix",
+        Call(VALID, headers={"Authorization": f"Bearer {API_KEY[:-1]}"}),
+        401,
+        "unauthorized",
+    ),
+    refused(
+        "auth-non-ascii-byte",
+        Call(VALID, headers={"Authorization": b"Bearer \xff" + API_KEY.encode()}),
+        401,
+        "unauthorized",
+    ),
     refused("method-put", Call(VALID, method="PUT"), 405, "method_not_allowed"),
     refused("body-oversized", post(message({"html": "x" * BODY_LIMIT})), 413, "payload_too_large"),
-    refused("body-oversized-chunked", Call(json.dumps(message({"html": "x" * BODY_LIMIT})).encode(), chunked=True), 413, "payload_too_large"),
+    refused(
+        "body-oversized-chunked",
+        Call(json.dumps(message({"html": "x" * BODY_LIMIT})).encode(), chunked=True),
+        413,
+        "payload_too_large",
+    ),
     # -- missing and mistyped fields --------------------------------------------------
     invalid("missing-from", message(drop=("from",)), "from"),
     invalid("missing-subject", message(drop=("subject",)), "subject"),
@@ -298,12 +353,26 @@ CASES: list[Case] = [
     invalid("recipients-object", message({"recipients": {"email": f"a@{DOMAIN}"}}), "recipients"),
     invalid("recipients-string", message({"recipients": f"a@{DOMAIN}"}), "recipients"),
     invalid("recipients-empty", message({"recipients": []}), "recipients"),
-    invalid("recipients-1001", message({"recipients": fixture_batch(1001)["recipients"]}), "recipients"),
+    invalid(
+        "recipients-1001", message({"recipients": fixture_batch(1001)["recipients"]}), "recipients"
+    ),
     invalid("recipient-a-string", message({"recipients": [f"a@{DOMAIN}"]}), "recipients[0]"),
-    invalid("recipient-email-missing", message({"recipients": [{"name": "Ada"}]}), "recipients[0].email"),
-    invalid("recipient-email-number", message({"recipients": [{"email": 7}]}), "recipients[0].email"),
-    invalid("recipient-data-array", message({"recipients": [{**recipient(BLOCKED), "data": [1]}]}), "recipients[0].data"),
-    invalid("recipient-unknown-field", message({"recipients": [recipient(BLOCKED, cc=f"spy@{EVIL}")]}), "recipients[0].cc"),
+    invalid(
+        "recipient-email-missing", message({"recipients": [{"name": "Ada"}]}), "recipients[0].email"
+    ),
+    invalid(
+        "recipient-email-number", message({"recipients": [{"email": 7}]}), "recipients[0].email"
+    ),
+    invalid(
+        "recipient-data-array",
+        message({"recipients": [{**recipient(BLOCKED), "data": [1]}]}),
+        "recipients[0].data",
+    ),
+    invalid(
+        "recipient-unknown-field",
+        message({"recipients": [recipient(BLOCKED, cc=f"spy@{EVIL}")]}),
+        "recipients[0].cc",
+    ),
     invalid("tracking-opens-string", message({"tracking": {"opens": "yes"}}), "tracking.opens"),
     invalid("tracking-unknown-field", message({"tracking": {"pixels": True}}), "tracking.pixels"),
     invalid("headers-list", message({"headers": ["X-Campaign: spring"]}), "headers"),
@@ -321,51 +390,181 @@ CASES: list[Case] = [
     invalid("subject-bare-cr", message({"subject": f"Hi\rBcc: spy@{EVIL}"}), "subject"),
     invalid("subject-nul", message({"subject": "Hi\0there"}), "subject"),
     invalid("subject-smtp-smuggling", message({"subject": f"Hi{SMUGGLE}"}), "subject"),
-    invalid("from-name-crlf", message({"from": {"email": "news@shop.example.com", "name": f"Shop\r\nBcc: spy@{EVIL}"}}), "from.name"),
-    invalid("from-name-nul", message({"from": {"email": "news@shop.example.com", "name": "Shop\0"}}), "from.name"),
-    invalid("from-email-crlf", message({"from": {"email": f"news@shop.example.com\r\nBcc: spy@{EVIL}"}}), "from.email"),
-    invalid("from-string-crlf", message({"from": f"news@shop.example.com\r\nBcc: spy@{EVIL}"}), "from.email"),
-    invalid("from-email-smtp-smuggling", message({"from": {"email": f"news@shop.example.com{SMUGGLE}"}}), "from.email"),
+    invalid(
+        "from-name-crlf",
+        message({"from": {"email": "news@shop.example.com", "name": f"Shop\r\nBcc: spy@{EVIL}"}}),
+        "from.name",
+    ),
+    invalid(
+        "from-name-nul",
+        message({"from": {"email": "news@shop.example.com", "name": "Shop\0"}}),
+        "from.name",
+    ),
+    invalid(
+        "from-email-crlf",
+        message({"from": {"email": f"news@shop.example.com\r\nBcc: spy@{EVIL}"}}),
+        "from.email",
+    ),
+    invalid(
+        "from-string-crlf",
+        message({"from": f"news@shop.example.com\r\nBcc: spy@{EVIL}"}),
+        "from.email",
+    ),
+    invalid(
+        "from-email-smtp-smuggling",
+        message({"from": {"email": f"news@shop.example.com{SMUGGLE}"}}),
+        "from.email",
+    ),
     invalid("from-email-no-at", message({"from": "news.shop.example.com"}), "from.email"),
     invalid("from-email-ip-literal", message({"from": "news@[127.0.0.1]"}), "from.email"),
-    invalid("reply-to-crlf", message({"reply_to": {"email": f"help@shop.example.com\r\nBcc: spy@{EVIL}"}}), "reply_to.email"),
-    invalid("reply-to-name-lf", message({"reply_to": {"email": "help@shop.example.com", "name": f"Help\nBcc: spy@{EVIL}"}}), "reply_to.name"),
-    invalid("header-value-crlf", with_header("X-Campaign", f"spring\r\nBcc: spy@{EVIL}"), "headers.X-Campaign"),
-    invalid("header-value-bare-lf", with_header("X-Campaign", f"spring\nBcc: spy@{EVIL}"), "headers.X-Campaign"),
+    invalid(
+        "reply-to-crlf",
+        message({"reply_to": {"email": f"help@shop.example.com\r\nBcc: spy@{EVIL}"}}),
+        "reply_to.email",
+    ),
+    invalid(
+        "reply-to-name-lf",
+        message({"reply_to": {"email": "help@shop.example.com", "name": f"Help\nBcc: spy@{EVIL}"}}),
+        "reply_to.name",
+    ),
+    invalid(
+        "header-value-crlf",
+        with_header("X-Campaign", f"spring\r\nBcc: spy@{EVIL}"),
+        "headers.X-Campaign",
+    ),
+    invalid(
+        "header-value-bare-lf",
+        with_header("X-Campaign", f"spring\nBcc: spy@{EVIL}"),
+        "headers.X-Campaign",
+    ),
     invalid("header-value-nul", with_header("X-Campaign", "spring\0"), "headers.X-Campaign"),
-    invalid("header-value-smtp-smuggling", with_header("X-Campaign", f"spring{SMUGGLE}"), "headers.X-Campaign"),
+    invalid(
+        "header-value-smtp-smuggling",
+        with_header("X-Campaign", f"spring{SMUGGLE}"),
+        "headers.X-Campaign",
+    ),
     invalid("header-value-number", with_header("X-Campaign", 7), "headers.X-Campaign"),
     invalid("header-value-over-998", with_header("X-Campaign", "x" * 999), "headers.X-Campaign"),
-    invalid("header-name-crlf", with_header(f"X-A\r\nBcc: spy@{EVIL}\r\nX-B", "1"), f"headers.X-A\r\nBcc: spy@{EVIL}\r\nX-B"),
-    invalid("header-name-colon", with_header("X-A: 1\r\nBcc", f"spy@{EVIL}"), "headers.X-A: 1\r\nBcc"),
+    invalid(
+        "header-name-crlf",
+        with_header(f"X-A\r\nBcc: spy@{EVIL}\r\nX-B", "1"),
+        f"headers.X-A\r\nBcc: spy@{EVIL}\r\nX-B",
+    ),
+    invalid(
+        "header-name-colon", with_header("X-A: 1\r\nBcc", f"spy@{EVIL}"), "headers.X-A: 1\r\nBcc"
+    ),
     invalid("header-name-space", with_header("X A", "1"), "headers.X A"),
     invalid("header-name-nul", with_header("X-A\0", "1"), "headers.X-A\0"),
     invalid("header-name-empty", with_header("", "1"), "headers."),
     invalid("header-name-non-ascii", with_header("X-Prüfung", "1"), "headers.X-Prüfung"),
     invalid("header-reserved-bcc", with_header("Bcc", f"spy@{EVIL}"), "headers.Bcc"),
-    invalid("header-reserved-dkim-signature", with_header("DKIM-Signature", "v=1; a=rsa-sha256; d=evil.example"), "headers.DKIM-Signature"),
-    invalid("header-reserved-content-type-lowercase", with_header("content-type", "text/html"), "headers.content-type"),
-    invalid("header-reserved-return-path", with_header("Return-Path", f"<spy@{EVIL}>"), "headers.Return-Path"),
-    invalid("header-reserved-list-unsubscribe", with_header("List-Unsubscribe", f"<https://{EVIL}/>"), "headers.List-Unsubscribe"),
+    invalid(
+        "header-reserved-dkim-signature",
+        with_header("DKIM-Signature", "v=1; a=rsa-sha256; d=evil.example"),
+        "headers.DKIM-Signature",
+    ),
+    invalid(
+        "header-reserved-content-type-lowercase",
+        with_header("content-type", "text/html"),
+        "headers.content-type",
+    ),
+    invalid(
+        "header-reserved-return-path",
+        with_header("Return-Path", f"<spy@{EVIL}>"),
+        "headers.Return-Path",
+    ),
+    invalid(
+        "header-reserved-list-unsubscribe",
+        with_header("List-Unsubscribe", f"<https://{EVIL}/>"),
+        "headers.List-Unsubscribe",
+    ),
     invalid("html-nul", message({"html": "<p>hi\0</p>"}), "html"),
     invalid("text-nul", message({"text": "hi\0"}), "text"),
     # -- templates: syntax errors and sandbox escapes (400), resource limits (422) -----------
-    invalid("template-syntax-error-html", message({"html": "<p>{% if %}</p>"}), "html", "invalid_template"),
-    invalid("template-unclosed-subject", message({"subject": "Hi {{ first_name"}), "subject", "invalid_template"),
+    invalid(
+        "template-syntax-error-html",
+        message({"html": "<p>{% if %}</p>"}),
+        "html",
+        "invalid_template",
+    ),
+    invalid(
+        "template-unclosed-subject",
+        message({"subject": "Hi {{ first_name"}),
+        "subject",
+        "invalid_template",
+    ),
     # There is nothing to load: include/import/extends are refused before any rendering.
-    invalid("template-include-file", message({"text": "{% include '/etc/passwd' %}"}), "text", "invalid_template"),
-    invalid("template-import-module", message({"html": "{% import 'os' as os %}{{ os.system('id') }}"}), "html", "invalid_template"),
-    invalid("template-extends", message({"html": "{% extends '/etc/passwd' %}"}), "html", "invalid_template"),
-    invalid("sandbox-str-mro", message({"subject": "{{ ''.__class__.__mro__ }}"}), "subject", "invalid_template"),
-    invalid("sandbox-subclasses", message({"subject": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}), "subject", "invalid_template"),
-    invalid("sandbox-cycler-globals", message({"html": "{{ cycler.__init__.__globals__.os.popen('id').read() }}"}), "html", "invalid_template"),
-    invalid("sandbox-template-reference", message({"text": "{{ self._TemplateReference__context }}"}), "text", "invalid_template"),
-    invalid("sandbox-lipsum-globals", message({"text": "{{ lipsum.__globals__['os'] }}"}), "text", "invalid_template"),
-    invalid("sandbox-str-format", message({"text": "{{ '{0.__class__}'.format(1) }}"}), "text", "invalid_template"),
-    invalid("sandbox-attr-filter", message({"text": "{{ ''|attr('__class__') }}"}), "text", "invalid_template"),
-    invalid("sandbox-list-mutation", message({"text": "{{ [1].pop() }}"}), "text", "invalid_template"),
-    too_expensive("template-range-1e9", message({"html": "{% for i in range(10**9) %}x{% endfor %}"}), "html"),
-    too_expensive("template-recursive-macro", message({"text": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}), "text"),
+    invalid(
+        "template-include-file",
+        message({"text": "{% include '/etc/passwd' %}"}),
+        "text",
+        "invalid_template",
+    ),
+    invalid(
+        "template-import-module",
+        message({"html": "{% import 'os' as os %}{{ os.system('id') }}"}),
+        "html",
+        "invalid_template",
+    ),
+    invalid(
+        "template-extends",
+        message({"html": "{% extends '/etc/passwd' %}"}),
+        "html",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-str-mro",
+        message({"subject": "{{ ''.__class__.__mro__ }}"}),
+        "subject",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-subclasses",
+        message({"subject": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}),
+        "subject",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-cycler-globals",
+        message({"html": "{{ cycler.__init__.__globals__.os.popen('id').read() }}"}),
+        "html",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-template-reference",
+        message({"text": "{{ self._TemplateReference__context }}"}),
+        "text",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-lipsum-globals",
+        message({"text": "{{ lipsum.__globals__['os'] }}"}),
+        "text",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-str-format",
+        message({"text": "{{ '{0.__class__}'.format(1) }}"}),
+        "text",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-attr-filter",
+        message({"text": "{{ ''|attr('__class__') }}"}),
+        "text",
+        "invalid_template",
+    ),
+    invalid(
+        "sandbox-list-mutation", message({"text": "{{ [1].pop() }}"}), "text", "invalid_template"
+    ),
+    too_expensive(
+        "template-range-1e9", message({"html": "{% for i in range(10**9) %}x{% endfor %}"}), "html"
+    ),
+    too_expensive(
+        "template-recursive-macro",
+        message({"text": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}),
+        "text",
+    ),
     too_expensive("template-5000-digit-number", message({"text": "{{ 10**5000 }}"}), "text"),
     # -- other fields --------------------------------------------------------------------
     invalid("send-at-90-days-ahead", message({"send_at": time.time() + 90 * 86400}), "send_at"),
@@ -373,38 +572,102 @@ CASES: list[Case] = [
     invalid("send-at-garbage", message({"send_at": "tomorrow"}), "send_at"),
     invalid("send-at-boolean", message({"send_at": True}), "send_at"),
     invalid("send-at-400-digit-integer", message({"send_at": int("9" * 400)}), "send_at"),
-    invalid("send-at-year-1-east-of-utc", message({"send_at": "0001-01-01T00:00:00+14:00"}), "send_at"),
-    invalid("send-at-year-9999-west-of-utc", message({"send_at": "9999-12-31T23:59:59-14:00"}), "send_at"),
+    invalid(
+        "send-at-year-1-east-of-utc", message({"send_at": "0001-01-01T00:00:00+14:00"}), "send_at"
+    ),
+    invalid(
+        "send-at-year-9999-west-of-utc",
+        message({"send_at": "9999-12-31T23:59:59-14:00"}),
+        "send_at",
+    ),
     refused("lone-surrogate-in-subject", post(message({"subject": "Hi \ud800"})), 400),
-    refused("lone-surrogate-in-data", post(message({"recipients": [recipient(BLOCKED, data={"first_name": "\udfff"})]})), 400),
-    refused("lone-surrogate-with-idempotency-key", post(message({"metadata": {"source": "\ud800"}}), **{"Idempotency-Key": "hostile-surrogate-1"}), 400),
+    refused(
+        "lone-surrogate-in-data",
+        post(message({"recipients": [recipient(BLOCKED, data={"first_name": "\udfff"})]})),
+        400,
+    ),
+    refused(
+        "lone-surrogate-with-idempotency-key",
+        post(
+            message({"metadata": {"source": "\ud800"}}),
+            **{"Idempotency-Key": "hostile-surrogate-1"},
+        ),
+        400,
+    ),
     # -- Idempotency-Key -------------------------------------------------------------------
-    refused("idempotency-key-tab", post(message(), **{"Idempotency-Key": "key\twith-tab"}), 400, "invalid_request", "Idempotency-Key"),
-    refused("idempotency-key-256-chars", post(message(), **{"Idempotency-Key": "k" * 256}), 400, "invalid_request", "Idempotency-Key"),
-    refused("idempotency-key-non-ascii", post(message(), **{"Idempotency-Key": b"key-\xc3\xa9"}), 400, "invalid_request", "Idempotency-Key"),
+    refused(
+        "idempotency-key-tab",
+        post(message(), **{"Idempotency-Key": "key\twith-tab"}),
+        400,
+        "invalid_request",
+        "Idempotency-Key",
+    ),
+    refused(
+        "idempotency-key-256-chars",
+        post(message(), **{"Idempotency-Key": "k" * 256}),
+        400,
+        "invalid_request",
+        "Idempotency-Key",
+    ),
+    refused(
+        "idempotency-key-non-ascii",
+        post(message(), **{"Idempotency-Key": b"key-\xc3\xa9"}),
+        400,
+        "invalid_request",
+        "Idempotency-Key",
+    ),
     # aiohttp's HTTP parser refuses control characters in any header before Sluice runs:
     # a 400 in text/plain, not the JSON error body.
-    Case("idempotency-key-control-char", post(message(), **{"Idempotency-Key": b"key\x01"}), Refused(400, json_body=False)),
+    Case(
+        "idempotency-key-control-char",
+        post(message(), **{"Idempotency-Key": b"key\x01"}),
+        Refused(400, json_body=False),
+    ),
     Case(
         "idempotency-key-reused-with-another-body",
         post(message({"subject": "Another subject"}), **{"Idempotency-Key": IDEMPOTENCY_KEY}),
         Refused(422, "idempotency_conflict", "Idempotency-Key"),
-        before=(post(message({"recipients": [recipient(neighbour("idempotency"))]}), **{"Idempotency-Key": IDEMPOTENCY_KEY}),),
+        before=(
+            post(
+                message({"recipients": [recipient(neighbour("idempotency"))]}),
+                **{"Idempotency-Key": IDEMPOTENCY_KEY},
+            ),
+        ),
     ),
     # -- read endpoints ---------------------------------------------------------------------
     refused("get-message-garbage", get("/v1/messages/garbage"), 404, "not_found"),
     refused("get-message-nul", get("/v1/messages/%00%0d%0a"), 404, "not_found"),
     refused("get-message-unknown-id", get("/v1/messages/" + "a" * 26 + "-9999"), 404, "not_found"),
-    refused("get-message-no-auth", get("/v1/messages/garbage", Authorization=None), 401, "unauthorized"),
+    refused(
+        "get-message-no-auth", get("/v1/messages/garbage", Authorization=None), 401, "unauthorized"
+    ),
     refused("events-limit-zero", get("/v1/events?limit=0"), 400, "invalid_request", "limit"),
     refused("events-limit-negative", get("/v1/events?limit=-1"), 400, "invalid_request", "limit"),
     refused("events-limit-1001", get("/v1/events?limit=1001"), 400, "invalid_request", "limit"),
-    refused("events-limit-superscript-digit", get("/v1/events?limit=%C2%B2"), 400, "invalid_request", "limit"),
-    refused("events-after-garbage", get("/v1/events?after=garbage"), 400, "invalid_request", "after"),
-    refused("events-after-crlf", get("/v1/events?after=1-0%0d%0a"), 400, "invalid_request", "after"),
-    refused("events-after-beyond-uint64", get("/v1/events?after=99999999999999999999-0"), 400, "invalid_request", "after"),
+    refused(
+        "events-limit-superscript-digit",
+        get("/v1/events?limit=%C2%B2"),
+        400,
+        "invalid_request",
+        "limit",
+    ),
+    refused(
+        "events-after-garbage", get("/v1/events?after=garbage"), 400, "invalid_request", "after"
+    ),
+    refused(
+        "events-after-crlf", get("/v1/events?after=1-0%0d%0a"), 400, "invalid_request", "after"
+    ),
+    refused(
+        "events-after-beyond-uint64",
+        get("/v1/events?after=99999999999999999999-0"),
+        400,
+        "invalid_request",
+        "after",
+    ),
     # -- per recipient: one rejected, its valid neighbour queued ------------------------
-    rejected("rcpt-email-crlf", recipient(f"a@{DOMAIN}\r\nRCPT TO:<spy@{EVIL}>"), "invalid address"),
+    rejected(
+        "rcpt-email-crlf", recipient(f"a@{DOMAIN}\r\nRCPT TO:<spy@{EVIL}>"), "invalid address"
+    ),
     rejected("rcpt-email-bare-lf", recipient(f"a@{DOMAIN}\nBcc: spy@{EVIL}"), "invalid address"),
     rejected("rcpt-email-nul", recipient(f"a@{DOMAIN}\0spy@{EVIL}"), "invalid address"),
     rejected("rcpt-email-smtp-smuggling", recipient(f"a@{DOMAIN}{SMUGGLE}"), "invalid address"),
@@ -413,35 +676,93 @@ CASES: list[Case] = [
     rejected("rcpt-email-ip-literal", recipient("spy@[127.0.0.1]"), "invalid address"),
     rejected("rcpt-email-space", recipient(f"a b@{DOMAIN}"), "invalid address"),
     rejected("rcpt-email-300-chars", recipient(LONG_ADDRESS), "invalid address"),
-    rejected("rcpt-email-quoted-local-part", recipient(f'"spy@{EVIL}"@{DOMAIN}'), "invalid address"),
+    rejected(
+        "rcpt-email-quoted-local-part", recipient(f'"spy@{EVIL}"@{DOMAIN}'), "invalid address"
+    ),
     rejected("rcpt-email-angle-brackets", recipient(f"<spy@{EVIL}>"), "invalid address"),
     rejected("rcpt-email-single-label-domain", recipient("root@localhost"), "invalid address"),
     rejected("rcpt-email-empty", recipient(""), "invalid address"),
-    rejected("rcpt-name-crlf", recipient(f"b@{DOMAIN}", name=f"Bob\r\nBcc: spy@{EVIL}"), "invalid name"),
+    rejected(
+        "rcpt-name-crlf", recipient(f"b@{DOMAIN}", name=f"Bob\r\nBcc: spy@{EVIL}"), "invalid name"
+    ),
     rejected("rcpt-name-nul", recipient(f"b@{DOMAIN}", name="Bob\0"), "invalid name"),
-    rejected("rcpt-contact-id-crlf", recipient(f"b@{DOMAIN}", contact_id="c-1\r\nX: y"), "invalid contact_id"),
-    rejected("rcpt-timezone-unknown", recipient(f"b@{DOMAIN}", timezone="Mars/Olympus_Mons"), "unknown timezone"),
-    rejected("rcpt-timezone-path", recipient(f"b@{DOMAIN}", timezone="../../../etc/passwd"), "unknown timezone"),
-    rejected("rcpt-duplicate", recipient(neighbour("rcpt-duplicate").replace(DOMAIN, DOMAIN.upper())), "duplicate"),
+    rejected(
+        "rcpt-contact-id-crlf",
+        recipient(f"b@{DOMAIN}", contact_id="c-1\r\nX: y"),
+        "invalid contact_id",
+    ),
+    rejected(
+        "rcpt-timezone-unknown",
+        recipient(f"b@{DOMAIN}", timezone="Mars/Olympus_Mons"),
+        "unknown timezone",
+    ),
+    rejected(
+        "rcpt-timezone-path",
+        recipient(f"b@{DOMAIN}", timezone="../../../etc/passwd"),
+        "unknown timezone",
+    ),
+    rejected(
+        "rcpt-duplicate",
+        recipient(neighbour("rcpt-duplicate").replace(DOMAIN, DOMAIN.upper())),
+        "duplicate",
+    ),
     rejected(
         "rcpt-undefined-template-variable",
-        {"email": f"b@{DOMAIN}", "data": {"first_name": "Bob", "cart_url": CART}},  # no product_name
+        {
+            "email": f"b@{DOMAIN}",
+            "data": {"first_name": "Bob", "cart_url": CART},
+        },  # no product_name
         "undefined template variable",
-        changes={"subject": "{{ first_name | default('friend') }}, your {{ product_name }} is waiting"},
-        ok={"email": neighbour("rcpt-undefined-template-variable"), "data": {"product_name": "Shoes", "cart_url": CART}},  # no first_name: the default applies
+        changes={
+            "subject": "{{ first_name | default('friend') }}, your {{ product_name }} is waiting"
+        },
+        ok={
+            "email": neighbour("rcpt-undefined-template-variable"),
+            "data": {"product_name": "Shoes", "cart_url": CART},
+        },  # no first_name: the default applies
     ),
-    rejected("rcpt-data-crlf-into-subject", recipient(f"b@{DOMAIN}", data={"first_name": f"Bob\r\nBcc: spy@{EVIL}"}), "subject"),
-    rejected("rcpt-data-smuggling-into-subject", recipient(f"b@{DOMAIN}", data={"product_name": SMUGGLE}), "subject"),
-    rejected("rcpt-data-nul-into-body", recipient(f"b@{DOMAIN}", data={"cart_url": "https://shop.example.com/\0"}), "NUL"),
-    rejected("rcpt-data-subject-over-500", recipient(f"b@{DOMAIN}", data={"product_name": "x" * 600}), "500"),
+    rejected(
+        "rcpt-data-crlf-into-subject",
+        recipient(f"b@{DOMAIN}", data={"first_name": f"Bob\r\nBcc: spy@{EVIL}"}),
+        "subject",
+    ),
+    rejected(
+        "rcpt-data-smuggling-into-subject",
+        recipient(f"b@{DOMAIN}", data={"product_name": SMUGGLE}),
+        "subject",
+    ),
+    rejected(
+        "rcpt-data-nul-into-body",
+        recipient(f"b@{DOMAIN}", data={"cart_url": "https://shop.example.com/\0"}),
+        "NUL",
+    ),
+    rejected(
+        "rcpt-data-subject-over-500",
+        recipient(f"b@{DOMAIN}", data={"product_name": "x" * 600}),
+        "500",
+    ),
     # -- allowed, but must be harmless on the wire ------------------------------------------
-    defused("body-smtp-smuggling-text", {"text": f"Hi\r\n.\r\nMAIL FROM:<x@{SMUGGLED}>\r\nRCPT TO:<y@{SMUGGLED}>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"}),
-    defused("body-smtp-smuggling-html-bare-lf", {"html": f"<p>Hi</p>\n.\nMAIL FROM:<x@{SMUGGLED}>\nRCPT TO:<y@{SMUGGLED}>\nDATA\n.\n"}),
-    defused("body-smtp-smuggling-in-data", data={"cart_url": f"{CART}\r\n.\r\nRCPT TO:<y@{SMUGGLED}>\r\n"}),
+    defused(
+        "body-smtp-smuggling-text",
+        {
+            "text": f"Hi\r\n.\r\nMAIL FROM:<x@{SMUGGLED}>\r\nRCPT TO:<y@{SMUGGLED}>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+        },
+    ),
+    defused(
+        "body-smtp-smuggling-html-bare-lf",
+        {"html": f"<p>Hi</p>\n.\nMAIL FROM:<x@{SMUGGLED}>\nRCPT TO:<y@{SMUGGLED}>\nDATA\n.\n"},
+    ),
+    defused(
+        "body-smtp-smuggling-in-data",
+        data={"cart_url": f"{CART}\r\n.\r\nRCPT TO:<y@{SMUGGLED}>\r\n"},
+    ),
     defused("rcpt-name-address-list", name=f'Ada" <a@{SMUGGLED}>, y@{SMUGGLED}, "'),
-    defused("from-name-address-list", {"from": {"email": "news@shop.example.com", "name": f"Shop <x@{SMUGGLED}>, y@{SMUGGLED}"}}),
+    defused(
+        "from-name-address-list",
+        {"from": {"email": "news@shop.example.com", "name": f"Shop <x@{SMUGGLED}>, y@{SMUGGLED}"}},
+    ),
     defused("header-value-at-998-chars", {"headers": {"X-Campaign": "x" * 998}}),
-]  # fmt: skip
+]
 
 
 def test_at_least_30_distinct_hostile_cases() -> None:
@@ -609,20 +930,66 @@ def test_template_cpu_bomb_is_refused_promptly(serve_factory: Any, body: dict[st
 
 # Paths of the fixture message's fields; ints index into lists.
 FIELD_PATHS: list[tuple[str | int, ...]] = [
-    ("from", "email"), ("from", "name"), ("reply_to", "email"), ("reply_to", "name"),
-    ("subject",), ("html",), ("text",), ("category",), ("stream",), ("ip_pool",), ("send_at",),
-    ("headers", "X-Campaign"), ("tags", 0), ("metadata", "source"), ("tracking", "opens"),
-    ("recipients", 0, "email"), ("recipients", 0, "name"), ("recipients", 0, "contact_id"),
-    ("recipients", 0, "timezone"), ("recipients", 0, "data", "first_name"),
+    ("from", "email"),
+    ("from", "name"),
+    ("reply_to", "email"),
+    ("reply_to", "name"),
+    ("subject",),
+    ("html",),
+    ("text",),
+    ("category",),
+    ("stream",),
+    ("ip_pool",),
+    ("send_at",),
+    ("headers", "X-Campaign"),
+    ("tags", 0),
+    ("metadata", "source"),
+    ("tracking", "opens"),
+    ("recipients", 0, "email"),
+    ("recipients", 0, "name"),
+    ("recipients", 0, "contact_id"),
+    ("recipients", 0, "timezone"),
+    ("recipients", 0, "data", "first_name"),
     ("recipients", 0, "metadata", "segment"),
-]  # fmt: skip
+]
 
 FRAGMENTS = [
-    "\r\n", "\n", "\r", "\0", "\t", "\x0b", "\x7f", "\x85", "\u2028", "\ufeff", "@", "<", ">",
-    '"', ",", ":", ";", "\\", ".", "\r\n.\r\n", "Bcc: ", "MAIL FROM:<x@y.z>", "{{", "}}", "{%",
-    "%}", "{{ first_name }}", "{{ nope }}", "{{ ''.__class__ }}", "|safe", "news@shop.example.com",
-    "Europe/Istanbul", "2030-01-01T00:00:00Z", "é", "💌",
-]  # fmt: skip
+    "\r\n",
+    "\n",
+    "\r",
+    "\0",
+    "\t",
+    "\x0b",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\ufeff",
+    "@",
+    "<",
+    ">",
+    '"',
+    ",",
+    ":",
+    ";",
+    "\\",
+    ".",
+    "\r\n.\r\n",
+    "Bcc: ",
+    "MAIL FROM:<x@y.z>",
+    "{{",
+    "}}",
+    "{%",
+    "%}",
+    "{{ first_name }}",
+    "{{ nope }}",
+    "{{ ''.__class__ }}",
+    "|safe",
+    "news@shop.example.com",
+    "Europe/Istanbul",
+    "2030-01-01T00:00:00Z",
+    "é",
+    "💌",
+]
 
 hostile_text = st.lists(
     st.one_of(st.text(st.characters(codec="utf-8"), max_size=8), st.sampled_from(FRAGMENTS)),

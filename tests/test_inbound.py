@@ -89,8 +89,11 @@ def test_dsn_and_arf_become_events_and_suppressions(serve_factory: Any, sink: Si
     assert found["status"] == "bounced"
     event = found["events"][-1]
     assert (event["type"], event["bounce_class"], event["hard"], event["source"]) == (
-        "bounced", "bad-mailbox", True, "dsn",
-    )  # fmt: skip
+        "bounced",
+        "bad-mailbox",
+        True,
+        "dsn",
+    )
     assert event["status"] == "5.1.1" and event["email"] == dead_rcpt
 
     found = get(served, f"/v1/messages/{blocked}")
@@ -105,8 +108,10 @@ def test_dsn_and_arf_become_events_and_suppressions(serve_factory: Any, sink: Si
     assert found["status"] == "delivered", "a complaint adds an event; the mail was delivered"
     event = found["events"][-1]
     assert (event["type"], event["feedback_type"], event["email"]) == (
-        "complained", "abuse", complainer_rcpt,
-    )  # fmt: skip
+        "complained",
+        "abuse",
+        complainer_rcpt,
+    )
 
     # suppressed: the dead address and the complainer; not the blocked or full ones
     status, answer = post(served, "/v1/messages", fixture_batch(4))
@@ -186,8 +191,10 @@ def test_corpus_dsns_bounce_the_message_and_only_hard_ones_suppress(
         event = found["events"][-1]
         assert (event["type"], event["email"], event["source"]) == ("bounced", email, "dsn")
         assert (event["bounce_class"], event["hard"], event["status"]) == (
-            bounce_class, hard, status,
-        ), name  # fmt: skip
+            bounce_class,
+            hard,
+            status,
+        ), name
         entries = suppressed(served, email)
         if hard:
             assert [(e["reason"], e["source"]) for e in entries] == [

@@ -32,10 +32,14 @@ def at(text: str) -> float:
 
 
 def body_for(
-    count: int = 1, *, contact: str | None = "c-42", stream: str = "marketing",
-    category: str | None = "cart_abandonment", timezone: str | None = None,
+    count: int = 1,
+    *,
+    contact: str | None = "c-42",
+    stream: str = "marketing",
+    category: str | None = "cart_abandonment",
+    timezone: str | None = None,
     send_at: float | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     body = fixture_batch(count)
     body["stream"] = stream
     body["category"] = category
@@ -71,9 +75,11 @@ def policy_of(**doc: Any) -> Policy:
 async def test_cap_drops_the_fourth_message_in_a_day_and_transactional_is_exempt(
     store: Store,
 ) -> None:
-    policy = policy_of(frequency_caps=[
-        {"category": "cart_abandonment", "limit": 3, "window_seconds": 86400, "action": "drop"}
-    ])  # fmt: skip
+    policy = policy_of(
+        frequency_caps=[
+            {"category": "cart_abandonment", "limit": 3, "window_seconds": 86400, "action": "drop"}
+        ]
+    )
     now = at("2026-11-23T10:00:00")
     statuses = [(await send(store, body_for(), now + i, policy))[0]["status"] for i in range(5)]
     assert statuses == ["queued"] * 3 + ["capped"] * 2
@@ -95,10 +101,17 @@ async def test_cap_drops_the_fourth_message_in_a_day_and_transactional_is_exempt
 
 
 async def test_defer_schedules_at_the_earliest_moment_every_rule_allows(store: Store) -> None:
-    policy = policy_of(frequency_caps=[
-        {"category": "cart_abandonment", "limit": 1, "window_seconds": 3 * 86400, "action": "defer"},
-        {"category": "*", "limit": 3, "window_seconds": 7 * 86400, "action": "defer"},
-    ])  # fmt: skip
+    policy = policy_of(
+        frequency_caps=[
+            {
+                "category": "cart_abandonment",
+                "limit": 1,
+                "window_seconds": 3 * 86400,
+                "action": "defer",
+            },
+            {"category": "*", "limit": 3, "window_seconds": 7 * 86400, "action": "defer"},
+        ]
+    )
     now = at("2026-11-23T10:00:00")
     first = (await send(store, body_for(), now, policy))[0]
     assert first["status"] == "queued"
@@ -152,8 +165,11 @@ def reference(
             for i in applicable
         )
 
-    if any(rules[i]["action"] == "drop" and not _window_ok(
-            [*history[i], t], rules[i]["window_seconds"], rules[i]["limit"]) for i in applicable):  # fmt: skip
+    if any(
+        rules[i]["action"] == "drop"
+        and not _window_ok([*history[i], t], rules[i]["window_seconds"], rules[i]["limit"])
+        for i in applicable
+    ):
         return "capped", t
     candidates = sorted(
         {t} | {s + rules[i]["window_seconds"] for i in applicable for s in history[i]}
@@ -164,12 +180,14 @@ def reference(
     return ("queued" if moment <= t else "scheduled"), moment
 
 
-rule_strategy = st.fixed_dictionaries({
-    "category": st.sampled_from(["*", "a", "b"]),
-    "limit": st.integers(1, 3),
-    "window_seconds": st.sampled_from([5, 10, 30, 60]),
-    "action": st.sampled_from(["drop", "defer"]),
-})  # fmt: skip
+rule_strategy = st.fixed_dictionaries(
+    {
+        "category": st.sampled_from(["*", "a", "b"]),
+        "limit": st.integers(1, 3),
+        "window_seconds": st.sampled_from([5, 10, 30, 60]),
+        "action": st.sampled_from(["drop", "defer"]),
+    }
+)
 step_strategy = st.tuples(
     st.integers(0, 20),  # seconds after the previous step
     st.sampled_from(["a", "b"]),  # category
@@ -182,9 +200,14 @@ step_strategy = st.tuples(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    rules=st.lists(rule_strategy, min_size=1, max_size=3, unique_by=lambda r: (r["category"], r["window_seconds"])),
+    rules=st.lists(
+        rule_strategy,
+        min_size=1,
+        max_size=3,
+        unique_by=lambda r: (r["category"], r["window_seconds"]),
+    ),
     steps=st.lists(step_strategy, min_size=1, max_size=25),
-)  # fmt: skip
+)
 def test_caps_agree_with_a_reference_model(
     redis_url: str, rules: list[dict[str, Any]], steps: list[tuple[int, str, str, int]]
 ) -> None:
@@ -198,8 +221,7 @@ def test_caps_agree_with_a_reference_model(
             for gap, category, stream, ahead in steps:
                 now += gap
                 due = now + ahead if ahead else now
-                body = body_for(category=category, stream=stream,
-                                send_at=due if ahead else None)  # fmt: skip
+                body = body_for(category=category, stream=stream, send_at=due if ahead else None)
                 [got] = await send(store, body, now, policy)
                 if stream == "transactional":
                     assert got["status"] == ("scheduled" if ahead else "queued")
@@ -210,15 +232,20 @@ def test_caps_agree_with_a_reference_model(
                 assert got["status"] == status, (rules, steps, got)
                 if status == "scheduled":
                     assert got["send_at"] == datetime.fromtimestamp(moment, UTC).isoformat(
-                        timespec="milliseconds").replace("+00:00", "Z"), (rules, steps, got)  # fmt: skip
+                        timespec="milliseconds"
+                    ).replace("+00:00", "Z"), (rules, steps, got)
 
     asyncio.run(run())
 
 
 # --- quiet hours --------------------------------------------------------------------------
 
-QUIET = {"start": "21:00", "end": "08:00", "default_timezone": "Europe/Istanbul",
-         "ramp_seconds": 1800}  # fmt: skip
+QUIET = {
+    "start": "21:00",
+    "end": "08:00",
+    "default_timezone": "Europe/Istanbul",
+    "ramp_seconds": 1800,
+}
 
 
 @pytest.mark.parametrize(
@@ -264,17 +291,27 @@ async def test_quiet_hours_outside_the_window_send_now_and_apply_at_send_at(stor
     [now_result] = await send(store, body_for(timezone="Europe/Istanbul"), noon, policy)
     assert now_result["status"] == "queued"
     # send_at 22:00 local (19:00Z) falls in the window: held to 08:00 local (05:00Z)
-    [later] = await send(store, body_for(timezone="Europe/Istanbul", send_at=at("2026-11-23T19:00:00")), noon, policy)  # fmt: skip
-    assert at("2026-11-24T05:00:00") <= datetime.fromisoformat(later["send_at"]).timestamp() < at("2026-11-24T05:30:00")  # fmt: skip
+    [later] = await send(
+        store, body_for(timezone="Europe/Istanbul", send_at=at("2026-11-23T19:00:00")), noon, policy
+    )
+    assert (
+        at("2026-11-24T05:00:00")
+        <= datetime.fromisoformat(later["send_at"]).timestamp()
+        < at("2026-11-24T05:30:00")
+    )
     [transactional] = await send(
-        store, body_for(timezone="Europe/Istanbul", stream="transactional"), at("2026-11-23T20:00:00"), policy
-    )  # fmt: skip
+        store,
+        body_for(timezone="Europe/Istanbul", stream="transactional"),
+        at("2026-11-23T20:00:00"),
+        policy,
+    )
     assert transactional["status"] == "queued", "transactional mail ignores quiet hours"
 
 
 async def test_a_window_within_one_day(store: Store) -> None:
-    policy = policy_of(quiet_hours={"start": "12:00", "end": "14:00", "default_timezone": "UTC",
-                                    "ramp_seconds": 0})  # fmt: skip
+    policy = policy_of(
+        quiet_hours={"start": "12:00", "end": "14:00", "default_timezone": "UTC", "ramp_seconds": 0}
+    )
     [held] = await send(store, body_for(), at("2026-11-23T12:30:00"), policy)
     assert held["send_at"] == "2026-11-23T14:00:00.000Z"
     [free] = await send(store, body_for(), at("2026-11-23T14:00:00"), policy)
@@ -296,8 +333,12 @@ async def test_suppressed_addresses_are_not_queued(store: Store) -> None:
     assert results[1]["reason"] == "unsubscribe (cart_abandonment)"
     found = await store.message(results[1]["message_id"])
     assert found is not None and found["status"] == "suppressed"
-    assert found["events"][0] == {**found["events"][0], "type": "suppressed",
-                                  "reason": "unsubscribe", "scope": "cart_abandonment"}  # fmt: skip
+    assert found["events"][0] == {
+        **found["events"][0],
+        "type": "suppressed",
+        "reason": "unsubscribe",
+        "scope": "cart_abandonment",
+    }
     # transactional mail ignores unsubscribes, never hard bounces
     results = await send(store, body_for(4, contact=None, stream="transactional"), now, Policy())
     assert [r["status"] for r in results] == ["suppressed", "queued", "queued", "queued"]
@@ -329,18 +370,30 @@ async def test_policy_routes_validate_and_round_trip(api: Client) -> None:
     expected = {**doc, "quiet_hours": {**doc["quiet_hours"], "ramp_seconds": 1800}}
     assert await (await api.get("/v1/policy")).json() == expected
     for bad, field in (
-        ({"quiet_hours": {"start": "21:00", "end": "08:00", "default_timezone": "Mars/Olympus"}},
-         "quiet_hours.default_timezone"),
+        (
+            {"quiet_hours": {"start": "21:00", "end": "08:00", "default_timezone": "Mars/Olympus"}},
+            "quiet_hours.default_timezone",
+        ),
         ({"quiet_hours": {"start": "25:00", "end": "08:00"}}, "quiet_hours.start"),
-        ({"frequency_caps": [{"category": "*", "limit": 0, "window_seconds": 60}]},
-         "frequency_caps[0].limit"),
-        ({"frequency_caps": [{"category": "*", "limit": 1, "window_seconds": 60, "action": "x"}]},
-         "frequency_caps[0].action"),
-        ({"frequency_caps": [{"category": "*", "limit": 1, "window_seconds": 60}] * 2},
-         "frequency_caps[1]"),
+        (
+            {"frequency_caps": [{"category": "*", "limit": 0, "window_seconds": 60}]},
+            "frequency_caps[0].limit",
+        ),
+        (
+            {
+                "frequency_caps": [
+                    {"category": "*", "limit": 1, "window_seconds": 60, "action": "x"}
+                ]
+            },
+            "frequency_caps[0].action",
+        ),
+        (
+            {"frequency_caps": [{"category": "*", "limit": 1, "window_seconds": 60}] * 2},
+            "frequency_caps[1]",
+        ),
         ({"frequency_caps": "lots"}, "frequency_caps"),
         ({"extra": 1}, "policy.extra"),
-    ):  # fmt: skip
+    ):
         answer = await api.put("/v1/policy", json=bad)
         assert answer.status == 400, bad
         assert (await answer.json())["field"] == field, await answer.text()
@@ -358,8 +411,10 @@ async def test_invalid_recipient_timezone_is_rejected_with_a_reason(api: Client)
 
 
 async def test_suppression_routes(api: Client) -> None:
-    put = await api.put("/v1/suppressions/Someone@Example.COM", json={"reason": "unsubscribe",
-                        "category": "newsletter", "source": "crm"})  # fmt: skip
+    put = await api.put(
+        "/v1/suppressions/Someone@Example.COM",
+        json={"reason": "unsubscribe", "category": "newsletter", "source": "crm"},
+    )
     assert put.status == 201, await put.text()
     assert (await put.json())["email"] == "someone@example.com"
     assert (await api.put("/v1/suppressions/someone@example.com")).status == 201  # global, manual
@@ -380,10 +435,12 @@ async def test_suppression_routes(api: Client) -> None:
     ).status == 404
     assert (await api.delete("/v1/suppressions/someone@example.com")).status == 204
     assert (await api.get("/v1/suppressions/someone@example.com")).status == 404
-    for path, field in (("/v1/suppressions/not-an-address", "email"),
-                        ("/v1/suppressions/a%0d%0ab@example.com", "email"),
-                        ("/v1/suppressions?cursor=99999999", "cursor"),
-                        ("/v1/suppressions?limit=0", "limit")):  # fmt: skip
+    for path, field in (
+        ("/v1/suppressions/not-an-address", "email"),
+        ("/v1/suppressions/a%0d%0ab@example.com", "email"),
+        ("/v1/suppressions?cursor=99999999", "cursor"),
+        ("/v1/suppressions?limit=0", "limit"),
+    ):
         answer = await api.get(path)
         assert answer.status == 400 and (await answer.json())["field"] == field, path
     bad = await api.put("/v1/suppressions/x@example.com", json={"reason": "because"})

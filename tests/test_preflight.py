@@ -48,18 +48,32 @@ def world(tmp_path: Path) -> Iterator[tuple[DNSServer, Path]]:
 def run(world: tuple[DNSServer, Path], **flags: Any) -> tuple[int, dict[str, preflight.Check]]:
     server, data = world
     settings = make_settings(data.parent, ips=f"{IP}={'mta1.example.test'}", **flags)
-    checks = preflight.run_checks(settings, DOMAIN, [], [IP],
-                                  preflight.HostPort(server.host, server.port))  # fmt: skip
+    checks = preflight.run_checks(
+        settings, DOMAIN, [], [IP], preflight.HostPort(server.host, server.port)
+    )
     return preflight.exit_code(checks), {c.id: c for c in checks}
 
 
 def test_a_good_domain_passes_everything(world: tuple[DNSServer, Path]) -> None:
     code, checks = run(world)
     assert code == 0, [c for c in checks.values() if c.status != "pass"]
-    for expected in ("spf.record", "spf.all", "spf.lookups", f"spf.authorizes_ip:{IP}",
-                     "dkim.record:s1", "dkim.key:s1", "dkim.matches_private_key:s1",
-                     "dmarc.record", "dmarc.policy", "dmarc.alignment", "mx.return_path",
-                     f"ptr.fcrdns:{IP}", "mta_sts", "tls_rpt", "sluice.dkim_key"):  # fmt: skip
+    for expected in (
+        "spf.record",
+        "spf.all",
+        "spf.lookups",
+        f"spf.authorizes_ip:{IP}",
+        "dkim.record:s1",
+        "dkim.key:s1",
+        "dkim.matches_private_key:s1",
+        "dmarc.record",
+        "dmarc.policy",
+        "dmarc.alignment",
+        "mx.return_path",
+        f"ptr.fcrdns:{IP}",
+        "mta_sts",
+        "tls_rpt",
+        "sluice.dkim_key",
+    ):
         assert checks[expected].status == "pass", checks[expected]
     assert checks["spf.lookups"].summary == "1 of 10 DNS-querying terms"
 
@@ -106,8 +120,11 @@ def _rsa_record(bits: int, extra: str = "") -> Callable[[DNSServer, Path], None]
         import base64
 
         server.remove(f"s1._domainkey.{DOMAIN}", "TXT")
-        server.add(f"s1._domainkey.{DOMAIN}", "TXT",
-                   txt_rdata(f"v=DKIM1; k=rsa;{extra} p={base64.b64encode(der).decode()}"))  # fmt: skip
+        server.add(
+            f"s1._domainkey.{DOMAIN}",
+            "TXT",
+            txt_rdata(f"v=DKIM1; k=rsa;{extra} p={base64.b64encode(der).decode()}"),
+        )
 
     return change
 
@@ -249,12 +266,18 @@ BROKEN: list[tuple[str, Callable[[DNSServer, Path], None], dict[str, str], str, 
 ]
 
 
-@pytest.mark.parametrize(("name", "change", "flags", "check_id", "status", "code"), BROKEN,
-                         ids=[b[0] for b in BROKEN])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "change", "flags", "check_id", "status", "code"), BROKEN, ids=[b[0] for b in BROKEN]
+)
 def test_broken_domains(
-    world: tuple[DNSServer, Path], name: str, change: Callable[[DNSServer, Path], None],
-    flags: dict[str, str], check_id: str, status: str, code: int,
-) -> None:  # fmt: skip
+    world: tuple[DNSServer, Path],
+    name: str,
+    change: Callable[[DNSServer, Path], None],
+    flags: dict[str, str],
+    check_id: str,
+    status: str,
+    code: int,
+) -> None:
     server, data = world
     change(server, data)
     got_code, checks = run(world, **flags)
@@ -275,22 +298,48 @@ def test_the_command_with_a_running_gateway(
     body = json.loads(FIXTURE.read_text())
     body["from"]["email"] = f"news@{DOMAIN}"
     message.write_text(json.dumps(body))
-    base = [sys.executable, "-m", "gateway.cli", "preflight", DOMAIN, "--ip", IP,
-            "--nameserver", server.nameserver, "--data-dir", str(data), "--message", str(message)]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "SLUICE_IPS": f"{IP}=mta1.example.test",
-           "SLUICE_PUBLIC_URL": served.url}  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "preflight",
+        DOMAIN,
+        "--ip",
+        IP,
+        "--nameserver",
+        server.nameserver,
+        "--data-dir",
+        str(data),
+        "--message",
+        str(message),
+    ]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLUICE_IPS": f"{IP}=mta1.example.test",
+        "SLUICE_PUBLIC_URL": served.url,
+    }
     human = subprocess.run(base, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
     assert human.stdout.startswith(f"Preflight for {DOMAIN}"), human.stderr
-    lines = {line.split()[1]: line.split()[0] for line in human.stdout.splitlines()[1:-1]
-             if line.split() and line.split()[0] in ("PASS", "WARN", "FAIL", "ERROR")}  # fmt: skip
+    lines = {
+        line.split()[1]: line.split()[0]
+        for line in human.stdout.splitlines()[1:-1]
+        if line.split() and line.split()[0] in ("PASS", "WARN", "FAIL", "ERROR")
+    }
     # a loopback public URL is not under the domain, and the IP has no warmup: warnings only
     assert {k for k, v in lines.items() if v != "PASS"} == {
         "sluice.tracking_domain",
         f"sluice.warmup:{IP}",
     }
     assert human.returncode == 1
-    for passed in ("sluice.tracking_roundtrip", "sluice.suppression_roundtrip", "content.template",
-                   "content.img_alt", "content.text_part", "content.html_size", "content.from_domain"):  # fmt: skip
+    for passed in (
+        "sluice.tracking_roundtrip",
+        "sluice.suppression_roundtrip",
+        "content.template",
+        "content.img_alt",
+        "content.text_part",
+        "content.html_size",
+        "content.from_domain",
+    ):
         assert lines[passed] == "PASS", (passed, human.stdout)
 
     server.remove(DOMAIN, "TXT")

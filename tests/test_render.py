@@ -115,7 +115,7 @@ ORDINARY = [
     "{% for c in first_name %}{{ c }}.{% endfor %}{% for i in items if i.qty > 1 %}{{ i.name }}{% else %}none{% endfor %}",
     "{{ dict(a=1)|tojson }} {{ items|map(attribute='tags')|map('join', '+')|join('|') }} {{ items|rejectattr('tags')|map(attribute='name')|join }}",
     "{{ 'a,b,c'.split(',') }} {{ ' x '.strip() }} {{ 'abc'[::-1] }} {{ items|count }} {{ (items|last).name }} {{ 'ab'.zfill(5) }} {{ 'a\\tb'.expandtabs(4) }}",
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("source", ORDINARY)
@@ -158,9 +158,23 @@ def test_only_the_data_makes_this_template_expensive() -> None:
 
 @pytest.mark.parametrize(
     "use",
-    ["map('string')|list", "select|list", "reject|list", "batch(2)|list", "slice(2)|list",
-     "groupby(0)", "sum", "unique|list", "list", "join", "sort", "min", "max", "first"],
-)  # fmt: skip
+    [
+        "map('string')|list",
+        "select|list",
+        "reject|list",
+        "batch(2)|list",
+        "slice(2)|list",
+        "groupby(0)",
+        "sum",
+        "unique|list",
+        "list",
+        "join",
+        "sort",
+        "min",
+        "max",
+        "first",
+    ],
+)
 def test_iterating_filters_draw_from_the_loop_budget(use: str) -> None:
     """A list of the largest size a template may build, iterated once more by a filter."""
     assert MAX_ITEMS == MAX_LOOP_ITERATIONS

@@ -88,12 +88,18 @@ def test_mapping_and_refusals() -> None:
     for change, field in (
         ({"template_id": "d-1"}, "template_id"),
         ({"attachments": []}, "attachments"),
-        ({"personalizations": [{"to": [{"email": "a@x.example"}], "cc": [{"email": "c@x.example"}]}]},
-         "personalizations[0].cc"),
+        (
+            {
+                "personalizations": [
+                    {"to": [{"email": "a@x.example"}], "cc": [{"email": "c@x.example"}]}
+                ]
+            },
+            "personalizations[0].cc",
+        ),
         ({"content": [{"type": "text/calendar", "value": "x"}]}, "content[0]"),
         ({"mail_settings": {"sandbox_mode": {"enable": True}}}, "mail_settings.sandbox_mode"),
         ({"frobnicate": 1}, "frobnicate"),
-    ):  # fmt: skip
+    ):
         with pytest.raises(Exception) as refused:
             to_sluice({**body, **change})
         assert getattr(refused.value, "field", None) == field, change

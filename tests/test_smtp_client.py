@@ -380,9 +380,12 @@ async def test_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_fai
 async def test_pool_reconnects_at_once_when_the_server_dropped_an_idle_connection() -> None:
     with FaultSink(idle_timeout=0.3) as sink:
         pool = SmtpPool(
-            ehlo_name="mta.sluice.test", timeout=5, per_host=2, per_domain=20,
+            ehlo_name="mta.sluice.test",
+            timeout=5,
+            per_host=2,
+            per_domain=20,
             messages_per_connection=100,
-        )  # fmt: skip
+        )
         dest = Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
         try:
             for _ in range(2):
@@ -408,9 +411,13 @@ async def test_each_sending_ip_says_its_own_ehlo_name(
 
     port = await raw_server(script)
     pool = SmtpPool(
-        ehlo_name="mta.sluice.test", timeout=5, per_host=2, per_domain=2,
-        messages_per_connection=10, ehlo_by_ip={"127.0.0.2": "mta2.example.com"},
-    )  # fmt: skip
+        ehlo_name="mta.sluice.test",
+        timeout=5,
+        per_host=2,
+        per_domain=2,
+        messages_per_connection=10,
+        ehlo_by_ip={"127.0.0.2": "mta2.example.com"},
+    )
     dest = Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
     for source in ("127.0.0.2", "127.0.0.3"):
         host = pool.host_state(dest, source)

@@ -32,8 +32,14 @@ def _serve(server: DNSServer, zonedata: dict[str, list[Any]]) -> bool:
             # The suite's drivers copy type SPF records to TXT when a name has no TXT of its
             # own (its "Selecting records" section has both, on purpose).
             has_txt = any(isinstance(r, dict) and "TXT" in r for r in records)
-            records = [*records, *({"TXT": r["SPF"]} for r in records
-                                   if isinstance(r, dict) and "SPF" in r and not has_txt)]  # fmt: skip
+            records = [
+                *records,
+                *(
+                    {"TXT": r["SPF"]}
+                    for r in records
+                    if isinstance(r, dict) and "SPF" in r and not has_txt
+                ),
+            ]
             for record in records:
                 if record == "TIMEOUT":
                     server.fail(name, "TIMEOUT")

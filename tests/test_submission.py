@@ -45,8 +45,12 @@ def test_submission_delivers_signed_and_tracked(
     data = tmp_path / "data"
     KeyStore(data).generate("shop.example.com", "s1")
     port = free_port()
-    served = serve_factory(relay=sink.relay, workers=1, data_dir=data,
-                           extra_env={"SLUICE_SUBMISSION": f"127.0.0.1:{port}"})  # fmt: skip
+    served = serve_factory(
+        relay=sink.relay,
+        workers=1,
+        data_dir=data,
+        extra_env={"SLUICE_SUBMISSION": f"127.0.0.1:{port}"},
+    )
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.ehlo("crm.example")
         with pytest.raises(smtplib.SMTPSenderRefused) as refused:
@@ -63,8 +67,11 @@ def test_submission_delivers_signed_and_tracked(
         rejected = client.sendmail("news@shop.example.com", ["aryan@inbox.example.org"], MESSAGE)
         assert rejected == {}
         with pytest.raises(smtplib.SMTPDataError) as bare:
-            client.sendmail("news@shop.example.com", ["aryan@inbox.example.org"],
-                            MESSAGE.replace("Hi, see", "Hi,\nsee").encode())  # fmt: skip
+            client.sendmail(
+                "news@shop.example.com",
+                ["aryan@inbox.example.org"],
+                MESSAGE.replace("Hi, see", "Hi,\nsee").encode(),
+            )
         assert bare.value.smtp_code == 550 and b"bare CR or LF" in bare.value.smtp_error
     [got] = sink.wait_for(1)
     assert got.rcpt_tos == ["aryan@inbox.example.org"]
@@ -90,29 +97,63 @@ def test_swaks_submits_too(serve_factory: Any, sink: Sink) -> None:
     port = free_port()
     serve_factory(relay=sink.relay, workers=1, extra_env={"SLUICE_SUBMISSION": f"127.0.0.1:{port}"})
     done = subprocess.run(
-        ["swaks", "--server", f"127.0.0.1:{port}", "--tls", "--auth", "LOGIN",
-         "--auth-user", "crm", "--auth-password", API_KEY, "--from", "news@shop.example.com",
-         "--to", "swaks@inbox.example.org", "--header", "Subject: from swaks",
-         "--body", "Hello from swaks"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--tls",
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "crm",
+            "--auth-password",
+            API_KEY,
+            "--from",
+            "news@shop.example.com",
+            "--to",
+            "swaks@inbox.example.org",
+            "--header",
+            "Subject: from swaks",
+            "--body",
+            "Hello from swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout[-2000:]
     [got] = sink.wait_for(1)
     assert got.rcpt_tos == ["swaks@inbox.example.org"]
     assert got.message["Subject"] == "from swaks"
     wrong = subprocess.run(
-        ["swaks", "--server", f"127.0.0.1:{port}", "--tls", "--auth", "PLAIN",
-         "--auth-user", "crm", "--auth-password", "nope", "--from", "news@shop.example.com",
-         "--to", "swaks@inbox.example.org"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "crm",
+            "--auth-password",
+            "nope",
+            "--from",
+            "news@shop.example.com",
+            "--to",
+            "swaks@inbox.example.org",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert wrong.returncode != 0 and "535" in wrong.stdout
 
 
 def test_capped_contacts_are_refused_at_rcpt(serve_factory: Any, sink: Sink) -> None:
     port = free_port()
-    served = serve_factory(relay=sink.relay, workers=1,
-                           extra_env={"SLUICE_SUBMISSION": f"127.0.0.1:{port}"})  # fmt: skip
+    served = serve_factory(
+        relay=sink.relay, workers=1, extra_env={"SLUICE_SUBMISSION": f"127.0.0.1:{port}"}
+    )
     policy = {"frequency_caps": [{"category": "*", "limit": 1, "window_seconds": 3600}]}
     assert put(served, "/v1/policy", policy) == 200
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:

@@ -66,8 +66,13 @@ def test_only_followable_links_are_rewritten_and_entities_decode() -> None:
         ]
     )
     assert 'href="https://t.example/1?k=1&amp;z=2"' in rewritten
-    for kept in ("mailto:help@example.com", "tel:+90212", "#section", "javascript:alert(1)",
-                 "https://shop.example.com/keep"):  # fmt: skip
+    for kept in (
+        "mailto:help@example.com",
+        "tel:+90212",
+        "#section",
+        "javascript:alert(1)",
+        "https://shop.example.com/keep",
+    ):
         assert f'href="{kept}"' in rewritten
     assert rewritten.count("t.example") == 5
 
@@ -195,8 +200,10 @@ async def test_open_pixel_and_machine_flags(api: Client, store: Store, tmp_path:
     assert pixel.status == 200 and await pixel.read() == PIXEL
     assert pixel.headers["Content-Type"] == "image/gif"
     assert "no-store" in pixel.headers["Cache-Control"]
-    apple = await api.get(f"/t/o/{tokens.seal('open', message_id)}",
-                          headers={"User-Agent": "Mozilla/5.0", "X-Forwarded-For": "17.58.101.7"})  # fmt: skip
+    apple = await api.get(
+        f"/t/o/{tokens.seal('open', message_id)}",
+        headers={"User-Agent": "Mozilla/5.0", "X-Forwarded-For": "17.58.101.7"},
+    )
     assert apple.status == 200
     click = tokens.seal("click", message_id, "https://shop.example.com/p/100")
     assert (await api.head(f"/t/c/{click}", allow_redirects=False)).status == 302
@@ -235,8 +242,9 @@ async def test_one_click_unsubscribe(api: Client, store: Store, tmp_path: Path) 
     assert await store.suppressions.check(email, body["category"]) is None, "GET never unsubscribes"
 
     for _ in range(2):  # a repeat changes nothing
-        done = await api.post(f"/t/u/{token}", data={"List-Unsubscribe": "One-Click"},
-                              allow_redirects=False)  # fmt: skip
+        done = await api.post(
+            f"/t/u/{token}", data={"List-Unsubscribe": "One-Click"}, allow_redirects=False
+        )
         assert done.status == 200 and "Location" not in done.headers
         assert "Set-Cookie" not in done.headers
     entry = await store.suppressions.check(email, body["category"])
@@ -304,8 +312,12 @@ def test_delivered_fixture_is_tracked_signed_and_unsubscribable(
     assert len(pixels) == 1
 
     # one click, as Gmail sends it; the next message to the address is suppressed
-    form = urllib.request.Request(one_click, data=b"List-Unsubscribe=One-Click", method="POST",
-                                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    form = urllib.request.Request(
+        one_click,
+        data=b"List-Unsubscribe=One-Click",
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     with urllib.request.urlopen(form, timeout=10) as done:
         assert done.status == 200
     status, again = post(served, "/v1/messages", body)

@@ -128,9 +128,10 @@ def test_a_cold_ip_sends_its_hourly_budget_and_the_rest_waits_or_overflows(
 ) -> None:
     with FaultSink() as sink:
         served = serve_factory(
-            workers=2, relay=sink.relay,
+            workers=2,
+            relay=sink.relay,
             extra_env={"SLUICE_IPS": "127.0.0.1@default"},
-        )  # fmt: skip
+        )
         doc = {"schedule": [48, 96, 192], "pool": "default"}
         assert put(served, "/v1/warmup/ips/127.0.0.1", doc)["schedule"] == [48, 96, 192]
         time.sleep(2.5)  # workers re-read warmup settings every 2 s
@@ -144,8 +145,11 @@ def test_a_cold_ip_sends_its_hourly_budget_and_the_rest_waits_or_overflows(
         states = Counter(get(served, f"/v1/messages/{m}")["status"] for m in ids)
         assert states["delivered"] == sent["127.0.0.1"]
         assert states["deferred"] == 30 - sent["127.0.0.1"], states
-        deferred = next(get(served, f"/v1/messages/{m}") for m in ids
-                        if get(served, f"/v1/messages/{m}")["status"] == "deferred")  # fmt: skip
+        deferred = next(
+            get(served, f"/v1/messages/{m}")
+            for m in ids
+            if get(served, f"/v1/messages/{m}")["status"] == "deferred"
+        )
         assert "warmup" in deferred["events"][-1]["reason"]
         assert "bounced" not in states and "expired" not in states
         status_doc = get(served, "/v1/warmup/status")
@@ -158,9 +162,10 @@ def test_a_cold_ip_sends_its_hourly_budget_and_the_rest_waits_or_overflows(
 def test_with_a_warm_ip_in_the_pool_the_overflow_leaves_through_it(serve_factory: Any) -> None:
     with FaultSink(extra_hosts=["127.0.0.2"]) as sink:
         served = serve_factory(
-            workers=2, relay=sink.relay,
+            workers=2,
+            relay=sink.relay,
             extra_env={"SLUICE_IPS": "127.0.0.1@default,127.0.0.2@default"},
-        )  # fmt: skip
+        )
         put(served, "/v1/warmup/ips/127.0.0.1", {"schedule": [48, 96, 192]})
         time.sleep(2.5)
         _, answer = post(served, "/v1/messages", fixture_batch(30, domain="gmail.com"))
@@ -191,8 +196,13 @@ def put(served: Any, path: str, body: Any) -> Any:
 
 def test_warmup_commands(tmp_path: Path) -> None:
     def sluice(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", "warmup", *args],
-                              capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "warmup", *args],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            timeout=60,
+        )
 
     plan_out = sluice("plan", "--schedule", "aggressive-14d")
     assert plan_out.returncode == 0 and plan_out.stdout.splitlines()[1].split()[:3] == [
@@ -201,8 +211,9 @@ def test_warmup_commands(tmp_path: Path) -> None:
         "9",
     ]
     data = ["--data-dir", str(tmp_path / "data")]
-    started = sluice("start", "192.0.2.10", "--schedule", "standard-30d",
-                     "--start-date", "2026-11-01", *data)  # fmt: skip
+    started = sluice(
+        "start", "192.0.2.10", "--schedule", "standard-30d", "--start-date", "2026-11-01", *data
+    )
     assert started.returncode == 0, started.stderr
     state = sluice("status", *data)
     assert "192.0.2.10 (pool default): warming, day" in state.stdout
@@ -232,8 +243,11 @@ async def test_a_simulated_warmup_holds_on_bad_signals_and_resumes(
     # held about three days (day 10, early, to day 13, early): day 15 gets the budget of
     # day 12 or 13, and the days held never came back
     assert attempts[15] in (SCHEDULE[12], SCHEDULE[13]), (attempts, SCHEDULE)
-    events = [e for e in await store.events_after(None, 100_000)
-              if e["type"] in ("warmup_paused", "warmup_resumed")]  # fmt: skip
+    events = [
+        e
+        for e in await store.events_after(None, 100_000)
+        if e["type"] in ("warmup_paused", "warmup_resumed")
+    ]
     assert [e["type"] for e in events] == ["warmup_paused", "warmup_resumed"], [
         (
             e["type"],
@@ -272,9 +286,12 @@ async def test_warmup_api(api: Any) -> None:
     put_answer = await api.put("/v1/warmup/ips/192.0.2.10", json={"schedule": "aggressive-14d"})
     assert put_answer.status == 200
     assert (await put_answer.json())["schedule"] == "aggressive-14d"
-    for bad, field in (({"schedule": "yolo"}, "schedule"), ({"schedule": [1, -1]}, "schedule"),
-                       ({"schedule": [5], "started_on": "monday"}, "started_on"),
-                       ({"nope": 1}, "body")):  # fmt: skip
+    for bad, field in (
+        ({"schedule": "yolo"}, "schedule"),
+        ({"schedule": [1, -1]}, "schedule"),
+        ({"schedule": [5], "started_on": "monday"}, "started_on"),
+        ({"nope": 1}, "body"),
+    ):
         answer = await api.put("/v1/warmup/ips/192.0.2.10", json=bad)
         assert answer.status == 400 and (await answer.json())["field"] == field, bad
     assert (await api.put("/v1/warmup/ips/not-an-ip", json={})).status == 400
@@ -284,8 +301,16 @@ async def test_warmup_api(api: Any) -> None:
     [ip] = doc["ips"]
     assert ip["paused"] and ip["day"] == 0 and ip["days"] == 14
     gmail = ip["providers"]["gmail"]
-    assert {"daily_budget", "hourly_budget", "sent_today", "sent_this_hour", "deferred",
-            "held", "last_hour", "full_volume_on"} <= set(gmail)  # fmt: skip
+    assert {
+        "daily_budget",
+        "hourly_budget",
+        "sent_today",
+        "sent_this_hour",
+        "deferred",
+        "held",
+        "last_hour",
+        "full_volume_on",
+    } <= set(gmail)
     assert gmail["daily_budget"] == 200
     resumed = await (await api.post("/v1/warmup/ips/192.0.2.10/resume")).json()
     assert resumed["paused_on"] is None

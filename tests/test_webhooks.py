@@ -71,9 +71,14 @@ def receiver() -> Iterator[Receiver]:
 
 
 def hooks_env(url: str, **extra: str) -> dict[str, str]:
-    return {"SLUICE_WEBHOOK_URL": url, "SLUICE_WEBHOOK_SECRET": SECRET,
-            "SLUICE_WEBHOOK_ALLOW_PRIVATE": "true", "SLUICE_WEBHOOK_RETRY_BASE": "0.2s",
-            "SLUICE_WEBHOOK_BATCH_SIZE": "10", **extra}  # fmt: skip
+    return {
+        "SLUICE_WEBHOOK_URL": url,
+        "SLUICE_WEBHOOK_SECRET": SECRET,
+        "SLUICE_WEBHOOK_ALLOW_PRIVATE": "true",
+        "SLUICE_WEBHOOK_RETRY_BASE": "0.2s",
+        "SLUICE_WEBHOOK_BATCH_SIZE": "10",
+        **extra,
+    }
 
 
 def all_events(served: Served) -> list[dict[str, Any]]:
@@ -168,9 +173,22 @@ def test_private_targets_are_refused_unless_allowed(serve_factory: Any) -> None:
 
 
 def test_address_classes() -> None:
-    for refused in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-                    "100.64.0.1", "0.0.0.0", "::1", "fc00::1", "fe80::1", "::ffff:10.0.0.1",
-                    "::ffff:127.0.0.1", "224.0.0.1", "240.0.0.1"):  # fmt: skip
+    for refused in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fc00::1",
+        "fe80::1",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+        "240.0.0.1",
+    ):
         assert not is_allowed(refused), refused
     for allowed in ("8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "::ffff:8.8.8.8"):
         assert is_allowed(allowed), allowed

@@ -49,9 +49,11 @@ button{{font-size:1rem;padding:.6rem 1.2rem;border:0;border-radius:6px;backgroun
 
 def _page(title: str, body: str, status: int = 200) -> web.Response:
     return web.Response(
-        text=_PAGE.format(title=html.escape(title), body=body), status=status,
-        content_type="text/html", headers=NO_STORE,
-    )  # fmt: skip
+        text=_PAGE.format(title=html.escape(title), body=body),
+        status=status,
+        content_type="text/html",
+        headers=NO_STORE,
+    )
 
 
 def _not_found() -> web.Response:
@@ -127,8 +129,11 @@ class Tracking:
         ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
         agent = request.headers.get("User-Agent", "")
         body: dict[str, Any] = {
-            "type": kind, "timestamp": round(time.time(), 3), "message_id": message_id, **fields,
-        }  # fmt: skip
+            "type": kind,
+            "timestamp": round(time.time(), 3),
+            "message_id": message_id,
+            **fields,
+        }
         if kind != "unsubscribed":  # a one-click POST comes from the mailbox provider by design
             reason = machine_reason(request.method, agent, ip)
             body.update(machine=reason is not None, machine_reason=reason)
@@ -202,8 +207,15 @@ class Tracking:
             await store.suppressions.add(
                 email, reason="unsubscribe", source=f"one-click:{message_id}", category=scope
             )
-            event = self._event(request, "unsubscribed", message_id, email=email, category=category,
-                                scope=scope or "global", method="one-click")  # fmt: skip
+            event = self._event(
+                request,
+                "unsubscribed",
+                message_id,
+                email=email,
+                category=category,
+                scope=scope or "global",
+                method="one-click",
+            )
             await store.engage(message_id, event)
             log.info(
                 "message=%s %s unsubscribed (%s)", message_id, address(email), scope or "global"

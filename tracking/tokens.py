@@ -126,9 +126,12 @@ class Tokens:
     ) -> str:
         ident = message_id.encode("ascii")
         payload = (
-            KINDS[kind] + self._today(now).to_bytes(2, "big") + len(ident).to_bytes(1, "big")
-            + ident + (url.encode("utf-8") if url is not None else b"")
-        )  # fmt: skip
+            KINDS[kind]
+            + self._today(now).to_bytes(2, "big")
+            + len(ident).to_bytes(1, "big")
+            + ident
+            + (url.encode("utf-8") if url is not None else b"")
+        )
         nonce = os.urandom(12)
         sealed = self._header + nonce + self._sealing.encrypt(nonce, payload, self._header)
         return _b64(sealed)

@@ -53,22 +53,24 @@ class WarmupIp:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "ip": self.ip, "pool": self.pool,
+            "ip": self.ip,
+            "pool": self.pool,
             "schedule": self.schedule_name or list(self.schedule),
             "started_on": self.started_on.isoformat(),
             "paused_on": self.paused_on.isoformat() if self.paused_on else None,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WarmupIp:
         schedule = doc["schedule"]
         return cls(
-            ip=doc["ip"], pool=doc.get("pool") or "default",
+            ip=doc["ip"],
+            pool=doc.get("pool") or "default",
             schedule=parse_schedule(schedule),
             schedule_name=schedule if isinstance(schedule, str) else None,
             started_on=date.fromisoformat(doc["started_on"]),
             paused_on=date.fromisoformat(doc["paused_on"]) if doc.get("paused_on") else None,
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,9 @@ class WarmupGate:
     async def choose(self, ips: list[str], provider: str, now: float) -> Choice:
         configs = await self.configs(now)
         today = utc_day(now)
-        budgets = {ip: self.budget_of(c, provider, now)
-                   for ip in ips if (c := configs.get(ip)) is not None}  # fmt: skip
+        budgets = {
+            ip: self.budget_of(c, provider, now) for ip in ips if (c := configs.get(ip)) is not None
+        }
         warming = sorted(
             (configs[ip] for ip, b in budgets.items() if not b.warm),
             key=lambda c: -c.day(today),
@@ -163,8 +166,14 @@ class WarmupGate:
         into_hour = moment.minute * 60 + moment.second + moment.microsecond / 1e6
         to_hour = 3600 - into_hour
         to_day = (23 - moment.hour) * 3600 + to_hour
-        args: list[Any] = [keys.WARMUP_PREFIX, provider, today.strftime("%Y%m%d"), moment.hour,
-                           round(to_hour, 3), round(to_day, 3)]  # fmt: skip
+        args: list[Any] = [
+            keys.WARMUP_PREFIX,
+            provider,
+            today.strftime("%Y%m%d"),
+            moment.hour,
+            round(to_hour, 3),
+            round(to_day, 3),
+        ]
         for ip, limits in offer:
             args += [ip, limits.daily, limits.hourly]
         taken, wait = await self.store.warmup_take(args)
@@ -176,10 +185,14 @@ class WarmupGate:
         """An SMTP outcome of a warming IP: "sent", "deferred", "bounced" or "complained"."""
         w = self.settings
         changed = await self.store.warmup_signal(
-            ip, provider, outcome, now,
+            ip,
+            provider,
+            outcome,
+            now,
             thresholds=(w.max_deferral_rate, w.max_bounce_rate, w.max_complaint_rate),
-            min_attempts=w.min_attempts, day=utc_day(now).strftime("%Y%m%d"),
-        )  # fmt: skip
+            min_attempts=w.min_attempts,
+            day=utc_day(now).strftime("%Y%m%d"),
+        )
         if changed:
             self._loaded = -1e9  # budgets change at once
         return changed
@@ -252,12 +265,15 @@ async def status(store: Store, now: float | None = None) -> dict[str, Any]:
                 "last_hour": await last_hour(store, ip, provider, moment),
                 "full_volume_on": ends.isoformat(),
             }
-        out.append({
-            **config.as_json(),
-            "day": config.day(today), "days": len(config.schedule),
-            "warm": all(p["daily_budget"] is None for p in providers.values()),
-            "paused": config.paused_on is not None,
-            "full_volume_on": finish.isoformat(),
-            "providers": providers,
-        })  # fmt: skip
+        out.append(
+            {
+                **config.as_json(),
+                "day": config.day(today),
+                "days": len(config.schedule),
+                "warm": all(p["daily_budget"] is None for p in providers.values()),
+                "paused": config.paused_on is not None,
+                "full_volume_on": finish.isoformat(),
+                "providers": providers,
+            }
+        )
     return {"date": today.isoformat(), "ips": out}

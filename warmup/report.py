@@ -21,8 +21,13 @@ from core.store import Store
 from warmup.gate import load_ips, utc_day
 from warmup.schedules import PROVIDERS, budget
 
-COLORS = {"gmail": "#d93025", "microsoft": "#0078d4", "yahoo": "#6001d2", "apple": "#555555",
-          "other": "#188038"}  # fmt: skip
+COLORS = {
+    "gmail": "#d93025",
+    "microsoft": "#0078d4",
+    "yahoo": "#6001d2",
+    "apple": "#555555",
+    "other": "#188038",
+}
 
 
 @dataclass
@@ -60,8 +65,13 @@ async def history(store: Store, ip: str, now: float) -> dict[str, list[Day]]:
         while moment <= today:
             limits = budget(config.schedule, (moment - config.started_on).days)
             found = counts.get(moment.strftime("%Y%m%d"), {})
-            days.append(Day(moment, None if limits.warm else limits.daily,
-                            **{k: found.get(k, 0) for k in ("sent", "deferred", "bounced", "complained")}))  # fmt: skip
+            days.append(
+                Day(
+                    moment,
+                    None if limits.warm else limits.daily,
+                    **{k: found.get(k, 0) for k in ("sent", "deferred", "bounced", "complained")},
+                )
+            )
             moment += timedelta(days=1)
         if any(d.attempts for d in days):
             out[provider] = days
@@ -80,11 +90,13 @@ def render_html(title: str, series: dict[str, list[Day]]) -> str:
     def y(value: float, top_value: float = peak, base: int = top + plot_h) -> float:
         return base - plot_h * (value / top_value)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height * 2 + 40}" '
-             'font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{height * 2 + 40}" fill="#fff"/>',
-             f'<text x="{left}" y="14" font-size="13">Volume per day: planned (dashed) and '
-             "sent (solid)</text>"]  # fmt: skip
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height * 2 + 40}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height * 2 + 40}" fill="#fff"/>',
+        f'<text x="{left}" y="14" font-size="13">Volume per day: planned (dashed) and '
+        "sent (solid)</text>",
+    ]
     for frac in (0, 0.25, 0.5, 0.75, 1):
         yy = y(peak * frac)
         parts.append(
@@ -106,8 +118,10 @@ def render_html(title: str, series: dict[str, list[Day]]) -> str:
     # rates beneath
     base2 = height * 2
     rate_top = max([0.05] + [d.rate("deferred") for v in series.values() for d in v])
-    parts.append(f'<text x="{left}" y="{height + 24}" font-size="13">Deferral rate (bars) and '
-                 "bounce rate (line) per day</text>")  # fmt: skip
+    parts.append(
+        f'<text x="{left}" y="{height + 24}" font-size="13">Deferral rate (bars) and '
+        "bounce rate (line) per day</text>"
+    )
     for frac in (0, 0.5, 1):
         yy = y(rate_top * frac, rate_top, base2)
         parts.append(
@@ -121,8 +135,10 @@ def render_html(title: str, series: dict[str, list[Day]]) -> str:
         color = COLORS.get(provider, "#000")
         for i, d in enumerate(days_of):
             top_y = y(d.rate("deferred"), rate_top, base2)
-            parts.append(f'<rect x="{x(i) + k * bar - bar:.1f}" y="{top_y:.1f}" width="{bar:.1f}" '
-                         f'height="{base2 - top_y:.1f}" fill="{color}" opacity="0.55"/>')  # fmt: skip
+            parts.append(
+                f'<rect x="{x(i) + k * bar - bar:.1f}" y="{top_y:.1f}" width="{bar:.1f}" '
+                f'height="{base2 - top_y:.1f}" fill="{color}" opacity="0.55"/>'
+            )
         bounce = " ".join(
             f"{x(i):.1f},{y(d.rate('bounced'), rate_top, base2):.1f}" for i, d in enumerate(days_of)
         )
@@ -130,17 +146,21 @@ def render_html(title: str, series: dict[str, list[Day]]) -> str:
     for i in range(0, days, max(1, days // 10)):
         parts.append(f'<text x="{x(i):.1f}" y="{base2 + 16}" text-anchor="middle">day {i}</text>')
     for k, provider in enumerate(series):
-        parts.append(f'<rect x="{left + 120 * k}" y="{base2 + 24}" width="10" height="10" '
-                     f'fill="{COLORS.get(provider, "#000")}"/><text x="{left + 120 * k + 14}" '
-                     f'y="{base2 + 33}">{provider}</text>')  # fmt: skip
+        parts.append(
+            f'<rect x="{left + 120 * k}" y="{base2 + 24}" width="10" height="10" '
+            f'fill="{COLORS.get(provider, "#000")}"/><text x="{left + 120 * k + 14}" '
+            f'y="{base2 + 33}">{provider}</text>'
+        )
     parts.append("</svg>")
     rows = []
     for provider, days_of in series.items():
         for i, d in enumerate(days_of):
-            rows.append(f"<tr><td>{provider}</td><td>{i}</td><td>{d.day}</td>"
-                        f"<td>{'warm' if d.planned is None else f'{d.planned:,}'}</td><td>{d.sent:,}</td>"
-                        f"<td>{d.rate('deferred'):.1%}</td><td>{d.rate('bounced'):.1%}</td>"
-                        f"<td>{d.rate('complained'):.2%}</td></tr>")  # fmt: skip
+            rows.append(
+                f"<tr><td>{provider}</td><td>{i}</td><td>{d.day}</td>"
+                f"<td>{'warm' if d.planned is None else f'{d.planned:,}'}</td><td>{d.sent:,}</td>"
+                f"<td>{d.rate('deferred'):.1%}</td><td>{d.rate('bounced'):.1%}</td>"
+                f"<td>{d.rate('complained'):.2%}</td></tr>"
+            )
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2rem}table{border-collapse:collapse}"

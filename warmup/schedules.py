@@ -85,5 +85,7 @@ def budget(schedule: tuple[int, ...], day: int) -> Budget:
 
 def plan(schedule: tuple[int, ...]) -> list[dict[str, int]]:
     """Day by day: the daily and hourly budget for each provider group."""
-    return [{"day": day, "daily": limit, "hourly": budget(schedule, day).hourly}
-            for day, limit in enumerate(schedule)]  # fmt: skip
+    return [
+        {"day": day, "daily": limit, "hourly": budget(schedule, day).hourly}
+        for day, limit in enumerate(schedule)
+    ]
