@@ -124,7 +124,7 @@ async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list
 
     from core.errors import ConfigurationError
     from core.store import StoreError
-    from gateway.operator import operator_store
+    from gateway.cli.operator import operator_store
     from warmup.gate import load_ips, utc_day
 
     checks = [

@@ -20,7 +20,7 @@ from core.errors import ValidationError
 from core.settings import load_settings
 from core.store import Store
 from core.suppressions import REASONS, Suppression
-from gateway.operator import operator_store, where_options
+from gateway.cli.operator import operator_store, where_options
 from suppression import transfer
 
 _CATEGORY = transfer.CATEGORY

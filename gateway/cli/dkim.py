@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from core.settings import load_settings
-from gateway.operator import where_options
+from gateway.cli.operator import where_options
 from mta.dkimkeys import DkimKey, KeyStore
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from core import keys
 from core.errors import ValidationError
 from core.settings import load_settings
-from gateway.operator import operator_store, where_options
+from gateway.cli.operator import operator_store, where_options
 from warmup.gate import WarmupIp, load_ips, save_ip, status, utc_day
 from warmup.report import history, write_report
 from warmup.schedules import BUILT_IN, PROVIDERS, parse_schedule, plan
