@@ -425,6 +425,11 @@ class Store:
                     events.append(event_of(_text(entry_id), fields))
         return {"message_id": message_id, "status": _text(status), "events": events}
 
+    async def latest_events(self, count: int) -> list[dict[str, Any]]:
+        """The ``count`` most recent events, newest first."""
+        reply: Any = await self.redis.xrevrange(keys.EVENTS, "+", "-", count=count)
+        return [event_of(_text(entry_id), fields) for entry_id, fields in reply]
+
     async def events_after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
         start = "-"
         if cursor:

@@ -29,7 +29,6 @@ from core.addresses import domain_of
 from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationError
 from core.events import EventType, iso_time, pack_event
 from core.store import Store
-from gateway.policy import Policy, intervals_from, ramp_offset
 from gateway.schemas import SendRequest, parse_send_request
 from mta.render import (
     RenderError,
@@ -40,6 +39,8 @@ from mta.render import (
     Templates,
 )
 from mta.template_budget import MAX_REQUEST_RENDER_SECONDS
+from suppression.policy import Policy
+from suppression.quiet_hours import intervals_from, ramp_offset
 
 # Upstream tools send the same templates again and again: compile each once per process.
 _TEMPLATES = TemplateCache()

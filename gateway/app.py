@@ -40,7 +40,7 @@ from gateway import accept as accepting
 from gateway import sendgrid, webhooks
 from gateway.metrics import Metrics
 from gateway.openapi import openapi_document
-from gateway.policy import load_policy, parse_policy
+from suppression.policy import load_policy, parse_policy
 from tracking.endpoints import Tracking
 from tracking.tokens import Tokens, load_keys
 from warmup.gate import WarmupIp, load_ips, save_ip, utc_day

@@ -210,7 +210,6 @@ async def _click_probe(settings: Settings, domain: str, probe_id: str, store: An
     """A click on a tracked link through the public URL: redirected, and (with the store) recorded."""
     import aiohttp
 
-    from core import keys
     from tracking.tokens import Tokens, load_keys
 
     target = f"https://{domain}/?preflight=1"
@@ -244,8 +243,8 @@ async def _click_probe(settings: Settings, domain: str, probe_id: str, store: An
         return Check(
             "sluice.tracking_roundtrip", "pass", "a probe click was redirected (event not checked)"
         )
-    recent = await store.redis.xrevrange(keys.EVENTS, "+", "-", count=500)
-    recorded = any(probe_id.encode() in fields.get(b"e", b"") for _, fields in recent)
+    recent = await store.latest_events(500)
+    recorded = any(event.get("message_id") == probe_id for event in recent)
     return Check(
         "sluice.tracking_roundtrip",
         "pass" if recorded else "fail",

@@ -37,7 +37,7 @@ from core.errors import ClientError, ValidationError
 from core.settings import HostPort, Secret, Settings
 from core.store import Store, StoreError
 from gateway import accept as accepting
-from gateway.policy import load_policy
+from suppression.policy import load_policy
 
 log = logging.getLogger(__name__)
 _AIOSMTPD = logging.getLogger("mail.log")

@@ -41,8 +41,8 @@ from core.embedded_redis import EmbeddedRedis
 from core.store import Store, open_store
 from core.suppressions import pack_entry
 from gateway import accept as accepting
-from gateway.policy import Policy
 from loadtests.harness import PROJECT_ROOT, fixture_batch, print_result
+from suppression.policy import Policy
 
 DOMAINS = [f"mail{i}.example.{tld}" for i in range(20) for tld in ("com", "org")]
 REASONS = ["unsubscribe"] * 6 + ["hard_bounce"] * 3 + ["complaint"]
