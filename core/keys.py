@@ -1,8 +1,10 @@
-"""Every Redis key Sluice uses, in one place.
+"""Every Redis key Sluice uses, in one place: constants for the fixed ones, a function for
+each family of keys named by something (a message, a batch, a contact, an IP...).
 
 All keys share the hash tag ``{sluice}`` so every atomic script touches one hash
-slot and runs unchanged on Redis Cluster. (That puts the queue on one shard;
-sharding it means one tag per queue shard, with the shard in the message id.)
+slot. Scripts never build a key: the access layer (``core.store``) passes each one in
+``KEYS``, computed here. (That puts the queue on one shard; sharding it means one tag
+per queue shard, with the shard in the message id.)
 """
 
 from __future__ import annotations
@@ -37,6 +39,32 @@ CAP_PREFIX = PREFIX + "cap:"  # zset per (rule, contact): counted message ids by
 MESSAGE_PREFIX = PREFIX + "msg:"  # hash per message: status, event ids
 BATCH_PREFIX = PREFIX + "batch:"  # string per batch: msgpack of the shared content
 IDEMPOTENCY_PREFIX = PREFIX + "idem:"  # hash per Idempotency-Key: digest, first response
+
+
+def suppression_bucket(bucket: int) -> str:
+    """One of the 65,536 suppression hashes (``core.suppressions.bucket_of``)."""
+    return f"{SUPPRESSION_BUCKET_PREFIX}{bucket:04x}"
+
+
+def cap(rule_key: str, contact: str) -> str:
+    """The counted send times of one frequency-cap rule for one contact."""
+    return f"{CAP_PREFIX}{rule_key}:{contact}"
+
+
+def warmup_sent(ip: str, provider: str, day: str, hour: int | None = None) -> str:
+    """Messages a warming IP sent to a provider on a UTC day (``YYYYMMDD``), or in one hour."""
+    base = f"{WARMUP_PREFIX}{ip}:{provider}:{day}"
+    return base if hour is None else f"{base}:{hour}"
+
+
+def warmup_signals(ip: str, provider: str) -> str:
+    """5-minute buckets of a warming IP's outcomes at one provider."""
+    return f"{WARMUP_SIGNALS}{ip}:{provider}"
+
+
+def warmup_daily(ip: str, provider: str) -> str:
+    """A warming IP's outcomes at one provider, per UTC day."""
+    return f"{WARMUP_DAILY}{ip}:{provider}"
 
 
 def message(message_id: str) -> str:

@@ -42,7 +42,10 @@ def pool(value: object, field: str = "pool") -> str:
 def reason(value: object, field: str = "reason") -> str:
     """Why an address is suppressed."""
     if not isinstance(value, str) or value not in REASONS:
-        raise ValidationError(f"'{field}' must be one of {', '.join(REASONS)}", field=field)
+        shown = repr(value[:20]) if isinstance(value, str) else type(value).__name__
+        raise ValidationError(
+            f"unknown reason {shown}: '{field}' must be one of {', '.join(REASONS)}", field=field
+        )
     return value
 
 

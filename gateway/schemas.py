@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.addresses import AddressError, normalize_address
 from core.errors import ValidationError
+from core.jobs import Mailbox
 
 MAX_RECIPIENTS = 1000
 MAX_TEMPLATE_CHARS = 1024 * 1024
@@ -67,12 +68,6 @@ RESERVED_HEADERS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Address:
-    email: str
-    name: str | None = None
-
-
 @dataclass
 class RecipientIn:
     index: int
@@ -88,8 +83,8 @@ class RecipientIn:
 
 @dataclass
 class SendRequest:
-    sender: Address
-    reply_to: Address | None
+    sender: Mailbox
+    reply_to: Mailbox | None
     subject: str
     html: str | None
     text: str | None
@@ -135,7 +130,7 @@ def _plain_text(value: str, path: str, max_chars: int) -> str:
     return value
 
 
-def _address(value: object, path: str) -> Address:
+def _address(value: object, path: str) -> Mailbox:
     if isinstance(value, str):
         value = {"email": value}
     if not isinstance(value, dict):
@@ -150,7 +145,7 @@ def _address(value: object, path: str) -> Address:
     name = _require_str(value, "name", f"{path}.name", required=False)
     if name is not None:
         name = _plain_text(name, f"{path}.name", MAX_NAME_CHARS).strip() or None
-    return Address(email, name)
+    return Mailbox(email, name)
 
 
 def _no_unknown(body: dict[str, Any], allowed: set[str] | frozenset[str], path: str) -> None:

@@ -26,7 +26,6 @@ from core.logs import show_addresses
 from core.settings import Secret, Settings
 from core.store import open_store
 from gateway.app import RUNNER_OPTIONS, create_app
-from gateway.submission import start_submission, tls_context
 from gateway.webhooks import WebhookDispatcher
 from mta.inbound import start_inbound
 from mta.message_ids import MessageIds
@@ -123,19 +122,6 @@ async def _run(
                 )
                 resources.push_async_callback(inbound.wait_closed)
                 resources.callback(inbound.close)
-            if settings.submission.listen is not None:
-                submission_store = await resources.enter_async_context(open_store(redis_url))
-                context = tls_context(settings, settings.submission.cert, settings.submission.key)
-                submission = await start_submission(
-                    submission_store,
-                    settings,
-                    api_key,
-                    settings.submission.listen,
-                    context,
-                    insecure_loopback=settings.submission.insecure_loopback,
-                )
-                resources.push_async_callback(submission.wait_closed)
-                resources.callback(submission.close)
             if settings.webhooks.url is not None:
                 hooks_store = await resources.enter_async_context(open_store(redis_url))
                 dispatcher = WebhookDispatcher(hooks_store, settings.webhooks)

@@ -31,12 +31,12 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from core import keys
 from core.addresses import AddressError, normalize_address
 from core.errors import ClientError, ValidationError
 from core.settings import HostPort, Secret, Settings
-from core.store import Store, StoreError
-from gateway import accept as accepting
+from core.store import StoreError
+from gateway.intake import Intake
+from suppression.caps import contact_key
 from suppression.policy import load_policy
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,9 @@ def to_request(message: EmailMessage, recipients: list[str]) -> dict[str, Any]:
 
 
 class SubmissionHandler:
-    def __init__(self, store: Store, api_key: Secret) -> None:
-        self.store = store
+    def __init__(self, intake: Intake, api_key: Secret) -> None:
+        self.intake = intake
+        self.store = intake.store
         self.api_key = api_key.reveal().encode()
 
     def authenticate(
@@ -182,13 +183,12 @@ class SubmissionHandler:
         before DATA; the accept script makes the binding decision then, for every rule)."""
         policy = load_policy(await self.store.policy())
         now = time.time()
-        contact = accepting.contact_key(None, address)
+        contact = contact_key(None, address)
         for rule in policy.rules_for("marketing", None):
             if rule.action != "drop":
                 continue
-            key = f"{keys.CAP_PREFIX}{rule.key}:{contact}"
             if (
-                await self.store.redis.zcount(key, f"({now - rule.window_seconds}", now)
+                await self.store.capped_now(rule.key, contact, rule.window_seconds, now)
                 >= rule.limit
             ):
                 return f"at most {rule.limit} messages per {rule.window_seconds} seconds"
@@ -199,30 +199,25 @@ class SubmissionHandler:
         if _BARE.search(raw):
             return "550 5.6.0 bare CR or LF in the message (RFC 5321 2.3.8); send CRLF line ends"
         try:
-            message = BytesParser(policy=email.policy.default).parsebytes(raw)
-            body = to_request(message, list(envelope.rcpt_tos))
-            policy = load_policy(await self.store.policy())
-            prepared = await asyncio.to_thread(
-                accepting.prepare, body, now=time.time(), policy=policy
+            message = await self.intake.off_loop(
+                lambda: BytesParser(policy=email.policy.default).parsebytes(raw)
             )
-        except ClientError as exc:  # invalid, or a template too expensive to render
+            body = to_request(message, list(envelope.rcpt_tos))
+            submitted = await self.intake.submit(body, reject_if="all")
+        except ClientError as exc:  # invalid, no recipient renders, or a template too expensive
             return f"554 5.6.1 {exc.detail}"[:500].replace("\r", " ").replace("\n", " ")
         except (ValueError, LookupError) as exc:  # a header the parser cannot read
             return f"554 5.6.0 the message cannot be read: {exc}"[:300]
-        if prepared.rejected == len(envelope.rcpt_tos):
-            return "554 5.6.1 no recipient could be rendered for"
-        try:
-            response, _, counts = await accepting.accept(self.store, prepared, "", None)
         except StoreError:
             return "451 4.3.0 the queue is unavailable; try again"
-        fates = json.loads(response)["results"]
+        fates = json.loads(submitted.response)["results"]
         queued = sum(r["status"] in ("queued", "scheduled") for r in fates)
-        log.info("submission batch %s: %s", prepared.batch_id, counts)
-        return f"250 2.0.0 queued as {prepared.batch_id} ({queued} of {len(fates)} recipients)"
+        log.info("submission batch %s: %s", submitted.batch_id, submitted.counts)
+        return f"250 2.0.0 queued as {submitted.batch_id} ({queued} of {len(fates)} recipients)"
 
 
 async def start_submission(
-    store: Store,
+    intake: Intake,
     settings: Settings,
     api_key: Secret,
     listen: HostPort,
@@ -230,7 +225,7 @@ async def start_submission(
     *,
     insecure_loopback: bool = False,
 ) -> asyncio.Server:
-    handler = SubmissionHandler(store, api_key)
+    handler = SubmissionHandler(intake, api_key)
     loopback = listen.host in ("127.0.0.1", "::1", "localhost")
     server = await asyncio.get_running_loop().create_server(
         lambda: SMTP(

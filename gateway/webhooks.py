@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -39,23 +40,19 @@ import random
 import secrets
 import socket
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import msgpack
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from core import keys
 from core.settings import WebhookSettings
-from core.store import Store
+from core.store import Store, WebhookBatch
 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 15
 MAX_BACKOFF = 3600.0
-MAX_DEAD_LETTERS = 10_000
 
 
 class RefusedTarget(Exception):
@@ -107,61 +104,43 @@ class WebhookDispatcher:
     def __init__(self, store: Store, settings: WebhookSettings) -> None:
         assert settings.url is not None
         self.store = store
-        self.redis = store.redis
+        self.state = store.webhooks
         self.settings = settings
         self.url = settings.url
         self.retry_base = settings.retry_base
         self.owner = secrets.token_hex(8)
         self.stopping = asyncio.Event()
 
-    # --- the lease --------------------------------------------------------------------
-
-    async def _hold_lease(self) -> bool:
-        """Take or renew the dispatcher lease; True while this process holds it."""
-        renewed = await self.redis.eval(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else "
-            "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 end",
-            1,
-            keys.WEBHOOK_LEASE,
-            self.owner,
-            LEASE_SECONDS * 1000,
-        )
-        return bool(renewed)
-
     # --- batches ----------------------------------------------------------------------
 
-    async def _next_batch(self) -> dict[str, Any] | None:
+    async def _next_batch(self) -> WebhookBatch | None:
         """The batch to send: one being retried, a replayed dead letter, or new events."""
-        blob = await self.redis.get(keys.WEBHOOK_INFLIGHT)
-        if blob is not None:
-            return msgpack.unpackb(blob)  # type: ignore[no-any-return]
-        replay = await self.redis.lpop(keys.WEBHOOK_REPLAY)
+        batch = await self.state.inflight()
+        if batch is not None:
+            return batch
+        replay = await self.state.next_replay()
         if replay is not None:
-            batch: dict[str, Any] = msgpack.unpackb(replay)
-            batch.update(attempts=0, first=time.time(), due=0.0, replayed=True)
+            batch = dataclasses.replace(
+                replay, attempts=0, first=time.time(), due=0.0, replayed=True
+            )
         else:
-            cursor: Any = await self.redis.get(keys.WEBHOOK_CURSOR)
             events = await self.store.events_after(
-                cursor.decode() if cursor else None, self.settings.batch_size
+                await self.state.cursor(), self.settings.batch_size
             )
             if not events:
                 return None
             body = json.dumps(events, ensure_ascii=False, separators=(",", ":")).encode()
-            batch = {
-                "id": f"wh_{events[0]['id']}_{events[-1]['id']}",
-                "body": body,
-                "last": events[-1]["id"],
-                "count": len(events),
-                "attempts": 0,
-                "first": time.time(),
-                "due": 0.0,
-                "replayed": False,
-            }
-        await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
+            batch = WebhookBatch(
+                id=f"wh_{events[0]['id']}_{events[-1]['id']}",
+                body=body,
+                last=events[-1]["id"],
+                count=len(events),
+                first=time.time(),
+            )
+        await self.state.save_inflight(batch)
         return batch
 
-    async def _post(self, session: aiohttp.ClientSession, batch: dict[str, Any]) -> tuple[int, str]:
+    async def _post(self, session: aiohttp.ClientSession, batch: WebhookBatch) -> tuple[int, str]:
         host = urlsplit(self.url).hostname or ""
         try:
             literal = ipaddress.ip_address(host.strip("[]"))
@@ -173,21 +152,21 @@ class WebhookDispatcher:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Sluice-Webhooks/1",
-            "webhook-id": batch["id"],
+            "webhook-id": batch.id,
             "webhook-timestamp": str(stamp),
         }
         if self.settings.secret is not None:
             headers["webhook-signature"] = signature(
-                self.settings.secret.reveal(), batch["id"], stamp, batch["body"]
+                self.settings.secret.reveal(), batch.id, stamp, batch.body
             )
         async with session.post(
-            self.url, data=batch["body"], headers=headers, allow_redirects=False
+            self.url, data=batch.body, headers=headers, allow_redirects=False
         ) as answer:
             text = (await answer.content.read(512)).decode("utf-8", "replace")
             return answer.status, text
 
-    async def _attempt(self, session: aiohttp.ClientSession, batch: dict[str, Any]) -> None:
-        batch["attempts"] += 1
+    async def _attempt(self, session: aiohttp.ClientSession, batch: WebhookBatch) -> None:
+        batch = dataclasses.replace(batch, attempts=batch.attempts + 1)
         try:
             status, text = await self._post(session, batch)
             error = None if 200 <= status < 300 else f"HTTP {status}: {text[:200]}"
@@ -195,48 +174,33 @@ class WebhookDispatcher:
             status, error = 0, f"{type(exc).__name__}: {exc}"[:300]
         now = time.time()
         if error is None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                if not batch.get("replayed"):
-                    pipe.set(keys.WEBHOOK_CURSOR, batch["last"])
-                pipe.delete(keys.WEBHOOK_INFLIGHT)
-                pipe.hset(keys.WEBHOOK_STATE, mapping={"last_success": now, "last_error": ""})
-                pipe.hincrby(keys.WEBHOOK_STATE, "delivered_batches", 1)
-                await pipe.execute()
+            await self.state.delivered(batch, now)
             return
-        await self.redis.hset(
-            keys.WEBHOOK_STATE, mapping={"last_error": error, "last_error_at": now}
-        )
+        await self.state.failed(error, now)
         if status == 410:
             log.error("webhook endpoint %s answered 410 Gone: disabled", self.url)
-            await self.redis.hset(keys.WEBHOOK_STATE, "disabled", f"410 Gone at {int(now)}")
-            batch["attempts"] -= 1  # not the batch's fault
-            await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
+            await self.state.disable(f"410 Gone at {int(now)}")
+            # not the batch's fault: the attempt does not count
+            await self.state.save_inflight(dataclasses.replace(batch, attempts=batch.attempts - 1))
             return
-        if now - batch["first"] >= self.settings.max_retry:
+        if now - batch.first >= self.settings.max_retry:
             log.error(
                 "webhook batch %s failed for %.0fs: dead-lettered (%s)",
-                batch["id"],
-                now - batch["first"],
+                batch.id,
+                now - batch.first,
                 error,
             )
-            batch["error"] = error
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(keys.WEBHOOK_DEAD, msgpack.packb(batch))
-                pipe.ltrim(keys.WEBHOOK_DEAD, -MAX_DEAD_LETTERS, -1)
-                if not batch.get("replayed"):
-                    pipe.set(keys.WEBHOOK_CURSOR, batch["last"])
-                pipe.delete(keys.WEBHOOK_INFLIGHT)
-                await pipe.execute()
+            await self.state.dead_letter(dataclasses.replace(batch, error=error))
             return
-        batch["due"] = now + backoff(batch["attempts"], self.retry_base)
+        batch = dataclasses.replace(batch, due=now + backoff(batch.attempts, self.retry_base))
         log.warning(
             "webhook batch %s attempt %d failed (%s); next in %.1fs",
-            batch["id"],
-            batch["attempts"],
+            batch.id,
+            batch.attempts,
             error,
-            batch["due"] - now,
+            batch.due - now,
         )
-        await self.redis.set(keys.WEBHOOK_INFLIGHT, msgpack.packb(batch))
+        await self.state.save_inflight(batch)
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -254,17 +218,18 @@ class WebhookDispatcher:
                     await self._sleep(2.0)
 
     async def _step(self, session: aiohttp.ClientSession) -> None:
-        if not await self._hold_lease():
+        """One turn: hold the lease (one dispatcher across gateways), then send what is due."""
+        if not await self.state.hold_lease(self.owner, LEASE_SECONDS * 1000):
             await self._sleep(LEASE_SECONDS / 3)
             return
-        if await self.redis.hget(keys.WEBHOOK_STATE, "disabled"):
+        if await self.state.disabled():
             await self._sleep(1.0)
             return
         batch = await self._next_batch()
         if batch is None:
             await self._sleep(0.25)
             return
-        wait = batch["due"] - time.time()
+        wait = batch.due - time.time()
         if wait > 0:
             await self._sleep(min(wait, LEASE_SECONDS / 3))
             return
@@ -273,64 +238,3 @@ class WebhookDispatcher:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
-
-
-async def status(store: Store) -> dict[str, Any]:
-    redis = store.redis
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.WEBHOOK_STATE)
-        pipe.get(keys.WEBHOOK_CURSOR)
-        pipe.get(keys.WEBHOOK_INFLIGHT)
-        pipe.llen(keys.WEBHOOK_DEAD)
-        pipe.llen(keys.WEBHOOK_REPLAY)
-        state, cursor, inflight, dead, replay = await pipe.execute()
-    state = {k.decode(): v.decode() for k, v in state.items()}
-    pending = msgpack.unpackb(inflight) if inflight else None
-    return {
-        "disabled": state.get("disabled") or None,
-        "cursor": cursor.decode() if cursor else None,
-        "delivered_batches": int(state.get("delivered_batches", 0)),
-        "last_error": state.get("last_error") or None,
-        "retrying": None
-        if pending is None
-        else {
-            "id": pending["id"],
-            "events": pending["count"],
-            "attempts": pending["attempts"],
-            "next_attempt_at": round(pending["due"], 3) or None,
-        },
-        "dead_letters": int(dead),
-        "replay_queued": int(replay),
-    }
-
-
-async def dead_letters(store: Store, limit: int = 100) -> list[dict[str, Any]]:
-    out = []
-    for blob in await store.redis.lrange(keys.WEBHOOK_DEAD, 0, limit - 1):
-        batch = msgpack.unpackb(blob)
-        out.append(
-            {
-                "id": batch["id"],
-                "events": batch["count"],
-                "attempts": batch["attempts"],
-                "first_attempt_at": round(batch["first"], 3),
-                "error": batch.get("error"),
-            }
-        )
-    return out
-
-
-async def replay_dead_letters(store: Store) -> int:
-    """Queue every dead letter to be sent again (before new events); returns how many."""
-    moved = await store.redis.eval(
-        "local n = 0 while true do local v = redis.call('LPOP', KEYS[1]) "
-        "if not v then break end redis.call('RPUSH', KEYS[2], v) n = n + 1 end return n",
-        2,
-        keys.WEBHOOK_DEAD,
-        keys.WEBHOOK_REPLAY,
-    )
-    return int(moved)
-
-
-async def enable(store: Store) -> None:
-    await store.redis.hdel(keys.WEBHOOK_STATE, "disabled")

@@ -40,7 +40,7 @@ from core import keys
 from core.embedded_redis import EmbeddedRedis
 from core.store import Store, open_store
 from core.suppressions import pack_entry
-from gateway import accept as accepting
+from gateway import intake as accepting
 from loadtests.harness import PROJECT_ROOT, fixture_batch, print_result
 from suppression.policy import Policy
 

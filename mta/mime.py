@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import binascii
 import os
-from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate
+
+from core.jobs import Mailbox
+
+__all__ = ["Mailbox", "MimeError", "build_message", "header_line", "mailbox_line"]
 
 _CRLF = b"\r\n"
 
 
 class MimeError(ValueError):
     """A value cannot be put in a header safely."""
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    email: str
-    name: str | None = None
 
 
 def _check(value: str) -> str:

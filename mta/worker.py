@@ -45,12 +45,13 @@ from core.errors import (
     WarmupDeferral,
 )
 from core.events import EventType, pack_event
+from core.jobs import BatchContent, Job, Mailbox, QueuedJob
 from core.settings import DeliverySettings, Secret, Settings
-from core.store import QueuedJob, Store, open_store
+from core.store import Store, open_store
 from mta.dkim import DkimSigner, DkimSignError
 from mta.dkimkeys import KeyStore
 from mta.message_ids import MessageIds
-from mta.mime import Mailbox, MimeError, build_message
+from mta.mime import MimeError, build_message
 from mta.pool import SmtpPool
 from mta.render import Rendered, RenderError, TemplateCache, TemplateError, Templates
 from mta.routing import Destination, Router
@@ -72,9 +73,9 @@ class _BatchCache:
     def __init__(self, store: Store, size: int = 512) -> None:
         self.store = store
         self.size = size
-        self.items: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        self.items: OrderedDict[str, BatchContent | None] = OrderedDict()
 
-    async def get(self, batch_id: str) -> dict[str, Any] | None:
+    async def get(self, batch_id: str) -> BatchContent | None:
         if batch_id in self.items:
             self.items.move_to_end(batch_id)
             return self.items[batch_id]
@@ -235,20 +236,20 @@ class Worker:
             raise
         except Exception:
             # Left unacknowledged: another attempt happens after STALE_AFTER_MS.
-            log.exception("delivery of %s failed unexpectedly", queued.job.get("m"))
+            log.exception("delivery of %s failed unexpectedly", queued.job.message_id)
 
     async def _deliver(self, queued: QueuedJob, recovered: bool) -> None:
         job = queued.job
-        message_id: str = job["m"]
+        message_id = job.message_id
         if recovered and await self.store.message_status(message_id) in FINAL_STATUSES:
             await self.store.acknowledge(queued.entry_id)
             return
-        batch = await self.batches.get(job["b"])
+        batch = await self.batches.get(job.batch_id)
         if batch is None:
-            await self._finish(queued, {}, EventType.EXPIRED, reason="batch content expired")
+            await self._finish(queued, None, EventType.EXPIRED, reason="batch content expired")
             return
         suppressed = await self.store.suppressions.check(
-            job["e"], batch.get("cat"), transactional=batch.get("st") == "transactional"
+            job.email, batch.category, transactional=batch.transactional
         )
         if suppressed is not None:  # suppressed after the message was accepted
             await self._finish(
@@ -260,7 +261,7 @@ class Worker:
             )
             return
         started = time.monotonic()
-        attempt = int(job.get("a", 0)) + 1
+        attempt = job.attempts + 1
         try:
             dest, reply_code = await self._send(batch, job)
         except (RenderError, MimeError, TemplateError, DkimSignError) as exc:
@@ -280,7 +281,7 @@ class Worker:
             self._log(message_id, exc.host or "-", exc.smtp_code, started, "bounced")
             if exc.hard:
                 await self.store.suppressions.add(
-                    job["e"], reason="hard_bounce", source=f"bounce:{message_id}"
+                    job.email, reason="hard_bounce", source=f"bounce:{message_id}"
                 )
             await self._finish(
                 queued,
@@ -302,16 +303,16 @@ class Worker:
                 queued, batch, EventType.DELIVERED, smtp_code=reply_code, mx=dest, attempt=attempt
             )
 
-    async def _send(self, batch: dict[str, Any], job: dict[str, Any]) -> tuple[str, int]:
+    async def _send(self, batch: BatchContent, job: Job) -> tuple[str, int]:
         """Build and send one message; (destination, reply code) or a DeliveryError."""
         rendered = await self._render(batch, job)
         message = self._build(batch, job, rendered)
-        recipient: str = job["e"]
+        recipient = job.email
         domain = domain_of(recipient)
-        sender_domain = self.delivery.bounce_domain or domain_of(batch["f"][0])
-        sender = self.verp.return_path(job["m"], sender_domain)
+        sender_domain = self.delivery.bounce_domain or domain_of(batch.sender.email)
+        sender = self.verp.return_path(job.message_id, sender_domain)
         destinations = await self.router.destinations(domain)
-        source_ip, provider = await self._source_ip(batch.get("pool"), domain, destinations)
+        source_ip, provider = await self._source_ip(batch.ip_pool, domain, destinations)
         failure: DeliveryError = TransientDeliveryError(f"no destination to try for {domain}")
         for dest in destinations:
             try:
@@ -327,7 +328,7 @@ class Worker:
                 await self._warmup_signal(source_ip, provider, "bounced")
                 raise
             else:
-                await self._warmup_signal(source_ip, provider, "sent", job["m"])
+                await self._warmup_signal(source_ip, provider, "sent", job.message_id)
                 return str(dest), reply.code
         raise failure
 
@@ -378,30 +379,28 @@ class Worker:
             (time.monotonic() - started) * 1000,
         )
 
-    async def _render(self, batch: dict[str, Any], job: dict[str, Any]) -> Rendered:
+    async def _render(self, batch: BatchContent, job: Job) -> Rendered:
         """Compile (once per batch) and render on a render thread, within the budgets; a plain
         template (it only prints a few values of the recipient's validated data, so it renders
         in microseconds and cannot spend a budget: ``mta.render._plain``) renders right here."""
         loop = asyncio.get_running_loop()
-        templates = self.compiled.get(job["b"])
+        templates = self.compiled.get(job.batch_id)
         if templates is None:
-            sources = (batch["s"], batch.get("h"), batch.get("t"))
+            sources = (batch.subject, batch.html, batch.text)
             templates = await loop.run_in_executor(self.renderer, self.templates.get, *sources)
-            self.compiled[job["b"]] = templates
+            self.compiled[job.batch_id] = templates
             if len(self.compiled) > COMPILED_BATCHES:
                 self.compiled.popitem(last=False)
-        data = job.get("d") or {}
+        data = job.data
         if templates.plain:
             return templates.render(data)
         return await loop.run_in_executor(self.renderer, templates.render, data)
 
-    def _build(self, batch: dict[str, Any], job: dict[str, Any], rendered: Rendered) -> bytes:
-        sender_email, sender_name = batch["f"]
-        reply_to = Mailbox(*batch["r"]) if batch.get("r") else None
-        message_id: str = job["m"]
+    def _build(self, batch: BatchContent, job: Job, rendered: Rendered) -> bytes:
+        sender_email = batch.sender.email
+        message_id = job.message_id
         html, text = rendered.html, rendered.text
-        clicks = bool(batch.get("tc"))
-        if clicks:
+        if batch.track_clicks:
 
             def tracked(url: str) -> str:
                 return f"{self.public_url}/t/c/{self.tokens.seal('click', message_id, url)}"
@@ -410,50 +409,53 @@ class Worker:
                 html, _ = rewrite_links(html, tracked)
             if text is not None and self.settings.tracking.text_links:
                 text = rewrite_text_links(text, tracked)
-        if html is not None and batch.get("to"):
+        if html is not None and batch.track_opens:
             html = add_pixel(html, f"{self.public_url}/t/o/{self.tokens.seal('open', message_id)}")
-        headers = dict(batch.get("hd") or {})
-        if batch.get("st") == "marketing":
+        headers = dict(batch.headers)
+        if not batch.transactional:
             headers.update(self._unsubscribe_headers(job, batch, sender_email))
         message = build_message(
-            sender=Mailbox(sender_email, sender_name),
-            to=Mailbox(job["e"], job.get("n")),
+            sender=batch.sender,
+            to=Mailbox(job.email, job.name),
             subject=rendered.subject,
             html=html,
             text=text,
             message_id=self.message_ids.header_value(message_id, domain_of(sender_email)),
-            reply_to=reply_to,
+            reply_to=batch.reply_to,
             headers=headers,
         )
         return self.signer.sign(message, domain_of(sender_email))
 
     def _unsubscribe_headers(
-        self, job: dict[str, Any], batch: dict[str, Any], sender_email: str
+        self, job: Job, batch: BatchContent, sender_email: str
     ) -> dict[str, str]:
         """RFC 8058 one-click (https) and, when bounces come back to us, a mailto."""
-        payload = unsubscribe_payload(job["e"], batch.get("cat"))
-        token = self.tokens.seal("unsubscribe", job["m"], payload)
+        payload = unsubscribe_payload(job.email, batch.category)
+        token = self.tokens.seal("unsubscribe", job.message_id, payload)
         targets = [f"<{self.public_url}/t/u/{token}>"]
         if self.delivery.inbound is not None:
             domain = self.delivery.bounce_domain or domain_of(sender_email)
-            targets.append(f"<mailto:{self.unsubscribe.return_path(job['m'], domain)}>")
+            targets.append(f"<mailto:{self.unsubscribe.return_path(job.message_id, domain)}>")
         return {
             "List-Unsubscribe": ", ".join(targets),
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
 
     async def _defer(
-        self, queued: QueuedJob, batch: dict[str, Any], exc: TransientDeliveryError
+        self, queued: QueuedJob, batch: BatchContent, exc: TransientDeliveryError
     ) -> None:
-        job = dict(queued.job)
-        job["a"] = int(job.get("a", 0)) + 1
+        job = queued.job.next_attempt()
         now = time.time()
-        deadline = float(job["t0"]) + self.delivery.max_deferral
-        fields = {"smtp_code": exc.smtp_code, "reason": exc.detail, "attempt": job["a"]}
+        deadline = job.accepted_at + self.delivery.max_deferral
+        fields: dict[str, Any] = {
+            "smtp_code": exc.smtp_code,
+            "reason": exc.detail,
+            "attempt": job.attempts,
+        }
         if now >= deadline:
             await self._finish(queued, batch, EventType.EXPIRED, **fields)
             return
-        delay = retry_delay(self.delivery.retry_schedule, job["a"]) * random.uniform(0.9, 1.1)
+        delay = retry_delay(self.delivery.retry_schedule, job.attempts) * random.uniform(0.9, 1.1)
         if isinstance(exc, WarmupDeferral):
             # the next window, spread over its first minutes: budgets open on the hour
             delay = (exc.retry_after or 0.0) + random.uniform(0.0, 120.0)
@@ -471,33 +473,34 @@ class Worker:
     async def _finish(
         self,
         queued: QueuedJob,
-        batch: dict[str, Any],
+        batch: BatchContent | None,
         kind: EventType,
         *,
-        retry_job: dict[str, Any] | None = None,
+        retry_job: Job | None = None,
         retry_at: float = 0.0,
         **fields: Any,
     ) -> None:
+        """Record an outcome (``batch`` None: its content expired)."""
         job = queued.job
-        metadata = {**(batch.get("md") or {}), **(job.get("md") or {})}
+        metadata = {**(batch.metadata if batch else {}), **job.metadata}
         event = pack_event(
             kind,
             timestamp=time.time(),
-            message_id=job["m"],
-            email=job["e"],
-            contact_id=job.get("c"),
-            category=batch.get("cat"),
+            message_id=job.message_id,
+            email=job.email,
+            contact_id=job.contact_id,
+            category=batch.category if batch else None,
             metadata=metadata,
             **fields,
         )
         await self.store.complete(
             entry_id=queued.entry_id,
-            message_id=job["m"],
+            message_id=job.message_id,
             status=kind.value,
             event=event,
             retry_job=retry_job,
             retry_at=retry_at,
-            domain="" if retry_job is not None else domain_of(job["e"]),
+            domain="" if retry_job is not None else domain_of(job.email),
         )
 
 

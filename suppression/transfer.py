@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from core import validate
 from core.addresses import AddressError, normalize_address
+from core.errors import ValidationError
 from core.store import Store
-from core.suppressions import MAX_SOURCE_CHARS, REASONS
+from core.suppressions import MAX_SOURCE_CHARS
 
 BATCH = 5000
 MAX_REPORTED = 10
-CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 EXPORT_HEADER = ["email", "category", "reason", "created_at", "source"]
 
 
@@ -62,16 +62,14 @@ async def import_csv(
             continue
         try:
             email = normalize_address(raw)
-            why = row.get("reason") or reason
-            if why not in REASONS:
-                raise ValueError(f"unknown reason {why[:20]!r}")
+            why = validate.reason(row.get("reason") or reason)
             scope = row.get("category") or category
-            if scope is not None and not CATEGORY.fullmatch(scope):
-                raise ValueError(f"bad category {scope[:40]!r}")
-        except (AddressError, ValueError) as exc:
+            if scope is not None:
+                validate.category(scope)
+        except (AddressError, ValidationError) as exc:
             report.skipped += 1
             if len(report.problems) < MAX_REPORTED:
-                report.problems.append(f"line {number}: {exc}")
+                report.problems.append(f"line {number}: {getattr(exc, 'detail', exc)}")
             continue
         batch.append((email, scope, why, (row.get("source") or source)[:MAX_SOURCE_CHARS]))
         if len(batch) >= BATCH:

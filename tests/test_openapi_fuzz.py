@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.generation.case import Case
 
-from gateway.openapi import openapi_document
+from gateway.api.openapi import openapi_document
 from loadtests.harness import Served, served
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from core import keys
 from core.store import Store, open_store
-from gateway import accept as accepting
+from gateway import intake as accepting
 from loadtests.harness import cart_reminder, fixture_batch
 from suppression.policy import Policy, parse_policy
 

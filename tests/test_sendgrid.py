@@ -9,7 +9,7 @@ from python_http_client.exceptions import BadRequestsError, UnauthorizedError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import CustomArg, Mail, Personalization, To
 
-from gateway.sendgrid import to_sluice
+from gateway.api.sendgrid import to_sluice
 from loadtests.harness import API_KEY
 from tests.conftest import Sink
 from tests.test_end_to_end import get

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
 import pytest
 from aiosmtpd.controller import Controller
 
 from core.store import open_store
-from gateway import accept as accepting
+from gateway import intake as accepting
 from loadtests.harness import Served, fixture_batch, free_port, served
 from mta.template_budget import (
     MAX_BUILT_CHARS,
@@ -330,9 +329,8 @@ async def queue_expensive_batch(served: Served, recipients: int, text: str) -> l
     the expensive one."""
     body = fixture_batch(recipients, domain="slow.example.org")
     prepared = accepting.prepare(body, now=time.time())
-    content = msgpack.unpackb(prepared.content)
-    content["t"] = text
-    prepared = dataclasses.replace(prepared, content=msgpack.packb(content))
+    content = dataclasses.replace(prepared.content, text=text)
+    prepared = dataclasses.replace(prepared, content=content)
     async with open_store(served.redis_url()) as store:
         response, _, _ = await accepting.accept(store, prepared, "", None)
     return [r["message_id"] for r in json.loads(response)["results"]]

@@ -14,17 +14,13 @@ The clock is a parameter (``now``) everywhere, so tests run a month in seconds.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-import msgpack
-
-from core import keys
 from core.settings import WarmupSettings
-from core.store import Store
+from core.store import Candidate, Store
 from warmup.schedules import PROVIDERS, WARM, Budget, budget, parse_schedule
 
 
@@ -86,12 +82,8 @@ class Hold:
 
 
 async def load_holds(store: Store) -> dict[str, Hold]:
-    found: dict[Any, Any] = await store.redis.hgetall(keys.WARMUP_HOLDS)
-    out = {}
-    for name, blob in found.items():
-        doc = msgpack.unpackb(blob)
-        out[name.decode()] = Hold(doc.get("since"), float(doc.get("total") or 0), doc.get("reason"))
-    return out
+    found = await store.warmup.holds()
+    return {name: Hold(h.since, h.total, h.reason) for name, h in found.items()}
 
 
 def utc_day(now: float) -> date:
@@ -99,12 +91,11 @@ def utc_day(now: float) -> date:
 
 
 async def load_ips(store: Store) -> dict[str, WarmupIp]:
-    found: dict[Any, Any] = await store.redis.hgetall(keys.WARMUP_IPS)
-    return {k.decode(): WarmupIp.from_json(json.loads(v)) for k, v in found.items()}
+    return {ip: WarmupIp.from_json(doc) for ip, doc in (await store.warmup.configs()).items()}
 
 
 async def save_ip(store: Store, config: WarmupIp) -> None:
-    await store.redis.hset(keys.WARMUP_IPS, config.ip, json.dumps(config.as_json()))
+    await store.warmup.save_config(config.ip, config.as_json())
 
 
 @dataclass
@@ -133,14 +124,14 @@ class WarmupGate:
 
     async def _restart_idle(self, now: float) -> None:
         """An IP that sent nothing for ``idle_restart_days`` has lost its reputation: day 0."""
-        last: dict[Any, Any] = await self.store.redis.hgetall(keys.WARMUP_LAST)
+        last = await self.store.warmup.last_sends()
         limit = self.settings.idle_restart_days * 86400
         for ip, config in list(self._configs.items()):
-            sent = last.get(ip.encode())
-            if sent is not None and now - float(sent) > limit and config.paused_on is None:
+            sent = last.get(ip)
+            if sent is not None and now - sent > limit and config.paused_on is None:
                 restarted = replace(config, started_on=utc_day(now))
                 await save_ip(self.store, restarted)
-                await self.store.redis.hdel(keys.WARMUP_LAST, ip)
+                await self.store.warmup.forget_last_send(ip)
                 self._configs[ip] = restarted
 
     def budget_of(self, config: WarmupIp, provider: str, now: float) -> Budget:
@@ -159,24 +150,16 @@ class WarmupGate:
         warm = [ip for ip in ips if ip not in {c.ip for c in warming}]
         if not warming:
             return Choice(self._turn(warm) if warm else None)
-        offer: list[tuple[str, Budget]] = [(c.ip, budgets[c.ip]) for c in warming]
+        offer = [Candidate(c.ip, budgets[c.ip].daily, budgets[c.ip].hourly) for c in warming]
         if warm:
-            offer.append((self._turn(warm), WARM))
+            offer.append(Candidate(self._turn(warm), WARM.daily, WARM.hourly))
         moment = datetime.fromtimestamp(now, UTC)
         into_hour = moment.minute * 60 + moment.second + moment.microsecond / 1e6
         to_hour = 3600 - into_hour
         to_day = (23 - moment.hour) * 3600 + to_hour
-        args: list[Any] = [
-            keys.WARMUP_PREFIX,
-            provider,
-            today.strftime("%Y%m%d"),
-            moment.hour,
-            round(to_hour, 3),
-            round(to_day, 3),
-        ]
-        for ip, limits in offer:
-            args += [ip, limits.daily, limits.hourly]
-        taken, wait = await self.store.warmup_take(args)
+        taken, wait = await self.store.warmup.take(
+            offer, provider, today.strftime("%Y%m%d"), moment.hour, to_hour=to_hour, to_day=to_day
+        )
         if taken:
             return Choice(taken)
         return Choice(None, float(wait))
@@ -184,7 +167,7 @@ class WarmupGate:
     async def record(self, ip: str, provider: str, outcome: str, now: float) -> str:
         """An SMTP outcome of a warming IP: "sent", "deferred", "bounced" or "complained"."""
         w = self.settings
-        changed = await self.store.warmup_signal(
+        changed = await self.store.warmup.signal(
             ip,
             provider,
             outcome,
@@ -205,19 +188,18 @@ class WarmupGate:
 
 
 async def sent_today(store: Store, ip: str, provider: str, today: date) -> int:
-    value = await store.redis.get(f"{keys.WARMUP_PREFIX}{ip}:{provider}:{today.strftime('%Y%m%d')}")
-    return int(value or 0)
+    return await store.warmup.sent(ip, provider, today.strftime("%Y%m%d"))
 
 
 async def last_hour(store: Store, ip: str, provider: str, now: float) -> dict[str, Any]:
     """Outcomes and rates of the last hour (the 5-minute buckets the hold watches)."""
-    found: dict[Any, Any] = await store.redis.hgetall(f"{keys.WARMUP_SIGNALS}{ip}:{provider}")
+    found = await store.warmup.recent_outcomes(ip, provider)
     bucket = int(now // 300)
     counts = dict.fromkeys(("sent", "deferred", "bounced", "complained"), 0)
     for name, value in found.items():
-        at, _, kind = name.decode().partition(":")
+        at, _, kind = name.partition(":")
         if at.isdigit() and int(at) > bucket - 12 and kind in counts:
-            counts[kind] += int(value)
+            counts[kind] += value
     attempts = counts["sent"] + counts["deferred"] + counts["bounced"]
     return {
         **counts,
@@ -244,12 +226,10 @@ async def status(store: Store, now: float | None = None) -> dict[str, Any]:
             day = config.day(today, held_seconds)
             sent = await sent_today(store, ip, provider, today)
             stamp = today.strftime("%Y%m%d")
-            hour_sent = await store.redis.get(
-                f"{keys.WARMUP_PREFIX}{ip}:{provider}:{stamp}:{datetime.fromtimestamp(moment, UTC).hour}"
-            )
-            deferred = await store.redis.hget(
-                f"{keys.WARMUP_DAILY}{ip}:{provider}", f"{stamp}:deferred"
-            )
+            hour = datetime.fromtimestamp(moment, UTC).hour
+            hour_sent = await store.warmup.sent(ip, provider, stamp, hour)
+            daily = await store.warmup.daily_outcomes(ip, provider)
+            deferred = daily.get(f"{stamp}:deferred", 0)
             ends = date.fromordinal(today.toordinal() + max(0, len(config.schedule) - day))
             finish = max(finish, ends)
             providers[provider] = {
@@ -257,8 +237,8 @@ async def status(store: Store, now: float | None = None) -> dict[str, Any]:
                 "daily_budget": None if limits.warm else limits.daily,
                 "hourly_budget": None if limits.warm else limits.hourly,
                 "sent_today": sent,
-                "sent_this_hour": int(hour_sent or 0),
-                "deferred": int(deferred or 0),
+                "sent_this_hour": hour_sent,
+                "deferred": deferred,
                 "held": bool(hold and hold.since is not None),
                 "held_reason": hold.reason if hold and hold.since is not None else None,
                 "days_held": round(held_seconds / 86400, 2),

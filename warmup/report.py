@@ -14,9 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
-from core import keys
 from core.store import Store
 from warmup.gate import load_ips, utc_day
 from warmup.schedules import PROVIDERS, budget
@@ -55,11 +53,11 @@ async def history(store: Store, ip: str, now: float) -> dict[str, list[Day]]:
     today = utc_day(now)
     out: dict[str, list[Day]] = {}
     for provider in PROVIDERS:
-        raw: dict[Any, Any] = await store.redis.hgetall(f"{keys.WARMUP_DAILY}{ip}:{provider}")
+        raw = await store.warmup.daily_outcomes(ip, provider)
         counts: dict[str, dict[str, int]] = {}
         for name, value in raw.items():
-            stamp, _, kind = name.decode().partition(":")
-            counts.setdefault(stamp, {})[kind] = int(value)
+            stamp, _, kind = name.partition(":")
+            counts.setdefault(stamp, {})[kind] = value
         days = []
         moment = config.started_on
         while moment <= today:

@@ -1,24 +1,29 @@
 -- Accept one batch atomically: idempotency record, batch content (stored once), and per
 -- recipient the contact policy (suppression, frequency caps, quiet hours), one message
 -- record, one event and, unless suppressed or capped, one queue entry.
--- KEYS[1] jobs stream   KEYS[2] delayed zset   KEYS[3] events stream
--- KEYS[4] stats hash    KEYS[5] batch content  KEYS[6] idempotency record ("" = none)
--- KEYS[7] pending messages per recipient domain (hash)
+-- Every key is passed in KEYS (core/store/store.py builds the list):
+-- KEYS[1] jobs stream   KEYS[2] delayed zset   KEYS[3] events stream   KEYS[4] stats hash
+-- KEYS[5] batch content KEYS[6] pending messages per recipient domain (hash)
+-- KEYS[7] idempotency record, when ARGV[9] is "1"; then each recipient's keys, by index:
 -- ARGV[1] batch content (msgpack)  ARGV[2] retention seconds  ARGV[3] request digest
 -- ARGV[4] response without the policy outcomes (JSON)
--- ARGV[5] recipients, msgpack array of
+-- ARGV[5] recipients, msgpack array of (core/jobs.py AcceptEntry.wire)
 --   {m=message id, q=due (0 = now), j=job, e=queued event, d=recipient domain,
---    sb=suppression hash, sf=field of the address, sc=field of address+category (or nil),
---    tx=1 if transactional (unsubscribes do not stop it), ci=contact for caps (or nil),
+--    mk=KEYS index of its message record, sk=KEYS index of its suppression bucket,
+--    sf=field of the address, sc=field of address+category (or nil),
+--    tx=1 if transactional (unsubscribes do not stop it),
+--    ck=KEYS index of its counts per cap rule, in the order of the rules (or nil: no caps),
 --    z=time zone for quiet hours (or nil), o=ramp offset seconds}
--- ARGV[6] message key prefix       ARGV[7] events MAXLEN      ARGV[8] now (unix seconds)
--- ARGV[9] policy, msgpack {rules={{k=key, c=category, l=limit, w=window, a=action}},
---   cp=cap key prefix, zones={[zone]={start1, end1, start2, end2, ...}}}
+-- ARGV[6] events MAXLEN  ARGV[7] now (unix seconds)
+-- ARGV[8] policy, msgpack {rules={{k=key, c=category, l=limit, w=window, a=action}},
+--   zones={[zone]={start1, end1, start2, end2, ...}}}
+-- ARGV[9] "1" when KEYS[7] is the idempotency record
 -- Returns {"new", outcomes} or {"replay", digest, response, outcomes}; outcomes has one
 -- line per recipient entry: "q" queued, "s<time>" scheduled, "x<reason>|<scope>"
 -- suppressed, "c<category>|<limit>|<window>" capped.
-if KEYS[6] ~= "" then
-  local prior = redis.call('HMGET', KEYS[6], 'digest', 'response', 'outcomes')
+local idempotent = ARGV[9] == '1'
+if idempotent then
+  local prior = redis.call('HMGET', KEYS[7], 'digest', 'response', 'outcomes')
   if prior[1] then
     return {'replay', prior[1], prior[2], prior[3] or ''}
   end
@@ -26,8 +31,8 @@ end
 
 local REASONS = {u = 'unsubscribe', b = 'hard_bounce', c = 'complaint', m = 'manual'}
 local ttl = tonumber(ARGV[2])
-local now = tonumber(ARGV[8])
-local policy = cmsgpack.unpack(ARGV[9])
+local now = tonumber(ARGV[7])
+local policy = cmsgpack.unpack(ARGV[8])
 local rules = policy.rules or {}
 local zones = policy.zones or {}
 redis.call('SET', KEYS[5], ARGV[1], 'EX', ttl)
@@ -102,7 +107,8 @@ for _, r in ipairs(recipients) do
   if due == 0 then due = now end
 
   -- 1. suppression: global entry first, then the category's
-  local found = r.sc and redis.call('HMGET', r.sb, r.sf, r.sc) or redis.call('HMGET', r.sb, r.sf)
+  local bucket = KEYS[r.sk]
+  local found = r.sc and redis.call('HMGET', bucket, r.sf, r.sc) or redis.call('HMGET', bucket, r.sf)
   for i, value in ipairs(found) do
     if value then
       local code = cmsgpack.unpack(value)[1]
@@ -121,9 +127,9 @@ for _, r in ipairs(recipients) do
   local send_at, held = due, nil
   if status == 'queued' then
     local all_points, cap_keys = {}, {}
-    if r.ci and #rules > 0 then
+    if r.ck and #rules > 0 then
       for i, rule in ipairs(rules) do
-        cap_keys[i] = policy.cp .. rule.k .. ':' .. r.ci
+        cap_keys[i] = KEYS[r.ck[i]]
         all_points[i] = load_points(cap_keys[i], rule.w)
       end
       for i, rule in ipairs(rules) do
@@ -170,10 +176,10 @@ for _, r in ipairs(recipients) do
 
   local event_id
   if extra then
-    event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'e', r.e,
+    event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'e', r.e,
                           'x', cmsgpack.pack(extra))
   else
-    event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'e', r.e)
+    event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'e', r.e)
   end
   if status == 'queued' then
     redis.call('XADD', KEYS[1], '*', 'j', r.j)
@@ -181,20 +187,20 @@ for _, r in ipairs(recipients) do
     redis.call('ZADD', KEYS[2], send_at, r.j)
   end
   if status == 'queued' or status == 'scheduled' then
-    redis.call('HINCRBY', KEYS[7], r.d, 1)
+    redis.call('HINCRBY', KEYS[6], r.d, 1)
   end
   counts[status] = counts[status] + 1
   outcomes[#outcomes + 1] = outcome
-  local key = ARGV[6] .. r.m
-  redis.call('HSET', key, 's', status, 'ev', event_id, 'u', ARGV[8])
+  local key = KEYS[r.mk]
+  redis.call('HSET', key, 's', status, 'ev', event_id, 'u', ARGV[7])
   redis.call('EXPIRE', key, ttl)
 end
 for status, n in pairs(counts) do
   if n > 0 then redis.call('HINCRBY', KEYS[4], status, n) end
 end
 local joined = table.concat(outcomes, '\n')
-if KEYS[6] ~= "" then
-  redis.call('HSET', KEYS[6], 'digest', ARGV[3], 'response', ARGV[4], 'outcomes', joined)
-  redis.call('EXPIRE', KEYS[6], 86400)
+if idempotent then
+  redis.call('HSET', KEYS[7], 'digest', ARGV[3], 'response', ARGV[4], 'outcomes', joined)
+  redis.call('EXPIRE', KEYS[7], 86400)
 end
 return {'new', joined}

@@ -1,18 +1,19 @@
 -- Record engagement events (opened, clicked, unsubscribed), any number in one call.
--- KEYS[1] events stream  KEYS[2] stats hash
--- ARGV[1] events MAXLEN  ARGV[2] now  ARGV[3] message key prefix
--- then per event three values: message id, event (msgpack: type, timestamp, message_id
--- and its own fields), click window seconds (0: no check).
+-- KEYS[1] events stream  KEYS[2] stats hash  KEYS[2 + n] the message record of event n
+-- ARGV[1] events MAXLEN  ARGV[2] now
+-- then per event two values: the event (msgpack: type, timestamp, message_id and its own
+-- fields), click window seconds (0: no check).
 -- Each event gets the message's first event (the one accept wrote) attached as field
 -- 'c', so a reader has email, contact, category and metadata without another lookup;
 -- a click sooner than the window after delivery gets 'x' = {machine = true, reason}.
 -- Returns, per event, its id and 1 if the script flagged it as a machine's, else 0.
 local out = {}
 local now = tonumber(ARGV[2])
-for i = 4, #ARGV, 3 do
-  local key = ARGV[3] .. ARGV[i]
+for n = 1, #KEYS - 2 do
+  local key = KEYS[2 + n]
+  local event, window = ARGV[1 + 2 * n], tonumber(ARGV[2 + 2 * n])
   local record = redis.call('HMGET', key, 'ev', 'dt')
-  local fields = {'e', ARGV[i + 1]}
+  local fields = {'e', event}
   if record[1] then
     local first = string.match(record[1], '^[^,]+')
     local found = redis.call('XRANGE', KEYS[1], first, first)
@@ -27,7 +28,6 @@ for i = 4, #ARGV, 3 do
     end
   end
   local fast = 0
-  local window = tonumber(ARGV[i + 2])
   if window > 0 and record[2] and now - tonumber(record[2]) < window then
     fast = 1
     fields[#fields + 1] = 'x'
@@ -40,7 +40,7 @@ for i = 4, #ARGV, 3 do
   if record[1] and #record[1] < 4000 then
     redis.call('HSET', key, 'ev', record[1] .. ',' .. id)
   end
-  redis.call('HINCRBY', KEYS[2], cmsgpack.unpack(ARGV[i + 1])['type'], 1)
+  redis.call('HINCRBY', KEYS[2], cmsgpack.unpack(event)['type'], 1)
   out[#out + 1] = id
   out[#out + 1] = fast
 end

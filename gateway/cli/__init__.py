@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from core.errors import ConfigurationError, ValidationError
+from core.errors import ClientError, ConfigurationError
 from core.logs import setup_logging
 from gateway.cli import bounce, dkim, preflight, serve, suppress, tracking, warmup
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(getattr(logging, getattr(args, "log_level", default_level)))
     try:
         code: int = COMMANDS[args.command].run(args)
-    except (ConfigurationError, ValidationError) as exc:
+    except (ConfigurationError, ClientError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file named on the command line

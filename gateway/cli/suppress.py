@@ -10,11 +10,11 @@ import argparse
 import asyncio
 import csv
 import json
-import re
 import sys
 import time
 from typing import Any
 
+from core import validate
 from core.addresses import AddressError, normalize_address
 from core.errors import ValidationError
 from core.settings import load_settings
@@ -22,8 +22,6 @@ from core.store import Store
 from core.suppressions import REASONS, Suppression
 from gateway.cli.operator import operator_store, where_options
 from suppression import transfer
-
-_CATEGORY = transfer.CATEGORY
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -68,16 +66,11 @@ def _address(text: str) -> str:
 
 
 def _category(value: str | None) -> str | None:
-    if value is not None and not _CATEGORY.fullmatch(value):
-        raise ValidationError(f"--category {value!r}: letters, digits and _ . : - (up to 64)")
-    return value
+    return None if value is None else validate.category(value, "--category")
 
 
 def _source(value: str | None, default: str) -> str:
-    value = default if value is None else value
-    if not re.fullmatch(r"[\x20-\x7e]{1,48}", value):
-        raise ValidationError("--source: 1 to 48 printable ASCII characters")
-    return value
+    return validate.source(default if value is None else value, "--source")
 
 
 def _line(entry: Suppression) -> str:

@@ -10,13 +10,14 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from core import keys
+from core import validate
 from core.errors import ValidationError
 from core.settings import load_settings
 from gateway.cli.operator import operator_store, where_options
-from warmup.gate import WarmupIp, load_ips, save_ip, status, utc_day
+from warmup import actions
+from warmup.gate import status, utc_day
 from warmup.report import history, write_report
-from warmup.schedules import BUILT_IN, PROVIDERS, parse_schedule, plan
+from warmup.schedules import BUILT_IN, PROVIDERS, plan
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -56,18 +57,19 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         action.add_argument("ip")
 
 
-def _schedule(text: str) -> tuple[int, ...]:
+def _schedule(text: str) -> str | list[int]:
+    """``--schedule``: a built-in name, or daily limits separated by commas."""
+    if not (text and text[0].isdigit()):
+        return text
     try:
-        if text and text[0].isdigit():
-            return parse_schedule([int(x) for x in text.split(",")])
-        return parse_schedule(text)
+        return [int(x) for x in text.split(",")]
     except ValueError as exc:
-        raise ValidationError(f"--schedule: {exc}") from exc
+        raise ValidationError(f"--schedule: {text!r} is not a list of whole numbers") from exc
 
 
 def run(args: argparse.Namespace) -> int:
     if args.warmup_command == "plan":
-        schedule = _schedule(args.schedule)
+        schedule = actions.schedule_of(_schedule(args.schedule), "--schedule")
         print(
             f"{'day':>4} {'daily':>9} {'hourly':>7}   per provider group ({', '.join(PROVIDERS)})"
         )
@@ -84,22 +86,22 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, settings: Any) -> int:
     action = args.warmup_command
     async with operator_store(settings) as store:
-        configs = await load_ips(store)
-        today = utc_day(time.time())
+        now = time.time()
+        today = utc_day(now)
         if action == "start":
-            schedule = _schedule(args.schedule)
+            ip = actions.valid_ip(args.ip, "ip")
             pools = {s.ip: s.pool for s in settings.delivery.ips}
-            config = WarmupIp(
-                ip=args.ip,
-                pool=args.pool or pools.get(args.ip, "default"),
-                schedule=schedule,
-                schedule_name=None if args.schedule[0].isdigit() else args.schedule,
-                started_on=args.start_date or today,
+            config = await actions.start(
+                store,
+                ip,
+                schedule=_schedule(args.schedule),
+                pool=validate.pool(args.pool or pools.get(ip, "default"), "--pool"),
+                started_on=args.start_date,
+                now=now,
             )
-            await save_ip(store, config)
-            done = config.started_on + timedelta(days=len(schedule))
+            done = config.started_on + timedelta(days=len(config.schedule))
             print(
-                f"{args.ip} warms up on {args.schedule} from {config.started_on} (day "
+                f"{ip} warms up on {args.schedule} from {config.started_on} (day "
                 f"{config.day(today)} today); full volume on {done}."
             )
             return 0
@@ -139,37 +141,21 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
                     )
             return 0
         if action == "report":
-            if args.ip not in configs:
-                raise ValidationError(f"{args.ip} is not warming up (see sluice warmup status)")
-            series = await history(store, args.ip, time.time())
+            await actions.warming(store, args.ip)
+            series = await history(store, args.ip, now)
             try:
                 write_report(args.out, f"Warmup of {args.ip}", series)
             except RuntimeError as exc:
                 raise ValidationError(str(exc)) from exc
             print(f"Report for {args.ip} written to {args.out}.")
             return 0
-        found = configs.get(args.ip)
-        if found is None:
-            raise ValidationError(f"{args.ip} is not warming up (see sluice warmup status)")
-        config = found
         if action == "pause":
-            if config.paused_on is None:
-                config = WarmupIp(**{**config.__dict__, "paused_on": today})
-                await save_ip(store, config)
+            config = await actions.pause(store, args.ip, now)
             print(f"{args.ip} paused at day {config.day(today)}.")
         elif action == "resume":
-            if config.paused_on is not None:
-                shift = today - config.paused_on
-                config = WarmupIp(
-                    **{
-                        **config.__dict__,
-                        "paused_on": None,
-                        "started_on": config.started_on + shift,
-                    }
-                )
-                await save_ip(store, config)
+            config = await actions.resume(store, args.ip, now)
             print(f"{args.ip} resumed at day {config.day(today)}.")
         else:
-            await store.redis.hdel(keys.WARMUP_IPS, args.ip)
+            await actions.stop(store, args.ip)
             print(f"{args.ip} is treated as warm from now on.")
         return 0

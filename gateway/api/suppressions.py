@@ -1,11 +1,93 @@
-"""OpenAPI description of the contact-policy routes: ``/v1/policy`` and ``/v1/suppressions``."""
+"""``/v1/suppressions``: who is never mailed, why and since when (``core.store.suppressions``;
+the CLI is ``sluice suppress``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from core.suppressions import REASONS
-from gateway.openapi_parts import AUTH, LIMIT_QUERY, TOKEN, error_responses, json_of
+from aiohttp import web
+
+from core import validate
+from core.addresses import AddressError, normalize_address
+from core.errors import NotFound, ValidationError
+from core.suppressions import BUCKETS, REASONS
+from gateway.api.common import STORE, json_body, json_response, limit_of, query
+from gateway.api.openapi_parts import AUTH, LIMIT_QUERY, TOKEN, error_responses, json_of
+
+_BODY_FIELDS = {"reason", "category", "source"}
+
+
+def _target(request: web.Request) -> tuple[str, str | None]:
+    try:
+        email = normalize_address(request.match_info["email"])
+    except AddressError as exc:
+        raise ValidationError(f"not a valid address: {exc}", field="email") from exc
+    category = query(request, "category").get("category") or None
+    return email, None if category is None else validate.category(category)
+
+
+async def get_suppression(request: web.Request) -> web.Response:
+    email, _ = _target(request)
+    found = await request.app[STORE].suppressions.of(email)
+    if not found:
+        raise NotFound(f"{email} is not suppressed")
+    return json_response({"email": email, "suppressions": [entry.as_json() for entry in found]})
+
+
+async def put_suppression(request: web.Request) -> web.Response:
+    email, category = _target(request)
+    body = await json_body(request, optional=True)
+    if not isinstance(body, dict) or set(body) - _BODY_FIELDS:
+        raise ValidationError("body: {reason?, category?, source?}", field="body")
+    reason = validate.reason(body.get("reason", "manual"))
+    category = body.get("category", category)
+    if category is not None:
+        category = validate.category(category)
+    source = validate.source(body.get("source", "api"))
+    store = request.app[STORE]
+    new = await store.suppressions.add(email, reason=reason, source=source, category=category)
+    entry = await store.suppressions.check(email, category)
+    assert entry is not None
+    return json_response(entry.as_json(), 201 if new else 200)
+
+
+async def delete_suppression(request: web.Request) -> web.Response:
+    email, category = _target(request)
+    if not await request.app[STORE].suppressions.remove(email, category):
+        scope = f" for {category}" if category else ""
+        raise NotFound(f"{email} is not suppressed{scope}")
+    return web.Response(status=204)
+
+
+async def list_suppressions(request: web.Request) -> web.Response:
+    query(request, "cursor", "limit")
+    cursor_text = request.query.get("cursor", "0")
+    if (
+        not (cursor_text.isascii() and cursor_text.isdigit() and len(cursor_text) <= 6)
+        or int(cursor_text) >= BUCKETS
+    ):
+        raise ValidationError(
+            "'cursor' must be the 'next' value of an earlier page", field="cursor"
+        )
+    store = request.app[STORE]
+    entries, after = await store.suppressions.page(int(cursor_text), limit_of(request))
+    return json_response(
+        {
+            "suppressions": [entry.as_json() for entry in entries],
+            "next": None if after is None else str(after),
+            "total": await store.suppressions.count(),
+        }
+    )
+
+
+ROUTES = [
+    web.get("/v1/suppressions", list_suppressions),
+    web.get("/v1/suppressions/{email}", get_suppression),
+    web.put("/v1/suppressions/{email}", put_suppression),
+    web.delete("/v1/suppressions/{email}", delete_suppression),
+]
+
+# --- OpenAPI ---------------------------------------------------------------------------------
 
 _EMAIL = {"name": "email", "in": "path", "required": True, "schema": {"type": "string"}}
 _CATEGORY_QUERY = {
@@ -16,48 +98,7 @@ _CATEGORY_QUERY = {
     "description": "An unsubscribe group; without it, the global entry",
 }
 
-
 SCHEMAS: dict[str, Any] = {
-    "Policy": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "frequency_caps": {
-                "type": "array",
-                "maxItems": 20,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["category", "limit", "window_seconds"],
-                    "properties": {
-                        "category": {
-                            "type": "string",
-                            "description": '"*" counts every marketing message',
-                        },
-                        "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
-                        "window_seconds": {"type": "integer", "minimum": 1, "maximum": 2592000},
-                        "action": {"enum": ["drop", "defer"], "default": "drop"},
-                    },
-                },
-            },
-            "quiet_hours": {
-                "type": ["object", "null"],
-                "additionalProperties": False,
-                "required": ["start", "end"],
-                "properties": {
-                    "start": {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$"},
-                    "end": {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$"},
-                    "default_timezone": {"type": "string", "default": "UTC"},
-                    "ramp_seconds": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "maximum": 21600,
-                        "default": 1800,
-                    },
-                },
-            },
-        },
-    },
     "Suppression": {
         "type": "object",
         "required": ["email", "category", "reason", "created_at", "source"],
@@ -70,27 +111,7 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
-
 PATHS: dict[str, Any] = {
-    "/v1/policy": {
-        "get": {
-            "summary": "The contact policy: frequency caps and quiet hours",
-            "security": AUTH,
-            "responses": {
-                "200": {"description": "The policy", "content": json_of("Policy")},
-                **error_responses(401),
-            },
-        },
-        "put": {
-            "summary": "Replace the contact policy (takes effect for the next request)",
-            "security": AUTH,
-            "requestBody": {"required": True, "content": json_of("Policy")},
-            "responses": {
-                "200": {"description": "The stored policy", "content": json_of("Policy")},
-                **error_responses(400, 401, 415),
-            },
-        },
-    },
     "/v1/suppressions": {
         "get": {
             "summary": "Suppressed addresses, a page at a time",

@@ -1,17 +1,12 @@
-"""The one Redis access layer: connection pool, key names, Lua scripts.
-
-Every multi-key step is a Lua script from ``core/lua/`` loaded once and called
-through a typed method here. On the accept path, Redis errors become
-``StoreError`` (the API answers 503); the workers retry on any Redis error.
-"""
+"""``Store``: batches accepted, the jobs stream and delayed set, message records, events,
+inbound reports, destinations and counters; and ``open_store``, the connection pool."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 import msgpack
@@ -19,41 +14,26 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from core import keys
-from core.errors import SluiceError
 from core.events import event_of
-from core.suppressions import Suppressions, bucket_key, canonical, pack_entry
+from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput, QueuedJob
+from core.store.base import (
+    EVENTS_MAXLEN,
+    RETENTION_SECONDS,
+    Arg,
+    Script,
+    StoreError,
+    after,
+    lines,
+    text,
+)
+from core.store.suppressions import Suppressions
+from core.store.warmup import WarmupStore
+from core.store.webhooks import WebhookStore
+from core.suppressions import bucket_key, canonical, pack_entry
 from core.suppressions import field as suppression_field
 
-RETENTION_SECONDS = 7 * 86400  # batch content and message records outlive the longest deferral
-EVENTS_MAXLEN = 2_000_000  # approximate cap on the events stream
 UNVERIFIED_KEPT = 1000  # unverified inbound reports kept to look at; the counter counts them all
 MAX_CLAIMED_CHARS = 200  # a quoted Message-ID is short; a longer one is cut before storing
-
-
-class StoreError(SluiceError):
-    """Redis could not be reached or answered with an error."""
-
-
-_U64_MAX = 2**64 - 1
-
-
-def valid_stream_id(text: str) -> bool:
-    """``<ms>-<seq>`` with both parts within Redis's 64-bit range."""
-    ms, _, seq = text.partition("-")
-    return ms.isascii() and seq.isascii() and int(ms) <= _U64_MAX and int(seq) <= _U64_MAX
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _lines(value: Any) -> list[str]:
-    text = _text(value or b"")
-    return text.split("\n") if text else []
-
-
-def _script(name: str) -> str:
-    return resources.files("core").joinpath("lua", name).read_text()
 
 
 @dataclass(frozen=True)
@@ -90,23 +70,23 @@ class UnverifiedReport:
     reason: str  # unsigned, bad signature, no Message-ID, not ours, unknown message
 
 
-@dataclass(frozen=True)
-class QueuedJob:
-    entry_id: str  # stream entry id, "" for a job not read from the stream
-    job: dict[str, Any]
-
-
 class Store:
+    """The queue, messages and events; ``suppressions``, ``webhooks`` and ``warmup`` are the
+    other parts of the layer, on the same connection pool."""
+
     def __init__(self, client: aioredis.Redis) -> None:
         self.redis = client
-        self._accept = client.register_script(_script("accept.lua"))
-        self._complete = client.register_script(_script("complete.lua"))
-        self._promote = client.register_script(_script("promote.lua"))
-        self._engage = client.register_script(_script("engage.lua"))
-        self._warmup = client.register_script(_script("warmup.lua"))
-        self._warmup_signal = client.register_script(_script("warmup_signal.lua"))
-        self._report = client.register_script(_script("report.lua"))
+        self._accept = Script(client, "accept.lua")
+        self._complete = Script(client, "complete.lua")
+        self._promote = Script(client, "promote.lua")
+        self._engage = Script(client, "engage.lua")
+        self._report = Script(client, "report.lua")
         self.suppressions = Suppressions(client)
+        self.webhooks = WebhookStore(client)
+        self.warmup = WarmupStore(client)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     # --- accept side --------------------------------------------------------
 
@@ -114,45 +94,57 @@ class Store:
         self,
         *,
         batch_id: str,
-        content: bytes,
-        recipients: list[dict[str, Any]],
+        content: BatchContent,
+        entries: Sequence[AcceptEntry],
+        policy: PolicyInput,
         response: str,
         idempotency_key: str | None,
         digest: str,
-        policy: bytes = b"",
         now: float | None = None,
     ) -> Accepted:
-        """``policy``: msgpack of the rules and quiet windows (``gateway.accept``); ``now``
-        defaults to the clock (tests pass their own)."""
-        idem_key = keys.idempotency(idempotency_key) if idempotency_key else ""
+        """Queue a batch in one script (``core/lua/accept.lua``): content, and per recipient
+        the contact policy's decision, its record, event and queue entry. ``now`` defaults to
+        the clock (tests pass their own)."""
+        touched = [
+            keys.JOBS,
+            keys.DELAYED,
+            keys.EVENTS,
+            keys.STATS,
+            keys.batch(batch_id),
+            keys.PENDING_BY_DOMAIN,
+        ]
+        if idempotency_key:
+            touched.append(keys.idempotency(idempotency_key))
+        wire = []
+        for entry in entries:  # each key's 1-based index in KEYS goes in the entry
+            touched.append(keys.message(entry.message_id))
+            message_key = len(touched)
+            touched.append(bucket_key(entry.suppression_field))
+            bucket = len(touched)
+            cap_keys = []
+            if entry.contact is not None:
+                for rule in policy.rules:
+                    touched.append(keys.cap(rule.key, entry.contact))
+                    cap_keys.append(len(touched))
+            wire.append(entry.wire(message_key, bucket, cap_keys))
+        args: list[Arg] = [
+            content.pack(),
+            RETENTION_SECONDS,
+            digest,
+            response,
+            msgpack.packb(wire, use_bin_type=False),  # Lua's cmsgpack has no bin type
+            EVENTS_MAXLEN,
+            f"{time.time() if now is None else now:.3f}",
+            policy.pack(),
+            "1" if idempotency_key else "0",
+        ]
         try:
-            result = await self._accept(
-                keys=[
-                    keys.JOBS,
-                    keys.DELAYED,
-                    keys.EVENTS,
-                    keys.STATS,
-                    keys.batch(batch_id),
-                    idem_key,
-                    keys.PENDING_BY_DOMAIN,
-                ],
-                args=[
-                    content,
-                    RETENTION_SECONDS,
-                    digest,
-                    response,
-                    msgpack.packb(recipients, use_bin_type=False),  # Lua cmsgpack has no bin type
-                    keys.MESSAGE_PREFIX,
-                    EVENTS_MAXLEN,
-                    f"{time.time() if now is None else now:.3f}",
-                    policy or msgpack.packb({}),
-                ],
-            )
+            result = await self._accept(touched, args)
         except RedisError as exc:
             raise StoreError(f"could not queue the batch: {exc}") from exc
-        if _text(result[0]) == "replay":
-            return Accepted(True, _text(result[1]), _text(result[2]), _lines(result[3]))
-        return Accepted(False, digest, response, _lines(result[1]))
+        if text(result[0]) == "replay":
+            return Accepted(True, text(result[1]), text(result[2]), lines(result[3]))
+        return Accepted(False, digest, response, lines(result[1]))
 
     async def idempotent_response(self, idempotency_key: str) -> Accepted | None:
         """The first answer to an earlier request with this key, if any."""
@@ -161,14 +153,19 @@ class Store:
         )
         if digest is None or response is None:
             return None
-        return Accepted(True, _text(digest), _text(response), _lines(outcomes))
+        return Accepted(True, text(digest), text(response), lines(outcomes))
 
     async def policy(self) -> bytes | None:
         blob: Any = await self.redis.get(keys.POLICY)
         return None if blob is None else bytes(blob)
 
-    async def set_policy(self, text: str) -> None:
-        await self.redis.set(keys.POLICY, text)
+    async def set_policy(self, document: str) -> None:
+        await self.redis.set(keys.POLICY, document)
+
+    async def capped_now(self, rule_key: str, contact: str, window: float, now: float) -> int:
+        """How many messages one cap rule counts for ``contact`` in the window ending now
+        (an early answer for SMTP submission; ``accept.lua`` decides)."""
+        return int(await self.redis.zcount(keys.cap(rule_key, contact), f"({now - window}", now))
 
     # --- delivery side ------------------------------------------------------
 
@@ -205,7 +202,7 @@ class Store:
         for entry_id, fields in entries:
             if not fields:  # deleted while pending
                 continue
-            jobs.append(QueuedJob(_text(entry_id), msgpack.unpackb(fields[b"j"])))
+            jobs.append(QueuedJob(text(entry_id), Job.unpack(fields[b"j"])))
         return jobs
 
     async def acknowledge(self, entry_id: str) -> None:
@@ -221,33 +218,32 @@ class Store:
         message_id: str,
         status: str,
         event: bytes,
-        retry_job: dict[str, Any] | None = None,
+        retry_job: Job | None = None,
         retry_at: float = 0.0,
         domain: str = "",
     ) -> None:
         """Record an outcome. ``domain``: the message became final (drop its pending count)."""
-        await self._complete(
-            keys=[
-                keys.JOBS,
-                keys.DELAYED,
-                keys.EVENTS,
-                keys.STATS,
-                keys.message(message_id),
-                keys.PENDING_BY_DOMAIN,
-            ],
-            args=[
-                entry_id,
-                keys.DELIVERY_GROUP,
-                status,
-                event,
-                msgpack.packb(retry_job) if retry_job is not None else "",
-                f"{retry_at:.3f}",
-                EVENTS_MAXLEN,
-                f"{time.time():.3f}",
-                RETENTION_SECONDS,
-                domain,
-            ],
-        )
+        touched = [
+            keys.JOBS,
+            keys.DELAYED,
+            keys.EVENTS,
+            keys.STATS,
+            keys.message(message_id),
+            keys.PENDING_BY_DOMAIN,
+        ]
+        args: list[Arg] = [
+            entry_id,
+            keys.DELIVERY_GROUP,
+            status,
+            event,
+            retry_job.pack() if retry_job is not None else "",
+            f"{retry_at:.3f}",
+            EVENTS_MAXLEN,
+            f"{time.time():.3f}",
+            RETENTION_SECONDS,
+            domain,
+        ]
+        await self._complete(touched, args)
 
     async def remember_sender(self, message_id: str, ip: str, provider: str) -> None:
         """The warming IP and provider that sent a message, for a complaint about it later."""
@@ -278,11 +274,11 @@ class Store:
         ]
         flag = _REPORT_FLAGS[kind]
         entry_field = suppression_field(address) if address else ""
-        args: list[Any] = [flag, event, status, EVENTS_MAXLEN, f"{now:.3f}", RETENTION_SECONDS]
-        result = await self._report(keys=touched, args=[*args, entry_field, entry])
+        args: list[Arg] = [flag, event, status, EVENTS_MAXLEN, f"{now:.3f}", RETENTION_SECONDS]
+        result = await self._report(touched, [*args, entry_field, entry])
         if not result:
             return None
-        event_id, ip, provider = (_text(value) for value in result)
+        event_id, ip, provider = (text(value) for value in result)
         return FirstReport(event_id, ip or None, provider or None)
 
     async def record_unverified(self, report: UnverifiedReport) -> None:
@@ -313,70 +309,27 @@ class Store:
 
     async def engage_many(self, items: list[tuple[str, bytes, float]]) -> list[tuple[str, bool]]:
         """Several engagement events, (message id, event, click window) each, in one call."""
-        args: list[Any] = [EVENTS_MAXLEN, f"{time.time():.3f}", keys.MESSAGE_PREFIX]
+        touched = [keys.EVENTS, keys.STATS]
+        args: list[Arg] = [EVENTS_MAXLEN, f"{time.time():.3f}"]
         for message_id, event, click_window in items:
-            args += [message_id, event, click_window]
+            touched.append(keys.message(message_id))
+            args += [event, click_window]
         try:
-            flat = await self._engage(keys=[keys.EVENTS, keys.STATS], args=args)
+            flat = await self._engage(touched, args)
         except RedisError as exc:
             raise StoreError(f"could not record the events: {exc}") from exc
-        return [(_text(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    async def warmup_take(self, args: list[Any]) -> tuple[str, float]:
-        """One message of warmup budget (``core/lua/warmup.lua``): (IP taken or "", wait)."""
-        ip, wait = await self._warmup(keys=[], args=args)
-        return _text(ip), float(wait)
-
-    async def warmup_signal(
-        self,
-        ip: str,
-        provider: str,
-        outcome: str,
-        now: float,
-        *,
-        thresholds: tuple[float, float, float],
-        min_attempts: int,
-        day: str,
-    ) -> str:
-        """Record a warming IP's SMTP outcome (sent, deferred, bounced, complained); returns
-        "paused" or "resumed" when that changed its hold, else ""."""
-        target = f"{ip}:{provider}"
-        template = msgpack.packb({"ip": ip, "provider": provider, "message_id": None})
-        result = await self._warmup_signal(
-            keys=[
-                keys.WARMUP_SIGNALS + target,
-                keys.WARMUP_HOLDS,
-                keys.EVENTS,
-                keys.WARMUP_DAILY + target,
-                keys.WARMUP_LAST,
-            ],
-            args=[
-                target,
-                f"{now:.3f}",
-                outcome,
-                *thresholds,
-                min_attempts,
-                EVENTS_MAXLEN,
-                template,
-                day,
-                ip,
-            ],
-        )
-        return _text(result)
+        return [(text(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
-        return int(await self._promote(keys=[keys.DELAYED, keys.JOBS], args=[f"{now:.3f}", limit]))
+        return int(await self._promote([keys.DELAYED, keys.JOBS], [f"{now:.3f}", limit]))
 
-    async def batch_content(self, batch_id: str) -> dict[str, Any] | None:
-        blob = await self.redis.get(keys.batch(batch_id))
-        if blob is None:
-            return None
-        content: dict[str, Any] = msgpack.unpackb(blob)
-        return content
+    async def batch_content(self, batch_id: str) -> BatchContent | None:
+        blob: Any = await self.redis.get(keys.batch(batch_id))
+        return None if blob is None else BatchContent.unpack(blob)
 
     async def message_status(self, message_id: str) -> str | None:
         status = await self.redis.hget(keys.message(message_id), "s")
-        return None if status is None else _text(status)
+        return None if status is None else text(status)
 
     async def message_context(self, message_id: str) -> dict[str, Any] | None:
         """Email, contact, category and metadata of a message, from its first event."""
@@ -406,8 +359,8 @@ class Store:
         for worker, blob in published.items():
             snapshot = msgpack.unpackb(blob)
             if time.time() - snapshot["at"] < 30:  # a dead worker's state is stale
-                hosts += [{"worker": _text(worker), **h} for h in snapshot["hosts"]]
-        return {_text(k): int(v) for k, v in pending.items()}, hosts
+                hosts += [{"worker": text(worker), **h} for h in snapshot["hosts"]]
+        return {text(k): int(v) for k, v in pending.items()}, hosts
 
     # --- reading ------------------------------------------------------------
 
@@ -417,29 +370,25 @@ class Store:
             return None
         events = []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for event_id in _text(event_ids or b"").split(","):
+            for event_id in text(event_ids or b"").split(","):
                 if event_id:
                     pipe.xrange(keys.EVENTS, event_id, event_id)
             for reply in await pipe.execute():
                 for entry_id, fields in reply:
-                    events.append(event_of(_text(entry_id), fields))
-        return {"message_id": message_id, "status": _text(status), "events": events}
+                    events.append(event_of(text(entry_id), fields))
+        return {"message_id": message_id, "status": text(status), "events": events}
 
     async def latest_events(self, count: int) -> list[dict[str, Any]]:
         """The ``count`` most recent events, newest first."""
         reply: Any = await self.redis.xrevrange(keys.EVENTS, "+", "-", count=count)
-        return [event_of(_text(entry_id), fields) for entry_id, fields in reply]
+        return [event_of(text(entry_id), fields) for entry_id, fields in reply]
 
     async def events_after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
-        start = "-"
-        if cursor:
-            ms, seq = (int(part) for part in cursor.split("-"))
-            ms, seq = (ms, seq + 1) if seq < _U64_MAX else (ms + 1, 0)
-            if ms > _U64_MAX:
-                return []  # nothing can come after the largest id
-            start = f"{ms}-{seq}"
+        start = after(cursor) if cursor else "-"
+        if start is None:
+            return []  # nothing can come after the largest id
         reply: Any = await self.redis.xrange(keys.EVENTS, start, "+", count=limit)
-        return [event_of(_text(entry_id), fields) for entry_id, fields in reply]
+        return [event_of(text(entry_id), fields) for entry_id, fields in reply]
 
     async def gauges(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -448,7 +397,7 @@ class Store:
             pipe.hgetall(keys.STATS)
             jobs, delayed, stats = await pipe.execute()
         out = {"jobs_in_stream": int(jobs), "jobs_delayed": int(delayed)}
-        out.update({f"total_{_text(k)}": int(v) for k, v in stats.items()})
+        out.update({f"total_{text(k)}": int(v) for k, v in stats.items()})
         return out
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.validate import NAME
+
 AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
-TOKEN = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}
+TOKEN = {"type": "string", "pattern": f"^{NAME.pattern}$"}
 LIMIT_QUERY = {
     "name": "limit",
     "in": "query",
@@ -38,3 +40,14 @@ def json_of(ref: str) -> dict[str, Any]:
 def error_responses(*codes: int) -> dict[str, Any]:
     """The ``{error, detail, field}`` answers for these status codes."""
     return {str(c): {"description": _ERROR_TEXT[c], "content": json_of("Error")} for c in codes}
+
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string"},
+        "detail": {"type": "string"},
+        "field": {"type": "string"},
+    },
+}

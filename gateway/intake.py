@@ -1,33 +1,44 @@
-"""Turning a validated send request into queue entries, results and events.
+"""Intake: the one way a send request enters Sluice, whatever door it came through.
 
-The CPU-heavy part (JSON parsing, validation, rendering every recipient once to
-catch undefined variables) runs in a thread so the event loop keeps answering
-tracking and health requests; the Redis part is one atomic script call.
+``POST /v1/messages``, SendGrid's ``POST /v3/mail/send`` and SMTP submission all hand
+a ``/v1/messages`` body to ``Intake.submit``, which runs the same sequence:
 
-Rendering runs on budgets (``mta/template_budget.py``): a recipient whose render
-blows its budget is rejected with the reason, unless the template alone (with no
-data) blows it too, or all the recipients together take longer than
-``MAX_REQUEST_RENDER_SECONDS``: then the whole request is refused with 422
-``template_too_expensive``, so one request holds the prepare thread for seconds at
-most, never minutes.
+1. the ``Idempotency-Key``, if any: a request seen before with the same body gets its
+   first answer again (``Idempotent-Replayed``), with another body a 422;
+2. ``prepare`` on the prepare thread (JSON already parsed there too): validation
+   (``gateway.schemas``), every recipient rendered once on budgets
+   (``mta/template_budget.py``) to find undefined variables and header injection, the
+   typed queue entries (``core.jobs``) and the contact policy's input
+   (``suppression.caps``, ``suppression.quiet_hours``);
+3. ``Store.accept``: one atomic script applies suppression, frequency caps and quiet
+   hours per recipient and queues the batch (``core/lua/accept.lua``); the 202 answer
+   says each recipient's fate.
+
+The CPU-heavy part runs on one thread so the event loop keeps answering tracking and
+health requests. A recipient whose render blows its budget is rejected with the reason,
+unless the template alone (with no data) blows it too, or all the recipients together take
+longer than ``MAX_REQUEST_RENDER_SECONDS``: then the whole request is refused with 422
+``template_too_expensive``, so one request holds the prepare thread for seconds at most.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-import msgpack
-
-from core import ids, keys, suppressions
+from core import ids, suppressions
 from core.addresses import domain_of
 from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationError
 from core.events import EventType, iso_time, pack_event
+from core.jobs import AcceptEntry, BatchContent, CapInput, Job, PolicyInput
 from core.store import Store
 from gateway.schemas import SendRequest, parse_send_request
 from mta.render import (
@@ -39,8 +50,11 @@ from mta.render import (
     Templates,
 )
 from mta.template_budget import MAX_REQUEST_RENDER_SECONDS
-from suppression.policy import Policy
+from suppression.caps import contact_key
+from suppression.policy import Policy, load_policy
 from suppression.quiet_hours import intervals_from, ramp_offset
+
+T = TypeVar("T")
 
 # Upstream tools send the same templates again and again: compile each once per process.
 _TEMPLATES = TemplateCache()
@@ -48,13 +62,15 @@ _TEMPLATES = TemplateCache()
 
 @dataclass(frozen=True)
 class Prepared:
+    """A validated, rendered request, ready for ``Store.accept``."""
+
     batch_id: str
-    content: bytes
-    entries: list[dict[str, Any]]
+    content: BatchContent
+    entries: list[AcceptEntry]
+    policy: PolicyInput  # the cap rules that apply and the quiet windows of its time zones
     response: str  # the answer before the contact policy: accepted recipients "queued"
-    policy: bytes  # msgpack for accept.lua: applicable cap rules and quiet windows
-    rejected: int
     results: list[dict[str, Any]]  # ``response``'s results, for the answer (used once)
+    rejected: int
 
 
 def _reject_constant(name: str) -> Any:
@@ -87,28 +103,22 @@ def request_digest(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _batch_content(req: SendRequest) -> bytes:
-    content = {
-        "f": [req.sender.email, req.sender.name],
-        "r": [req.reply_to.email, req.reply_to.name] if req.reply_to else None,
-        "s": req.subject,
-        "h": req.html,
-        "t": req.text,
-        "cat": req.category,
-        "st": req.stream,
-        "hd": req.headers,
-        "tg": req.tags,
-        "md": req.metadata,
-        "to": req.track_opens,
-        "tc": req.track_clicks,
-        "pool": req.ip_pool,
-    }
-    return msgpack.packb(content)  # type: ignore[no-any-return]
-
-
-def contact_key(contact_id: str | None, address: str) -> str:
-    """Whom frequency caps count for: the contact id, else the address."""
-    return f"c:{contact_id}" if contact_id else f"a:{suppressions.canonical(address)}"
+def _batch_content(req: SendRequest) -> BatchContent:
+    return BatchContent(
+        sender=req.sender,
+        reply_to=req.reply_to,
+        subject=req.subject,
+        html=req.html,
+        text=req.text,
+        category=req.category,
+        stream=req.stream,
+        headers=req.headers,
+        tags=req.tags,
+        metadata=req.metadata,
+        track_opens=req.track_opens,
+        track_clicks=req.track_clicks,
+        ip_pool=req.ip_pool,
+    )
 
 
 def _refusal(exc: TemplateError) -> ValidationError | TemplateTooExpensive:
@@ -149,7 +159,7 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
     quiet = policy.quiet_hours if marketing else None
     zones: dict[str, list[float]] = {}
     results: list[dict[str, Any]] = []
-    entries: list[dict[str, Any]] = []
+    entries: list[AcceptEntry] = []
     rejected = 0
     render_deadline = time.monotonic() + MAX_REQUEST_RENDER_SECONDS
     for r in req.recipients:
@@ -172,50 +182,30 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
         assert address is not None
         canonical = suppressions.canonical(address)
         message_id = ids.message_id(batch_id, r.index)
-        job: dict[str, Any] = {
-            "m": message_id,
-            "b": batch_id,
-            "i": r.index,
-            "e": address,
-            "t0": round(now, 3),
-            "a": 0,
-        }
-        for key, value in (
-            ("n", r.name),
-            ("c", r.contact_id),
-            ("z", r.timezone),
-            ("d", r.data),
-            ("md", r.metadata),
-        ):
-            if value:
-                job[key] = value
-        entry: dict[str, Any] = {
-            "m": message_id,
-            "q": round(due, 3),
-            "j": msgpack.packb(job),
-            "d": domain_of(address),
-            "sb": suppressions.bucket_key(canonical),
-            "sf": canonical,
-        }
-        if req.category:
-            entry["sc"] = suppressions.field(canonical, req.category)
-        if not marketing:
-            entry["tx"] = 1
-        if rules:
-            entry["ci"] = contact_key(r.contact_id, address)
+        job = Job(
+            message_id=message_id,
+            batch_id=batch_id,
+            index=r.index,
+            email=address,
+            accepted_at=now,
+            name=r.name,
+            contact_id=r.contact_id,
+            timezone=r.timezone,
+            data=r.data,
+            metadata=r.metadata,
+        )
+        zone_name = None
         where: dict[str, Any] = {}
         if quiet is not None:
             zone_name = r.timezone or quiet.default_timezone
             if zone_name not in zones:
                 bounds = intervals_from(quiet, zone_name, max(now, due))
                 zones[zone_name] = [x for pair in bounds for x in pair]
-            entry["z"] = zone_name
-            entry["o"] = ramp_offset(quiet, message_id)
             where = {
                 "timezone": zone_name,
                 "timezone_source": "recipient" if r.timezone else "default",
             }
-        entry["e"] = pack_event(
+        event = pack_event(
             EventType.QUEUED,
             timestamp=now,
             message_id=message_id,
@@ -226,34 +216,37 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
             **({"send_at": iso_time(due)} if due else {}),
             **where,
         )
-        entries.append(entry)
+        entries.append(
+            AcceptEntry(
+                message_id=message_id,
+                due=due,
+                job=job.pack(),
+                event=event,
+                domain=domain_of(address),
+                suppression_field=canonical,
+                category_field=suppressions.field(canonical, req.category)
+                if req.category
+                else None,
+                transactional=not marketing,
+                contact=contact_key(r.contact_id, address) if rules else None,
+                timezone=zone_name,
+                ramp_offset=ramp_offset(quiet, message_id) if quiet is not None else 0.0,
+            )
+        )
         results.append(
             {"index": r.index, "email": r.email, "message_id": message_id, "status": "queued"}
         )
 
     response = json.dumps({"batch_id": batch_id, "results": results}, ensure_ascii=False)
-    policy_input = {
-        "rules": [
-            {
-                "k": rule.key,
-                "c": rule.category,
-                "l": rule.limit,
-                "w": rule.window_seconds,
-                "a": rule.action,
-            }
-            for rule in rules
-        ],
-        "cp": keys.CAP_PREFIX,
-        "zones": zones,
-    }
+    caps = tuple(CapInput(r.key, r.category, r.limit, r.window_seconds, r.action) for r in rules)
     return Prepared(
-        batch_id,
-        _batch_content(req),
-        entries,
-        response,
-        msgpack.packb(policy_input),
-        rejected,
-        results,
+        batch_id=batch_id,
+        content=_batch_content(req),
+        entries=entries,
+        policy=PolicyInput(caps, zones),
+        response=response,
+        results=results,
+        rejected=rejected,
     )
 
 
@@ -299,11 +292,11 @@ async def accept(
     outcome = await store.accept(
         batch_id=prepared.batch_id,
         content=prepared.content,
-        recipients=prepared.entries,
+        entries=prepared.entries,
+        policy=prepared.policy,
         response=prepared.response,
         idempotency_key=idempotency_key,
         digest=digest,
-        policy=prepared.policy,
         now=now,
     )
     if outcome.replay and outcome.digest != digest:
@@ -319,3 +312,77 @@ async def accept(
     )
     response, counts = final_response(first, outcome.outcomes)
     return response, outcome.replay, counts
+
+
+@dataclass(frozen=True)
+class Submitted:
+    batch_id: str
+    response: str  # the 202 answer (JSON)
+    replayed: bool  # the first answer to an earlier request with the same Idempotency-Key
+    counts: dict[str, int]  # recipients per status
+
+
+RejectIf = Literal["any", "all"]
+
+
+class Intake:
+    """``submit`` is the sequence every ingress runs; ``executor`` is the prepare thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        on_accepted: Callable[[Submitted, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.on_accepted = on_accepted  # (what was accepted, seconds it took): for metrics
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """CPU work on the prepare thread, in arrival order."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+
+    async def parse(self, raw: bytes) -> Any:
+        """A JSON body, parsed on the prepare thread (16 MB of JSON takes a while)."""
+        return await self.off_loop(lambda: decode_json(raw))
+
+    async def submit(
+        self,
+        body: Any,
+        *,
+        idempotency_key: str | None = None,
+        reject_if: RejectIf | None = None,
+    ) -> Submitted:
+        """Validate, render and queue a ``/v1/messages`` body. ``idempotency_key``: the
+        header's value (hashed here). ``reject_if``: refuse the whole request (a
+        ``ValidationError`` naming the first rejected recipient) when ``"any"`` or ``"all"``
+        of its recipients are rejected, for doors that cannot answer per recipient."""
+        started = time.monotonic()
+        key_digest = None
+        digest = ""
+        if idempotency_key is not None:
+            key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+            digest = await self.off_loop(lambda: request_digest(body))
+            earlier = await self.store.idempotent_response(key_digest)
+            if earlier is not None:
+                if earlier.digest != digest:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different body in the last 24 hours",
+                        field="Idempotency-Key",
+                    )
+                response, counts = final_response(earlier.response, earlier.outcomes)
+                batch_id = json.loads(earlier.response)["batch_id"]
+                return Submitted(batch_id, response, True, counts)
+        policy = load_policy(await self.store.policy())
+        prepared = await self.off_loop(lambda: prepare(body, now=time.time(), policy=policy))
+        refused = reject_if == "any" or (
+            reject_if == "all" and prepared.rejected == len(prepared.results)
+        )
+        if refused and prepared.rejected:
+            first = next(r for r in prepared.results if r["status"] == "rejected")
+            raise ValidationError(f"{first['email']}: {first['reason']}", field="recipients")
+        response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
+        submitted = Submitted(prepared.batch_id, response, replayed, counts)
+        if not replayed and self.on_accepted is not None:
+            self.on_accepted(submitted, time.monotonic() - started)
+        return submitted

@@ -1,0 +1,57 @@
+"""What every part of the Redis access layer shares: the error, the script wrapper, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from core.errors import SluiceError
+
+RETENTION_SECONDS = 7 * 86400  # batch content and message records outlive the longest deferral
+EVENTS_MAXLEN = 2_000_000  # approximate cap on the events stream
+
+Arg = str | bytes | int | float
+_U64_MAX = 2**64 - 1
+
+
+class StoreError(SluiceError):
+    """Redis could not be reached or answered with an error."""
+
+
+class Script:
+    """A Lua script of ``core/lua/``, loaded once (EVALSHA, reloaded after a Redis restart) and
+    called with every key it touches in ``keys``: none is built inside the script, so each
+    runs unchanged wherever its keys' slot lives."""
+
+    def __init__(self, client: aioredis.Redis, name: str) -> None:
+        self.name = name
+        source = resources.files("core").joinpath("lua", name).read_text()
+        self._script = client.register_script(source)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return await self._script(keys=list(keys), args=list(args))
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def lines(value: Any) -> list[str]:
+    joined = text(value or b"")
+    return joined.split("\n") if joined else []
+
+
+def valid_stream_id(cursor: str) -> bool:
+    """``<ms>-<seq>`` with both parts within Redis's 64-bit range."""
+    ms, _, seq = cursor.partition("-")
+    return ms.isascii() and seq.isascii() and int(ms) <= _U64_MAX and int(seq) <= _U64_MAX
+
+
+def after(cursor: str) -> str | None:
+    """The first stream id after ``cursor``; None if nothing can come after it."""
+    ms, seq = (int(part) for part in cursor.split("-"))
+    ms, seq = (ms, seq + 1) if seq < _U64_MAX else (ms + 1, 0)
+    return None if ms > _U64_MAX else f"{ms}-{seq}"

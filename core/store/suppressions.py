@@ -1,0 +1,119 @@
+"""The suppression list in Redis (the model and key layout: ``core.suppressions``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from core import keys
+from core.store.base import Arg, Script
+from core.suppressions import (
+    BUCKETS,
+    Suppression,
+    bucket_key,
+    canonical,
+    decode_entry,
+    field,
+    pack_entry,
+)
+
+
+class Suppressions:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self._script = Script(client, "suppress.lua")
+
+    async def add_many(
+        self, entries: Iterable[tuple[str, str | None, str, str | None]], *, at: float | None = None
+    ) -> int:
+        """Add or replace (address, category, reason, source) entries; returns how many are new.
+
+        Addresses must already be normalized (``core.addresses.normalize_address``)."""
+        stamp = time.time() if at is None else at
+        buckets: list[str] = [keys.SUPPRESSION_COUNT]
+        args: list[Arg] = ["add"]
+        for given, category, reason, source in entries:
+            address = canonical(given)
+            buckets.append(bucket_key(address))
+            args += [field(address, category), pack_entry(reason, stamp, source)]
+        if len(buckets) == 1:
+            return 0
+        return int(await self._script(buckets, args))
+
+    async def add(
+        self,
+        address: str,
+        *,
+        reason: str,
+        source: str | None = None,
+        category: str | None = None,
+    ) -> bool:
+        return await self.add_many([(address, category, reason, source)]) == 1
+
+    async def remove(self, address: str, category: str | None = None) -> bool:
+        address = canonical(address)
+        bucket_keys = [keys.SUPPRESSION_COUNT, bucket_key(address)]
+        return int(await self._script(bucket_keys, ["remove", field(address, category), ""])) == 1
+
+    async def check(
+        self, address: str, category: str | None, *, transactional: bool = False
+    ) -> Suppression | None:
+        """The entry that stops mail of ``category`` to ``address``: global first.
+
+        Transactional mail (a receipt, a password reset) is not stopped by an
+        unsubscribe, only by hard bounces, complaints and manual entries; the
+        accept script applies the same rule."""
+        address = canonical(address)
+        names = [address] if category is None else [address, field(address, category)]
+        values = await self.redis.hmget(bucket_key(address), names)
+        for name, value in zip(names, values, strict=True):
+            if value is not None:
+                entry = decode_entry(name, value)
+                if not (transactional and entry.reason == "unsubscribe"):
+                    return entry
+        return None
+
+    async def of(self, address: str) -> list[Suppression]:
+        """Every entry for ``address``: global and per category."""
+        address = canonical(address)
+        found: dict[Any, Any] = await self.redis.hgetall(bucket_key(address))
+        prefix = f"{address} ".encode()
+        return sorted(
+            (
+                decode_entry(k, v)
+                for k, v in found.items()
+                if k == address.encode() or k.startswith(prefix)
+            ),
+            key=lambda s: (s.category is not None, s.category or ""),
+        )
+
+    async def count(self) -> int:
+        return int(await self.redis.get(keys.SUPPRESSION_COUNT) or 0)
+
+    async def page(self, cursor: int, limit: int) -> tuple[list[Suppression], int | None]:
+        """Entries from bucket ``cursor`` on, whole buckets, at least ``limit`` unless the end
+        comes first; (entries, next cursor or None at the end). Order: by bucket."""
+        out: list[Suppression] = []
+        bucket = cursor
+        while bucket < BUCKETS and len(out) < limit:
+            span = range(bucket, min(BUCKETS, bucket + 256))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for b in span:
+                    pipe.hgetall(keys.suppression_bucket(b))
+                replies = await pipe.execute()
+            for b, found in zip(span, replies, strict=True):
+                bucket = b + 1
+                out.extend(decode_entry(k, v) for k, v in sorted(found.items()))
+                if len(out) >= limit:
+                    break
+        return out, (bucket if bucket < BUCKETS else None)
+
+    async def all(self) -> AsyncIterator[Suppression]:
+        cursor: int | None = 0
+        while cursor is not None:
+            entries, cursor = await self.page(cursor, 5000)
+            for entry in entries:
+                yield entry

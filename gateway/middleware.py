@@ -1,0 +1,100 @@
+"""The HTTP API's middlewares, outermost first: errors become ``{error, detail, field}``
+answers (never a 5xx for bad input), the API key is checked before anything is read, and a
+compressed body is let through only where the key was checked."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from core.errors import ClientError, NotFound, Unauthorized, UnsupportedMedia
+from core.store import StoreError
+from gateway.api.common import API_KEY, INFLATE_WBITS, METRICS, SETTINGS, json_response
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The server reads bodies as sent (``auto_decompress=False``): aiohttp would otherwise
+# inflate a gzip body in the protocol, on the event loop and before any handler could
+# check the API key (1 MB of gzip is 1 GiB of zeros).
+RUNNER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except ClientError as exc:
+        response = json_response(exc.as_json(), exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "http_error"
+        )
+        response = json_response({"error": code, "detail": exc.reason}, exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except StoreError as exc:
+        log.error("store unavailable: %s", exc)
+        response = json_response(
+            {"error": "unavailable", "detail": "the queue is unavailable; retry"}, 503
+        )
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = json_response(
+            {"error": "internal", "detail": "unexpected error; it was logged"}, 500
+        )
+    route = request.match_info.route.resource
+    metrics.count_request(route.canonical if route is not None else "unmatched", response.status)
+    return response
+
+
+def _on_metrics_listener(request: web.Request) -> bool:
+    metrics_listen = request.app[SETTINGS].http.metrics_listen
+    if metrics_listen is None or request.transport is None:
+        return False
+    sockname = request.transport.get_extra_info("sockname")
+    return bool(sockname) and sockname[1] == metrics_listen.port
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The API key on ``/v1/*``, ``/v3/*`` and ``/metrics``. The metrics listener
+    (``SLUICE_METRICS_LISTEN``) serves ``/metrics`` alone, without the key: it is meant for
+    a network only the scraper reaches."""
+    if _on_metrics_listener(request):
+        if request.path != "/metrics":
+            raise NotFound("this listener serves /metrics only")
+        return await handler(request)
+    if request.path.startswith(("/v1/", "/v3/")) or request.path == "/metrics":
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        expected = request.app[API_KEY].reveal().encode()
+        presented = token.strip().encode("utf-8", "surrogateescape")  # headers may carry any byte
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
+            raise Unauthorized("send 'Authorization: Bearer <api key>'")
+    return await handler(request)
+
+
+@web.middleware
+async def encoding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Compressed bodies only where the API key was checked first, and only gzip/deflate."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity") and (
+        encoding not in INFLATE_WBITS or not request.path.startswith(("/v1/", "/v3/"))
+    ):
+        raise UnsupportedMedia(
+            "Content-Encoding must be identity, or gzip or deflate on /v1 and /v3",
+            field="Content-Encoding",
+        )
+    return await handler(request)
+
+
+MIDDLEWARES = [errors_middleware, auth_middleware, encoding_middleware]
