@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core import validate
 from core.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -264,8 +265,8 @@ def parse_ips(text: str) -> tuple[SendingIp, ...]:
             raise ValueError(f"{ip!r} is not an IP address") from exc
         if ehlo:
             ehlo = _domain(ehlo)
-        if pool and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", pool):
-            raise ValueError(f"{pool!r} is not a pool name")
+        if pool and not validate.NAME.fullmatch(pool):
+            raise ValueError(f"pool {pool!r} must be {validate.NAME_RULE}")
         out.append(SendingIp(ip, pool or "default", ehlo or None))
     return tuple(out)
 

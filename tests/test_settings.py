@@ -155,3 +155,15 @@ def test_secret_never_shows_in_repr(config: Path) -> None:
     # Workers get their settings by pickling: the key must survive that.
     assert pickle.loads(pickle.dumps(settings)).api_key == Secret(value)
     assert load().api_key is None
+
+
+def test_pool_names_follow_the_rule_every_other_name_follows(config: Path) -> None:
+    ips = load(env={"SLUICE_IPS": "192.0.2.10@warm.v2, 192.0.2.11=mta2.example.com"}).delivery.ips
+    assert [(ip.ip, ip.pool, ip.ehlo_name) for ip in ips] == [
+        ("192.0.2.10", "warm.v2", None),
+        ("192.0.2.11", "default", "mta2.example.com"),
+    ]
+    with pytest.raises(
+        ConfigurationError, match=r"SLUICE_IPS is invalid: pool '-warm' must be 1-64"
+    ):
+        load(env={"SLUICE_IPS": "192.0.2.10@-warm"})
