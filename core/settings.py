@@ -3,72 +3,56 @@
 Precedence: a command-line flag wins over the environment, the environment over
 the config file, the config file over the default. Nothing else in Sluice reads
 ``os.environ``: the CLI hands the environment in, so tests can pass their own.
+Casts, and the value types they produce, are in ``core/casts.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core import validate
+from core import casts
+from core.casts import (
+    HostPort,
+    Route,
+    Secret,
+    SendingIp,
+    TrustedProxies,
+    parse_duration,
+    parse_hostport,
+    parse_ips,
+    parse_schedule,
+    parse_trusted_proxies,
+)
 from core.errors import ConfigurationError
 
+__all__ = [
+    "DeliverySettings",
+    "HostPort",
+    "HttpSettings",
+    "RedisSettings",
+    "Route",
+    "Secret",
+    "SendingIp",
+    "Settings",
+    "SubmissionSettings",
+    "TrackingSettings",
+    "TrustedProxies",
+    "WarmupSettings",
+    "WebhookSettings",
+    "load_settings",
+    "parse_duration",
+    "parse_hostport",
+    "parse_ips",
+    "parse_schedule",
+    "parse_trusted_proxies",
+]
+
 T = TypeVar("T")
-
-
-class Secret:
-    """A string that never shows itself in a repr, a log line or a traceback."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
-        # Worker processes receive settings by pickling.
-        return (Secret, (self._value,))
-
-
-@dataclass(frozen=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class TrustedProxies:
-    """Reverse proxies whose ``X-Forwarded-For`` is believed: the client is the rightmost
-    address not added by one of them. ``count``: that many hops nearest Sluice are
-    proxies; ``networks``: proxies are the addresses in these networks. Neither: the
-    peer address is the client and the header is ignored."""
-
-    count: int = 0
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,23 +107,6 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
-class Route:
-    """Where mail for a domain goes: ``relay`` to one host, or ``mx`` lookup."""
-
-    domain: str  # a domain, ".example.com" for its subdomains too, or "*"
-    kind: str  # "relay" | "mx"
-    relay: HostPort | None = None
-    require_tls: bool = False
-
-
-@dataclass(frozen=True)
-class SendingIp:
-    ip: str
-    pool: str = "default"
-    ehlo_name: str | None = None  # None: the global SLUICE_EHLO_NAME (match the IP's PTR)
-
-
-@dataclass(frozen=True)
 class DeliverySettings:
     routes: tuple[Route, ...]  # most specific first; always ends with "*"
     workers: int
@@ -182,174 +149,7 @@ class Settings:
     log_addresses: bool = False  # recipient addresses in clear in logs (else hashed)
 
 
-# --- casts ------------------------------------------------------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """``"90"``, ``"90s"``, ``"5m"``, ``"72h"``, ``"1d"`` -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 72h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def parse_schedule(text: str) -> tuple[float, ...]:
-    steps = tuple(parse_duration(part) for part in text.split(",") if part.strip())
-    if not steps:
-        raise ValueError("the retry schedule is empty")
-    return steps
-
-
-def parse_hostport(text: str, *, default_port: int | None = None) -> HostPort:
-    text = text.strip()
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)|([^:\[\]\s]+)", text)
-    if not match:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if match.group(1):
-        host, port = match.group(1), int(match.group(2))
-    elif match.group(3):
-        host, port = match.group(3), int(match.group(4))
-    elif default_port is not None:
-        host, port = match.group(5), default_port
-    else:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in {text!r}")
-    return HostPort(host, port)
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
-    return value
-
-
-def parse_route(domain: str, text: str) -> Route:
-    """``"mx"``, ``"relay HOST:PORT"``, optionally followed by ``tls=required``."""
-    words = text.split()
-    require_tls = False
-    if words and words[-1] in ("tls=required", "tls=opportunistic"):
-        require_tls = words.pop() == "tls=required"
-    if words == ["mx"]:
-        return Route(domain.lower(), "mx", None, require_tls)
-    if len(words) == 2 and words[0] == "relay":
-        return Route(
-            domain.lower(), "relay", parse_hostport(words[1], default_port=25), require_tls
-        )
-    raise ValueError(f"expected 'mx' or 'relay HOST:PORT' [tls=required], got {text!r}")
-
-
-def parse_ips(text: str) -> tuple[SendingIp, ...]:
-    """``"192.0.2.10,192.0.2.11@warm=mta2.example.com"``: sending addresses, each optionally
-    ``@pool`` and ``=EHLO name`` (the name its PTR record gives, for forward-confirmed rDNS)."""
-    out = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        item, _, ehlo = item.partition("=")
-        ip, _, pool = item.partition("@")
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError as exc:
-            raise ValueError(f"{ip!r} is not an IP address") from exc
-        if ehlo:
-            ehlo = _domain(ehlo)
-        if pool and not validate.NAME.fullmatch(pool):
-            raise ValueError(f"pool {pool!r} must be {validate.NAME_RULE}")
-        out.append(SendingIp(ip, pool or "default", ehlo or None))
-    return tuple(out)
-
-
 _DEFAULT_INBOUND: HostPort | None = HostPort("127.0.0.1", 2526)
-
-
-def _inbound(text: str) -> HostPort | None:
-    return None if text.lower() in ("off", "none", "0") else parse_hostport(text)
-
-
-def _domain(text: str) -> str:
-    if not re.fullmatch(r"(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}", text):
-        raise ValueError(f"expected a domain name, got {text!r}")
-    return text.lower()
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _executable(text: str) -> str:
-    if not (Path(text).is_file() and os.access(text, os.X_OK)):
-        raise ValueError(f"{text!r} is not an executable file")
-    return text
-
-
-def parse_trusted_proxies(text: str) -> TrustedProxies:
-    """``"1"`` (one proxy in front) or ``"10.0.0.0/8,192.168.1.5"`` (proxies' addresses)."""
-    text = text.strip()
-    if text.isdigit():
-        return TrustedProxies(count=int(text))
-    networks = []
-    for part in (p.strip() for p in text.split(",")):
-        if part:
-            try:
-                networks.append(ipaddress.ip_network(part, strict=False))
-            except ValueError as exc:
-                raise ValueError(f"{part!r} is neither a count nor an address or CIDR") from exc
-    return TrustedProxies(networks=tuple(networks))
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise ValueError(f"{text!r} is not a file")
-    return path
-
-
-def _rate(text: str) -> float:
-    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    if not 0 < value <= 1:
-        raise ValueError(f"expected a rate such as 0.1% or 0.001, got {text!r}")
-    return value
-
-
-def _scope(text: str) -> str:
-    if text not in ("category", "global"):
-        raise ValueError(f"expected category or global, got {text!r}")
-    return text
-
-
-def _webhook_secret(text: str) -> Secret:
-    """Standard Webhooks' form: ``whsec_`` and the base64 of at least 24 random bytes."""
-    body = text.removeprefix("whsec_")
-    try:
-        raw = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("expected whsec_<base64>") from exc
-    if len(raw) < 24:
-        raise ValueError("the secret must be at least 24 bytes (whsec_<base64 of them>)")
-    return Secret(text)
-
-
-def _url(text: str) -> str:
-    if not re.match(r"^https?://[^\s/]+", text):
-        raise ValueError(f"expected an http(s) URL, got {text!r}")
-    return text.rstrip("/")
 
 
 # --- loading ----------------------------------------------------------------
@@ -402,72 +202,78 @@ def load_settings(
             raise ConfigurationError(f"Config file {config_path} is not valid TOML: {exc}") from exc
 
     src = _Sources(flags, env, toml)
-    listen = src.get("listen", parse_hostport, HostPort("127.0.0.1", 8025))
+    listen = src.get("listen", casts.parse_hostport, HostPort("127.0.0.1", 8025))
     api_key = src.get("api_key", str, "")
     return Settings(
         data_dir=Path(src.get("data_dir", str, "./sluice-data")).resolve(),
         http=HttpSettings(
             listen=listen,
-            public_url=src.get("public_url", _url, f"http://{listen}"),
-            max_body_bytes=src.get("max_body_bytes", _positive_int, 16 * 1024 * 1024),
-            trusted_proxies=src.get("trusted_proxies", parse_trusted_proxies, TrustedProxies()),
-            metrics_listen=src.get("metrics_listen", parse_hostport, None),
+            public_url=src.get("public_url", casts.url, f"http://{listen}"),
+            max_body_bytes=src.get("max_body_bytes", casts.positive_int, 16 * 1024 * 1024),
+            trusted_proxies=src.get(
+                "trusted_proxies", casts.parse_trusted_proxies, TrustedProxies()
+            ),
+            metrics_listen=src.get("metrics_listen", casts.parse_hostport, None),
         ),
         redis=RedisSettings(
             url=src.get("redis_url", str, "") or None,
-            server=src.get("redis_server", _executable, "") or None,
+            server=src.get("redis_server", casts.executable, "") or None,
         ),
         delivery=DeliverySettings(
             routes=_routes(src, toml),
-            workers=src.get("workers", _non_negative_int, os.cpu_count() or 1),
+            workers=src.get("workers", casts.non_negative_int, os.cpu_count() or 1),
             retry_schedule=src.get(
-                "retry_schedule", parse_schedule, parse_schedule("1m,5m,15m,30m,1h,2h,4h")
+                "retry_schedule",
+                casts.parse_schedule,
+                casts.parse_schedule("1m,5m,15m,30m,1h,2h,4h"),
             ),
-            max_deferral=src.get("max_deferral", parse_duration, parse_duration("72h")),
-            concurrency_per_worker=src.get("concurrency_per_worker", _positive_int, 200),
-            max_connections_per_domain=src.get("max_connections_per_domain", _positive_int, 20),
-            max_connections_per_host=src.get("max_connections_per_host", _positive_int, 10),
-            messages_per_connection=src.get("messages_per_connection", _positive_int, 1000),
-            idle_timeout=src.get("idle_timeout", parse_duration, 30.0),
-            throttle_backoff=src.get("throttle_backoff", parse_duration, 30.0),
-            smtp_timeout=src.get("smtp_timeout", parse_duration, 60.0),
-            drain_timeout=src.get("drain_timeout", parse_duration, 30.0),
+            max_deferral=src.get("max_deferral", casts.parse_duration, casts.parse_duration("72h")),
+            concurrency_per_worker=src.get("concurrency_per_worker", casts.positive_int, 200),
+            max_connections_per_domain=src.get(
+                "max_connections_per_domain", casts.positive_int, 20
+            ),
+            max_connections_per_host=src.get("max_connections_per_host", casts.positive_int, 10),
+            messages_per_connection=src.get("messages_per_connection", casts.positive_int, 1000),
+            idle_timeout=src.get("idle_timeout", casts.parse_duration, 30.0),
+            throttle_backoff=src.get("throttle_backoff", casts.parse_duration, 30.0),
+            smtp_timeout=src.get("smtp_timeout", casts.parse_duration, 60.0),
+            drain_timeout=src.get("drain_timeout", casts.parse_duration, 30.0),
             ehlo_name=src.get("ehlo_name", str, "") or _default_ehlo_name(),
-            nameserver=src.get("nameserver", lambda t: parse_hostport(t, default_port=53), None),
-            mx_port=src.get("mx_port", _positive_int, 25),
-            ips=src.get("ips", parse_ips, ()),
-            inbound=src.get("inbound", _inbound, _DEFAULT_INBOUND),
-            bounce_domain=src.get("bounce_domain", _domain, "") or None,
-            dkim_domain=src.get("dkim_domain", _domain, "") or None,
+            nameserver=src.get("nameserver", casts.nameserver, None),
+            mx_port=src.get("mx_port", casts.positive_int, 25),
+            ips=src.get("ips", casts.parse_ips, ()),
+            inbound=src.get("inbound", casts.listener_or_off, _DEFAULT_INBOUND),
+            bounce_domain=src.get("bounce_domain", casts.domain_name, "") or None,
+            dkim_domain=src.get("dkim_domain", casts.domain_name, "") or None,
         ),
         api_key=Secret(api_key) if api_key else None,
-        log_addresses=src.get("log_addresses", _bool, False),
+        log_addresses=src.get("log_addresses", casts.boolean, False),
         config_path=config_path,
         tracking=TrackingSettings(
-            unsubscribe_scope=src.get("unsubscribe_scope", _scope, "category"),
-            token_max_age_days=src.get("tracking_max_age_days", _positive_int, 400),
-            text_links=src.get("track_text_links", _bool, False),
+            unsubscribe_scope=src.get("unsubscribe_scope", casts.unsubscribe_scope, "category"),
+            token_max_age_days=src.get("tracking_max_age_days", casts.positive_int, 400),
+            text_links=src.get("track_text_links", casts.boolean, False),
         ),
         submission=SubmissionSettings(
-            listen=src.get("submission", _inbound, None),
-            cert=src.get("submission_cert", _existing_file, None),
-            key=src.get("submission_key", _existing_file, None),
-            insecure_loopback=src.get("submission_insecure_loopback", _bool, False),
+            listen=src.get("submission", casts.listener_or_off, None),
+            cert=src.get("submission_cert", casts.existing_file, None),
+            key=src.get("submission_key", casts.existing_file, None),
+            insecure_loopback=src.get("submission_insecure_loopback", casts.boolean, False),
         ),
         warmup=WarmupSettings(
-            max_deferral_rate=src.get("warmup_max_deferral_rate", _rate, 0.15),
-            max_bounce_rate=src.get("warmup_max_bounce_rate", _rate, 0.05),
-            max_complaint_rate=src.get("warmup_max_complaint_rate", _rate, 0.001),
-            min_attempts=src.get("warmup_min_attempts", _positive_int, 20),
-            idle_restart_days=src.get("warmup_idle_restart_days", _positive_int, 30),
+            max_deferral_rate=src.get("warmup_max_deferral_rate", casts.rate, 0.15),
+            max_bounce_rate=src.get("warmup_max_bounce_rate", casts.rate, 0.05),
+            max_complaint_rate=src.get("warmup_max_complaint_rate", casts.rate, 0.001),
+            min_attempts=src.get("warmup_min_attempts", casts.positive_int, 20),
+            idle_restart_days=src.get("warmup_idle_restart_days", casts.positive_int, 30),
         ),
         webhooks=WebhookSettings(
-            url=src.get("webhook_url", _url, "") or None,
-            secret=src.get("webhook_secret", _webhook_secret, None),
-            allow_private=src.get("webhook_allow_private", _bool, False),
-            batch_size=src.get("webhook_batch_size", _positive_int, 100),
-            max_retry=src.get("webhook_max_retry", parse_duration, 86400.0),
-            retry_base=src.get("webhook_retry_base", parse_duration, 5.0),
+            url=src.get("webhook_url", casts.url, "") or None,
+            secret=src.get("webhook_secret", casts.webhook_secret, None),
+            allow_private=src.get("webhook_allow_private", casts.boolean, False),
+            batch_size=src.get("webhook_batch_size", casts.positive_int, 100),
+            max_retry=src.get("webhook_max_retry", casts.parse_duration, 86400.0),
+            retry_base=src.get("webhook_retry_base", casts.parse_duration, 5.0),
         ),
     )
 
@@ -483,10 +289,10 @@ def _routes(src: _Sources, toml: Mapping[str, Any]) -> tuple[Route, ...]:
     routes = []
     for domain, text in table.items():
         try:
-            routes.append(parse_route(domain, str(text)))
+            routes.append(casts.parse_route(domain, str(text)))
         except ValueError as exc:
             raise ConfigurationError(f"Config transport.{domain} is invalid: {exc}") from exc
-    catch_all = src.get("relay", lambda t: parse_route("*", f"relay {t}"), None)
+    catch_all = src.get("relay", casts.relay_route, None)
     if catch_all is None:
         catch_all = next((r for r in routes if r.domain == "*"), Route("*", "mx"))
     routes = [r for r in routes if r.domain != "*"]
