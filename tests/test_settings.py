@@ -323,3 +323,28 @@ def test_derived_defaults(config: Path) -> None:
     assert settings.http.public_url == "http://127.0.0.9:9000"
     assert settings.delivery.ehlo_name == (socket.getfqdn() or "localhost")
     assert settings.data_dir == (config.parent.parent / "d").resolve()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_configuration_rows() -> dict[str, str]:
+    """``SLUICE_X`` -> the flag cell of its row in README's Configuration table."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and line.endswith(" |"):
+            flag, env = (cell.strip() for cell in line.split("|")[1:3])
+            for name in re.findall(r"SLUICE_[A-Z0-9_]+", env):
+                rows[name] = flag
+    return rows
+
+
+def test_readme_configuration_table_matches_the_options() -> None:
+    rows = _readme_configuration_rows()
+    documented = {doc.env: doc for doc in options()}
+    assert sorted(set(documented) - set(rows)) == [], "options missing from README's table"
+    assert sorted(set(rows) - set(documented)) == [], "README's table names no such option"
+    for env, doc in documented.items():
+        expected = f"`{doc.flag} {doc.metavar}`" if doc.flag else ""
+        assert rows[env] == expected, env
