@@ -6,18 +6,20 @@ unset and falls through. Nothing else in Sluice reads ``os.environ``: the CLI ha
 the environment in, so tests can pass their own.
 
 **Each option is declared once**, as a field of the tree below through
-``option()``: its name, its cast (``core/casts.py``: text -> value, ``ValueError``
-when wrong), its default and one line of help. The name is the ``sluice.toml`` key;
-the environment variable is ``SLUICE_`` + the name in upper case; the flag is
-``--`` + the name with dashes, for the caller's ``flags`` mapping, and a real
-``sluice serve`` flag when the option has a ``metavar``. The default is the
-dataclass field's own default (``default=200``, or ``text="72h"`` written as a
-user would and read by the cast itself), so ``WarmupSettings()`` and
-``load_settings()`` cannot disagree. A default that depends on the machine or on
-another option (``workers``: the CPU count; ``public_url``: ``http://<listen>``)
-is a ``derive`` function instead; it sees the options declared before it.
+``option()`` (``core/options.py``, which also reads and lists them): its name, its
+cast (``core/casts.py``: text -> value, ``ValueError`` when wrong), its default and
+one line of help. The name is the ``sluice.toml`` key; the environment variable is
+``SLUICE_`` + the name in upper case; the flag is ``--`` + the name with dashes (in
+the caller's ``flags`` mapping, and a real ``sluice serve`` flag when the option
+has a ``metavar``). The default is the dataclass field's own default
+(``default=200``, or ``text="72h"`` written as a user would and read by the cast
+itself), so ``WarmupSettings()`` and ``load_settings()`` cannot disagree. A
+default that depends on the machine or on another option (``workers``: the CPU
+count; ``public_url``: ``http://<listen>``) is a ``derive`` function below, in
+"defaults computed at load time"; it sees the options declared before it.
 ``load_settings`` walks the tree generically and holds no option of its own;
 ``options()`` lists them all for ``sluice serve --help`` and the README table.
+The ``[transport]`` table (routes per recipient domain) is the one ``table()``.
 
 To add an option: add a field with ``option("key", cast, default=..., help="...")``
 to the section it belongs to, and a row to README's Configuration table (a test
@@ -520,7 +522,8 @@ def load_settings(
     flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     """Build the settings tree. ``flags`` maps option keys (``data_dir``) to the command
-    line's values (``None``: not given); ``env`` defaults to the process environment."""
+    line's values (``None``: not given; a key that is no option is a ``TypeError``, as
+    an unknown keyword would be); ``env`` defaults to the process environment."""
     flags = dict(flags or {})
     env = dict(os.environ if env is None else env)
     known = declared(Settings)
