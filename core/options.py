@@ -196,8 +196,10 @@ class Sources:
                 values[each.name] = self.build(each.metadata["section"])
             elif "option" in each.metadata:
                 values[each.name] = self.value(each.metadata["option"], each.default)
-            else:
+            elif "table" in each.metadata:
                 values[each.name] = self.table(each.metadata["table"])
+            else:
+                raise TypeError(f"{cls.__name__}.{each.name} needs option(), section() or table()")
         return cls(**values)
 
     def table(self, declared: Table) -> Any:
