@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import options
 from loadtests.harness import FIXTURE
 from mta.bounces import parse_report
 from tests.bounce_reports import (
@@ -20,14 +21,16 @@ from tests.bounce_reports import (
 )
 
 
-def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def sluice(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
 
 
@@ -37,6 +40,21 @@ def test_bad_option_value_names_the_option_and_exits_2(tmp_path: Path) -> None:
         assert done.returncode == 2
         assert "--workers" in done.stderr and "many" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_serve_takes_every_option_declared_with_a_flag(tmp_path: Path) -> None:
+    flagged = [doc for doc in options() if doc.flag is not None]
+    assert {doc.flag for doc in flagged} >= {"--relay", "--workers", "--inbound", "--ips"}
+    shown = " ".join(sluice("serve", "--help", cwd=tmp_path).stdout.split())
+    for doc in flagged:
+        assert f"{doc.flag} {doc.metavar}" in shown and doc.env in shown
+    # A flag given is checked like the rest; one left out leaves the environment to speak.
+    given = sluice("serve", "--ips", "192.0.2.10@-warm", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert given.returncode == 2
+    assert "Config --ips is invalid: pool '-warm'" in given.stderr
+    left_out = sluice("serve", cwd=tmp_path, env={"SLUICE_INBOUND": "nowhere"})
+    assert left_out.returncode == 2
+    assert "Config SLUICE_INBOUND is invalid" in left_out.stderr
 
 
 def test_fixture_copy_is_current() -> None:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
+import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.errors import ConfigurationError
-from core.settings import HostPort, Secret, load_settings
+from core.options import walk
+from core.settings import (
+    HostPort,
+    Route,
+    Secret,
+    Settings,
+    SubmissionSettings,
+    TrackingSettings,
+    WarmupSettings,
+    WebhookSettings,
+    load_settings,
+    options,
+)
 
 TOML = """
 workers = 3
@@ -155,3 +171,180 @@ def test_secret_never_shows_in_repr(config: Path) -> None:
     # Workers get their settings by pickling: the key must survive that.
     assert pickle.loads(pickle.dumps(settings)).api_key == Secret(value)
     assert load().api_key is None
+
+
+def test_pool_names_follow_the_rule_every_other_name_follows(config: Path) -> None:
+    ips = load(env={"SLUICE_IPS": "192.0.2.10@warm.v2, 192.0.2.11=mta2.example.com"}).delivery.ips
+    assert [(ip.ip, ip.pool, ip.ehlo_name) for ip in ips] == [
+        ("192.0.2.10", "warm.v2", None),
+        ("192.0.2.11", "default", "mta2.example.com"),
+    ]
+    with pytest.raises(
+        ConfigurationError, match=r"SLUICE_IPS is invalid: pool '-warm' must be 1-64"
+    ):
+        load(env={"SLUICE_IPS": "192.0.2.10@-warm"})
+
+
+# --- unknown names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'relai = "relay.example:25"',
+            "Config relai in sluice.toml is not a known option; did you mean relay?",
+        ),
+        ("warmup_max_deferal_rate = 0.2", "did you mean warmup_max_deferral_rate?"),
+        ('colour = "blue"', "Config colour in sluice.toml is not a known option"),
+        ('config = "other.toml"', "not read from the file; use --config or SLUICE_CONFIG"),
+        ("[warmup]\nmax_deferral_rate = 0.2", "flat keys, such as warmup_max_deferral_rate"),
+        (
+            '[transport]\n"*" = "mx"\nworkers = 3',
+            "transport.workers in sluice.toml is an option, not a domain",
+        ),
+        (
+            '[transport]\n"*.example.com" = "mx"',
+            "transport.*.example.com in sluice.toml is not a domain",
+        ),
+        ("transport = 3", "Config [transport] in sluice.toml must be a table"),
+    ],
+)
+def test_unknown_keys_in_the_config_file_are_refused_with_the_nearest_name(
+    config: Path, text: str, message: str
+) -> None:
+    config.write_text(f"workers = 3\n{text}\n")
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        load({"config": str(config)})
+
+
+def test_no_near_name_no_guess(config: Path) -> None:
+    config.write_text('colour = "blue"\n')
+    with pytest.raises(ConfigurationError) as caught:
+        load({"config": str(config)})
+    assert "did you mean" not in str(caught.value)
+
+
+def test_unknown_environment_variable_is_logged_with_the_nearest_name(
+    config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load(env={"SLUICE_RELAI": "relay.example:25", "SLUICE_WORKERS": "2"})
+    assert settings.delivery.relay is None  # not misread as SLUICE_RELAY
+    assert settings.delivery.workers == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "SLUICE_RELAI is not a Sluice setting and is ignored; did you mean SLUICE_RELAY?"
+    ]
+
+
+def test_a_flag_that_is_no_option_is_a_programming_error(config: Path) -> None:
+    with pytest.raises(TypeError, match="relai"):
+        load({"relai": "relay.example:25"})
+
+
+def test_transport_table_most_specific_first_and_relay_wins_the_catch_all(config: Path) -> None:
+    config.write_text(
+        "workers = 1\n"
+        "[transport]\n"
+        '"*" = "relay smarthost.example:2525"\n'
+        '".internal.example" = "relay 10.0.0.25:25"\n'
+        '"partner.example" = "relay smtp.partner.example:587 tls=required"\n'
+        '"mx.example" = "mx"\n'
+    )
+    routes = load({"config": str(config)}).delivery.routes
+    assert [(r.domain, r.kind, r.relay, r.require_tls) for r in routes] == [
+        (".internal.example", "relay", HostPort("10.0.0.25", 25), False),
+        ("partner.example", "relay", HostPort("smtp.partner.example", 587), True),
+        ("mx.example", "mx", None, False),
+        ("*", "relay", HostPort("smarthost.example", 2525), False),
+    ]
+    relayed = load({"config": str(config)}, {"SLUICE_RELAY": "other.example tls=required"})
+    assert relayed.delivery.routes[-1] == Route(
+        "*", "relay", HostPort("other.example", 25), require_tls=True
+    )
+    assert relayed.delivery.relay == HostPort("other.example", 25)
+    assert len(relayed.delivery.routes) == 4
+
+
+# --- declared once ------------------------------------------------------------------------
+
+
+def _leaves(tree: Any) -> Iterator[tuple[dataclasses.Field[Any], Any]]:
+    for each in dataclasses.fields(tree):
+        value = getattr(tree, each.name)
+        if "section" in each.metadata:
+            yield from _leaves(value)
+        else:
+            yield each, value
+
+
+def _option_fields() -> list[dataclasses.Field[Any]]:
+    return [each for each in walk(Settings) if "option" in each.metadata]
+
+
+def test_every_default_is_read_from_its_dataclass_field(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Change every field's default and ``load_settings`` follows: no second copy anywhere."""
+    replaced = {}
+    for each in _option_fields():
+        if each.default is not dataclasses.MISSING:
+            replaced[each] = object()
+            monkeypatch.setattr(each, "default", replaced[each])
+    assert len(replaced) > 30
+    loaded = dict(_leaves(load()))
+    for each, sentinel in replaced.items():
+        assert loaded[each] is sentinel, each.name
+
+
+def test_an_empty_load_is_the_dataclass_defaults_and_documented_defaults_parse_to_them(
+    config: Path,
+) -> None:
+    settings = load()
+    assert settings.tracking == TrackingSettings()
+    assert settings.webhooks == WebhookSettings()
+    assert settings.warmup == WarmupSettings()
+    assert settings.submission == SubmissionSettings()
+    shown = {doc.key: doc.default for doc in options()}
+    for each in _option_fields():
+        declared = each.metadata["option"]
+        if each.default not in (dataclasses.MISSING, None, ()):
+            assert declared.cast(shown[declared.key]) == each.default, declared.key
+
+
+def test_each_option_is_declared_once(config: Path) -> None:
+    keys = [doc.key for doc in options()]
+    assert len(keys) == len(set(keys)) == len(_option_fields())
+    assert len(keys) >= 45
+
+
+def test_derived_defaults(config: Path) -> None:
+    settings = load_settings({"data_dir": "d"}, env={"SLUICE_LISTEN": "127.0.0.9:9000"})
+    assert settings.http.public_url == "http://127.0.0.9:9000"
+    assert settings.delivery.ehlo_name == (socket.getfqdn() or "localhost")
+    assert settings.data_dir == (config.parent.parent / "d").resolve()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_configuration_rows() -> dict[str, str]:
+    """``SLUICE_X`` -> the flag cell of its row in README's Configuration table."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and line.endswith(" |"):
+            flag, env = (cell.strip() for cell in line.split("|")[1:3])
+            for name in re.findall(r"SLUICE_[A-Z0-9_]+", env):
+                rows[name] = flag
+    return rows
+
+
+def test_readme_configuration_table_matches_the_options() -> None:
+    rows = _readme_configuration_rows()
+    documented = {doc.env: doc for doc in options()}
+    assert sorted(set(documented) - set(rows)) == [], "options missing from README's table"
+    assert sorted(set(rows) - set(documented)) == [], "README's table names no such option"
+    for env, doc in documented.items():
+        expected = f"`{doc.flag} {doc.metavar}`" if doc.flag else ""
+        assert rows[env] == expected, env

@@ -1,12 +1,13 @@
-"""``sluice serve``: the options of the long-running gateway (their environment variables and
-``sluice.toml`` keys are in ``core/settings.py``); the process itself is ``gateway.serve``."""
+"""``sluice serve``: the options of the long-running gateway; the process itself is
+``gateway.serve``. The flags, their help and their defaults come from the option
+declarations in ``core/settings.py`` (each option with a ``metavar`` is a flag here)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from core.settings import load_settings
+from core.settings import load_settings, options
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -15,53 +16,15 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="run the HTTP API, delivery workers and embedded Redis in the foreground",
     )
-    for flag, meta, text in (
-        (
-            "--config",
-            "PATH",
-            "sluice.toml to read (env SLUICE_CONFIG; default ./sluice.toml if present)",
-        ),
-        (
-            "--data-dir",
-            "DIR",
-            "where Redis, keys and the API key live (env SLUICE_DATA_DIR; default ./sluice-data)",
-        ),
-        (
-            "--redis-url",
-            "URL",
-            "use this Redis >= 6.2 instead of the embedded one (env SLUICE_REDIS_URL)",
-        ),
-        (
-            "--listen",
-            "HOST:PORT",
-            "HTTP listen address (env SLUICE_LISTEN; default 127.0.0.1:8025)",
-        ),
-        (
-            "--public-url",
-            "URL",
-            "base of tracking links (env SLUICE_PUBLIC_URL; default http://<listen>)",
-        ),
-        (
-            "--relay",
-            "HOST:PORT",
-            "deliver everything through this SMTP relay (env SLUICE_RELAY; default: by MX)",
-        ),
-        (
-            "--workers",
-            "N",
-            "delivery worker processes; 0 accepts without delivering (env SLUICE_WORKERS)",
-        ),
-        (
-            "--submission",
-            "HOST:PORT",
-            "SMTP submission listener, AUTH with the API key (env SLUICE_SUBMISSION; default off)",
-        ),
-    ):
-        serve.add_argument(flag, metavar=meta, help=text)
+    for each in options():
+        if each.flag is not None:
+            # No argparse default: an unset flag must leave the environment and the file to speak.
+            text = f"{each.help} (env {each.env}; default {each.default})"
+            serve.add_argument(each.flag, metavar=each.metavar, help=text.replace("%", "%%"))
 
 
 def run(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "log_level")}
+    flags = {each.key: getattr(args, each.key) for each in options() if each.flag is not None}
     return serve(load_settings(flags))
