@@ -19,7 +19,7 @@ import spf
 import yaml
 
 from core.settings import HostPort
-from gateway.preflight import Dns
+from gateway.preflight.model import Dns
 from tests.dnsserver import DNSServer, txt_rdata
 
 SUITE = Path(__file__).parent / "data" / "rfc7208-tests.yml"
