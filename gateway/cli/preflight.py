@@ -11,7 +11,7 @@ from typing import Any
 
 from core.addresses import AddressError, normalize_domain
 from core.settings import load_settings, parse_hostport
-from gateway.cli.operator import where_options
+from gateway.cli.operator import operator_store, where_options
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -54,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"sluice: {exc}", file=sys.stderr)
         return 3
     checks = preflight.run_checks(
-        settings, domain, args.selector, ips, nameserver, message=message, own_setup=True
+        settings,
+        domain,
+        args.selector,
+        ips,
+        nameserver,
+        message=message,
+        sluice_store=lambda: operator_store(settings),
     )
     if args.json:
         print(json.dumps(preflight.as_json(domain, checks), indent=2))

@@ -1,4 +1,14 @@
-"""Preflight checks of the message (``--message``) and of Sluice's own setup."""
+"""Checks of Sluice's own setup (``sluice.*``): it signs the domain's mail, tracking links are
+served under the domain, each sending IP has a warmup schedule, and round trips through
+the running gateway work: a suppressed probe address is refused, and a probe click on a
+tracked link through the public URL is redirected and recorded as an event.
+
+These read Sluice's state (the data dir's DKIM keys and tracking keys, its Redis through
+typed ``Store`` methods) and its public URL, never DNS. The caller says how to reach the
+Redis (``OpenStore``): the command line opens the running gateway's, or the data dir's
+embedded one for the length of the command. When the Redis cannot be reached, the checks
+that need it give way to one warning (``sluice.store``).
+"""
 
 from __future__ import annotations
 
@@ -6,127 +16,38 @@ import ipaddress
 import re
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
+import aiohttp
+
+from core.errors import ConfigurationError
 from core.settings import Settings
-from gateway.preflight import Check, org_domain
+from core.store import Store, StoreError
+from gateway.preflight.model import Check, org_domain
+from tracking.tokens import Tokens, load_keys
+from warmup.gate import load_ips, utc_day
 
-# --- content (--message) ---------------------------------------------------------------------
-
-_IMG = re.compile(r"<img\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*>", re.IGNORECASE)
-_ALT = re.compile(r"\salt\s*=", re.IGNORECASE)
-GMAIL_CLIP_BYTES = 102 * 1024
+OpenStore = Callable[[], AbstractAsyncContextManager[Store]]
 
 
-def content_checks(domain: str, body: Any) -> list[Check]:
-    """The message as ``POST /v1/messages`` would take it, rendered for each sample recipient."""
-    from core.errors import ValidationError
-    from gateway.schemas import parse_send_request
-    from mta.render import RenderError, TemplateError, Templates
-    from tracking.links import rewrite_links
-
-    try:
-        request = parse_send_request(body, now=0.0)
-        templates = Templates(request.subject, request.html, request.text)
-    except (ValidationError, TemplateError) as exc:
-        return [
-            Check(
-                "content.request",
-                "fail",
-                "the message would be refused",
-                str(exc),
-                "fix the field named above",
-            )
-        ]
-    checks = [Check("content.request", "pass", f"{len(request.recipients)} sample recipient(s)")]
-    html_sizes, unresolved, domains = [], [], set()
-    for r in request.recipients:
-        try:
-            rendered = templates.render(r.data)
-        except RenderError as exc:
-            unresolved.append(f"{r.email}: {exc.field}: {exc.detail}")
-            continue
-        if rendered.html is not None:
-            html_sizes.append(len(rendered.html.encode()))
-            _, urls = rewrite_links(rendered.html, lambda url: url)
-            domains |= {re.sub(r"^https?://([^/:?#]+).*$", r"\1", u).lower() for u in urls}
-    checks.append(
-        Check(
-            "content.template",
-            "fail" if unresolved else "pass",
-            f"{len(unresolved)} recipient(s) with unresolved variables"
-            if unresolved
-            else "every template variable resolves for the sample data",
-            "; ".join(unresolved[:3]),
-            "give the missing data or a | default(...)",
-        )
+def signing_key_check(domain: str, dkim_domain: str | None) -> Check:
+    """``sluice.dkim_key``: Sluice holds an active key to sign the domain's mail with."""
+    return Check(
+        "sluice.dkim_key",
+        "pass" if dkim_domain else "fail",
+        f"Sluice signs {domain} mail as d={dkim_domain}"
+        if dkim_domain
+        else f"Sluice holds no active DKIM key for {domain}",
+        "",
+        "" if dkim_domain else f"sluice dkim keygen --domain {domain} --selector s1",
     )
-    checks.append(
-        Check(
-            "content.text_part",
-            "pass" if request.text else "warn",
-            "a text part is present" if request.text else "HTML only: no text part",
-            "",
-            "" if request.text else "add a text version (spam filters and screen readers)",
-        )
-    )
-    images = _IMG.findall(request.html or "")
-    missing_alt = [i for i in images if not _ALT.search(i)]
-    checks.append(
-        Check(
-            "content.img_alt",
-            "warn" if missing_alt else "pass",
-            f"{len(missing_alt)} of {len(images)} images without alt text"
-            if missing_alt
-            else f"all {len(images)} images have alt text",
-            missing_alt[0][:120] if missing_alt else "",
-            'describe every image with alt="..." (alt="" for decoration)',
-        )
-    )
-    biggest = max(html_sizes, default=len((request.html or "").encode()))  # else the template
-    checks.append(
-        Check(
-            "content.html_size",
-            "fail" if biggest > GMAIL_CLIP_BYTES else "pass",
-            f"HTML is {biggest / 1024:.0f} KB"
-            + (" (Gmail clips over 102 KB)" if biggest > GMAIL_CLIP_BYTES else ""),
-            "",
-            "trim the HTML under 102 KB: Gmail hides the rest and the open pixel",
-        )
-    )
-    checks.append(
-        Check(
-            "content.links",
-            "pass",
-            f"links to {len(domains)} domain(s)",
-            ", ".join(sorted(domains)),
-        )
-    )
-    sender = request.sender.email.rpartition("@")[2]
-    aligned = org_domain(sender) == org_domain(domain)
-    checks.append(
-        Check(
-            "content.from_domain",
-            "pass" if aligned else "warn",
-            f"From {request.sender.email}" + ("" if aligned else f" is not under {domain}"),
-            "",
-            "" if aligned else f"send from an address at {domain}",
-        )
-    )
-    return checks
 
 
-# --- Sluice's own setup -----------------------------------------------------------------------
-
-
-async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list[Check]:
+async def sluice_checks(
+    settings: Settings, domain: str, ips: list[str], open_store: OpenStore
+) -> list[Check]:
     """Tracking domain, warmup schedules, and round trips through Sluice's own store and endpoints."""
-
-    from core.errors import ConfigurationError
-    from core.store import StoreError
-    from gateway.cli.operator import operator_store
-    from warmup.gate import load_ips, utc_day
-
     checks = [
         Check(
             "sluice.one_click_unsubscribe",
@@ -153,7 +74,7 @@ async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list
     probe = f"preflight-probe@{domain}"
     probe_id = f"preflight-{secrets.token_hex(4)}"
     try:
-        async with operator_store(settings) as store:
+        async with open_store() as store:
             warming = await load_ips(store)
             today = utc_day(time.time())
             for ip in ips or [s.ip for s in settings.delivery.ips]:
@@ -206,12 +127,10 @@ async def sluice_checks(settings: Settings, domain: str, ips: list[str]) -> list
     return checks
 
 
-async def _click_probe(settings: Settings, domain: str, probe_id: str, store: Any) -> Check:
+async def _click_probe(
+    settings: Settings, domain: str, probe_id: str, store: Store | None
+) -> Check:
     """A click on a tracked link through the public URL: redirected, and (with the store) recorded."""
-    import aiohttp
-
-    from tracking.tokens import Tokens, load_keys
-
     target = f"https://{domain}/?preflight=1"
     token = Tokens(load_keys(settings.data_dir)).seal("click", probe_id, target)
     url = f"{settings.http.public_url.rstrip('/')}/t/c/{token}"
