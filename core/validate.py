@@ -10,10 +10,12 @@ things with the same words.
 | category, pool, tag-like names | 1-64 of letters, digits, ``_ . : -``; starts with a letter or digit |
 | suppression reason | ``unsubscribe``, ``hard_bounce``, ``complaint``, ``manual`` |
 | suppression source | 1-48 printable ASCII characters (it is kept in a small Redis hash) |
+| sending IP | an IPv4 or IPv6 address, returned in its canonical form |
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from core.errors import ValidationError
@@ -56,3 +58,12 @@ def source(value: object, field: str = "source") -> str:
             f"'{field}' must be 1-{MAX_SOURCE_CHARS} printable ASCII characters", field=field
         )
     return value
+
+
+def ip(value: object, field: str = "ip") -> str:
+    """A sending IP address, in its canonical form (``2001:DB8::1`` -> ``2001:db8::1``)."""
+    try:
+        return str(ipaddress.ip_address(value if isinstance(value, str) else ""))
+    except ValueError as exc:
+        shown = value[:64] if isinstance(value, str) else type(value).__name__
+        raise ValidationError(f"{shown!r} is not an IP address", field=field) from exc

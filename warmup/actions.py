@@ -8,7 +8,6 @@ resuming shifts the start by the days paused, so no day of the ramp is skipped.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from datetime import date
 
 from core.errors import NotFound, ValidationError
@@ -17,14 +16,6 @@ from warmup.gate import WarmupIp, load_ips, save_ip, utc_day
 from warmup.schedules import parse_schedule
 
 DEFAULT_SCHEDULE = "standard-30d"
-
-
-def valid_ip(text: str, field: str = "ip") -> str:
-    """The IP address in its canonical form, or a ``ValidationError`` naming ``field``."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError as exc:
-        raise ValidationError(f"{text[:64]!r} is not an IP address", field=field) from exc
 
 
 def schedule_of(value: object, field: str = "schedule") -> tuple[int, ...]:

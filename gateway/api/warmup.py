@@ -25,7 +25,7 @@ async def get_warmup_status(request: web.Request) -> web.Response:
 
 
 async def get_warmup_ip(request: web.Request) -> web.Response:
-    ip = actions.valid_ip(request.match_info["ip"])
+    ip = validate.ip(request.match_info["ip"])
     config = (await load_ips(request.app[STORE])).get(ip)
     if config is None:
         raise NotFound(f"{ip} is not warming up")
@@ -33,7 +33,7 @@ async def get_warmup_ip(request: web.Request) -> web.Response:
 
 
 async def put_warmup_ip(request: web.Request) -> web.Response:
-    ip = actions.valid_ip(request.match_info["ip"])
+    ip = validate.ip(request.match_info["ip"])
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) - _BODY_FIELDS:
         raise ValidationError("body: {schedule, pool?, started_on?}", field="body")
@@ -55,14 +55,14 @@ async def put_warmup_ip(request: web.Request) -> web.Response:
 
 
 async def pause_or_resume_warmup(request: web.Request) -> web.Response:
-    ip = actions.valid_ip(request.match_info["ip"])
+    ip = validate.ip(request.match_info["ip"])
     change = actions.pause if request.match_info["action"] == "pause" else actions.resume
     config = await change(request.app[STORE], ip, time.time())
     return json_response(config.as_json())
 
 
 async def delete_warmup_ip(request: web.Request) -> web.Response:
-    await actions.stop(request.app[STORE], actions.valid_ip(request.match_info["ip"]))
+    await actions.stop(request.app[STORE], validate.ip(request.match_info["ip"]))
     return web.Response(status=204)
 
 

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core import validate
 from core.addresses import AddressError, normalize_domain
+from core.errors import ValidationError
 from core.settings import load_settings, parse_hostport
 from gateway.cli.operator import operator_store, where_options
 
@@ -44,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
         return 3
     try:
         domain = normalize_domain(args.domain)
-        ips = [preflight.valid_ip(ip) for ip in args.ip]
+        ips = [validate.ip(ip, "--ip") for ip in args.ip]
         nameserver = (
             parse_hostport(args.nameserver, default_port=53)
             if args.nameserver
             else settings.delivery.nameserver
         )
-    except (AddressError, ValueError) as exc:
+    except (AddressError, ValueError, ValidationError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 3
     checks = preflight.run_checks(

@@ -89,7 +89,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
         now = time.time()
         today = utc_day(now)
         if action == "start":
-            ip = actions.valid_ip(args.ip, "ip")
+            ip = validate.ip(args.ip, "ip")
             pools = {s.ip: s.pool for s in settings.delivery.ips}
             config = await actions.start(
                 store,

@@ -31,7 +31,6 @@ verify a probe message signed with Sluice's own key against the published record
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +55,6 @@ __all__ = [
     "exit_code",
     "render",
     "run_checks",
-    "valid_ip",
 ]
 
 
@@ -109,8 +107,3 @@ def run_checks(
         checks += asyncio.run(sluice_checks(settings, domain, ips, sluice_store))
     checks.append(signing_key_check(domain, dkim_domain))
     return checks
-
-
-def valid_ip(text: str) -> str:
-    """A ``--ip`` value, normalized; ValueError if it is not an IP address."""
-    return str(ipaddress.ip_address(text))
