@@ -40,7 +40,7 @@ from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationErr
 from core.events import EventType, iso_time, pack_event
 from core.jobs import AcceptEntry, BatchContent, CapInput, Job, PolicyInput
 from core.store import Store
-from gateway.schemas import SendRequest, parse_send_request
+from gateway.schemas import parse_send_request
 from mta.render import (
     RenderError,
     RenderOverBudget,
@@ -103,24 +103,6 @@ def request_digest(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _batch_content(req: SendRequest) -> BatchContent:
-    return BatchContent(
-        sender=req.sender,
-        reply_to=req.reply_to,
-        subject=req.subject,
-        html=req.html,
-        text=req.text,
-        category=req.category,
-        stream=req.stream,
-        headers=req.headers,
-        tags=req.tags,
-        metadata=req.metadata,
-        track_opens=req.track_opens,
-        track_clicks=req.track_clicks,
-        ip_pool=req.ip_pool,
-    )
-
-
 def _refusal(exc: TemplateError) -> ValidationError | TemplateTooExpensive:
     if isinstance(exc, TemplateOverBudget):
         return TemplateTooExpensive(exc.detail, field=exc.field)
@@ -147,15 +129,16 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
     """Validate, render every recipient once, and build the queue entries and policy input."""
     policy = policy or Policy()
     req = parse_send_request(body, now=now)
+    content = req.content
     try:
-        templates = _TEMPLATES.get(req.subject, req.html, req.text)
+        templates = _TEMPLATES.get(content.subject, content.html, content.text)
     except TemplateError as exc:
         raise _refusal(exc) from exc
 
     batch_id = ids.new_batch_id()
     due = req.send_at if req.send_at is not None and req.send_at > now + 1 else 0
-    marketing = req.stream == "marketing"
-    rules = policy.rules_for(req.stream, req.category)
+    marketing = not content.transactional
+    rules = policy.rules_for(content.stream, content.category)
     quiet = policy.quiet_hours if marketing else None
     zones: dict[str, list[float]] = {}
     results: list[dict[str, Any]] = []
@@ -211,8 +194,8 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
             message_id=message_id,
             email=address,
             contact_id=r.contact_id,
-            category=req.category,
-            metadata={**req.metadata, **r.metadata},
+            category=content.category,
+            metadata={**content.metadata, **r.metadata},
             **({"send_at": iso_time(due)} if due else {}),
             **where,
         )
@@ -224,8 +207,8 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
                 event=event,
                 domain=domain_of(address),
                 suppression_field=canonical,
-                category_field=suppressions.field(canonical, req.category)
-                if req.category
+                category_field=suppressions.field(canonical, content.category)
+                if content.category
                 else None,
                 transactional=not marketing,
                 contact=contact_key(r.contact_id, address) if rules else None,
@@ -241,7 +224,7 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
     caps = tuple(CapInput(r.key, r.category, r.limit, r.window_seconds, r.action) for r in rules)
     return Prepared(
         batch_id=batch_id,
-        content=_batch_content(req),
+        content=content,
         entries=entries,
         policy=PolicyInput(caps, zones),
         response=response,

@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from core import validate
 from core.addresses import AddressError, normalize_address
 from core.errors import ValidationError
-from core.jobs import Mailbox
+from core.jobs import BatchContent, Mailbox
 
 MAX_RECIPIENTS = 1000
 MAX_TEMPLATE_CHARS = 1024 * 1024
@@ -33,7 +34,6 @@ MAX_SEND_AHEAD_SECONDS = 30 * 86400
 STREAMS = ("marketing", "transactional")
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every C0 control but TAB
 # Headers Sluice writes itself; a caller setting them could forge or break the message.
@@ -83,20 +83,11 @@ class RecipientIn:
 
 @dataclass
 class SendRequest:
-    sender: Mailbox
-    reply_to: Mailbox | None
-    subject: str
-    html: str | None
-    text: str | None
-    category: str | None
-    stream: str
-    headers: dict[str, str]
-    tags: list[str]
-    metadata: dict[str, Any]
-    track_opens: bool
-    track_clicks: bool
+    """A validated ``/v1/messages`` body: what every recipient shares (``content``, stored
+    once), when to send, and the recipients one by one."""
+
+    content: BatchContent
     send_at: float | None
-    ip_pool: str | None
     recipients: list[RecipientIn] = field(default_factory=list)
 
 
@@ -240,8 +231,8 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
                 raise _fail(name, f"'{name}' is longer than {MAX_TEMPLATE_CHARS} characters")
 
     category = _require_str(body, "category", "category", required=False)
-    if category is not None and not _TOKEN.fullmatch(category):
-        raise _fail("category", "'category' must be 1-64 letters, digits, '_', '.', ':' or '-'")
+    if category is not None:
+        validate.category(category)
     stream = _require_str(body, "stream", "stream", required=True)
     if stream not in STREAMS:
         raise _fail("stream", f"'stream' must be one of {', '.join(STREAMS)}")
@@ -255,10 +246,9 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
         _timestamp(body["send_at"], "send_at", now) if body.get("send_at") is not None else None
     )
     ip_pool = _require_str(body, "ip_pool", "ip_pool", required=False)
-    if ip_pool is not None and not _TOKEN.fullmatch(ip_pool):
-        raise _fail("ip_pool", "'ip_pool' must be 1-64 letters, digits, '_', '.', ':' or '-'")
-
-    request = SendRequest(
+    if ip_pool is not None:
+        validate.pool(ip_pool, "ip_pool")
+    content = BatchContent(
         sender=sender,
         reply_to=reply_to,
         subject=subject,
@@ -271,11 +261,9 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
         metadata=metadata,
         track_opens=opens,
         track_clicks=clicks,
-        send_at=send_at,
         ip_pool=ip_pool,
     )
-    request.recipients = _recipients(body.get("recipients"))
-    return request
+    return SendRequest(content, send_at, _recipients(body.get("recipients")))
 
 
 def _headers(value: object) -> dict[str, str]:
@@ -307,10 +295,7 @@ def _tags(value: object) -> list[str]:
         raise _fail("tags", "'tags' must be an array of strings")
     if len(value) > MAX_TAGS:
         raise _fail("tags", f"at most {MAX_TAGS} tags")
-    for i, tag in enumerate(value):
-        if not _TOKEN.fullmatch(tag):
-            raise _fail(f"tags[{i}]", "tags are 1-64 letters, digits, '_', '.', ':' or '-'")
-    return list(value)
+    return [validate.name(tag, f"tags[{i}]") for i, tag in enumerate(value)]
 
 
 def _tracking(value: object) -> tuple[bool, bool]:

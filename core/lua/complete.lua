@@ -1,6 +1,6 @@
--- Record the outcome of one delivery attempt atomically: acknowledge the queue
--- entry, set the message status, append its event and, for a deferral, put the
--- job back in the delayed set.
+-- Record the outcome of one delivery attempt atomically: acknowledge the queue entry, set
+-- the message status, append its event and, for a deferral, put the job back in the delayed
+-- set. lib/timeline.lua is prepended (append_event).
 -- KEYS[1] jobs stream  KEYS[2] delayed zset  KEYS[3] events stream
 -- KEYS[4] stats hash   KEYS[5] message record
 -- ARGV[1] stream entry id ("" when the job did not come from the stream)
@@ -13,14 +13,7 @@ if ARGV[1] ~= "" then
   redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
   redis.call('XDEL', KEYS[1], ARGV[1])
 end
-local event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[4])
-local prior = redis.call('HGET', KEYS[5], 'ev')
-local events = event_id
-if prior then
-  events = prior .. ',' .. event_id
-end
-redis.call('HSET', KEYS[5], 'ev', events, 'u', ARGV[8])
-redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
+local event_id = append_event(KEYS[3], ARGV[7], ARGV[4], KEYS[5], ARGV[8], tonumber(ARGV[9]))
 if ARGV[3] ~= "" then  -- "" records an event (a complaint, say) without a new status
   redis.call('HSET', KEYS[5], 's', ARGV[3])
   if ARGV[3] == 'delivered' then redis.call('HSET', KEYS[5], 'dt', ARGV[8]) end

@@ -2,6 +2,7 @@
 -- first report of its kind appends the message's event, may set its status and adds a
 -- suppression; any later one (the same report sent again, or to twenty fbl@ addresses at
 -- once) changes nothing. A message whose record expired is not recreated.
+-- lib/timeline.lua is prepended (append_event).
 -- KEYS[1] message record  KEYS[2] events stream  KEYS[3] stats hash
 -- KEYS[4] suppression bucket hash of the recipient  KEYS[5] suppression count
 -- ARGV[1] the message record's flag for this kind  ARGV[2] event (msgpack)
@@ -11,14 +12,7 @@
 -- {event id, sending IP, provider} (the last two "" unless a warming IP sent it).
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[5]) == 0 then return false end
-local event_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2])
-local prior = redis.call('HGET', KEYS[1], 'ev')
-local events = event_id
-if prior then
-  events = prior .. ',' .. event_id
-end
-redis.call('HSET', KEYS[1], 'ev', events, 'u', ARGV[5])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+local event_id = append_event(KEYS[2], ARGV[4], ARGV[2], KEYS[1], ARGV[5], tonumber(ARGV[6]))
 if ARGV[3] ~= "" then
   redis.call('HSET', KEYS[1], 's', ARGV[3])
   redis.call('HINCRBY', KEYS[3], ARGV[3], 1)

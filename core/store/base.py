@@ -26,9 +26,13 @@ class Script:
     called with every key it touches in ``keys``: none is built inside the script, so each
     runs unchanged wherever its keys' slot lives."""
 
-    def __init__(self, client: aioredis.Redis, name: str) -> None:
+    def __init__(self, client: aioredis.Redis, name: str, *, library: str | None = None) -> None:
+        """``library``: a file of ``core/lua/lib/`` whose functions the script uses, prepended."""
         self.name = name
-        source = resources.files("core").joinpath("lua", name).read_text()
+        lua = resources.files("core").joinpath("lua")
+        source = lua.joinpath(name).read_text()
+        if library is not None:
+            source = lua.joinpath("lib", library).read_text() + source
         self._script = client.register_script(source)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:

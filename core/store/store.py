@@ -77,10 +77,10 @@ class Store:
     def __init__(self, client: aioredis.Redis) -> None:
         self.redis = client
         self._accept = Script(client, "accept.lua")
-        self._complete = Script(client, "complete.lua")
+        self._complete = Script(client, "complete.lua", library="timeline.lua")
         self._promote = Script(client, "promote.lua")
         self._engage = Script(client, "engage.lua")
-        self._report = Script(client, "report.lua")
+        self._report = Script(client, "report.lua", library="timeline.lua")
         self.suppressions = Suppressions(client)
         self.webhooks = WebhookStore(client)
         self.warmup = WarmupStore(client)

@@ -26,7 +26,8 @@ GMAIL_CLIP_BYTES = 102 * 1024
 def content_checks(domain: str, body: Any) -> list[Check]:
     """The message as ``POST /v1/messages`` would take it, rendered for each sample recipient."""
     try:
-        request = parse_send_request(body, now=0.0)
+        parsed = parse_send_request(body, now=0.0)
+        request = parsed.content
         templates = Templates(request.subject, request.html, request.text)
     except (ValidationError, TemplateError) as exc:
         return [
@@ -38,9 +39,9 @@ def content_checks(domain: str, body: Any) -> list[Check]:
                 "fix the field named above",
             )
         ]
-    checks = [Check("content.request", "pass", f"{len(request.recipients)} sample recipient(s)")]
+    checks = [Check("content.request", "pass", f"{len(parsed.recipients)} sample recipient(s)")]
     html_sizes, unresolved, domains = [], [], set()
-    for r in request.recipients:
+    for r in parsed.recipients:
         try:
             rendered = templates.render(r.data)
         except RenderError as exc:

@@ -69,26 +69,39 @@ def infrastructure_checks(
             )
         else:
             checks.append(Check(f"ptr.fcrdns:{ip}", "pass", f"{ip} <-> {confirmed[0]}"))
-    sts = [t for t in resolver.txt(f"_mta-sts.{domain}") if t.startswith("v=STSv1")]
     checks.append(
-        Check(
+        _published(
+            resolver,
             "mta_sts",
-            "pass" if sts else "warn",
-            "MTA-STS published" if sts else "no MTA-STS policy",
-            "",
-            "" if sts else "publish _mta-sts TXT and the policy file",
+            f"_mta-sts.{domain}",
+            "v=STSv1",
+            ("MTA-STS published", "no MTA-STS policy"),
+            "publish _mta-sts TXT and the policy file",
         )
     )
-    rpt = [t for t in resolver.txt(f"_smtp._tls.{domain}") if t.startswith("v=TLSRPTv1")]
     checks.append(
-        Check(
+        _published(
+            resolver,
             "tls_rpt",
-            "pass" if rpt else "warn",
-            "TLS-RPT published" if rpt else "no TLS-RPT record",
-            "",
-            ""
-            if rpt
-            else f'publish TXT _smtp._tls.{domain}: "v=TLSRPTv1; rua=mailto:tls@{domain}"',
+            f"_smtp._tls.{domain}",
+            "v=TLSRPTv1",
+            ("TLS-RPT published", "no TLS-RPT record"),
+            f'publish TXT _smtp._tls.{domain}: "v=TLSRPTv1; rua=mailto:tls@{domain}"',
         )
     )
     return checks
+
+
+def _published(
+    resolver: Dns, check: str, name: str, version: str, texts: tuple[str, str], fix: str
+) -> Check:
+    """A record that is recommended, not required: pass if a TXT at ``name`` starts with
+    ``version``, else a warning with ``fix``."""
+    found = any(t.startswith(version) for t in resolver.txt(name))
+    return Check(
+        check,
+        "pass" if found else "warn",
+        texts[0] if found else texts[1],
+        "",
+        "" if found else fix,
+    )

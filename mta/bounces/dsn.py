@@ -190,12 +190,16 @@ def parse_dsn(msg: Message) -> Report | None:
         fields, found = recipients_from_fields(part_text(part), human)
         per_message = per_message or fields
         recipients.extend(found)
+    return _report("rfc3464", per_message, recipients)
+
+
+def _report(layout: str, per_message: dict[str, str], recipients: list[Recipient]) -> Report | None:
     if not recipients:
         return None
     return Report(
         kind=_kind(recipients),
         recipients=tuple(recipients),
-        layout="rfc3464",
+        layout=layout,
         reporting_mta=_DIAG_TYPE.sub("", per_message.get("reporting-mta", "")).strip() or None,
         arrival_date=per_message.get("arrival-date"),
     )
@@ -207,14 +211,6 @@ def parse_embedded_dsn(msg: Message) -> Report | None:
     if not _DSN_HINT.search(text):
         return None
     per_message, recipients = recipients_from_fields(text, text)
-    if not recipients:
-        return None
     if not addresses_in(text):
         return None
-    return Report(
-        kind=_kind(recipients),
-        recipients=tuple(recipients),
-        layout="embedded-dsn",
-        reporting_mta=_DIAG_TYPE.sub("", per_message.get("reporting-mta", "")).strip() or None,
-        arrival_date=per_message.get("arrival-date"),
-    )
+    return _report("embedded-dsn", per_message, recipients)

@@ -16,7 +16,7 @@ which finds the SMTP code and enhanced status and classifies them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.message import Message
 
 from mta.bounces.autoreply import is_daemon
@@ -117,6 +117,29 @@ def _make(
     )
 
 
+def _from_blocks(
+    blocks: list[tuple[str, list[str]]],
+    action: str,
+    clean: Callable[[str], str],
+    status: re.Pattern[str] | None = None,
+) -> list[Recipient]:
+    """Recipients from (address, lines) blocks: the SMTP command is read from the lines as they
+    were, the reason after ``clean`` took the layout's own wording off (and ``status``, if
+    given, finds the enhanced status code in it)."""
+    recipients = []
+    for address, lines in blocks:
+        email = address_from_field(address)
+        if email is None:
+            continue
+        text = " ".join(lines)
+        command = smtp_command(text)
+        text = clean(text)
+        found = status.search(text) if status is not None else None
+        code = found.group(1) if found is not None else None
+        recipients.append(_make(email, text, action, command=command, status=code))
+    return recipients
+
+
 def _report(layout: str, recipients: Iterable[Recipient]) -> Report | None:
     found = tuple(recipients)
     if not found:
@@ -144,25 +167,11 @@ def parse_qmail(msg: Message) -> Report | None:
         elif blocks and line.strip():
             blocks[-1][1].append(line.strip())
     action = "delayed" if "not yet" in notice.lower() else "failed"
-    recipients = []
-    for address, lines in blocks:
-        email = address_from_field(address)
-        if email is None:
-            continue
-        text = " ".join(lines)
-        command = smtp_command(text)
-        text = re.sub(r"\b(?:Remote host said|said):\s*", "", text)
-        status = _QMAIL_STATUS.search(text)
-        recipients.append(
-            _make(
-                email,
-                text,
-                action,
-                command=command,
-                status=status.group(1) if status is not None else None,
-            )
-        )
-    return _report("qmail", recipients)
+    return _report("qmail", _from_blocks(blocks, action, _qmail_reason, _QMAIL_STATUS))
+
+
+def _qmail_reason(text: str) -> str:
+    return re.sub(r"\b(?:Remote host said|said):\s*", "", text)
 
 
 # --- Exim -------------------------------------------------------------------------------
@@ -212,19 +221,14 @@ def parse_exim(msg: Message) -> Report | None:
             blocks[-1][1].append(line.strip())  # indented, or the reason of gmx and 1&1
             gap = False
     action = _action(notice[: start.start()])
-    recipients = []
-    for address, lines in blocks:
-        email = address_from_field(address)
-        if email is None:
-            continue
-        text = " ".join(lines)
-        command = smtp_command(text)
-        text = re.sub(r"SMTP error from remote (?:mail server|mailer|server) after ", "", text)
-        text = re.sub(
-            r"^(?:RCPT TO|RCPT command|end of data|DATA|initial connection)\S*:?", "", text.strip()
-        )
-        recipients.append(_make(email, text, action, command=command))
-    return _report("exim", recipients)
+    return _report("exim", _from_blocks(blocks, action, _exim_reason))
+
+
+def _exim_reason(text: str) -> str:
+    text = re.sub(r"SMTP error from remote (?:mail server|mailer|server) after ", "", text)
+    return re.sub(
+        r"^(?:RCPT TO|RCPT command|end of data|DATA|initial connection)\S*:?", "", text.strip()
+    )
 
 
 # --- Gmail (old plain-text notices) -----------------------------------------------------
