@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -204,24 +204,19 @@ class AcceptEntry:
         return wire
 
 
-@dataclass(frozen=True, slots=True)
-class CapInput:
-    """One frequency-cap rule as ``accept.lua`` applies it."""
+class CapRule(Protocol):
+    """A frequency-cap rule as ``accept.lua`` applies it (``suppression.caps.CapRule``)."""
 
-    key: str  # names the rule's counters (category and window)
-    category: str
-    limit: int
-    window_seconds: int
-    action: str  # "drop" | "defer"
-
-    def wire(self) -> dict[str, Any]:
-        return {
-            "k": self.key,
-            "c": self.category,
-            "l": self.limit,
-            "w": self.window_seconds,
-            "a": self.action,
-        }
+    @property
+    def key(self) -> str: ...  # names the rule's counters (category and window)
+    @property
+    def category(self) -> str: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def window_seconds(self) -> int: ...
+    @property
+    def action(self) -> str: ...  # "drop" | "defer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +224,12 @@ class PolicyInput:
     """The contact policy for one batch: the cap rules that apply, and every quiet window of
     the batch's time zones as flat UTC intervals ``[start1, end1, start2, end2, ...]``."""
 
-    rules: tuple[CapInput, ...] = ()
+    rules: tuple[CapRule, ...] = ()
     zones: dict[str, list[float]] = field(default_factory=dict)
 
     def pack(self) -> bytes:
-        return _packb({"rules": [r.wire() for r in self.rules], "zones": self.zones})
+        rules = [
+            {"k": r.key, "c": r.category, "l": r.limit, "w": r.window_seconds, "a": r.action}
+            for r in self.rules
+        ]
+        return _packb({"rules": rules, "zones": self.zones})

@@ -38,7 +38,7 @@ from core import ids, suppressions
 from core.addresses import domain_of
 from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationError
 from core.events import EventType, iso_time, pack_event
-from core.jobs import AcceptEntry, BatchContent, CapInput, Job, PolicyInput
+from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput
 from core.store import Store
 from gateway.schemas import parse_send_request
 from mta.render import (
@@ -221,12 +221,11 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
         )
 
     response = json.dumps({"batch_id": batch_id, "results": results}, ensure_ascii=False)
-    caps = tuple(CapInput(r.key, r.category, r.limit, r.window_seconds, r.action) for r in rules)
     return Prepared(
         batch_id=batch_id,
         content=content,
         entries=entries,
-        policy=PolicyInput(caps, zones),
+        policy=PolicyInput(tuple(rules), zones),
         response=response,
         results=results,
         rejected=rejected,

@@ -15,7 +15,7 @@ batch however many gateway processes share the Redis.
 contact's counted send times per rule are sorted sets (``keys.cap``), pruned and expiring
 with their window; the script finds the earliest moment every rule allows and records the
 message there. This module decides which rules apply to a request and passes them to the
-script (``rules_input``); ``tests/test_policy.py`` holds the script to a brute-force model
+script (``core.jobs.PolicyInput``); ``tests/test_policy.py`` holds the script to a brute-force model
 of the invariant "no window (t - W, t] ending at a send holds more than the limit".
 SMTP submission asks ``Store.capped_now`` for an early answer at RCPT time.
 """
@@ -59,11 +59,3 @@ class CapRule:
 def contact_key(contact_id: str | None, address: str) -> str:
     """Whom frequency caps count for: the contact id, else the address."""
     return f"c:{contact_id}" if contact_id else f"a:{suppressions.canonical(address)}"
-
-
-def rules_input(rules: list[CapRule]) -> list[dict[str, Any]]:
-    """The rules as ``accept.lua`` reads them (its header comment names the keys)."""
-    return [
-        {"k": r.key, "c": r.category, "l": r.limit, "w": r.window_seconds, "a": r.action}
-        for r in rules
-    ]
