@@ -1,4 +1,18 @@
-"""Shared foundations: settings, the Redis access layer, embedded Redis, events, errors."""
+"""Shared foundations every other package stands on.
+
+| module | holds |
+|---|---|
+| ``settings``, ``options``, ``casts`` | the settings tree, each option declared once, its casts |
+| ``store`` | the one Redis access layer (with the Lua scripts of ``core/lua/``) |
+| ``keys`` | every Redis key name |
+| ``jobs`` | the typed wire model: batch content, jobs, accept entries, policy input |
+| ``events`` | event types and their wire form |
+| ``suppressions`` | the suppression list's model and key layout |
+| ``validate`` | one validator per domain input (names, reasons, sources, IPs) |
+| ``errors`` | the error tree |
+| ``embedded_redis``, ``datadir`` | the embedded Redis and the private data dir |
+| ``ids``, ``addresses``, ``logs`` | batch and message ids, address normalization, logging |
+"""
 
 from core.errors import (
     ClientError,
