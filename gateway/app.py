@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
 from core.store import open_store
 from gateway import api
 from gateway.api.common import API_KEY, INTAKE, METRICS, PREPARE, REDIS_URL, SETTINGS, STORE
 from gateway.intake import Intake, Submitted
-from gateway.metrics import Metrics
 from gateway.middleware import MIDDLEWARES, RUNNER_OPTIONS
 from gateway.submission import start_submission, tls_context
 from tracking.endpoints import Tracking
@@ -40,7 +40,7 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS]
 
         def accepted(submitted: Submitted, seconds: float) -> None:
-            metrics.count_recipients(submitted.counts)
+            metrics.accepted(submitted.counts, seconds)
 
         app[INTAKE] = Intake(app[STORE], executor, accepted)
         yield
@@ -75,7 +75,7 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app[SETTINGS] = settings
     app[API_KEY] = api_key
     app[REDIS_URL] = redis_url
-    app[METRICS] = Metrics()
+    app[METRICS] = ApiMetrics()  # in files when serve chose multiprocess mode (core.metrics)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_prepare_ctx)
     app.cleanup_ctx.append(_submission_ctx)

@@ -1,10 +1,12 @@
 """``sluice serve``: the embedded Redis, the delivery workers and the HTTP API.
 
-Start order: lock the data dir, start (or reach) Redis, spawn the workers, open
+Start order: lock the data dir, make the metrics directory (``core.metrics``: before
+anything imports prometheus_client), start (or reach) Redis, spawn the workers, open
 the HTTP listener. Stop order on SIGTERM or Ctrl-C: close the listener and
 finish in-flight requests, tell workers to stop (they finish in-flight SMTP
 transactions up to the drain timeout and leave the rest queued), stop Redis.
-A worker that dies is restarted; its unfinished jobs are taken over.
+A worker that dies is restarted; its unfinished jobs are taken over, and its metrics
+stay counted.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import os
 import signal
 import sys
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 
 from aiohttp import web
 
+from core import metrics
 from core.datadir import DataDirLock, load_or_create_api_key, load_or_create_secret
 from core.embedded_redis import EmbeddedRedis
 from core.logs import show_addresses
@@ -37,10 +41,18 @@ log = logging.getLogger(__name__)
 
 
 class WorkerSupervisor:
-    def __init__(self, settings: Settings, redis_url: str, count: int, verp_key: Secret) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        count: int,
+        verp_key: Secret,
+        metrics_dir: Path,
+    ) -> None:
         self.settings = settings
         self.redis_url = redis_url
         self.verp_key = verp_key
+        self.metrics_dir = metrics_dir
         self.context = multiprocessing.get_context("spawn")
         self.processes: dict[str, SpawnProcess] = {}
         self.names = [f"w{i}" for i in range(count)]
@@ -56,6 +68,7 @@ class WorkerSupervisor:
                 self.verp_key,
                 logging.getLogger().level,
                 os.getpid(),
+                self.metrics_dir,
             ),
             name=f"sluice-worker-{name}",
             daemon=False,
@@ -73,7 +86,13 @@ class WorkerSupervisor:
         for name, process in list(self.processes.items()):
             if not process.is_alive():
                 log.error("worker %s exited with %s; restarting it", name, process.exitcode)
+                self._exited(process)
                 self._spawn(name)
+
+    @staticmethod
+    def _exited(process: SpawnProcess) -> None:
+        if process.pid is not None:
+            metrics.process_exited(process.pid)
 
     async def stop(self, drain_seconds: float) -> None:
         self.stopping = True
@@ -87,10 +106,15 @@ class WorkerSupervisor:
             if process.is_alive():
                 process.kill()
                 await loop.run_in_executor(None, process.join)
+            self._exited(process)
 
 
 async def _run(
-    settings: Settings, redis: EmbeddedRedis | None, redis_url: str, api_key: Secret
+    settings: Settings,
+    redis: EmbeddedRedis | None,
+    redis_url: str,
+    api_key: Secret,
+    metrics_dir: Path,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,7 +123,9 @@ async def _run(
 
     verp_key, _ = load_or_create_secret(settings.data_dir, "verp-key")
     load_keys(settings.data_dir)  # the tracking keys exist before any worker reads them
-    workers = WorkerSupervisor(settings, redis_url, settings.delivery.workers, verp_key)
+    workers = WorkerSupervisor(
+        settings, redis_url, settings.delivery.workers, verp_key, metrics_dir
+    )
     runner = web.AppRunner(
         create_app(settings, redis_url, api_key),
         shutdown_timeout=10,
@@ -139,9 +165,9 @@ async def _run(
             )
             await site.start()
             if settings.http.metrics_listen is not None:
-                metrics = settings.http.metrics_listen
-                await web.TCPSite(runner, metrics.host, metrics.port).start()
-                log.info("metrics on http://%s/metrics (no API key: keep it private)", metrics)
+                scraped = settings.http.metrics_listen
+                await web.TCPSite(runner, scraped.host, scraped.port).start()
+                log.info("metrics on http://%s/metrics (no API key: keep it private)", scraped)
             workers.start()
             log.info(
                 "sluice serving on http://%s (public URL %s), %d delivery workers, %s",
@@ -171,6 +197,10 @@ def serve(settings: Settings) -> int:
     os.umask(0o077)  # whatever serve and its workers write (keys, certificates) is private
     show_addresses(settings.log_addresses)
     with DataDirLock(settings.data_dir):
+        # Every process's metrics in files there, merged by /metrics; set before the app
+        # or any worker creates a metric.
+        metrics_dir = metrics.fresh_directory(settings.data_dir / "metrics")
+        metrics.use_directory(metrics_dir)
         redis = None
         redis_url = settings.redis.url
         if redis_url is None:
@@ -184,7 +214,7 @@ def serve(settings: Settings) -> int:
                 # The key is shown once, when it is made; afterwards only where it is.
                 shown = f"API key generated in {where}:\n  {api_key.reveal()}"
                 print(f"sluice: {shown if created else f'API key in {where}'}", file=sys.stderr)
-            uvloop.run(_run(settings, redis, redis_url, api_key))
+            uvloop.run(_run(settings, redis, redis_url, api_key, metrics_dir))
         finally:
             if redis is not None:
                 redis.stop()

@@ -39,6 +39,7 @@ from typing import Any
 
 import aiohttp
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.bench_pipelining import smtp_source, start_sink
 from loadtests.harness import (
@@ -73,16 +74,21 @@ async def submit(url: str, recipients: int, clients: int = 4) -> float:
 
 
 async def delivered(url: str) -> int:
+    """Messages the workers delivered, every provider group together."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with (
         aiohttp.ClientSession(headers=headers) as session,
         session.get(url + "/metrics") as answer,
     ):
         text = await answer.text()
-    for line in text.splitlines():
-        if line.startswith('sluice_messages_total{status="delivered"}'):
-            return int(float(line.split()[-1]))
-    return 0
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "sluice_messages_total" and sample.labels["outcome"] == "delivered"
+        )
+    )
 
 
 class Sampler(threading.Thread):

@@ -35,6 +35,7 @@ import signal
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from core.addresses import domain_of
@@ -46,6 +47,7 @@ from core.errors import (
 )
 from core.events import EventType, pack_event
 from core.jobs import BatchContent, Job, Mailbox, QueuedJob
+from core.metrics import DeliveryMetrics, use_directory
 from core.settings import DeliverySettings, Secret, Settings
 from core.store import Store, open_store
 from mta.dkim import DkimSigner, DkimSignError
@@ -131,6 +133,7 @@ class Worker:
         self.limit = self.delivery.concurrency_per_worker
         self.capacity = asyncio.Semaphore(self.limit)
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.metrics = DeliveryMetrics()
 
     # --- loops ----------------------------------------------------------------
 
@@ -262,9 +265,11 @@ class Worker:
             return
         started = time.monotonic()
         attempt = job.attempts + 1
+        provider = provider_of(domain_of(job.email))
         try:
             dest, reply_code = await self._send(batch, job)
         except (RenderError, MimeError, TemplateError, DkimSignError) as exc:
+            self.metrics.attempt(provider, time.monotonic() - started)
             log.warning("message=%s cannot be built: %s", message_id, exc)
             await self._finish(
                 queued,
@@ -278,7 +283,9 @@ class Worker:
                 attempt=attempt,
             )
         except PermanentDeliveryError as exc:
-            self._log(message_id, exc.host or "-", exc.smtp_code, started, "bounced")
+            self._attempted(
+                message_id, provider, exc.host or "-", exc.smtp_code, started, "bounced"
+            )
             if exc.hard:
                 await self.store.suppressions.add(
                     job.email, reason="hard_bounce", source=f"bounce:{message_id}"
@@ -295,10 +302,12 @@ class Worker:
                 attempt=attempt,
             )
         except TransientDeliveryError as exc:
-            self._log(message_id, exc.host or "-", exc.smtp_code, started, "deferred")
+            self._attempted(
+                message_id, provider, exc.host or "-", exc.smtp_code, started, "deferred"
+            )
             await self._defer(queued, batch, exc)
         else:
-            self._log(message_id, dest, reply_code, started, "delivered")
+            self._attempted(message_id, provider, dest, reply_code, started, "delivered")
             await self._finish(
                 queued, batch, EventType.DELIVERED, smtp_code=reply_code, mx=dest, attempt=attempt
             )
@@ -368,15 +377,25 @@ class Worker:
             )
         return choice.ip, provider
 
-    @staticmethod
-    def _log(message_id: str, dest: str, code: int | None, started: float, outcome: str) -> None:
+    def _attempted(
+        self,
+        message_id: str,
+        provider: str,
+        dest: str,
+        code: int | None,
+        started: float,
+        outcome: str,
+    ) -> None:
+        """An attempt's summary line and its latency."""
+        seconds = time.monotonic() - started
+        self.metrics.attempt(provider, seconds)
         log.info(
             "message=%s dest=%s code=%s outcome=%s duration_ms=%.1f",
             message_id,
             dest,
             code or "-",
             outcome,
-            (time.monotonic() - started) * 1000,
+            seconds * 1000,
         )
 
     async def _render(self, batch: BatchContent, job: Job) -> Rendered:
@@ -502,6 +521,7 @@ class Worker:
             retry_at=retry_at,
             domain="" if retry_job is not None else domain_of(job.email),
         )
+        self.metrics.outcome(kind.value, provider_of(domain_of(job.email)))
 
 
 async def _worker_main(settings: Settings, redis_url: str, name: str, verp_key: Secret) -> None:
@@ -513,12 +533,20 @@ async def _worker_main(settings: Settings, redis_url: str, name: str, verp_key: 
 
 
 def run_worker_process(
-    settings: Settings, redis_url: str, name: str, verp_key: Secret, log_level: int, parent: int
+    settings: Settings,
+    redis_url: str,
+    name: str,
+    verp_key: Secret,
+    log_level: int,
+    parent: int,
+    metrics_dir: Path,
 ) -> None:
-    """Entry point of a worker process (multiprocessing, spawn); ``parent``: serve's pid."""
+    """Entry point of a worker process (multiprocessing, spawn); ``parent``: serve's pid;
+    ``metrics_dir``: where the worker's metrics go (``core.metrics``), set before any exists."""
     from core.embedded_redis import die_with_parent
     from core.logs import setup_logging
 
+    use_directory(metrics_dir)
     die_with_parent(parent)
     setup_logging(log_level, addresses=settings.log_addresses)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 from aiosmtpd.controller import Controller
+from prometheus_client.parser import text_string_to_metric_families
 
 from core import keys
 from loadtests.harness import Served, fixture_batch, free_port, group_members
@@ -121,9 +122,10 @@ def gauge(served: Served, name: str) -> int:
     request = urllib.request.Request(served.url + "/metrics", headers=served.headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
-    found = re.search(rf"^{name} (\d+)$", text, re.MULTILINE)
-    assert found, f"no {name} in /metrics"
-    return int(found.group(1))
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return int(family.samples[0].value)
+    raise AssertionError(f"no {name} in /metrics")
 
 
 def wait_queue_empty(served: Served, timeout: float = 30) -> None:

@@ -19,6 +19,7 @@ from core.store.base import EVENTS_MAXLEN, RETENTION_SECONDS, StoreError, valid_
 from core.store.store import (
     Accepted,
     FirstReport,
+    QueueGauges,
     ReportKind,
     Store,
     UnverifiedReport,
@@ -34,6 +35,7 @@ __all__ = [
     "Accepted",
     "Candidate",
     "FirstReport",
+    "QueueGauges",
     "QueuedJob",
     "ReportKind",
     "Store",

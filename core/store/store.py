@@ -70,6 +70,15 @@ class UnverifiedReport:
     reason: str  # unsigned, bad signature, no Message-ID, not ours, unknown message
 
 
+@dataclass(frozen=True)
+class QueueGauges:
+    """What ``/metrics`` reads from Redis at each scrape."""
+
+    jobs: int  # entries in the jobs stream: ready or in flight
+    delayed: int  # jobs waiting for their send_at or a retry
+    events: dict[str, int]  # events recorded by every process since the data began, by type
+
+
 class Store:
     """The queue, messages and events; ``suppressions``, ``webhooks`` and ``warmup`` are the
     other parts of the layer, on the same connection pool."""
@@ -390,15 +399,15 @@ class Store:
         reply: Any = await self.redis.xrange(keys.EVENTS, start, "+", count=limit)
         return [event_of(text(entry_id), fields) for entry_id, fields in reply]
 
-    async def gauges(self) -> dict[str, int]:
+    async def gauges(self) -> QueueGauges:
+        """The queue's size and the event counters, read in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(keys.JOBS)
             pipe.zcard(keys.DELAYED)
             pipe.hgetall(keys.STATS)
             jobs, delayed, stats = await pipe.execute()
-        out = {"jobs_in_stream": int(jobs), "jobs_delayed": int(delayed)}
-        out.update({f"total_{text(k)}": int(v) for k, v in stats.items()})
-        return out
+        events = {text(k): int(v) for k, v in stats.items()}
+        return QueueGauges(jobs=int(jobs), delayed=int(delayed), events=events)
 
 
 @asynccontextmanager

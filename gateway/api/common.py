@@ -14,15 +14,15 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from core.errors import PayloadTooLarge, UnsupportedMedia, ValidationError
+from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
 from core.store import Store
 from gateway.intake import Intake, decode_json
-from gateway.metrics import Metrics
 
 STORE = web.AppKey("store", Store)
 SETTINGS = web.AppKey("settings", Settings)
 API_KEY = web.AppKey("api_key", Secret)
-METRICS = web.AppKey("metrics", Metrics)
+METRICS = web.AppKey("metrics", ApiMetrics)
 PREPARE = web.AppKey("prepare", ThreadPoolExecutor)
 INTAKE = web.AppKey("intake", Intake)
 REDIS_URL = web.AppKey("redis_url", str)

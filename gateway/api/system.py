@@ -21,11 +21,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gauges = await request.app[STORE].gauges()
+    body, content_type = request.app[METRICS].exposition(gauges, request.headers.get("Accept"))
     return web.Response(
-        text=request.app[METRICS].render(gauges),
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
+        body=body,
+        headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"},
     )
 
 
