@@ -11,6 +11,7 @@
 | ``validate`` | one validator per domain input (names, reasons, sources, IPs) |
 | ``errors`` | the error tree |
 | ``embedded_redis``, ``datadir`` | the embedded Redis and the private data dir |
+| ``metrics`` | Prometheus metrics, shared by the API and the workers (multiprocess) |
 | ``ids``, ``addresses``, ``logs`` | batch and message ids, address normalization, logging |
 """
 

@@ -12,7 +12,6 @@
 | ``preflight`` | the pre-launch checklist (``sluice preflight``) |
 | ``cli`` | the ``sluice`` command, one module per command |
 | ``serve`` | ``sluice serve``: embedded Redis, workers, listeners, shutdown |
-| ``metrics`` | Prometheus metrics |
 
 Nothing imports ``gateway``: imports flow ``gateway -> {mta, tracking, suppression,
 warmup} -> core``.
