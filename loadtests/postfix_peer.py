@@ -67,7 +67,6 @@ import argparse
 import contextlib
 import grp
 import os
-import pwd
 import re
 import resource
 import shutil
@@ -75,7 +74,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,7 +82,7 @@ from typing import Any, Literal
 
 import dkim
 
-from loadtests.bench_pipelining import start_sink
+from loadtests.counting_sink import CountingSink, SinkFailed, Tally, received_message
 from loadtests.harness import fixture_message, free_port, print_result
 from mta.dkim import OVERSIGNED, SIGNED_WHEN_PRESENT
 from mta.dkimkeys import DkimKey, KeyStore
@@ -106,18 +104,8 @@ TOOLS = ("postfix", "postconf", "opendkim", "smtp-sink", "smtp-source")
 # that is not also in SignHeaders gives a signature that does not verify.
 SIGN_HEADERS = ",".join(h.decode() for h in OVERSIGNED + SIGNED_WHEN_PRESENT)
 OVERSIGN_HEADERS = ",".join(h.decode() for h in OVERSIGNED)
-_COUNT = re.compile(rb"mesg=(\d+)")
 # Numbers that end in as many zeros as SAMPLE_EVERY has (a Postfix regexp: table).
 _SAMPLED = f"/^[0-9]*{'0' * (len(str(SAMPLE_EVERY)) - 1)}{re.escape(RECIPIENT)}$/"
-# What smtp-sink writes above each dumped message (the last one, Received, is folded).
-_SINK_HEADERS = (
-    b"X-Client-Addr:",
-    b"X-Client-Proto:",
-    b"X-Helo-Args:",
-    b"X-Mail-Args:",
-    b"X-Rcpt-Args:",
-    b"Received:",
-)
 
 
 class PeerFailed(RuntimeError):
@@ -363,89 +351,6 @@ def postfix_peer(
         shutil.rmtree(root, ignore_errors=True)
 
 
-# --- the sinks ---------------------------------------------------------------------------
-
-
-class Tally:
-    """Messages received by the sinks together, and when each total was reached."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._history: list[tuple[int, float]] = [(0, 0.0)]  # (total, perf_counter)
-
-    def add(self, received: int, at: float) -> None:
-        with self._changed:
-            self._history.append((self._history[-1][0] + received, at))
-            self._changed.notify_all()
-
-    @property
-    def total(self) -> int:
-        with self._changed:
-            return self._history[-1][0]
-
-    def wait_for(self, total: int, timeout: float, sinks: list[CountingSink]) -> float:
-        """The ``perf_counter()`` at which the sinks had received ``total`` messages."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._history[-1][0] < total:
-                left = deadline - time.monotonic()
-                if left <= 0 or any(sink.process.poll() is not None for sink in sinks):
-                    received = self._history[-1][0]
-                    raise PeerFailed(f"the sinks received {received} of {total} messages")
-                self._changed.wait(min(left, 1.0))
-            return next(at for seen, at in self._history if seen >= total)
-
-
-class CountingSink:
-    """``smtp-sink -c``, its running count read live into a tally; with ``dump_dir``, also
-    ``-d``: each message kept in a file there."""
-
-    def __init__(self, port: int, tally: Tally, dump_dir: Path | None = None) -> None:
-        options = ["-c"]
-        if dump_dir is not None:
-            dump_dir.mkdir(parents=True, exist_ok=True)
-            if os.geteuid() == 0:  # the sink drops to `nobody` and writes the dumps as it
-                nobody = pwd.getpwnam("nobody")
-                os.chown(dump_dir, nobody.pw_uid, nobody.pw_gid)
-            options += ["-d", f"{dump_dir}/m."]
-        self.port = port
-        self.dump_dir = dump_dir
-        self.process = start_sink(port, *options, stdout=subprocess.PIPE)
-        self._tally = tally
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        seen = 0
-        while chunk := os.read(fd, 65536):
-            now = time.perf_counter()
-            counts = _COUNT.findall(chunk)
-            if counts and int(counts[-1]) > seen:
-                self._tally.add(int(counts[-1]) - seen, now)
-                seen = int(counts[-1])
-
-    def dumps(self) -> list[Path]:
-        return sorted(self.dump_dir.iterdir()) if self.dump_dir is not None else []
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self._reader.join(5)
-
-
-def received_message(dump: bytes) -> bytes:
-    """The message as the sink received it, without the headers smtp-sink adds to a dump."""
-    lines = dump.split(b"\n")
-    i = 0
-    while i < len(lines) and lines[i].startswith(_SINK_HEADERS):
-        i += 1
-        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
-            i += 1
-    return b"\r\n".join(lines[i:])
-
-
 def verify(dumps: list[Path], key: DkimKey) -> int:
     """DKIM-verify the dumped messages against ``key``; how many pass."""
     record = key.txt_value().encode("ascii")
@@ -459,7 +364,7 @@ def verify(dumps: list[Path], key: DkimKey) -> int:
     )
 
 
-# --- sending and measuring ---------------------------------------------------------------
+# --- the DKIM check, sending and measuring ---------------------------------------------------------------
 
 
 def smtp_source(port: int, messages: int, sessions: int, message_file: Path) -> None:
@@ -549,7 +454,7 @@ def relay_rate(
         submitted = time.perf_counter()
         finished = tally.wait_for(target, 60 + messages / 20, sinks)
         cpu_after, machine_after = _cpu_by_process(peer, sinks), _machine_jiffies()
-    except PeerFailed as exc:
+    except (PeerFailed, SinkFailed) as exc:
         raise PeerFailed(f"{exc}\n{peer.log()}") from exc
     seconds = finished - started
     busy = machine_after[0] - machine_before[0]
