@@ -50,10 +50,11 @@ service (``postfix_peer()``):
 
 Figures on this machine (2 cores, shared with other work), 2,000 messages, 20 sessions:
 
-- unix socket (the default): 304 and 356 msg/s. CPU-bound: the machine's two cores
-  are busy; per message Postfix's processes take 2.5-2.7 ms of CPU, OpenDKIM 1.8 ms
-  (half of it in libcrypto, where ``perf`` shows OpenSSL 3's key decoder: libopendkim
-  loads the PEM key for each signature), the sinks and smtp-source 0.3 ms.
+- unix socket (the default): 262-356 msg/s over five runs (304, 356, 263, 262, 305;
+  other work ran beside them). CPU-bound: the machine's two cores are busy; per
+  message Postfix's processes take 2.5-2.8 ms of CPU, OpenDKIM 1.8 ms (half of it in
+  libcrypto, where ``perf`` shows OpenSSL 3's key decoder: libopendkim loads the PEM
+  key for each signature), the sinks and smtp-source 0.3 ms.
 - ``--milter inet``: 205 and 207 msg/s, the design's "~210". Latency-bound, not CPU:
   strace of OpenDKIM shows each message waiting twice ~40 ms on the milter's TCP
   connection, each time after a packet Postfix sends that gets no reply: Linux's 40 ms
