@@ -143,9 +143,15 @@ async def sluice_pool(
     return messages / elapsed
 
 
-def start_sink(port: int) -> subprocess.Popen[bytes]:
+def start_sink(port: int, *options: str, stdout: int | None = None) -> subprocess.Popen[bytes]:
+    """Postfix's ``smtp-sink`` on loopback ``port``, once it accepts connections.
+
+    ``options`` go before the address (e.g. ``-c`` for a running count on ``stdout``).
+    """
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen(["smtp-sink", *user, f"127.0.0.1:{port}", "1024"])
+    sink = subprocess.Popen(
+        ["smtp-sink", *user, *options, f"127.0.0.1:{port}", "1024"], stdout=stdout
+    )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
