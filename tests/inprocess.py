@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ async def running_inbound(settings: Settings, store: Store) -> AsyncIterator[Hos
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def sleep_until(timestamp: float) -> None:
+    """Until a moment the system named (a retry's ``next_attempt_at``, a ``send_at``), when
+    ``Worker.run_until_idle`` finds that job due."""
+    await asyncio.sleep(max(0.0, timestamp - time.time()) + 0.01)  # stored to the millisecond
 
 
 # --- webhooks -------------------------------------------------------------------------------
