@@ -5,6 +5,7 @@ is the delivery path's feedback in ``pytest -m "not slow"``."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
@@ -15,10 +16,12 @@ from typing import Any
 
 import aiohttp
 import aiosmtplib
+import pytest
 from standardwebhooks import Webhook
 
 from core.settings import HostPort, Settings
 from core.store import Store
+from loadtests.fault_sink import FaultSink
 from loadtests.harness import fixture_batch
 from mta.worker import Worker
 from tests.bounce_reports import YAHOO_ARF
@@ -67,6 +70,30 @@ async def test_accepted_fixture_is_delivered_personalized(
         delivered = found["events"][-1]
         assert delivered["smtp_code"] == 250 and delivered["attempt"] == 1
         assert delivered["email"] == result["email"]
+
+
+async def test_a_run_cut_short_leaves_its_job_for_the_next_run(
+    relay_api: Client, store: Store, tmp_path: Path
+) -> None:
+    with FaultSink() as fault:
+        fault.script("user0@inbox.example.org", ["stall", "250 OK"])  # no reply, then OK
+        [sent] = await send(relay_api, fixture_batch(1))
+        # a cancelled transaction still says QUIT, and waits for the stalled sink that long
+        settings = gateway_settings(tmp_path, relay=fault.relay, smtp_timeout="1s")
+        async with running_worker(settings, store) as worker:
+            run = asyncio.create_task(worker.run_until_idle())
+            await fault.async_wait_for(1)  # the message is there, its reply withheld
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            assert not worker.in_flight, "the delivery in flight was cancelled with the run"
+            assert (await message(relay_api, sent["message_id"]))["status"] == "queued"
+
+            await worker.run_until_idle()  # takes up its own unfinished job
+
+        found = await message(relay_api, sent["message_id"])
+        assert found["status"] == "delivered" and types(found) == ["queued", "delivered"]
+        assert [m.outcome for m in fault.received()] == ["stall", "accepted"]
 
 
 async def test_5xx_bounces_and_only_a_hard_one_suppresses(
