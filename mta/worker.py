@@ -10,6 +10,10 @@ Shutdown has two stages: stop reading, wait for in-flight transactions up to
 the drain timeout, then cancel what is left (those jobs stay pending in the
 stream and are delivered after the next start).
 
+``run_until_idle`` is the same loop in burst mode, as arq has it: it returns once
+no job is ready and none is in flight, so a test delivers in-process, with the
+real code path, and then looks at the outcome without polling.
+
 Templates are compiled and rendered on the worker's own render threads
 (``RENDER_THREADS``), not on its event loop: a render may take up to its budget
 (``MAX_RENDER_SECONDS``) and the loop keeps every other delivery's SMTP
@@ -141,10 +145,7 @@ class Worker:
         await self.store.ensure_group()
         housekeeping = asyncio.create_task(self._housekeeping())
         try:
-            await self._dispatch(
-                await self.store.read_jobs(self.name, count=1000, block_ms=0, own_pending=True),
-                recovered=True,
-            )
+            await self._dispatch_own_pending()
             while not self.stopping.is_set():
                 async with self.capacity:  # wait until at least one slot is free
                     pass
@@ -161,9 +162,41 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
             await self._drain()
-            await self.pool.aclose()
-            # a render still running ends within its budget; nothing waits for it
-            self.renderer.shutdown(wait=False, cancel_futures=True)
+            await self.aclose()
+
+    async def run_until_idle(self) -> None:
+        """Deliver until the queue is idle, then return: arq's burst mode, so that a test (or
+        a one-off run) knows when delivery is over. The same loop as ``run`` without the
+        housekeeping task: promote the delayed jobs that are due, read what is ready, deliver
+        it; idle is no job ready in the stream after a promotion and none in flight. A job
+        delayed to later (a retry, a ``send_at``, quiet hours) stays delayed. The worker
+        stays open for another run (``aclose`` closes it). Bound it with ``asyncio.timeout``:
+        cancelled, it cancels the deliveries in flight (their jobs stay pending, for the
+        next run)."""
+        await self.store.ensure_group()
+        try:
+            await self._dispatch_own_pending()
+            while True:
+                await self._promote_due()
+                free = max(1, self.limit - len(self.in_flight))
+                jobs = await self.store.read_jobs(self.name, count=free, block_ms=None)
+                if jobs:
+                    await self._dispatch(jobs)
+                elif self.in_flight:
+                    await asyncio.wait(set(self.in_flight), return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    return
+        except BaseException:
+            await self._cancel_in_flight()
+            raise
+
+    async def aclose(self) -> None:
+        """Cancel what is still in flight (its jobs stay pending) and close the SMTP pool and
+        the render threads."""
+        await self._cancel_in_flight()
+        await self.pool.aclose()
+        # a render still running ends within its budget; nothing waits for it
+        self.renderer.shutdown(wait=False, cancel_futures=True)
 
     async def _read_unless_stopping(self, count: int) -> list[QueuedJob]:
         """The next jobs, or none as soon as the worker is told to stop: with Redis gone, a read
@@ -182,6 +215,11 @@ class Worker:
                 read.exception()  # retrieved, so asyncio does not log it as lost
             return []
         return read.result()
+
+    async def _dispatch_own_pending(self) -> None:
+        """At start: the jobs this worker's name read in an earlier life and never finished."""
+        own = await self.store.read_jobs(self.name, count=1000, block_ms=None, own_pending=True)
+        await self._dispatch(own, recovered=True)
 
     async def _dispatch(self, jobs: list[QueuedJob], *, recovered: bool = False) -> None:
         for job in jobs:
@@ -203,18 +241,27 @@ class Worker:
             self.delivery.drain_timeout,
         )
         _, pending = await asyncio.wait(set(self.in_flight), timeout=self.delivery.drain_timeout)
-        for task in pending:
-            task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            await self._cancel_in_flight()
             log.warning("%d deliveries cancelled at shutdown; they stay queued", len(pending))
+
+    async def _cancel_in_flight(self) -> None:
+        tasks = set(self.in_flight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _promote_due(self) -> None:
+        """Move the delayed jobs that are due into the stream (500 a call)."""
+        now = time.time()
+        while await self.store.promote_due(now=now) >= 500:
+            pass
 
     async def _housekeeping(self) -> None:
         while True:
             try:
-                now = time.time()
-                while await self.store.promote_due(now=now) >= 500:
-                    pass
+                await self._promote_due()
                 if not self.stopping.is_set():
                     claimed = await self.store.claim_stale(
                         self.name, min_idle_ms=STALE_AFTER_MS, count=200

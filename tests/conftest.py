@@ -1,8 +1,12 @@
 """Real components for the tests: a Redis server, an SMTP sink, `sluice serve` processes.
 
 Nothing of Sluice's own is mocked. Redis is a real ``redis-server`` (the same
-embedded one ``sluice serve`` uses); the sink is aiosmtpd on loopback; end-to-end
-tests run the real CLI in a subprocess and talk to it over HTTP.
+embedded one ``sluice serve`` uses); the sink is aiosmtpd on loopback. End-to-end
+tests run in two ways: in-process (``relay_settings``, ``relay_api``, ``worker``,
+``inbound``, ``webhooks``: the gateway's parts in the test's event loop, delivering in
+burst mode, fast enough for ``pytest -m "not slow"``), or as whole ``sluice serve``
+process groups (``serve_factory``, tests marked ``slow``) where a process boundary is
+what is tested: signals, kill -9, the embedded Redis, the CLI.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from aiosmtpd.controller import Controller
 
 from core.embedded_redis import EmbeddedRedis
-from core.settings import Secret, Settings, load_settings
+from core.settings import HostPort, Settings, load_settings
 from core.store import Store, open_store
-from gateway.app import RUNNER_OPTIONS, create_app
-from loadtests.harness import (
-    API_KEY,
-    Served,
-    free_port,
-    start_serve,
+from loadtests.harness import Served, free_port, start_serve
+from mta.worker import Worker
+from tests.inprocess import (
+    WEBHOOK_SECRET,
+    Webhooks,
+    running_api,
+    running_inbound,
+    running_worker,
+    webhook_receiver,
 )
 
 # --- Redis ---------------------------------------------------------------------
@@ -73,6 +80,8 @@ class Sink:
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     reply: str = "250 OK"  # what DATA answers; tests may set "451 try later" etc.
+    # recipient -> what RCPT TO answers instead of 250 ("550 5.1.1 No such user")
+    refuse: dict[str, str] = field(default_factory=dict)
 
     @property
     def relay(self) -> str:
@@ -98,6 +107,16 @@ class Sink:
 class SinkHandler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        refused = self.sink.refuse.get(address)
+        if refused is not None:
+            return refused
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         reply = self.sink.reply
@@ -137,12 +156,66 @@ def make_settings(tmp_path: Path, **flags: Any) -> Settings:
 @pytest.fixture
 async def api(redis_url: str, store: Store, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     """The real aiohttp app on a real port, against the real Redis (no delivery workers)."""
-    app = create_app(make_settings(tmp_path), redis_url, Secret(API_KEY))
-    client: TestClient[Any, Any] = TestClient(TestServer(app, **RUNNER_OPTIONS))
-    await client.start_server()
-    client.session.headers["Authorization"] = f"Bearer {API_KEY}"
-    yield client
-    await client.close()
+    async with running_api(make_settings(tmp_path), redis_url, port=0) as client:
+        yield client
+
+
+# --- a whole gateway in-process ----------------------------------------------------------
+
+
+def gateway_settings(tmp_path: Path, **flags: Any) -> Settings:
+    """Settings of an in-process gateway on ``tmp_path / "data"``: the API and the inbound
+    server on free loopback ports (the API's address is the public URL of tracking links),
+    retry and drain times in seconds as for ``serve_factory``."""
+    short = {name.removeprefix("SLUICE_").lower(): value for name, value in TEST_SERVE_ENV.items()}
+    listen = {"listen": f"127.0.0.1:{free_port()}", "inbound": f"127.0.0.1:{free_port()}"}
+    return make_settings(tmp_path, **{**short, **listen, **flags})
+
+
+@pytest.fixture
+def relay_settings(tmp_path: Path, sink: Sink) -> Settings:
+    """A gateway relaying everything into the ``sink``."""
+    return gateway_settings(tmp_path, relay=sink.relay)
+
+
+@pytest.fixture
+async def relay_api(
+    relay_settings: Settings, redis_url: str, store: Store
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """The API of that gateway, on the address its tracking links point at."""
+    async with running_api(relay_settings, redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def worker(relay_settings: Settings, store: Store) -> AsyncIterator[Worker]:
+    """A delivery worker of that gateway: ``await worker.run_until_idle()`` delivers what is
+    queued and due, into the sink."""
+    async with running_worker(relay_settings, store) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def inbound(relay_settings: Settings, store: Store) -> AsyncIterator[HostPort]:
+    """The inbound SMTP server (bounces, complaints) of that gateway: its address."""
+    async with running_inbound(relay_settings, store) as listen:
+        yield listen
+
+
+@pytest.fixture
+async def webhooks(tmp_path: Path, store: Store) -> AsyncIterator[Webhooks]:
+    """A webhook receiver on loopback and the settings that point at it; a test sends with
+    ``await webhooks.dispatch_until(check)``."""
+    async with webhook_receiver() as receiver:
+        settings = make_settings(
+            tmp_path,
+            webhook_url=receiver.url,
+            webhook_secret=WEBHOOK_SECRET,
+            webhook_allow_private="true",
+            webhook_retry_base="0.2s",
+            webhook_batch_size=10,
+        )
+        yield Webhooks(store, receiver, settings.webhooks)
 
 
 # --- `sluice serve` as a user runs it --------------------------------------------------

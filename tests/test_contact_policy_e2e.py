@@ -1,5 +1,5 @@
-"""Contact policy with real `sluice serve` processes: two gateways on one Redis, a suppression
-arriving after acceptance, and the `sluice suppress` command."""
+"""Contact policy end to end: two `sluice serve` gateways on one Redis, a suppression arriving
+after acceptance (in-process), and the `sluice suppress` command."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 
 from loadtests.harness import PROJECT_ROOT, Served, cart_reminder
+from mta.worker import Worker
 from tests.conftest import Sink
-from tests.test_end_to_end import get, post, wait_status
-
-pytestmark = pytest.mark.slow
+from tests.inprocess import Client, message, send, sleep_until
+from tests.test_end_to_end import get, post
 
 
 def put(served: Served, path: str, body: Any) -> int:
@@ -54,6 +54,7 @@ async def fire(gateways: list[Served], body: dict[str, Any], count: int) -> list
         return await asyncio.gather(*(one(i) for i in range(count)))
 
 
+@pytest.mark.slow
 def test_two_gateways_one_redis_cap_holds_under_concurrency(
     serve_factory: Any, tmp_path: Path
 ) -> None:
@@ -75,20 +76,23 @@ def test_two_gateways_one_redis_cap_holds_under_concurrency(
     assert Counter(statuses) == {"queued": 200}, "transactional mail is exempt"
 
 
-def test_a_suppression_after_acceptance_stops_delivery(serve_factory: Any, sink: Sink) -> None:
-    served = serve_factory(relay=sink.relay, workers=1)
+async def test_a_suppression_after_acceptance_stops_delivery(
+    relay_api: Client, worker: Worker, sink: Sink
+) -> None:
     body = cart_reminder()
-    body["send_at"] = time.time() + 3  # accepted now, due in 3 seconds
-    status, answer = post(served, "/v1/messages", body)
-    assert status == 202 and answer["results"][0]["status"] == "scheduled"
-    message_id = answer["results"][0]["message_id"]
-    email = answer["results"][0]["email"]
-    assert put(served, f"/v1/suppressions/{email}", {"reason": "unsubscribe"}) == 201
-    found = wait_status(served, message_id, "suppressed", timeout=20)
+    body["send_at"] = time.time() + 2  # accepted now, due in 2 seconds (more than 1: scheduled)
+    [result] = await send(relay_api, body)
+    assert result["status"] == "scheduled"
+    message_id = result["message_id"]
+    email = result["email"]
+    answer = await relay_api.put(f"/v1/suppressions/{email}", json={"reason": "unsubscribe"})
+    assert answer.status == 201
+    await sleep_until(body["send_at"])
+    await worker.run_until_idle()
+    found = await message(relay_api, message_id)
     assert found["status"] == "suppressed"
     assert found["events"][-1]["type"] == "suppressed"
     assert found["events"][-1]["reason"] == "unsubscribe"
-    time.sleep(1)
     assert sink.snapshot() == [], "nothing was sent"
 
 
@@ -103,6 +107,7 @@ def sluice(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.slow
 def test_suppress_command_imports_exports_and_reaches_a_running_gateway(
     serve_factory: Any, tmp_path: Path
 ) -> None:

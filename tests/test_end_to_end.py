@@ -1,4 +1,8 @@
-"""The fixture message to 1,000 recipients through a real `sluice serve` into a real sink."""
+"""The fixture message to 1,000 recipients through a real `sluice serve` into a real sink;
+retries, bounces and expiry, through `sluice serve` or in-process (``tests/inprocess.py``).
+
+``get``, ``post`` and ``wait_status`` are the HTTP helpers of the tests that run
+`sluice serve`."""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from core.store import Store
 from loadtests.harness import Served, fixture_batch, free_port
+from mta.worker import Worker
 from tests.conftest import Sink, SinkHandler
-
-pytestmark = pytest.mark.slow
+from tests.inprocess import Client, message, send, sleep_until
 
 
 def post(
@@ -48,6 +53,7 @@ def wait_status(
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_fixture_to_1000_recipients_arrives_personalized(serve_factory: Any, sink: Sink) -> None:
     served = serve_factory(relay=sink.relay, workers=2)
     status, answer = post(served, "/v1/messages", fixture_batch(1000))
@@ -86,36 +92,48 @@ def event_types(served: Served, message_id: str) -> list[str]:
     return [e["type"] for e in get(served, f"/v1/messages/{message_id}")["events"]]
 
 
-def test_temporary_failure_is_retried_then_delivered(serve_factory: Any, sink: Sink) -> None:
-    sink.reply = "451 4.3.0 Try again later"
-    served = serve_factory(relay=sink.relay, workers=1)  # retry schedule 1s,2s,4s
-    _, answer = post(served, "/v1/messages", fixture_batch(1))
-    message_id = answer["results"][0]["message_id"]
-    deferred = wait_status(served, message_id, "deferred")
+async def types_of(api: Client, message_id: str) -> list[str]:
+    return [e["type"] for e in (await message(api, message_id))["events"]]
+
+
+async def test_temporary_failure_is_retried_then_delivered(
+    relay_api: Client, worker: Worker, sink: Sink
+) -> None:
+    sink.reply = "451 4.3.0 Try again later"  # retry schedule 1s,2s,4s
+    [sent] = await send(relay_api, fixture_batch(1))
+    message_id = sent["message_id"]
+    await worker.run_until_idle()
+    deferred = await message(relay_api, message_id)
     assert deferred["status"] == "deferred"
     event = deferred["events"][-1]
     assert event["type"] == "deferred" and event["smtp_code"] == 451
     assert "Try again later" in event["reason"]
 
     sink.reply = "250 OK"
-    assert wait_status(served, message_id, "delivered")["status"] == "delivered"
-    types = event_types(served, message_id)
+    await sleep_until(event["next_attempt_at"])  # the retry is due
+    await worker.run_until_idle()
+    assert (await message(relay_api, message_id))["status"] == "delivered"
+    types = await types_of(relay_api, message_id)
     assert types[0] == "queued" and types[-1] == "delivered" and "deferred" in types
     assert len(sink.snapshot()) == 1
 
 
-def test_permanent_failure_bounces_without_retry(serve_factory: Any, sink: Sink) -> None:
+async def test_permanent_failure_bounces_without_retry(
+    relay_api: Client, worker: Worker, sink: Sink, store: Store
+) -> None:
     sink.reply = "550 5.1.1 No such user"
-    served = serve_factory(relay=sink.relay, workers=1)
-    _, answer = post(served, "/v1/messages", fixture_batch(1))
-    message_id = answer["results"][0]["message_id"]
-    found = wait_status(served, message_id, "bounced")
+    [sent] = await send(relay_api, fixture_batch(1))
+    message_id = sent["message_id"]
+    await worker.run_until_idle()
+    found = await message(relay_api, message_id)
     assert found["status"] == "bounced"
     assert found["events"][-1]["smtp_code"] == 550
-    time.sleep(2.5)  # past the first retry delay: nothing more happens
-    assert event_types(served, message_id) == ["queued", "bounced"]
+    gauges = await store.gauges()  # no retry waits: nothing more will happen
+    assert (gauges["jobs_delayed"], gauges["jobs_in_stream"]) == (0, 0)
+    assert await types_of(relay_api, message_id) == ["queued", "bounced"]
 
 
+@pytest.mark.slow
 def test_message_still_failing_after_max_deferral_expires(serve_factory: Any, sink: Sink) -> None:
     sink.reply = "421 4.7.0 Too busy"
     served = serve_factory(relay=sink.relay, workers=1, extra_env={"SLUICE_MAX_DEFERRAL": "3s"})
@@ -127,6 +145,7 @@ def test_message_still_failing_after_max_deferral_expires(serve_factory: Any, si
     assert sink.snapshot() == []
 
 
+@pytest.mark.slow
 def test_relay_down_defers_and_recovers_when_it_comes_back(serve_factory: Any) -> None:
     port = free_port()
     served = serve_factory(relay=f"127.0.0.1:{port}", workers=1)  # nothing listens there yet

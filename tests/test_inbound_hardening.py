@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import smtplib
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,31 @@ from mta.verp import Verp
 from tests.bounce_reports import POSTFIX_USER_UNKNOWN, YAHOO_ARF
 from tests.conftest import Sink
 from tests.test_end_to_end import get, post, wait_status
-from tests.test_inbound import CORPUS, report, suppressed
+from tests.test_inbound import CORPUS
 from tests.test_warmup import put
 
 WARMING_IP = "127.0.0.1"
 ARF_ID, DSN_ID = "<01HZX3J6Q3ARF@sluice.test>", "<01HZX3J6Q0ABCDEF@sluice.test>"  # as quoted
+
+
+def report(served: Served, rcpt: str, raw: bytes) -> None:
+    host, port = served.inbound.rsplit(":", 1)
+    with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+        smtp.sendmail("", [rcpt], raw)
+
+
+def suppressed(served: Served, email: str) -> list[dict[str, Any]]:
+    """The suppression entries of ``email`` (none: 404)."""
+    request = urllib.request.Request(
+        f"{served.url}/v1/suppressions/{email}", headers=served.headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            entries: list[dict[str, Any]] = json.loads(response.read())["suppressions"]
+            return entries
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        return []
 
 
 def serve_warming(serve_factory: Any, sink: Sink) -> Served:

@@ -1,14 +1,13 @@
 """Webhooks: every event delivered, signed (checked with the `standardwebhooks` package),
-retried, disabled on 410, dead-lettered and replayed; private targets refused."""
+retried (in-process), disabled on 410, dead-lettered and replayed; private targets refused
+(through `sluice serve`, which runs the dispatcher)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,11 +15,13 @@ import pytest
 from standardwebhooks import Webhook
 
 from gateway.webhooks import GlobalOnlyResolver, RefusedTarget, is_allowed
-from loadtests.harness import Served, fixture_batch
+from loadtests.harness import fixture_batch
+from mta.worker import Worker
 from tests.conftest import Sink
+from tests.inprocess import WEBHOOK_SECRET as SECRET
+from tests.inprocess import Client, Webhooks, send
+from tests.inprocess import get as api_get
 from tests.test_end_to_end import get, post
-
-SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
 class Receiver:
@@ -63,13 +64,6 @@ class Receiver:
         self.server.server_close()
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    found = Receiver([500, 500, 500])
-    yield found
-    found.close()
-
-
 def hooks_env(url: str, **extra: str) -> dict[str, str]:
     return {
         "SLUICE_WEBHOOK_URL": url,
@@ -81,16 +75,6 @@ def hooks_env(url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def all_events(served: Served) -> list[dict[str, Any]]:
-    events, after = [], ""
-    while True:
-        page = get(served, f"/v1/events?limit=1000{'&after=' + after if after else ''}")
-        if not page["events"]:
-            return events
-        events += page["events"]
-        after = page["next"]
-
-
 def wait_until(check: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -98,21 +82,21 @@ def wait_until(check: Any, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.slow
-def test_every_event_arrives_signed_after_three_failures(
-    serve_factory: Any, sink: Sink, receiver: Receiver
+async def test_every_event_arrives_signed_after_three_failures(
+    relay_api: Client, worker: Worker, sink: Sink, webhooks: Webhooks
 ) -> None:
-    served = serve_factory(relay=sink.relay, workers=1, extra_env=hooks_env(receiver.url))
-    status, _ = post(served, "/v1/messages", fixture_batch(25))
-    assert status == 202
-    sink.wait_for(25)
-    wait_until(lambda: len(all_events(served)) == 50)  # queued and delivered for each
-    expected = [e["id"] for e in all_events(served)]
+    receiver = webhooks.receiver
+    receiver.script = [500, 500, 500]
+    await send(relay_api, fixture_batch(25))
+    await worker.run_until_idle()
+    assert len(sink.snapshot()) == 25
+    expected = [e["id"] for e in (await api_get(relay_api, "/v1/events?limit=1000"))["events"]]
+    assert len(expected) == 50  # queued and delivered for each
 
     def delivered_ids() -> list[str]:
-        return [e["id"] for _, body in receiver.accepted() for e in json.loads(body)]
+        return [e["id"] for e in receiver.events()]
 
-    wait_until(lambda: len(delivered_ids()) >= len(expected))
+    await webhooks.dispatch_until(lambda: len(delivered_ids()) >= len(expected))
     assert delivered_ids() == expected, "every event once, in order"
     verifier = Webhook(SECRET)
     for headers, body in receiver.accepted():
@@ -125,7 +109,7 @@ def test_every_event_arrives_signed_after_three_failures(
     assert {c[1]["webhook-id"] for c in receiver.calls[:4]} == {first_id}
     event = json.loads(receiver.accepted()[0][1])[0]
     assert {"id", "type", "timestamp", "message_id", "email", "category"} <= set(event)
-    state = get(served, "/v1/webhooks")
+    state = await api_get(relay_api, "/v1/webhooks")
     assert state["dead_letters"] == 0 and state["cursor"] == expected[-1]
 
 

@@ -186,9 +186,10 @@ class Store:
                 raise
 
     async def read_jobs(
-        self, consumer: str, *, count: int, block_ms: int, own_pending: bool = False
+        self, consumer: str, *, count: int, block_ms: int | None, own_pending: bool = False
     ) -> list[QueuedJob]:
-        """New jobs for this consumer, or (own_pending) the ones it read and never acknowledged."""
+        """New jobs for this consumer, or (own_pending) the ones it read and never acknowledged.
+        ``block_ms``: how long to wait for a new job (``None``: answer at once)."""
         reply: Any = await self.redis.xreadgroup(
             keys.DELIVERY_GROUP,
             consumer,
