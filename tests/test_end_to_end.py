@@ -129,7 +129,7 @@ async def test_permanent_failure_bounces_without_retry(
     assert found["status"] == "bounced"
     assert found["events"][-1]["smtp_code"] == 550
     gauges = await store.gauges()  # no retry waits: nothing more will happen
-    assert (gauges["jobs_delayed"], gauges["jobs_in_stream"]) == (0, 0)
+    assert (gauges.delayed, gauges.jobs) == (0, 0)
     assert await types_of(relay_api, message_id) == ["queued", "bounced"]
 
 
