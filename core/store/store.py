@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import hiredis
 import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -411,6 +412,32 @@ class Store:
         return QueueGauges(jobs=int(jobs), delayed=int(delayed), events=events)
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis's C packer instead of redis-py's Python one (which the
+    asyncio client always uses): accepting 1,000 recipients passes ~2,000 keys to one script,
+    which took redis-py 1.5 ms to pack and takes hiredis 0.24 ms. Same bytes (a test checks)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str):  # "CLIENT SETNAME" is two words on the wire
+            args = (*name.encode().split(), *args[1:])
+        elif b" " in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a bytearray: hiredis takes bytes
+            converted: Any = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)
+            return [hiredis.pack_command(converted)]
+
+
+class _TcpConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
+    pass
+
+
 @asynccontextmanager
 async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store]:
     # A blocking pool: hundreds of concurrent deliveries wait for a connection
@@ -422,6 +449,10 @@ async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store
         socket_timeout=30,
         socket_connect_timeout=10,
     )
+    if pool.connection_class is aioredis.UnixDomainSocketConnection:
+        pool.connection_class = _UnixConnection
+    elif pool.connection_class is aioredis.Connection:
+        pool.connection_class = _TcpConnection
     client = aioredis.Redis(connection_pool=pool)
     try:
         try:
