@@ -9,6 +9,8 @@ per queue shard, with the shard in the message id.)
 
 from __future__ import annotations
 
+import functools
+
 PREFIX = "sluice:{sluice}:"
 
 JOBS = PREFIX + "jobs"  # stream: one entry per recipient ready to deliver
@@ -41,8 +43,10 @@ BATCH_PREFIX = PREFIX + "batch:"  # string per batch: msgpack of the shared cont
 IDEMPOTENCY_PREFIX = PREFIX + "idem:"  # hash per Idempotency-Key: digest, first response
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def suppression_bucket(bucket: int) -> str:
-    """One of the 65,536 suppression hashes (``core.suppressions.bucket_of``)."""
+    """One of the 65,536 suppression hashes (``core.suppressions.bucket_of``); each name is
+    made once per process (a batch of 1,000 recipients names 1,000 of them)."""
     return f"{SUPPRESSION_BUCKET_PREFIX}{bucket:04x}"
 
 
