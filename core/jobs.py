@@ -10,7 +10,7 @@ Lua scripts that read them (``core/lua/accept.lua``, ``core/lua/promote.lua``).
 |---|---|---|
 | ``BatchContent`` | ``keys.batch(batch_id)``, once per request | ``f r s h t cat st hd tg md to tc pool`` |
 | ``Job`` | one jobs-stream entry (field ``j``) or delayed-set member per recipient | ``m b i e t0 a n c z d md`` |
-| ``AcceptEntry`` | the per-recipient input of ``accept.lua`` (not stored as such) | ``m q j e d sf sc tx z o`` and key indexes ``mk sk ck`` |
+| ``AcceptEntry`` | the per-recipient input of ``accept.lua`` (not stored as such) | an array, by position (the script's header) |
 | ``PolicyInput`` | the contact policy's input to ``accept.lua`` | ``rules zones`` (a rule: ``k c l w a``) |
 """
 
@@ -164,7 +164,8 @@ class QueuedJob(NamedTuple):
 
 class AcceptEntry(NamedTuple):
     """One recipient as ``accept.lua`` takes it: the queue entry and event to write, and what
-    the contact policy needs to decide its fate."""
+    the contact policy needs to decide its fate. Packed as an array: the script reads the
+    fields by position (its header lists them), so keep their order."""
 
     message_id: str
     due: float  # unix seconds; 0: now
@@ -177,29 +178,6 @@ class AcceptEntry(NamedTuple):
     contact: str | None  # whom frequency caps count for (None: no cap applies)
     timezone: str | None  # quiet hours zone (None: no quiet hours)
     ramp_offset: float  # seconds into the quiet-hours ramp
-
-    def wire(self, message_key: int, suppression_key: int, cap_keys: list[int]) -> dict[str, Any]:
-        """The msgpack map ``accept.lua`` reads; the ints are 1-based indexes into KEYS."""
-        wire: dict[str, Any] = {
-            "m": self.message_id,
-            "q": round(self.due, 3),
-            "j": self.job,
-            "e": self.event,
-            "d": self.domain,
-            "sf": self.suppression_field,
-            "mk": message_key,
-            "sk": suppression_key,
-        }
-        if self.category_field is not None:
-            wire["sc"] = self.category_field
-        if self.transactional:
-            wire["tx"] = 1
-        if cap_keys:
-            wire["ck"] = cap_keys
-        if self.timezone is not None:
-            wire["z"] = self.timezone
-            wire["o"] = self.ramp_offset
-        return wire
 
 
 class CapRule(Protocol):

@@ -4,16 +4,16 @@
 -- Every key is passed in KEYS (core/store/store.py builds the list):
 -- KEYS[1] jobs stream   KEYS[2] delayed zset   KEYS[3] events stream   KEYS[4] stats hash
 -- KEYS[5] batch content KEYS[6] pending messages per recipient domain (hash)
--- KEYS[7] idempotency record, when ARGV[9] is "1"; then each recipient's keys, by index:
+-- KEYS[7] idempotency record, when ARGV[9] is "1"; then, recipient after recipient, its
+--   message record, its suppression bucket and its counts per cap rule (in the order of the
+--   rules; none when the batch has no rules)
 -- ARGV[1] batch content (msgpack)  ARGV[2] retention seconds  ARGV[3] request digest
--- ARGV[4] response without the policy outcomes (JSON)
--- ARGV[5] recipients, msgpack array of (core/jobs.py AcceptEntry.wire)
---   {m=message id, q=due (0 = now), j=job, e=queued event, d=recipient domain,
---    mk=KEYS index of its message record, sk=KEYS index of its suppression bucket,
---    sf=field of the address, sc=field of address+category (or nil),
---    tx=1 if transactional (unsubscribes do not stop it),
---    ck=KEYS index of its counts per cap rule, in the order of the rules (or nil: no caps),
---    z=time zone for quiet hours (or nil), o=ramp offset seconds}
+-- ARGV[4] response without the policy outcomes (JSON; "" without an idempotency record)
+-- ARGV[5] recipients, msgpack array of arrays (core/jobs.py AcceptEntry, by position):
+--   {1 message id, 2 due (0 = now), 3 job, 4 queued event, 5 recipient domain,
+--    6 field of the address, 7 field of address+category (or nil),
+--    8 true if transactional (unsubscribes do not stop it), 9 contact for caps (or nil),
+--    10 time zone for quiet hours (or nil), 11 ramp offset seconds}
 -- ARGV[6] events MAXLEN  ARGV[7] now (unix seconds)
 -- ARGV[8] policy, msgpack {rules={{k=key, c=category, l=limit, w=window, a=action}},
 --   zones={[zone]={start1, end1, start2, end2, ...}}}
@@ -99,20 +99,26 @@ local function after_quiet(zone, t, offset)
 end
 
 local recipients = cmsgpack.unpack(ARGV[5])
+local first_key = idempotent and 8 or 7
+local stride = 2 + #rules
 local outcomes = {}
 local counts = {queued = 0, scheduled = 0, suppressed = 0, capped = 0}
-for _, r in ipairs(recipients) do
+for n, entry in ipairs(recipients) do
+  local base = first_key + (n - 1) * stride
+  local r = {m = entry[1], q = entry[2], j = entry[3], e = entry[4], d = entry[5],
+             sf = entry[6], sc = entry[7], tx = entry[8], ci = entry[9], z = entry[10],
+             o = entry[11]}
   local status, extra, outcome = 'queued', nil, 'q'
   local due = r.q
   if due == 0 then due = now end
 
   -- 1. suppression: global entry first, then the category's
-  local bucket = KEYS[r.sk]
+  local bucket = KEYS[base + 1]
   local found = r.sc and redis.call('HMGET', bucket, r.sf, r.sc) or redis.call('HMGET', bucket, r.sf)
   for i, value in ipairs(found) do
     if value then
       local code = cmsgpack.unpack(value)[1]
-      if not (r.tx == 1 and code == 'u') then
+      if not (r.tx == true and code == 'u') then
         local scope = 'global'
         if i == 2 then scope = string.sub(r.sc, #r.sf + 2) end
         status = 'suppressed'
@@ -127,9 +133,9 @@ for _, r in ipairs(recipients) do
   local send_at, held = due, nil
   if status == 'queued' then
     local all_points, cap_keys = {}, {}
-    if r.ck and #rules > 0 then
+    if r.ci and #rules > 0 then
       for i, rule in ipairs(rules) do
-        cap_keys[i] = KEYS[r.ck[i]]
+        cap_keys[i] = KEYS[base + 1 + i]
         all_points[i] = load_points(cap_keys[i], rule.w)
       end
       for i, rule in ipairs(rules) do
@@ -191,7 +197,7 @@ for _, r in ipairs(recipients) do
   end
   counts[status] = counts[status] + 1
   outcomes[#outcomes + 1] = outcome
-  local key = KEYS[r.mk]
+  local key = KEYS[base]
   redis.call('HSET', key, 's', status, 'ev', event_id, 'u', ARGV[7])
   redis.call('EXPIRE', key, ttl)
 end

@@ -125,24 +125,20 @@ class Store:
         ]
         if idempotency_key:
             touched.append(keys.idempotency(idempotency_key))
-        wire = []
-        for entry in entries:  # each key's 1-based index in KEYS goes in the entry
-            touched.append(keys.message(entry.message_id))
-            message_key = len(touched)
-            touched.append(bucket_key(entry.suppression_field))
-            bucket = len(touched)
-            cap_keys = []
-            if entry.contact is not None:
-                for rule in policy.rules:
-                    touched.append(keys.cap(rule.key, entry.contact))
-                    cap_keys.append(len(touched))
-            wire.append(entry.wire(message_key, bucket, cap_keys))
+        # each recipient's keys, in its order: message record, suppression bucket, cap counts
+        rules = policy.rules
+        for entry in entries:
+            touched += (keys.message(entry.message_id), bucket_key(entry.suppression_field))
+            if rules:
+                contact = entry.contact or ""
+                touched += [keys.cap(rule.key, contact) for rule in rules]
         args: list[Arg] = [
             content.pack(),
             RETENTION_SECONDS,
             digest,
             response,
-            msgpack.packb(wire, use_bin_type=False),  # Lua's cmsgpack has no bin type
+            # each entry as an array (positions: accept.lua's header); Lua has no bin type
+            msgpack.packb(entries, use_bin_type=False),
             EVENTS_MAXLEN,
             f"{time.time() if now is None else now:.3f}",
             policy.pack(),
