@@ -150,7 +150,22 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
         headers = rfc822_parse(header_block + b"\r\n")[0]
     except Exception as exc:  # dkimpy raises its own MessageFormatError
         raise DkimSignError(f"the header cannot be parsed for signing: {exc}") from exc
+    body_hash = hashlib.sha256(relaxed_body(body)).digest()
+    return signature_headers(headers, body_hash, keys, timestamp=timestamp) + message
 
+
+def signature_headers(
+    headers: list[tuple[bytes, bytes]],
+    body_hash: bytes,
+    keys: list[SigningKey],
+    *,
+    timestamp: int | None = None,
+) -> bytes:
+    """The DKIM-Signature header lines for a message whose header fields are ``headers``
+    (``(name, value)`` as ``dkim.rfc822_parse`` gives them: the value from just after the
+    colon, folding and final CRLF included) and whose relaxed-canonical body hashes
+    (SHA-256) to ``body_hash``. ``mta.compose`` calls this with the body hash of a body it
+    canonicalized line by line; ``sign`` with one it canonicalized whole."""
     counts: dict[bytes, int] = {}
     for name, _ in headers:
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
@@ -158,7 +173,7 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
     signed += [n for n in SIGNED_WHEN_PRESENT for _ in range(counts.get(n, 0))]
     canonical = relaxed_headers(select_headers(headers, signed))
     header_data = b"".join(name + b":" + value for name, value in canonical)
-    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    encoded_hash = base64.b64encode(body_hash)
     stamp = str(int(time.time()) if timestamp is None else timestamp).encode("ascii")
 
     out = []
@@ -177,7 +192,7 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
             + b"; h="
         )
         head += _fold_list(signed, first=len(stamp) + 10) + b";"
-        head += _FOLD + b"bh=" + body_hash + b";" + _FOLD + b"b="
+        head += _FOLD + b"bh=" + encoded_hash + b";" + _FOLD + b"b="
         [(name, value)] = relaxed_headers([(b"DKIM-Signature", head)])
         data = header_data + name + b":" + value.rstrip(b"\r\n")
         if isinstance(key.private, ed25519.Ed25519PrivateKey):
@@ -186,7 +201,7 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
             signature = key.private.sign(data, padding.PKCS1v15(), hashes.SHA256())
         b64 = base64.b64encode(signature)
         out.append(b"DKIM-Signature:" + head + _fold_b64(b64, first=3) + b"\r\n")
-    return b"".join(out) + message
+    return b"".join(out)
 
 
 class DkimSigner:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import os
+from collections.abc import Callable
 from email.header import Header
 from email.utils import formataddr, formatdate
 
@@ -64,12 +65,17 @@ def quoted_printable(text: str) -> bytes:
     return encoded.replace(b"\n", _CRLF)
 
 
-def _part(content_type: str, body: str) -> bytes:
+def _part(content_type: str, body: str, encode: Callable[[str], bytes]) -> bytes:
     return (
         f"Content-Type: {content_type}; charset=utf-8\r\n"
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii")
-        + quoted_printable(body)
+        + encode(body)
     )
+
+
+def new_boundary() -> str:
+    """``=_`` never occurs in quoted-printable output, so no part can contain it."""
+    return "=_sluice_" + os.urandom(12).hex()
 
 
 def build_message(
@@ -83,8 +89,12 @@ def build_message(
     reply_to: Mailbox | None = None,
     headers: dict[str, str] | None = None,
     date: float | None = None,
+    boundary: str | None = None,
+    encode: Callable[[str], bytes] = quoted_printable,
 ) -> bytes:
-    """The whole message as it goes on the wire (before SMTP dot-stuffing)."""
+    """The whole message as it goes on the wire (before SMTP dot-stuffing). ``boundary``:
+    of the multipart/alternative body (default: a new random one); ``encode``: a part's
+    text to quoted-printable bytes (``mta.compose`` passes one that remembers lines)."""
     if html is None and text is None:
         raise MimeError("a message needs an html or a text part")
     out = [mailbox_line("From", sender)]
@@ -100,22 +110,22 @@ def build_message(
         out.append(header_line(_check(name), value))
     out.append(b"MIME-Version: 1.0\r\n")
     if html is not None and text is not None:
-        boundary = "=_sluice_" + os.urandom(12).hex()
+        boundary = boundary or new_boundary()
         out.append(
             f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")
         )
         delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
         out += [
             f"--{boundary}\r\n".encode("ascii"),
-            _part("text/plain", text),
+            _part("text/plain", text, encode),
             delimiter,
-            _part("text/html", html),
+            _part("text/html", html, encode),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     else:
         kind, body = ("text/html", html) if html is not None else ("text/plain", text)
         assert body is not None
-        out.append(_part(kind, body))
+        out.append(_part(kind, body, encode))
         if not out[-1].endswith(_CRLF):
             out.append(_CRLF)
     return b"".join(out)

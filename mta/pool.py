@@ -36,6 +36,7 @@ from mta.smtp import (
     SmtpReplyError,
     SmtpTlsUnavailable,
     SmtpUnsupported,
+    WireMessage,
 )
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class SmtpPool:
         domain: str,
         sender: str,
         recipient: str,
-        message: bytes,
+        message: bytes | WireMessage,
         *,
         source_ip: str | None = None,
     ) -> Reply:
@@ -240,7 +241,7 @@ class SmtpPool:
         dest: Destination,
         sender: str,
         recipient: str,
-        message: bytes,
+        message: bytes | WireMessage,
         source_ip: str | None,
     ) -> Reply:
         for attempt in (1, 2):

@@ -247,13 +247,7 @@ class Templates:
         budget = None if self.plain else Budget(deadline)
         token = template_budget.start(budget)
         try:
-            subject = _run(self.subject, "subject", data, budget)
-            if any(ch in subject for ch in "\r\n\0"):
-                raise RenderError("subject", "rendered subject contains CR, LF or NUL")
-            if len(subject) > MAX_SUBJECT_CHARS:
-                raise RenderError(
-                    "subject", f"rendered subject is over {MAX_SUBJECT_CHARS} characters"
-                )
+            subject = self._subject(data, budget)
             html = _run(self.html, "html", data, budget) if self.html is not None else None
             text = _run(self.text, "text", data, budget) if self.text is not None else None
         finally:
@@ -262,7 +256,25 @@ class Templates:
             raise RenderError(
                 "html" if html and "\0" in html else "text", "rendered body contains NUL"
             )
-        return Rendered(subject=subject.strip(), html=html, text=text)
+        return Rendered(subject=subject, html=html, text=text)
+
+    def render_subject(self, data: dict[str, Any]) -> str:
+        """The subject alone, checked as ``render`` checks it (for a plain template, whose
+        parts ``mta.compose`` renders its own way)."""
+        budget = None if self.plain else Budget()
+        token = template_budget.start(budget)
+        try:
+            return self._subject(data, budget)
+        finally:
+            template_budget.stop(token)
+
+    def _subject(self, data: dict[str, Any], budget: Budget | None) -> str:
+        subject = _run(self.subject, "subject", data, budget)
+        if any(ch in subject for ch in "\r\n\0"):
+            raise RenderError("subject", "rendered subject contains CR, LF or NUL")
+        if len(subject) > MAX_SUBJECT_CHARS:
+            raise RenderError("subject", f"rendered subject is over {MAX_SUBJECT_CHARS} characters")
+        return subject.strip()
 
     def expensive_without_data(self, field: str) -> str | None:
         """Why ``field`` blows its budget with no recipient data at all (every variable
