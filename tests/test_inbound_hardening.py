@@ -4,6 +4,9 @@ refuses abusive sessions before doing the work, against a real ``sluice serve``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -413,3 +416,25 @@ def test_the_message_id_signature_is_its_own() -> None:
         token = other.return_path(message_id, "x.example").partition("@")[0].rpartition(".")[2]
         forged = f"<{message_id}.{token}{signature[10:]}@shop.example.com>"
         assert ids.check(forged).problem == "bad signature"
+
+
+def test_signatures_are_the_documented_hmac_truncations() -> None:
+    """Return paths and Message-IDs already in flight keep verifying across releases: each
+    signature is the first base32 characters of HMAC-SHA256 over its context and the id."""
+    key = Secret("k" * 32)
+    message_id = "b" * 26 + "-42"
+
+    def documented(context: bytes, chars: int) -> str:
+        digest = hmac.new(b"k" * 32, context + message_id.encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest).decode()[:chars].lower()
+
+    assert Verp(key).return_path(message_id, "b.example") == (
+        f"bounce+{message_id}.{documented(b'', 10)}@b.example"
+    )
+    assert Verp(key, prefix="unsubscribe+").return_path(message_id, "b.example") == (
+        f"unsubscribe+{message_id}.{documented(b'unsubscribe+', 10)}@b.example"
+    )
+    signature = documented(b"message-id\x00", 16)
+    assert MessageIds(key).header_value(message_id, "s.example") == (
+        f"{message_id}.{signature}@s.example"
+    )
