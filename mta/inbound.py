@@ -53,7 +53,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from core.events import EventType, pack_event
 from core.logs import address
 from core.settings import HostPort, WarmupSettings
-from core.store import Store, UnverifiedReport
+from core.store import Outcome, Store, UnverifiedReport
 from mta.bounces import Report, parse_report
 from mta.inbound_server import protocol_factory
 from mta.message_ids import MessageIds
@@ -220,7 +220,7 @@ class InboundHandler:
         event = _event(
             message_id, context, EventType.UNSUBSCRIBED, scope=category or "global", method="mailto"
         )
-        await self.store.complete(entry_id="", message_id=message_id, status="", event=event)
+        await self.store.complete(Outcome("", message_id, "", event))
         log.info("message=%s %s unsubscribed by mail", message_id, address(email))
 
     async def _record(self, message_id: str, report: Report) -> bool:

@@ -53,7 +53,7 @@ from core.events import EventType, pack_event
 from core.jobs import BatchContent, Job, Mailbox, QueuedJob
 from core.metrics import DeliveryMetrics, use_directory
 from core.settings import DeliverySettings, Secret, Settings
-from core.store import Store, open_store
+from core.store import Outcome, Store, open_store
 from mta.dkim import DkimSigner, DkimSignError
 from mta.dkimkeys import KeyStore
 from mta.message_ids import MessageIds
@@ -560,13 +560,15 @@ class Worker:
             **fields,
         )
         await self.store.complete(
-            entry_id=queued.entry_id,
-            message_id=job.message_id,
-            status=kind.value,
-            event=event,
-            retry_job=retry_job,
-            retry_at=retry_at,
-            domain="" if retry_job is not None else domain_of(job.email),
+            Outcome(
+                queued.entry_id,
+                job.message_id,
+                kind.value,
+                event,
+                retry_job,
+                retry_at,
+                "" if retry_job is not None else domain_of(job.email),
+            )
         )
         self.metrics.outcome(kind.value, provider_of(domain_of(job.email)))
 

@@ -1,27 +1,42 @@
--- Record the outcome of one delivery attempt atomically: acknowledge the queue entry, set
--- the message status, append its event and, for a deferral, put the job back in the delayed
--- set. lib/timeline.lua is prepended (append_event).
--- KEYS[1] jobs stream  KEYS[2] delayed zset  KEYS[3] events stream
--- KEYS[4] stats hash   KEYS[5] message record
--- ARGV[1] stream entry id ("" when the job did not come from the stream)
--- ARGV[2] consumer group  ARGV[3] new status ("" = keep it)  ARGV[4] event (msgpack)
--- ARGV[5] job to retry ("" = none)  ARGV[6] retry due timestamp
--- ARGV[7] events MAXLEN  ARGV[8] now  ARGV[9] retention seconds
--- KEYS[6] pending messages per domain  ARGV[10] recipient domain ("" = leave the count)
---   (the count drops when a message reaches a final status)
-if ARGV[1] ~= "" then
-  redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
-  redis.call('XDEL', KEYS[1], ARGV[1])
+-- Record the outcomes of a group of delivery attempts atomically: acknowledge their queue
+-- entries, set each message's status, append its event and, for a deferral, put the job back
+-- in the delayed set. lib/timeline.lua is prepended (append_event).
+-- KEYS[1] jobs stream  KEYS[2] delayed zset  KEYS[3] events stream  KEYS[4] stats hash
+-- KEYS[5] pending messages per domain (the count drops when a message reaches a final status)
+-- KEYS[5 + i] message record of outcome i
+-- ARGV[1] consumer group  ARGV[2] events MAXLEN  ARGV[3] now  ARGV[4] retention seconds
+-- then six arguments per outcome i, from ARGV[5 + 6 * (i - 1)]:
+--   stream entry id ("" when the job did not come from the stream)
+--   new status ("" = keep it)   event (msgpack)
+--   job to retry ("" = none)    retry due timestamp
+--   recipient domain ("" = leave the pending count)
+-- Returns the event id of each outcome, in order.
+local now = ARGV[3]
+local retention = tonumber(ARGV[4])
+local acknowledged = {}
+local event_ids = {}
+for i = 1, #KEYS - 5 do
+  local base = 4 + 6 * (i - 1)
+  local entry, status, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  local retry_job, retry_at, domain = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
+  local record = KEYS[5 + i]
+  if entry ~= "" then
+    acknowledged[#acknowledged + 1] = entry
+  end
+  event_ids[i] = append_event(KEYS[3], ARGV[2], event, record, now, retention)
+  if status ~= "" then  -- "" records an event (a complaint, say) without a new status
+    redis.call('HSET', record, 's', status)
+    if status == 'delivered' then redis.call('HSET', record, 'dt', now) end
+    redis.call('HINCRBY', KEYS[4], status, 1)
+  end
+  if retry_job ~= "" then
+    redis.call('ZADD', KEYS[2], retry_at, retry_job)
+  elseif domain ~= "" and redis.call('HINCRBY', KEYS[5], domain, -1) <= 0 then
+    redis.call('HDEL', KEYS[5], domain)
+  end
 end
-local event_id = append_event(KEYS[3], ARGV[7], ARGV[4], KEYS[5], ARGV[8], tonumber(ARGV[9]))
-if ARGV[3] ~= "" then  -- "" records an event (a complaint, say) without a new status
-  redis.call('HSET', KEYS[5], 's', ARGV[3])
-  if ARGV[3] == 'delivered' then redis.call('HSET', KEYS[5], 'dt', ARGV[8]) end
-  redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
+if #acknowledged > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(acknowledged))
+  redis.call('XDEL', KEYS[1], unpack(acknowledged))
 end
-if ARGV[5] ~= "" then
-  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
-elseif ARGV[10] ~= "" and redis.call('HINCRBY', KEYS[6], ARGV[10], -1) <= 0 then
-  redis.call('HDEL', KEYS[6], ARGV[10])
-end
-return event_id
+return event_ids

@@ -19,6 +19,7 @@ from core.store.base import EVENTS_MAXLEN, RETENTION_SECONDS, StoreError, valid_
 from core.store.store import (
     Accepted,
     FirstReport,
+    Outcome,
     QueueGauges,
     ReportKind,
     Store,
@@ -35,6 +36,7 @@ __all__ = [
     "Accepted",
     "Candidate",
     "FirstReport",
+    "Outcome",
     "QueueGauges",
     "QueuedJob",
     "ReportKind",

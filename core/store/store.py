@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import hiredis
 import msgpack
@@ -69,6 +69,18 @@ class UnverifiedReport:
     peer: str  # the address that sent it
     at: float
     reason: str  # unsigned, bad signature, no Message-ID, not ours, unknown message
+
+
+class Outcome(NamedTuple):
+    """One delivery attempt's result, to record (``Store.complete_many``)."""
+
+    entry_id: str  # its queue entry ("" when the job did not come from the stream)
+    message_id: str
+    status: str  # the message's new status ("" keeps it: an event only)
+    event: bytes  # packed (``core.events.pack_event``)
+    retry_job: Job | None = None  # a deferral: the job to try again at ``retry_at``
+    retry_at: float = 0.0
+    domain: str = ""  # the message became final: drop its domain's pending count
 
 
 @dataclass(frozen=True)
@@ -218,38 +230,30 @@ class Store:
             pipe.xdel(keys.JOBS, entry_id)
             await pipe.execute()
 
-    async def complete(
-        self,
-        *,
-        entry_id: str,
-        message_id: str,
-        status: str,
-        event: bytes,
-        retry_job: Job | None = None,
-        retry_at: float = 0.0,
-        domain: str = "",
-    ) -> None:
-        """Record an outcome. ``domain``: the message became final (drop its pending count)."""
-        touched = [
-            keys.JOBS,
-            keys.DELAYED,
-            keys.EVENTS,
-            keys.STATS,
-            keys.message(message_id),
-            keys.PENDING_BY_DOMAIN,
-        ]
+    async def complete(self, outcome: Outcome) -> None:
+        """Record one outcome (``complete_many`` of one)."""
+        await self.complete_many([outcome])
+
+    async def complete_many(self, outcomes: Sequence[Outcome]) -> None:
+        """Record a group of outcomes in one atomic script call (``core/lua/complete.lua``)."""
+        touched = [keys.JOBS, keys.DELAYED, keys.EVENTS, keys.STATS, keys.PENDING_BY_DOMAIN]
         args: list[Arg] = [
-            entry_id,
             keys.DELIVERY_GROUP,
-            status,
-            event,
-            retry_job.pack() if retry_job is not None else "",
-            f"{retry_at:.3f}",
             EVENTS_MAXLEN,
             f"{time.time():.3f}",
             RETENTION_SECONDS,
-            domain,
         ]
+        for outcome in outcomes:
+            touched.append(keys.message(outcome.message_id))
+            retry = outcome.retry_job
+            args += (
+                outcome.entry_id,
+                outcome.status,
+                outcome.event,
+                retry.pack() if retry is not None else "",
+                f"{outcome.retry_at:.3f}",
+                outcome.domain,
+            )
         await self._complete(touched, args)
 
     async def remember_sender(self, message_id: str, ip: str, provider: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -66,15 +66,26 @@ class Suppressions:
         Transactional mail (a receipt, a password reset) is not stopped by an
         unsubscribe, only by hard bounces, complaints and manual entries; the
         accept script applies the same rule."""
-        address = canonical(address)
-        names = [address] if category is None else [address, field(address, category)]
-        values = await self.redis.hmget(bucket_key(address), names)
-        for name, value in zip(names, values, strict=True):
-            if value is not None:
-                entry = decode_entry(name, value)
-                if not (transactional and entry.reason == "unsubscribe"):
-                    return entry
-        return None
+        (found,) = await self.check_many([(address, category, transactional)])
+        return found
+
+    async def check_many(
+        self, checks: Sequence[tuple[str, str | None, bool]]
+    ) -> list[Suppression | None]:
+        """``check`` for each (address, category, transactional), in one round trip: what a
+        worker asks about the jobs of one read."""
+        asked: list[tuple[str, list[str]]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for address, category, _ in checks:
+                address = canonical(address)
+                names = [address] if category is None else [address, field(address, category)]
+                asked.append((address, names))
+                pipe.hmget(bucket_key(address), names)
+            answers = await pipe.execute() if checks else []
+        found: list[Suppression | None] = []
+        for (_, names), values, (_, _, transactional) in zip(asked, answers, checks, strict=True):
+            found.append(_stopping(names, values, transactional))
+        return found
 
     async def of(self, address: str) -> list[Suppression]:
         """Every entry for ``address``: global and per category."""
@@ -117,3 +128,14 @@ class Suppressions:
             entries, cursor = await self.page(cursor, 5000)
             for entry in entries:
                 yield entry
+
+
+def _stopping(names: list[str], values: list[Any], transactional: bool) -> Suppression | None:
+    """The first entry (global before category) that stops the mail; an unsubscribe does not
+    stop transactional mail."""
+    for name, value in zip(names, values, strict=True):
+        if value is not None:
+            entry = decode_entry(name, value)
+            if not (transactional and entry.reason == "unsubscribe"):
+                return entry
+    return None
