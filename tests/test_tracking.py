@@ -24,7 +24,14 @@ from tests.conftest import Sink
 from tests.inprocess import send
 from tracking.endpoints import PIXEL
 from tracking.links import add_pixel, rewrite_links, rewrite_text_links
-from tracking.tokens import TokenError, Tokens, load_keys, rotate_key, unsubscribe_payload
+from tracking.tokens import (
+    EPOCH,
+    TokenError,
+    Tokens,
+    load_keys,
+    rotate_key,
+    unsubscribe_payload,
+)
 
 Client = TestClient[Any, Any]
 
@@ -138,6 +145,73 @@ def test_any_text_is_refused_cleanly(text: str) -> None:
     tokens = Tokens([(1, b"k" * 32)])
     with pytest.raises(TokenError):
         tokens.open(text)
+
+
+def test_link_tokens_name_a_message_and_an_index_and_refuse_anything_altered(
+    tmp_path: Path,
+) -> None:
+    tokens = Tokens(load_keys(tmp_path))
+    message_token = tokens.seal_message("agrareeadmi5kof6mrqhemz3z4-17")
+    opened = tokens.open(message_token)
+    assert (opened.kind, opened.message_id, opened.url) == (
+        "message",
+        "agrareeadmi5kof6mrqhemz3z4-17",
+        None,
+    )
+    links = [tokens.link(message_token, i) for i in range(20)]
+    for i, link in enumerate(links):
+        assert re.fullmatch(rf"{re.escape(message_token)}\.{i}\.[A-Za-z0-9_-]{{12}}", link)
+        found, index = tokens.open_link(link)
+        assert (found.kind, found.message_id, index) == ("message", opened.message_id, i)
+
+    link = links[3]
+    _, _, mac = link.split(".")
+    other = tokens.seal_message("agrareeadmi5kof6mrqhemz3z4-18")
+    refused = [
+        f"{message_token}.4.{mac}",  # another index, this MAC
+        f"{message_token}.03.{mac}",  # the same index spelled differently
+        f"{message_token}.+3.{mac}",
+        f"{message_token}.3.{links[4].split('.')[2]}",  # another index's MAC
+        f"{other}.3.{mac}",  # another message's token
+        f"{tokens.seal('open', opened.message_id)}.3.{mac}",  # not a message token
+        link + ".",
+        link + "A",
+        link[:-1],
+        f"{message_token}.3",
+        message_token,
+    ]
+    for i in range(len(link)):
+        if link[i] != ".":
+            refused.append(link[:i] + ("A" if link[i] != "A" else "B") + link[i + 1 :])
+    for token in refused:
+        with pytest.raises(TokenError):
+            tokens.open_link(token)
+    for kind in ("open", "click", "unsubscribe"):  # a message token is none of the old kinds
+        with pytest.raises(TokenError):
+            tokens.open(message_token, expect=kind)
+    with pytest.raises(TokenError):  # expired with its message token
+        tokens.open_link(tokens.link(tokens.seal_message("m-1", now=0), 0), now=EPOCH + 500 * 86400)
+    stranger = Tokens(load_keys(tmp_path / "elsewhere"))
+    with pytest.raises(TokenError):
+        stranger.open_link(link)
+
+
+def test_key_rotation_keeps_old_link_tokens_working(tmp_path: Path) -> None:
+    old = Tokens(load_keys(tmp_path))
+    link = old.link(old.seal_message("m-1"), 5)
+    rotate_key(tmp_path)
+    new = Tokens(load_keys(tmp_path))
+    assert new.open_link(link)[0].message_id == "m-1" and new.open_link(link)[1] == 5
+    fresh = new.link(new.seal_message("m-2"), 5)
+    assert fresh.split(".")[2] != link.split(".")[2]
+    assert Tokens(load_keys(tmp_path)).open_link(fresh)[0].message_id == "m-2"
+
+
+@given(st.text(max_size=300) | st.text(alphabet="AQa-_.0123456789", max_size=200))
+def test_any_text_is_refused_as_a_link_cleanly(text: str) -> None:
+    tokens = Tokens([(1, b"k" * 32)])
+    with pytest.raises(TokenError):
+        tokens.open_link(text)
 
 
 # --- endpoints ---------------------------------------------------------------------------
