@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core import keys
 from core.settings import Settings
 from core.store import Store
 from loadtests.harness import cart_reminder
@@ -212,6 +213,21 @@ def test_any_text_is_refused_as_a_link_cleanly(text: str) -> None:
     tokens = Tokens([(1, b"k" * 32)])
     with pytest.raises(TokenError):
         tokens.open_link(text)
+
+
+# --- link tables -------------------------------------------------------------------------
+
+
+async def test_link_table_is_written_once_and_kept_as_long_as_asked(store: Store) -> None:
+    urls = ["https://shop.example.com/a", "https://shop.example.com/caf\u00e9?q=1&r=2"]
+    assert await store.link_table("agrareeadmi5kof6mrqhemz3z4") is None
+    await store.save_link_table("agrareeadmi5kof6mrqhemz3z4", urls, 401 * 86400)
+    # another worker saving its own idea of the table changes nothing: links already built
+    # index the first one
+    await store.save_link_table("agrareeadmi5kof6mrqhemz3z4", ["https://evil.example/"], 60)
+    assert await store.link_table("agrareeadmi5kof6mrqhemz3z4") == urls
+    ttl = await store.redis.ttl(keys.link_table("agrareeadmi5kof6mrqhemz3z4"))
+    assert 400 * 86400 < ttl <= 401 * 86400
 
 
 # --- endpoints ---------------------------------------------------------------------------
