@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import random
 import re
@@ -280,6 +281,175 @@ async def test_ten_thousand_bad_tokens_never_redirect_nor_fail(api: Client, tmp_
     assert set(statuses) <= {404}, statuses
     long = await api.get("/t/c/" + "A" * 8000, allow_redirects=False)
     assert long.status in (404, 414, 431) and "Location" not in long.headers
+
+
+async def accepted_message(api: Client) -> str:
+    """The id of a message the API accepted (its record is where events go)."""
+    answer = await (await api.post("/v1/messages", json=cart_reminder())).json()
+    return answer["results"][0]["message_id"]  # type: ignore[no-any-return]
+
+
+REDIRECTED = [
+    "https://shop.example.com/p/100?utm_source=email&utm_campaign=cart",
+    "https://shop.example.com/search?q=a%26b&x=1&x=2#results",
+    "http://shop.example.com/",
+    "https://shop.example.com/caf%C3%A9?q=%E2%82%AC",
+]
+
+
+async def test_link_tokens_redirect_to_their_urls_and_old_tokens_still_do(
+    api: Client, store: Store, tmp_path: Path
+) -> None:
+    message_id = await accepted_message(api)
+    batch_id, _ = message_id.rsplit("-", 1)
+    await store.save_link_table(batch_id, REDIRECTED, 86400)  # as the worker does
+    tokens = tokens_of(tmp_path)
+    message_token = tokens.seal_message(message_id)
+
+    pixel = await api.get(f"/t/o/{message_token}")
+    assert pixel.status == 200 and await pixel.read() == PIXEL
+    for index, url in enumerate(REDIRECTED):
+        answer = await api.get(f"/t/c/{tokens.link(message_token, index)}", allow_redirects=False)
+        assert answer.status == 302
+        assert answer.headers["Location"] == url
+        assert "Set-Cookie" not in answer.headers and "no-store" in answer.headers["Cache-Control"]
+    # a burst on a link of a batch this process has not read yet: every one redirects
+    other_batch = "agrareeadmi5kof6mrqhemz3z4"
+    await store.save_link_table(other_batch, REDIRECTED[::-1], 86400)
+    burst_link = tokens.link(tokens.seal_message(f"{other_batch}-3"), 0)
+    burst = await asyncio.gather(
+        *(api.get(f"/t/c/{burst_link}", allow_redirects=False) for _ in range(50))
+    )
+    assert {(a.status, a.headers["Location"]) for a in burst} == {(302, REDIRECTED[-1])}
+
+    # tokens sealed the way every message was before link tokens: as they always did
+    old_open = tokens.seal("open", message_id)
+    old_click = tokens.seal("click", message_id, "https://shop.example.com/old?a=1&b=2")
+    assert (await api.get(f"/t/o/{old_open}")).status == 200
+    answer = await api.get(f"/t/c/{old_click}", allow_redirects=False)
+    assert answer.status == 302
+    assert answer.headers["Location"] == "https://shop.example.com/old?a=1&b=2"
+
+    found = await store.message(message_id)
+    assert found is not None
+    events = found["events"]
+    assert [e["type"] for e in events] == [
+        "queued",
+        "opened",
+        *["clicked"] * 4,
+        "opened",
+        "clicked",
+    ]
+    assert [e["url"] for e in events if e["type"] == "clicked"] == [
+        *REDIRECTED,
+        "https://shop.example.com/old?a=1&b=2",
+    ]
+    assert all(e["message_id"] == message_id for e in events)
+
+
+async def test_a_link_whose_table_is_missing_is_a_plain_404(
+    api: Client, store: Store, tmp_path: Path
+) -> None:
+    message_id = await accepted_message(api)
+    batch_id, _ = message_id.rsplit("-", 1)
+    tokens = tokens_of(tmp_path)
+    message_token = tokens.seal_message(message_id)
+    link = tokens.link(message_token, 0)
+
+    missing = await api.get(f"/t/c/{link}", allow_redirects=False)
+    assert missing.status == 404 and "Location" not in missing.headers
+    assert missing.content_type == "text/plain" and await missing.text() == "Not found\n"
+    await store.save_link_table(batch_id, ["https://shop.example.com/only"], 60)
+    for index in (1, 17, 999_999):  # beyond the table
+        beyond = await api.get(f"/t/c/{tokens.link(message_token, index)}", allow_redirects=False)
+        assert beyond.status == 404 and "Location" not in beyond.headers
+    not_of_a_batch = tokens.link(tokens.seal_message("m-1"), 0)
+    assert (await api.get(f"/t/c/{not_of_a_batch}", allow_redirects=False)).status == 404
+    found = await store.message(message_id)
+    assert found is not None and [e["type"] for e in found["events"]] == ["queued"]
+
+    # a missing table is not remembered: once saved, the link works
+    answer = await api.get(f"/t/c/{link}", allow_redirects=False)
+    assert (answer.status, answer.headers["Location"]) == (302, "https://shop.example.com/only")
+
+
+async def test_ten_thousand_forged_link_tokens_never_redirect_nor_fail(
+    api: Client, store: Store, tmp_path: Path
+) -> None:
+    tokens = tokens_of(tmp_path)
+    batch_id, _ = (await accepted_message(api)).rsplit("-", 1)
+    table = [f"https://shop.example.com/{i}" for i in range(20)]
+    await store.save_link_table(batch_id, table, 86400)
+    message_tokens = [tokens.seal_message(f"{batch_id}-{m}") for m in range(5)]
+    genuine = await api.get(f"/t/c/{tokens.link(message_tokens[0], 7)}", allow_redirects=False)
+    assert genuine.headers["Location"] == table[7], "the table is there: a forgery could redirect"
+
+    rng = random.Random(11)
+    alphabet = string.ascii_letters + string.digits + "-_"
+    garbage = [
+        "-1",
+        "-0",
+        "+1",
+        "1e3",
+        "0x1",
+        " 1",
+        "1 ",
+        "01",
+        "00",
+        "",
+        "\u0661",
+        "\u00b2",
+        "1_0",
+    ]
+    bad: list[str] = []
+    for i in range(10_000):
+        kind = i % 10
+        message_token = rng.choice(message_tokens)
+        index = rng.randrange(20)
+        link = tokens.link(message_token, index)
+        _, _, mac = link.split(".")
+        if kind == 0:  # another index, this MAC
+            token = f"{message_token}.{(index + rng.randrange(1, 20)) % 20}.{mac}"
+        elif kind == 1:  # one character of the MAC changed
+            at = rng.randrange(len(mac))
+            changed = mac[:at] + rng.choice(alphabet.replace(mac[at], "")) + mac[at + 1 :]
+            token = f"{message_token}.{index}.{changed}"
+        elif kind == 2:  # the MAC of another index
+            other = tokens.link(message_token, (index + rng.randrange(1, 20)) % 20)
+            token = f"{message_token}.{index}.{other.split('.')[2]}"
+        elif kind == 3:  # another message's token with this MAC
+            other_token = rng.choice([t for t in message_tokens if t != message_token])
+            token = f"{other_token}.{index}.{mac}"
+        elif kind == 4:  # truncated
+            token = link[: rng.randrange(1, len(link))]
+        elif kind == 5:  # random junk with dots
+            token = ".".join(
+                "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 90)))
+                for _ in range(rng.randrange(2, 5))
+            )
+        elif kind == 6:  # huge indexes, forged or with their own MAC (beyond the table)
+            huge = rng.choice([20, 21, 999_999, 10**6, 10**9, 10**30])
+            own = f"{message_token}.{huge}"
+            token = rng.choice([f"{own}.{mac}", tokens.link(message_token, huge)])
+        elif kind == 7:  # negative and garbage indexes
+            token = f"{message_token}.{rng.choice(garbage)}.{mac}"
+        elif kind == 8:  # one character of the message token changed
+            at = rng.randrange(len(message_token))
+            swapped = rng.choice(alphabet.replace(message_token[at], ""))
+            token = f"{message_token[:at]}{swapped}{message_token[at + 1 :]}.{index}.{mac}"
+        else:  # extended
+            token = link + rng.choice([".", "A", ".0", "." + mac, "%2E1"])
+        bad.append(token)
+    statuses: dict[int, int] = {}
+    for token in bad:
+        answer = await api.get(f"/t/c/{token}", allow_redirects=False)
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        assert "Location" not in answer.headers, token
+    assert set(statuses) <= {404}, statuses
+    assert statuses[404] == len(bad)
+    found = await store.message(f"{batch_id}-0")
+    assert found is not None
+    assert [e["type"] for e in found["events"]] == ["queued", "clicked"], "the genuine one only"
 
 
 async def test_open_pixel_and_machine_flags(api: Client, store: Store, tmp_path: Path) -> None:
