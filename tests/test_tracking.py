@@ -25,7 +25,13 @@ from mta.worker import Worker
 from tests.conftest import Sink
 from tests.inprocess import send
 from tracking.endpoints import PIXEL
-from tracking.links import add_pixel, rewrite_links, rewrite_text_links
+from tracking.links import (
+    MessageLinks,
+    add_pixel,
+    rewrite_links,
+    rewrite_text_links,
+    static_links,
+)
 from tracking.tokens import (
     EPOCH,
     TokenError,
@@ -99,6 +105,49 @@ def test_fixture_links_and_pixel() -> None:
         "See https://shop.example.com/cart/7. Or (https://x.example/a).", lambda u: "T"
     )
     assert text == "See T. Or (T)."
+
+
+def test_static_links_are_the_template_s_own_once_each() -> None:
+    template = (
+        '<a href="https://shop.example.com/p?a=1&amp;b=2">x</a>'
+        '<a href="{{ cart_url }}">cart</a><a href="https://shop.example.com/u/{{ id }}">me</a>'
+        '<a href="https://shop.example.com/p?a=1&amp;b=2">again</a>'
+        '<a href="https://shop.example.com/help">help</a>'
+    )
+    rendered = (
+        '<a href="https://shop.example.com/p?a=1&amp;b=2">x</a>'
+        '<a href="https://shop.example.com/help">cart</a><a href="https://shop.example.com/u/7">me</a>'
+        '<a href="https://shop.example.com/p?a=1&amp;b=2">again</a>'
+        '<a href="https://shop.example.com/help">help</a>'
+    )
+    assert static_links(rendered, template) == [
+        "https://shop.example.com/p?a=1&b=2",
+        "https://shop.example.com/help",  # also what cart_url happened to be: the same URL
+    ]
+
+
+def test_message_links_seal_what_the_table_does_not_hold(tmp_path: Path) -> None:
+    tokens = Tokens(load_keys(tmp_path))
+    table = {"https://shop.example.com/a": 0, "https://shop.example.com/b": 1}
+    for links_table in (table, {}):
+        links = MessageLinks(
+            tokens, "https://t.example/", "agrareeadmi5kof6mrqhemz3z4-3", links_table
+        )
+        pixel = links.open_url()
+        assert pixel.startswith("https://t.example/t/o/")
+        message_token = pixel.removeprefix("https://t.example/t/o/")
+        assert tokens.open(message_token).kind == "message"
+        for url in (
+            "https://shop.example.com/a",
+            "https://shop.example.com/b",
+            "https://x.example/me",
+        ):
+            token = links.click_url(url).removeprefix("https://t.example/t/c/")
+            if url in links_table:
+                assert token.startswith(f"{message_token}.")
+                assert tokens.open_link(token)[1] == links_table[url]
+            else:  # a URL from recipient data, or no table: sealed inside, as before
+                assert "." not in token and tokens.open(token, expect="click").url == url
 
 
 # --- tokens ------------------------------------------------------------------------------
