@@ -40,6 +40,7 @@ INBOUND_UNVERIFIED_COUNT = PREFIX + "in:unverified-count"  # string: unverified 
 CAP_PREFIX = PREFIX + "cap:"  # zset per (rule, contact): counted message ids by send time
 MESSAGE_PREFIX = PREFIX + "msg:"  # hash per message: status, event ids
 BATCH_PREFIX = PREFIX + "batch:"  # string per batch: msgpack of the shared content
+LINKS_PREFIX = PREFIX + "links:"  # string per batch: msgpack list of its tracked URLs
 IDEMPOTENCY_PREFIX = PREFIX + "idem:"  # hash per Idempotency-Key: digest, first response
 
 
@@ -77,6 +78,11 @@ def message(message_id: str) -> str:
 
 def batch(batch_id: str) -> str:
     return BATCH_PREFIX + batch_id
+
+
+def link_table(batch_id: str) -> str:
+    """The URLs a batch's link tokens index (``tracking.tokens``); kept as long as tokens live."""
+    return LINKS_PREFIX + batch_id
 
 
 def idempotency(key_digest: str) -> str:

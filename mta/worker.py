@@ -50,10 +50,11 @@ from core.errors import (
     WarmupDeferral,
 )
 from core.events import EventType, pack_event
+from core.ids import split_message_id
 from core.jobs import BatchContent, Job, Mailbox, QueuedJob
 from core.metrics import DeliveryMetrics, use_directory
 from core.settings import DeliverySettings, Secret, Settings
-from core.store import Outcome, Store, open_store
+from core.store import RETENTION_SECONDS, Outcome, Store, open_store
 from mta.dkim import DkimSigner, DkimSignError
 from mta.dkimkeys import KeyStore
 from mta.message_ids import MessageIds
@@ -62,7 +63,14 @@ from mta.pool import SmtpPool
 from mta.render import Rendered, RenderError, TemplateCache, TemplateError, Templates
 from mta.routing import Destination, Router
 from mta.verp import Verp
-from tracking.links import add_pixel, rewrite_links, rewrite_text_links
+from tracking.links import (
+    MessageLinks,
+    add_pixel,
+    rewrite_links,
+    rewrite_text_links,
+    static_links,
+    url_indexes,
+)
 from tracking.tokens import Tokens, load_keys, unsubscribe_payload
 from warmup.gate import WarmupGate
 from warmup.providers import provider_of
@@ -116,6 +124,10 @@ class Worker:
             load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days
         )
         self.public_url = settings.http.public_url.rstrip("/")
+        self.link_tables: OrderedDict[str, dict[str, int]] = OrderedDict()  # by batch id
+        # a batch's messages are built within its content's retention of being accepted, and
+        # each token lives max_age_days from the (whole) day it was sealed
+        self.link_table_ttl = (settings.tracking.token_max_age_days + 1) * 86400 + RETENTION_SECONDS
         self.signer = DkimSigner(
             KeyStore(settings.data_dir), signing_domain=self.delivery.dkim_domain
         )
@@ -362,7 +374,8 @@ class Worker:
     async def _send(self, batch: BatchContent, job: Job) -> tuple[str, int]:
         """Build and send one message; (destination, reply code) or a DeliveryError."""
         rendered = await self._render(batch, job)
-        message = self._build(batch, job, rendered)
+        table = await self._link_table(batch, job, rendered)
+        message = self._build(batch, job, rendered, table)
         recipient = job.email
         domain = domain_of(recipient)
         sender_domain = self.delivery.bounce_domain or domain_of(batch.sender.email)
@@ -462,21 +475,43 @@ class Worker:
             return templates.render(data)
         return await loop.run_in_executor(self.renderer, templates.render, data)
 
-    def _build(self, batch: BatchContent, job: Job, rendered: Rendered) -> bytes:
+    async def _link_table(
+        self, batch: BatchContent, job: Job, rendered: Rendered
+    ) -> dict[str, int]:
+        """The batch's link table (URL -> index), made once per batch from the first message's
+        links written out in the template, saved (the first worker's wins) and read back, so
+        every worker indexes the table that is stored. Empty (every link sealed on its own)
+        without click tracking, and for message 0: a batch of one message keeps no table for
+        the tokens' lifetime."""
+        table = self.link_tables.get(job.batch_id)
+        if table is not None:
+            return table
+        split = split_message_id(job.message_id)
+        if not batch.track_clicks or rendered.html is None or split is None or split[1] == 0:
+            return {}
+        urls = static_links(rendered.html, batch.html or "")
+        if urls:
+            await self.store.save_link_table(job.batch_id, urls, self.link_table_ttl)
+        table = url_indexes(await self.store.link_table(job.batch_id) or [])
+        self.link_tables[job.batch_id] = table
+        if len(self.link_tables) > COMPILED_BATCHES:
+            self.link_tables.popitem(last=False)
+        return table
+
+    def _build(
+        self, batch: BatchContent, job: Job, rendered: Rendered, table: dict[str, int]
+    ) -> bytes:
         sender_email = batch.sender.email
         message_id = job.message_id
         html, text = rendered.html, rendered.text
+        links = MessageLinks(self.tokens, self.public_url, message_id, table)
         if batch.track_clicks:
-
-            def tracked(url: str) -> str:
-                return f"{self.public_url}/t/c/{self.tokens.seal('click', message_id, url)}"
-
             if html is not None:
-                html, _ = rewrite_links(html, tracked)
+                html, _ = rewrite_links(html, links.click_url)
             if text is not None and self.settings.tracking.text_links:
-                text = rewrite_text_links(text, tracked)
+                text = rewrite_text_links(text, links.click_url)
         if html is not None and batch.track_opens:
-            html = add_pixel(html, f"{self.public_url}/t/o/{self.tokens.seal('open', message_id)}")
+            html = add_pixel(html, links.open_url())
         headers = dict(batch.headers)
         if not batch.transactional:
             headers.update(self._unsubscribe_headers(job, batch, sender_email))

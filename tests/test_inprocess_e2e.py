@@ -19,6 +19,7 @@ import aiosmtplib
 import pytest
 from standardwebhooks import Webhook
 
+from core import keys
 from core.settings import HostPort, Settings
 from core.store import Store
 from loadtests.fault_sink import FaultSink
@@ -189,6 +190,59 @@ async def test_open_and_click_through_the_tracking_endpoints(
     assert clicked_event["machine"] is True
     assert clicked_event["machine_reason"] == "click-right-after-delivery"
     assert clicked_event["email"] == sent["email"]
+
+
+async def test_a_batch_links_through_one_stored_table_and_every_link_redirects(
+    relay_api: Client, worker: Worker, sink: Sink, store: Store, relay_settings: Settings
+) -> None:
+    body = fixture_batch(3)
+    sent = await send(relay_api, body)
+    await worker.run_until_idle()
+    delivered = {r.rcpt_tos[0]: r.message for r in sink.snapshot()}
+    public = relay_settings.http.public_url
+    batch_id, _ = sent[0]["message_id"].rsplit("-", 1)
+
+    def originals(index: int) -> list[str]:
+        cart = body["recipients"][index]["data"]["cart_url"]
+        source = body["html"].replace("{{ cart_url }}", cart)
+        return [html.unescape(u) for u in re.findall(r'<a [^>]*href="([^"]+)"', source)]
+
+    # the table holds the links written in the template, once each, never recipient data
+    table = await store.link_table(batch_id)
+    cart_link = "https://shop.example.com/cart/1"
+    assert table == [u for u in dict.fromkeys(originals(1)) if u != cart_link]
+    ttl = await store.redis.ttl(keys.link_table(batch_id))
+    days = relay_settings.tracking.token_max_age_days
+    assert (days + 1) * 86400 < ttl <= (days + 8) * 86400, "as long as the batch's tokens live"
+
+    async with aiohttp.ClientSession(headers=BROWSER) as mail_client:  # no API key
+        for index, result in enumerate(sent):
+            part = delivered[result["email"]].get_body(("html",)).get_content()
+            hrefs = [html.unescape(u) for u in re.findall(r'<a [^>]*href="([^"]+)"', part)]
+            [pixel] = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', part)
+            message_token = pixel.removeprefix(f"{public}/t/o/")
+            paths = [h.removeprefix(f"{public}/t/c/") for h in hrefs]
+            cart = originals(index).index(f"https://shop.example.com/cart/{index}")
+            if index > 0:  # message 0 may come first, before the table: sealed links then
+                assert all(
+                    p.startswith(f"{message_token}.") for i, p in enumerate(paths) if i != cart
+                ), "one sealed token for the message, its links name it"
+            assert "." not in paths[cart], "a link made from recipient data is sealed"
+            for href, original in zip(hrefs, originals(index), strict=True):
+                async with mail_client.get(href, allow_redirects=False) as clicked:
+                    assert clicked.status == 302
+                    assert clicked.headers["Location"] == original
+            async with mail_client.get(pixel) as opened:
+                assert opened.status == 200 and await opened.read() == PIXEL
+
+    found = await message(relay_api, sent[1]["message_id"])
+    assert types(found) == ["queued", "delivered", *["clicked"] * 17, "opened"]
+    assert [e["url"] for e in found["events"][2:-1]] == originals(1)
+
+    [alone] = await send(relay_api, fixture_batch(1))
+    await worker.run_until_idle()
+    alone_batch, _ = alone["message_id"].rsplit("-", 1)
+    assert await store.link_table(alone_batch) is None, "a batch of one message keeps no table"
 
 
 async def test_events_arrive_at_the_webhook_signed_in_batches(

@@ -1,7 +1,13 @@
 """``/t/o/`` (open pixel), ``/t/c/`` (click redirect) and ``/t/u/`` (unsubscribe), no auth.
 
+``/t/o/`` takes a message token (or an older open token). ``/t/c/`` takes a link
+token, ``<message token>.<index>.<mac>`` (``tracking.tokens``): its URL is entry
+``index`` of the batch's link table, read from Redis once per batch and process
+(``_LinkTables``); or an older click token with the URL sealed inside.
+
 Any token that does not open (forged, altered, truncated, unknown key, expired,
-another kind) gets the same plain 404 page: never a redirect, never a 5xx. A
+another kind, an index out of its table, a table gone) gets the same plain 404
+page: never a redirect, never a 5xx. A
 machine's open or click (``tracking.machines``) is recorded with ``machine:
 true``, not dropped. ``GET /t/u/`` shows a confirmation page with a button and
 never unsubscribes; ``POST /t/u/`` with ``List-Unsubscribe=One-Click`` (RFC 8058:
@@ -17,6 +23,7 @@ import base64
 import html
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +31,7 @@ from urllib.parse import quote
 import msgpack
 from aiohttp import web
 
+from core.ids import split_message_id
 from core.logs import address
 from core.settings import TrustedProxies
 from core.store import Store
@@ -103,6 +111,40 @@ class _GroupCommit:
                     done.set_result(None)
 
 
+class _LinkTables:
+    """Link tables of recent batches, per process: a burst of clicks on a campaign costs one
+    Redis read, shared by the requests that arrive while it is on its way. A missing table is
+    not kept (it is not expected to appear, and only a genuine message token gets here)."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[str, list[str]] = OrderedDict()
+        self.loading: dict[str, asyncio.Task[list[str] | None]] = {}
+
+    async def get(self, store: Store, batch_id: str) -> list[str] | None:
+        table = self.items.get(batch_id)
+        if table is not None:
+            self.items.move_to_end(batch_id)
+            return table
+        task = self.loading.get(batch_id)
+        if task is None:
+            task = asyncio.create_task(self._load(store, batch_id))
+            self.loading[batch_id] = task
+        return await asyncio.shield(task)  # one waiter cancelled does not cancel the read
+
+    async def _load(self, store: Store, batch_id: str) -> list[str] | None:
+        try:
+            table = await store.link_table(batch_id)
+        finally:
+            del self.loading[batch_id]
+        if table is not None:
+            self.items[batch_id] = table
+            if len(self.items) > self.SIZE:
+                self.items.popitem(last=False)
+        return table
+
+
 class Tracking:
     def __init__(
         self,
@@ -116,6 +158,7 @@ class Tracking:
         self.unsubscribe_scope = unsubscribe_scope
         self.trusted_proxies = trusted_proxies
         self.events = _GroupCommit()
+        self.link_tables = _LinkTables()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -142,26 +185,43 @@ class Tracking:
 
     async def opened(self, request: web.Request) -> web.Response:
         try:
-            found = self.tokens.open(request.match_info["token"], expect="open")
+            found = self.tokens.open(request.match_info["token"])
         except TokenError:
+            return _not_found()
+        if found.kind not in ("message", "open"):
             return _not_found()
         event = self._event(request, "opened", found.message_id)
         await self.events.record(self.store_of(request), found.message_id, event, 0.0)
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
 
     async def clicked(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        store = self.store_of(request)
         try:
-            found = self.tokens.open(request.match_info["token"], expect="click")
+            if "." in token:
+                found, index = self.tokens.open_link(token)
+                url = await self._link_url(store, found.message_id, index)
+            else:
+                found = self.tokens.open(token, expect="click")
+                url = found.url
         except TokenError:
             return _not_found()
-        location = _location(found.url or "")
+        location = _location(url or "")
         if not location:
             return _not_found()
-        event = self._event(request, "clicked", found.message_id, url=found.url)
-        await self.events.record(
-            self.store_of(request), found.message_id, event, CLICK_WINDOW_SECONDS
-        )
+        event = self._event(request, "clicked", found.message_id, url=url)
+        await self.events.record(store, found.message_id, event, CLICK_WINDOW_SECONDS)
         return web.Response(status=302, headers={"Location": location, **NO_STORE})
+
+    async def _link_url(self, store: Store, message_id: str, index: int) -> str | None:
+        """Entry ``index`` of the link table of the message's batch; None if there is none."""
+        split = split_message_id(message_id)
+        if split is None:
+            return None
+        table = await self.link_tables.get(store, split[0])
+        if table is None or index >= len(table):
+            return None
+        return table[index]
 
     def _unsubscribe_token(self, request: web.Request) -> tuple[str, str, str | None] | None:
         try:

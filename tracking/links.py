@@ -5,13 +5,19 @@ anchors, other schemes and links marked ``data-sluice-notrack`` stay as they
 are. The URL is the attribute value with HTML character references decoded
 (``&amp;`` -> ``&``), as a browser would follow it, so the redirect restores it
 byte for byte.
+
+``MessageLinks`` makes the tracked URLs of one message: one sealed message token
+(the pixel's), a link token naming it per URL of the batch's link table, and a
+sealed click token for a URL the table does not hold (``tracking.tokens``).
 """
 
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from tracking.tokens import Tokens
 
 _ANCHOR = re.compile(r"""<a\b(?:[^>"']|"[^"]*"|'[^']*')*>""", re.IGNORECASE)
 _HREF = re.compile(r"""(\shref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.IGNORECASE)
@@ -21,6 +27,7 @@ _SPACE = " \t\n\r\f"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_URL = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+", re.IGNORECASE)
 _TRAILING = ".,;:!?)]}"
+MAX_TABLE_URLS = 1000  # a batch's link table; more links than that are sealed one by one
 
 
 def rewrite_links(markup: str, tracked: Callable[[str], str]) -> tuple[str, list[str]]:
@@ -68,3 +75,53 @@ def add_pixel(markup: str, url: str) -> str:
         return markup + pixel
     cut = ends[-1].start()
     return markup[:cut] + pixel + markup[cut:]
+
+
+class MessageLinks:
+    """The tracked URLs of one message. ``table`` maps each URL of the batch's link table to
+    its index; the message token is sealed once, on first use, for the pixel and every
+    link in the table."""
+
+    def __init__(
+        self, tokens: Tokens, public_url: str, message_id: str, table: dict[str, int]
+    ) -> None:
+        self._tokens = tokens
+        self._base = public_url.rstrip("/")
+        self._message_id = message_id
+        self._table = table
+        self._token: str | None = None
+
+    def _message_token(self) -> str:
+        if self._token is None:
+            self._token = self._tokens.seal_message(self._message_id)
+        return self._token
+
+    def open_url(self) -> str:
+        """The open pixel's URL."""
+        return f"{self._base}/t/o/{self._message_token()}"
+
+    def click_url(self, url: str) -> str:
+        """The tracked URL of ``url``: a link token if the batch's table holds it, else a
+        sealed click token with the URL inside (a link made from recipient data)."""
+        index = self._table.get(url)
+        if index is None:
+            return f"{self._base}/t/c/{self._tokens.seal('click', self._message_id, url)}"
+        return f"{self._base}/t/c/{self._tokens.link(self._message_token(), index)}"
+
+
+def static_links(markup: str, template: str) -> list[str]:
+    """The tracked URLs of a rendered HTML part that are links written out in its template
+    source (not made from recipient data), each once, in order, at most ``MAX_TABLE_URLS``:
+    a link table's candidates."""
+    _, written = rewrite_links(template, str)
+    _, urls = rewrite_links(markup, str)
+    static = set(written)
+    return [url for url in dict.fromkeys(urls) if url in static][:MAX_TABLE_URLS]
+
+
+def url_indexes(urls: Iterable[str]) -> dict[str, int]:
+    """A stored link table as ``MessageLinks`` takes it: each URL to its first index."""
+    table: dict[str, int] = {}
+    for index, url in enumerate(urls):
+        table.setdefault(url, index)
+    return table

@@ -7,7 +7,7 @@ become ``StoreError`` (the API answers 503); the workers retry on any Redis erro
 
 | module | what it reads and writes |
 |---|---|
-| ``store`` | ``Store``: accepting batches, the jobs stream and delayed set, message records, events, reports, destinations, counters |
+| ``store`` | ``Store``: accepting batches, the jobs stream and delayed set, message records, link tables, events, reports, destinations, counters |
 | ``suppressions`` | ``Store.suppressions``: the suppression list |
 | ``webhooks`` | ``Store.webhooks``: the dispatcher's lease, cursor, batch in flight, dead letters |
 | ``warmup`` | ``Store.warmup``: warmup configurations, budgets per IP x provider, signals, holds |

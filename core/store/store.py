@@ -1,5 +1,6 @@
-"""``Store``: batches accepted, the jobs stream and delayed set, message records, events,
-inbound reports, destinations and counters; and ``open_store``, the connection pool."""
+"""``Store``: batches accepted, the jobs stream and delayed set, message records, link
+tables, events, inbound reports, destinations and counters; and ``open_store``, the
+connection pool."""
 
 from __future__ import annotations
 
@@ -337,6 +338,24 @@ class Store:
     async def batch_content(self, batch_id: str) -> BatchContent | None:
         blob: Any = await self.redis.get(keys.batch(batch_id))
         return None if blob is None else BatchContent.unpack(blob)
+
+    async def save_link_table(self, batch_id: str, urls: list[str], ttl_seconds: int) -> None:
+        """The batch's link table, written once: several workers may save it, the first write
+        wins (``SET NX``), so every link token of the batch indexes the same list."""
+        try:
+            await self.redis.set(
+                keys.link_table(batch_id), msgpack.packb(urls), nx=True, ex=ttl_seconds
+            )
+        except RedisError as exc:
+            raise StoreError(f"could not save the link table: {exc}") from exc
+
+    async def link_table(self, batch_id: str) -> list[str] | None:
+        """The batch's link table; None if none was saved or it expired."""
+        try:
+            blob: Any = await self.redis.get(keys.link_table(batch_id))
+        except RedisError as exc:
+            raise StoreError(f"could not read the link table: {exc}") from exc
+        return None if blob is None else list(msgpack.unpackb(blob))
 
     async def message_status(self, message_id: str) -> str | None:
         status = await self.redis.hget(keys.message(message_id), "s")
