@@ -43,7 +43,7 @@ from jinja2 import nodes
 from core.jobs import BatchContent, Job, Mailbox
 from mta.dkim import SigningKey, sign, signature_headers
 from mta.mime import build_message, new_boundary, quoted_printable
-from mta.render import Templates
+from mta.render import Rendered, Templates
 from mta.smtp import WireMessage
 from tracking.links import (
     _ANCHOR,
@@ -320,6 +320,9 @@ class MessageBuilder:
         message = self._message(job, subject, html, text, extras, self.lines.quoted_printable)
         end = message.index(b"\r\n\r\n") + 4
         head, body = message[:end], message[end:]
+        lines = head.count(b"\r\n")
+        if head.count(b"\n") != lines or head.count(b"\r") != lines:  # never: mta.mime's duty
+            return self.build_reference(job, links, keys, extras)
         wire_body, canonical = self.lines.body(body[:-2])  # its last CRLF: below
         if not keys:
             data_out = head + wire_body + b"\r\n.\r\n"
@@ -337,10 +340,18 @@ class MessageBuilder:
     # --- the careful way ---------------------------------------------------------------------
 
     def build_reference(
-        self, job: Job, links: Links, keys: list[SigningKey], extras: Extras
+        self,
+        job: Job,
+        links: Links,
+        keys: list[SigningKey],
+        extras: Extras,
+        rendered: Rendered | None = None,
     ) -> WireMessage:
-        """Render, rewrite links, build, sign, stuff: every step on the whole message."""
-        rendered = self.templates.render(job.data)
+        """Render (unless ``rendered`` already is: a worker renders a template that is not
+        plain on a render thread, within its budgets), rewrite links, build, sign, stuff:
+        every step on the whole message."""
+        if rendered is None:
+            rendered = self.templates.render(job.data)
         html, text = rendered.html, rendered.text
         if self.clicks:
             if html is not None:

@@ -42,7 +42,8 @@ def header_line(name: str, value: str) -> bytes:
     line = f"{name}: {encoded}"
     if charset == "us-ascii" and max(map(len, line.split("\r\n"))) > 998:
         # A word too long to fold: encoded words can be split anywhere.
-        line = f"{name}: " + Header(value, "utf-8", header_name=name, maxlinelen=78).encode("\r\n")
+        words = Header(value, "utf-8", header_name=name, maxlinelen=78)
+        line = f"{name}: " + words.encode(linesep="\r\n")
     return line.encode("ascii") + _CRLF
 
 

@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from core.addresses import domain_of
 from core.errors import (
@@ -51,53 +53,61 @@ from core.errors import (
 )
 from core.events import EventType, pack_event
 from core.ids import split_message_id
-from core.jobs import BatchContent, Job, Mailbox, QueuedJob
+from core.jobs import BatchContent, Job, QueuedJob
 from core.metrics import DeliveryMetrics, use_directory
 from core.settings import DeliverySettings, Secret, Settings
 from core.store import RETENTION_SECONDS, Outcome, Store, open_store
+from core.suppressions import Suppression
+from mta.compose import Extras, MessageBuilder
 from mta.dkim import DkimSigner, DkimSignError
 from mta.dkimkeys import KeyStore
 from mta.message_ids import MessageIds
-from mta.mime import MimeError, build_message
+from mta.mime import MimeError
+from mta.outcomes import Outcomes
 from mta.pool import SmtpPool
-from mta.render import Rendered, RenderError, TemplateCache, TemplateError, Templates
+from mta.render import RenderError, TemplateCache, TemplateError
 from mta.routing import Destination, Router
+from mta.smtp import WireMessage
 from mta.verp import Verp
-from tracking.links import (
-    MessageLinks,
-    add_pixel,
-    rewrite_links,
-    rewrite_text_links,
-    static_links,
-    url_indexes,
-)
+from tracking.links import MessageLinks, static_links, url_indexes
 from tracking.tokens import Tokens, load_keys, unsubscribe_payload
 from warmup.gate import WarmupGate
 from warmup.providers import provider_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STALE_AFTER_MS = 60_000
 RENDER_THREADS = 2
-COMPILED_BATCHES = 512  # compiled templates kept per worker, by batch id
+KEPT_BATCHES = 512  # batch contents, builders and link tables kept per worker
 FINAL_STATUSES = frozenset({"delivered", "bounced", "expired", "rejected", "suppressed"})
 
 
-class _BatchCache:
-    def __init__(self, store: Store, size: int = 512) -> None:
-        self.store = store
-        self.size = size
-        self.items: OrderedDict[str, BatchContent | None] = OrderedDict()
+class _Memo(Generic[T]):
+    """Values by key (a batch's content, its builder, its link table), each made once even
+    when many deliveries ask for it at the same time: they share the one making. The
+    ``size`` most recently used are kept; a making that failed is forgotten."""
 
-    async def get(self, batch_id: str) -> BatchContent | None:
-        if batch_id in self.items:
-            self.items.move_to_end(batch_id)
-            return self.items[batch_id]
-        content = await self.store.batch_content(batch_id)
-        self.items[batch_id] = content
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return content
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[str, asyncio.Future[T]] = OrderedDict()
+
+    async def get(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
+        future = self.items.get(key)
+        if future is None:
+            future = self.items[key] = asyncio.ensure_future(make())
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        else:
+            self.items.move_to_end(key)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                return future.result()
+        try:
+            return await asyncio.shield(future)  # a cancelled asker leaves the making going
+        except Exception:
+            if self.items.get(key) is future:
+                del self.items[key]
+            raise
 
 
 def retry_delay(schedule: tuple[float, ...], attempts: int) -> float:
@@ -112,9 +122,10 @@ class Worker:
         self.store = store
         self.name = name
         self.stopping = asyncio.Event()
-        self.batches = _BatchCache(store)
+        self.batches: _Memo[BatchContent | None] = _Memo(KEPT_BATCHES)
         self.templates = TemplateCache()
-        self.compiled: OrderedDict[str, Templates] = OrderedDict()  # by batch id
+        self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
+        self.outcomes = Outcomes(store)
         self.renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"{name}-render")
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
@@ -124,7 +135,7 @@ class Worker:
             load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days
         )
         self.public_url = settings.http.public_url.rstrip("/")
-        self.link_tables: OrderedDict[str, dict[str, int]] = OrderedDict()  # by batch id
+        self.link_tables: _Memo[dict[str, int]] = _Memo(KEPT_BATCHES)
         # a batch's messages are built within its content's retention of being accepted, and
         # each token lives max_age_days from the (whole) day it was sealed
         self.link_table_ttl = (settings.tracking.token_max_age_days + 1) * 86400 + RETENTION_SECONDS
@@ -206,6 +217,7 @@ class Worker:
         """Cancel what is still in flight (its jobs stay pending) and close the SMTP pool and
         the render threads."""
         await self._cancel_in_flight()
+        await self.outcomes.aclose()
         await self.pool.aclose()
         # a render still running ends within its budget; nothing waits for it
         self.renderer.shutdown(wait=False, cancel_futures=True)
@@ -234,11 +246,52 @@ class Worker:
         await self._dispatch(own, recovered=True)
 
     async def _dispatch(self, jobs: list[QueuedJob], *, recovered: bool = False) -> None:
-        for job in jobs:
-            await self.capacity.acquire()
-            task = asyncio.create_task(self._deliver_guarded(job, recovered))
-            self.in_flight.add(task)
-            task.add_done_callback(self._done)
+        """Start a delivery for each job, as slots free up; the jobs that can start now are
+        looked up together (``_prepare``), so that what they ask of Redis is one round trip
+        and no answer waits long for its delivery."""
+        at = 0
+        while at < len(jobs):
+            async with self.capacity:  # wait until at least one slot is free
+                pass
+            group = jobs[at : at + max(1, self.limit - len(self.in_flight))]
+            at += len(group)
+            try:
+                ready = await self._prepare(group, recovered)
+            except Exception as exc:  # they stay pending: taken over after STALE_AFTER_MS
+                log.warning("looking up %d jobs failed: %s", len(group), exc)
+                continue
+            for queued, batch, suppressed in ready:
+                await self.capacity.acquire()
+                task = asyncio.create_task(self._deliver_guarded(queued, batch, suppressed))
+                self.in_flight.add(task)
+                task.add_done_callback(self._done)
+
+    async def _prepare(
+        self, group: list[QueuedJob], recovered: bool
+    ) -> list[tuple[QueuedJob, BatchContent | None, Suppression | None]]:
+        """Each job with its batch's content and the suppression entry that stops it: one
+        round trip for all the checks. A recovered job whose message is already final (its
+        outcome was recorded, the worker died before the acknowledgement) is acknowledged."""
+        if recovered:
+            statuses = await self.store.message_statuses([q.job.message_id for q in group])
+            done = [
+                q for q, status in zip(group, statuses, strict=True) if status in FINAL_STATUSES
+            ]
+            await self.store.acknowledge([q.entry_id for q in done])
+            group = [
+                q for q, status in zip(group, statuses, strict=True) if status not in FINAL_STATUSES
+            ]
+        batches = {}
+        for batch_id in dict.fromkeys(q.job.batch_id for q in group):
+            batches[batch_id] = await self.batches.get(
+                batch_id, functools.partial(self.store.batch_content, batch_id)
+            )
+        checked = [(q, batches[q.job.batch_id]) for q in group]
+        found = await self.store.suppressions.check_many(
+            [(q.job.email, b.category, b.transactional) for q, b in checked if b is not None]
+        )
+        entries = iter(found)
+        return [(q, b, next(entries) if b is not None else None) for q, b in checked]
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -291,28 +344,25 @@ class Worker:
 
     # --- one job --------------------------------------------------------------
 
-    async def _deliver_guarded(self, queued: QueuedJob, recovered: bool) -> None:
+    async def _deliver_guarded(
+        self, queued: QueuedJob, batch: BatchContent | None, suppressed: Suppression | None
+    ) -> None:
         try:
-            await self._deliver(queued, recovered)
+            await self._deliver(queued, batch, suppressed)
         except asyncio.CancelledError:
             raise
         except Exception:
             # Left unacknowledged: another attempt happens after STALE_AFTER_MS.
             log.exception("delivery of %s failed unexpectedly", queued.job.message_id)
 
-    async def _deliver(self, queued: QueuedJob, recovered: bool) -> None:
+    async def _deliver(
+        self, queued: QueuedJob, batch: BatchContent | None, suppressed: Suppression | None
+    ) -> None:
         job = queued.job
         message_id = job.message_id
-        if recovered and await self.store.message_status(message_id) in FINAL_STATUSES:
-            await self.store.acknowledge(queued.entry_id)
-            return
-        batch = await self.batches.get(job.batch_id)
         if batch is None:
             await self._finish(queued, None, EventType.EXPIRED, reason="batch content expired")
             return
-        suppressed = await self.store.suppressions.check(
-            job.email, batch.category, transactional=batch.transactional
-        )
         if suppressed is not None:  # suppressed after the message was accepted
             await self._finish(
                 queued,
@@ -373,9 +423,7 @@ class Worker:
 
     async def _send(self, batch: BatchContent, job: Job) -> tuple[str, int]:
         """Build and send one message; (destination, reply code) or a DeliveryError."""
-        rendered = await self._render(batch, job)
-        table = await self._link_table(batch, job, rendered)
-        message = self._build(batch, job, rendered, table)
+        message = await self._compose(batch, job)
         recipient = job.email
         domain = domain_of(recipient)
         sender_domain = self.delivery.bounce_domain or domain_of(batch.sender.email)
@@ -458,84 +506,74 @@ class Worker:
             seconds * 1000,
         )
 
-    async def _render(self, batch: BatchContent, job: Job) -> Rendered:
-        """Compile (once per batch) and render on a render thread, within the budgets; a plain
-        template (it only prints a few values of the recipient's validated data, so it renders
-        in microseconds and cannot spend a budget: ``mta.render._plain``) renders right here."""
-        loop = asyncio.get_running_loop()
-        templates = self.compiled.get(job.batch_id)
-        if templates is None:
-            sources = (batch.subject, batch.html, batch.text)
-            templates = await loop.run_in_executor(self.renderer, self.templates.get, *sources)
-            self.compiled[job.batch_id] = templates
-            if len(self.compiled) > COMPILED_BATCHES:
-                self.compiled.popitem(last=False)
-        data = job.data
-        if templates.plain:
-            return templates.render(data)
-        return await loop.run_in_executor(self.renderer, templates.render, data)
+    async def _compose(self, batch: BatchContent, job: Job) -> WireMessage:
+        """One recipient's message, signed and ready for the wire (``mta.compose``). A plain
+        template (``mta.render._plain``: it only prints a few values of the recipient's
+        validated data, so it renders in microseconds and cannot spend a budget) is filled in
+        right here; any other renders on a render thread, within its budgets."""
+        builder = await self.builders.get(job.batch_id, functools.partial(self._builder, batch))
+        rendered = None
+        if not builder.fast:
+            loop = asyncio.get_running_loop()
+            rendered = await loop.run_in_executor(self.renderer, builder.templates.render, job.data)
+            html = rendered.html
+            table = await self._link_table(
+                batch, job, lambda: static_links(html or "", batch.html or "")
+            )
+        else:
+            table = await self._link_table(batch, job, lambda: list(builder.link_table))
+        links = MessageLinks(self.tokens, self.public_url, job.message_id, table)
+        sender_domain = domain_of(batch.sender.email)
+        extras = Extras(
+            self.message_ids.header_value(job.message_id, sender_domain),
+            {} if batch.transactional else self._unsubscribe_headers(job, batch, sender_domain),
+        )
+        keys = self.signer.signing_keys(sender_domain)
+        if rendered is None:
+            return builder.build(job, links, keys, extras)
+        return builder.build_reference(job, links, keys, extras, rendered)
+
+    async def _builder(self, batch: BatchContent) -> MessageBuilder:
+        """The batch's templates compiled and its messages planned, on a render thread."""
+
+        def make() -> MessageBuilder:
+            templates = self.templates.get(batch.subject, batch.html, batch.text)
+            return MessageBuilder(batch, templates, text_links=self.settings.tracking.text_links)
+
+        return await asyncio.get_running_loop().run_in_executor(self.renderer, make)
 
     async def _link_table(
-        self, batch: BatchContent, job: Job, rendered: Rendered
+        self, batch: BatchContent, job: Job, urls: Callable[[], list[str]]
     ) -> dict[str, int]:
-        """The batch's link table (URL -> index), made once per batch from the first message's
-        links written out in the template, saved (the first worker's wins) and read back, so
-        every worker indexes the table that is stored. Empty (every link sealed on its own)
-        without click tracking, and for message 0: a batch of one message keeps no table for
-        the tokens' lifetime."""
-        table = self.link_tables.get(job.batch_id)
-        if table is not None:
-            return table
-        split = split_message_id(job.message_id)
-        if not batch.track_clicks or rendered.html is None or split is None or split[1] == 0:
+        """The batch's link table (URL -> index), made once per batch from ``urls`` (the
+        links written out in its template, never recipient data), saved (the first worker's
+        wins) and read back, so every worker indexes the table that is stored. Empty (every
+        link sealed on its own) without click tracking, and for message 0 while no table is
+        known: a batch of one message keeps no table for the tokens' lifetime."""
+        if not batch.track_clicks:
             return {}
-        urls = static_links(rendered.html, batch.html or "")
-        if urls:
-            await self.store.save_link_table(job.batch_id, urls, self.link_table_ttl)
-        table = url_indexes(await self.store.link_table(job.batch_id) or [])
-        self.link_tables[job.batch_id] = table
-        if len(self.link_tables) > COMPILED_BATCHES:
-            self.link_tables.popitem(last=False)
-        return table
+        known = self.link_tables.items.get(job.batch_id)
+        split = split_message_id(job.message_id)
+        if known is None and (split is None or split[1] == 0):
+            return {}
 
-    def _build(
-        self, batch: BatchContent, job: Job, rendered: Rendered, table: dict[str, int]
-    ) -> bytes:
-        sender_email = batch.sender.email
-        message_id = job.message_id
-        html, text = rendered.html, rendered.text
-        links = MessageLinks(self.tokens, self.public_url, message_id, table)
-        if batch.track_clicks:
-            if html is not None:
-                html, _ = rewrite_links(html, links.click_url)
-            if text is not None and self.settings.tracking.text_links:
-                text = rewrite_text_links(text, links.click_url)
-        if html is not None and batch.track_opens:
-            html = add_pixel(html, links.open_url())
-        headers = dict(batch.headers)
-        if not batch.transactional:
-            headers.update(self._unsubscribe_headers(job, batch, sender_email))
-        message = build_message(
-            sender=batch.sender,
-            to=Mailbox(job.email, job.name),
-            subject=rendered.subject,
-            html=html,
-            text=text,
-            message_id=self.message_ids.header_value(message_id, domain_of(sender_email)),
-            reply_to=batch.reply_to,
-            headers=headers,
-        )
-        return self.signer.sign(message, domain_of(sender_email))
+        async def make() -> dict[str, int]:
+            candidates = urls()
+            if candidates:
+                await self.store.save_link_table(job.batch_id, candidates, self.link_table_ttl)
+            return url_indexes(await self.store.link_table(job.batch_id) or [])
+
+        return await self.link_tables.get(job.batch_id, make)
 
     def _unsubscribe_headers(
-        self, job: Job, batch: BatchContent, sender_email: str
+        self, job: Job, batch: BatchContent, sender_domain: str
     ) -> dict[str, str]:
         """RFC 8058 one-click (https) and, when bounces come back to us, a mailto."""
         payload = unsubscribe_payload(job.email, batch.category)
         token = self.tokens.seal("unsubscribe", job.message_id, payload)
         targets = [f"<{self.public_url}/t/u/{token}>"]
         if self.delivery.inbound is not None:
-            domain = self.delivery.bounce_domain or domain_of(sender_email)
+            domain = self.delivery.bounce_domain or sender_domain
             targets.append(f"<mailto:{self.unsubscribe.return_path(job.message_id, domain)}>")
         return {
             "List-Unsubscribe": ", ".join(targets),
@@ -594,7 +632,7 @@ class Worker:
             metadata=metadata,
             **fields,
         )
-        await self.store.complete(
+        await self.outcomes.record(
             Outcome(
                 queued.entry_id,
                 job.message_id,

@@ -208,3 +208,31 @@ def test_generated_templates_are_built_the_same_both_ways(
     fast = builder.build(job, FixedLinks(), signing_keys[:1], EXTRAS)
     assert fast.data == careful.data
     assert fast.size == careful.size
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "x" * 998,  # one word too long to fold: encoded words
+        "spring sale " * 60,  # folded at spaces
+        "Grüße aus Köln, " * 20,  # not ASCII
+        "\u00e9" * 300,
+    ],
+    ids=["word-998", "folded", "non-ascii", "non-ascii-word"],
+)
+def test_long_and_encoded_headers_are_built_the_same_both_ways(
+    signing_keys: list[SigningKey], value: str
+) -> None:
+    """The compiled way writes the header block as it is built (nothing rescans it): every
+    line of it must already end in CRLF and fit in 998 octets."""
+    body = {**fixture_batch(1), "headers": {"X-Campaign": value}}
+    content = content_of(body)
+    builder = MessageBuilder(
+        content, Templates(content.subject, content.html, content.text), text_links=False
+    )
+    job = job_of(body["recipients"][0])
+    fast = builder.build(job, FixedLinks(), signing_keys, EXTRAS)
+    assert fast.data == builder.build_reference(job, FixedLinks(), signing_keys, EXTRAS).data
+    lines = fast.data.split(b"\r\n")
+    assert not any(b"\r" in line or b"\n" in line for line in lines)
+    assert max(map(len, lines)) <= 998

@@ -225,10 +225,14 @@ class Store:
             jobs.append(QueuedJob(text(entry_id), Job.unpack(fields[b"j"])))
         return jobs
 
-    async def acknowledge(self, entry_id: str) -> None:
+    async def acknowledge(self, entry_ids: Sequence[str]) -> None:
+        """Take queue entries out of the stream without recording anything (their jobs were
+        finished before: a recovered job whose message is already final)."""
+        if not entry_ids:
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.JOBS, keys.DELIVERY_GROUP, entry_id)
-            pipe.xdel(keys.JOBS, entry_id)
+            pipe.xack(keys.JOBS, keys.DELIVERY_GROUP, *entry_ids)
+            pipe.xdel(keys.JOBS, *entry_ids)
             await pipe.execute()
 
     async def complete(self, outcome: Outcome) -> None:
@@ -357,9 +361,13 @@ class Store:
             raise StoreError(f"could not read the link table: {exc}") from exc
         return None if blob is None else list(msgpack.unpackb(blob))
 
-    async def message_status(self, message_id: str) -> str | None:
-        status = await self.redis.hget(keys.message(message_id), "s")
-        return None if status is None else text(status)
+    async def message_statuses(self, message_ids: Sequence[str]) -> list[str | None]:
+        """Each message's status (None: unknown or expired), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.hget(keys.message(message_id), "s")
+            found = await pipe.execute() if message_ids else []
+        return [None if status is None else text(status) for status in found]
 
     async def message_context(self, message_id: str) -> dict[str, Any] | None:
         """Email, contact, category and metadata of a message, from its first event."""

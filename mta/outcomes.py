@@ -1,0 +1,77 @@
+"""Recording delivery outcomes in groups: one script call for the deliveries that finish
+together, not one per delivery.
+
+A worker finishes deliveries at the rate the receiving servers answer, hundreds a second,
+and each outcome is a few Redis writes (``core/lua/complete.lua``). Made one call each, the
+round trips and the per-call work on both sides cost more than the writes. ``Outcomes``
+commits them the way a database commits a group of transactions: the first outcome to
+arrive starts a commit at the loop's next turn; what arrives while a commit is on its way
+waits for the next one. A quiet worker commits each outcome alone, at once; a busy one
+commits dozens per call, with no timer in between.
+
+The guarantee is the one a single call gave: ``record`` returns once the outcome is in
+Redis, and a delivery holds its slot until then. A process killed between sending and
+recording leaves at most its deliveries in flight unrecorded; their jobs are still pending
+in the stream and are delivered once more (at least once, at most one duplicate per job in
+flight). A failed call fails every outcome of its group: their jobs stay pending, like any
+other delivery that failed unexpectedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from core.store import Outcome, Store
+
+MAX_GROUP = 256  # outcomes per script call: bounds the script's run, Redis serves others between
+
+
+class Outcomes:
+    """Group commit of delivery outcomes into a ``Store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._committing: asyncio.Task[None] | None = None
+
+    async def record(self, outcome: Outcome) -> None:
+        """Record ``outcome`` with whatever else is waiting; returns once it is committed. A
+        cancelled caller's outcome is still committed (what happened, happened)."""
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)  # a cancelled caller no longer reads it
+        self._waiting.append((outcome, future))
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit())
+        await asyncio.shield(future)
+
+    async def _commit(self) -> None:
+        group: list[tuple[Outcome, asyncio.Future[None]]] = []
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+                try:
+                    await self.store.complete_many([outcome for outcome, _ in group])
+                except Exception as exc:
+                    for _, future in group:
+                        future.set_exception(exc)
+                else:
+                    for _, future in group:
+                        future.set_result(None)
+        finally:  # cancelled (the loop is closing): nothing more is committed
+            for _, future in group + self._waiting:
+                if not future.done():
+                    future.cancel()
+            self._waiting = []
+            self._committing = None
+
+    async def aclose(self) -> None:
+        """Wait for what is waiting to be committed (or to fail)."""
+        while self._committing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._committing)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
