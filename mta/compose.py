@@ -31,34 +31,50 @@ from __future__ import annotations
 import binascii
 import hashlib
 import html as html_escaping
-from collections.abc import Callable
+import re
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jinja2
-from dkim import rfc822_parse
 from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 from jinja2 import nodes
 
 from core.jobs import BatchContent, Job, Mailbox
 from mta.dkim import SigningKey, sign, signature_headers
-from mta.mime import build_message, new_boundary, quoted_printable
+from mta.mime import (
+    MimeError,
+    _check,
+    build_message,
+    date_line,
+    header_line,
+    mailbox_line,
+    message_id_line,
+    multipart_header,
+    new_boundary,
+    part_header,
+)
 from mta.render import Rendered, Templates
 from mta.smtp import WireMessage
 from tracking.links import (
     _ANCHOR,
+    _BODY_END,
     _CONTROL,
     _HREF,
     _NOTRACK,
     _SPACE,
     add_pixel,
+    pixel,
     rewrite_links,
     rewrite_text_links,
 )
 
 FENCE = "\x00"  # around each printed value: refused in templates, data and output
-_SLOT = "\x00{}\x00"  # a value's place in the compiled HTML
-MAX_REMEMBERED_LINES = 20_000  # per batch: a 13 KB message has ~300; data-made lines vary
+_SLOT = "\x00{}\x00"  # a dynamic piece's place in a compiled part
+_PIXEL = "\x00p\x00"  # the open pixel's place in the compiled HTML
+_SEPARATOR = "\x00\n"  # between the slot lines of a part, encoded together
+_ENCODED_SEPARATOR = b"=00\r\n"
+_OPEN_TAG = re.compile(r"</?[A-Za-z]*$")  # a static that ends inside a tag's name
 
 
 class Links(Protocol):
@@ -67,9 +83,6 @@ class Links(Protocol):
     def open_url(self) -> str: ...
 
     def click_url(self, url: str) -> str: ...
-
-
-Piece = str | tuple[str, int] | tuple[str, list[str | int]]
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,10 @@ class _Fenced:
                 else:
                     fenced += [nodes.TemplateData(FENCE), child, nodes.TemplateData(FENCE)]
                     statics.append("")
+        if any(_OPEN_TAG.search(text) or text.endswith("\r") for text in statics[:-1]):
+            # a value right after ``<`` or ``</bo`` could complete a tag the careful way would
+            # see; one after CR could make a CRLF of it: such parts take the careful way
+            return None
         marked = nodes.Template([nodes.Output(fenced)])
         marked.set_environment(env)
         code = env.compile(marked)
@@ -113,19 +130,27 @@ class _Fenced:
             return None
         return split[1::2]
 
+    def skeleton(self) -> str:
+        """The statics with a slot where each value goes."""
+        last = len(self.statics) - 1
+        return "".join(
+            text + (_SLOT.format(i) if i < last else "") for i, text in enumerate(self.statics)
+        )
+
+
+# what fills a slot: ("value", i), ("link", index in the table), ("anchor", parts), ("pixel", 0)
+Slot = tuple[str, int | list[str | int]]
+
 
 class _Html:
-    """An HTML part: static text, values, static links (by table index), tags to rewrite."""
+    """An HTML part as a layout (static text and numbered slots) and what fills each slot:
+    a value, a static link (by its index in the table), a tag holding a value (rewritten per
+    recipient as the careful way rewrites a whole page), the open pixel."""
 
-    def __init__(self, fenced: _Fenced, table: dict[str, int], *, clicks: bool) -> None:
-        """``clicks``: the batch tracks clicks (else its links stay as they are)."""
+    def __init__(self, fenced: _Fenced, table: dict[str, int], skeleton: str, clicks: bool) -> None:
         self.fenced = fenced
-        statics = fenced.statics
-        self.plan: list[Piece] = []
-        skeleton = "".join(
-            text + (_SLOT.format(i) if i < len(statics) - 1 else "")
-            for i, text in enumerate(statics)
-        )
+        self.layout: list[str | int] = []
+        self.slots: list[Slot] = []
         at = 0
         for match in _ANCHOR.finditer(skeleton) if clicks else ():
             self._text(skeleton[at : match.start()])
@@ -133,54 +158,74 @@ class _Html:
             at = match.end()
         self._text(skeleton[at:])
 
-    @staticmethod
-    def compilable(statics: list[str]) -> bool:
-        """A value right after ``<`` could become a tag name (``<{{ t }} href=...>``) that
-        the careful way would treat as a link: such parts take the careful way."""
-        return not any(text.rstrip(" \t\r\n\f").endswith("<") for text in statics[:-1])
+    @classmethod
+    def of(
+        cls, fenced: _Fenced, table: dict[str, int], *, clicks: bool, opens: bool
+    ) -> _Html | None:
+        """None when the pixel's place is not static (inside a link's tag)."""
+        skeleton = fenced.skeleton()
+        if opens:
+            ends = list(_BODY_END.finditer(skeleton))
+            cut = ends[-1].start() if ends else len(skeleton)
+            skeleton = skeleton[:cut] + _PIXEL + skeleton[cut:]
+            if clicks and any(_PIXEL in tag.group(0) for tag in _ANCHOR.finditer(skeleton)):
+                return None
+        return cls(fenced, table, skeleton, clicks)
+
+    def _static(self, text: str) -> None:
+        if text and self.layout and isinstance(self.layout[-1], str):
+            self.layout[-1] += text
+        elif text:
+            self.layout.append(text)
+
+    def _slot(self, slot: Slot) -> None:
+        self.layout.append(len(self.slots))
+        self.slots.append(slot)
 
     def _text(self, text: str) -> None:
         for i, chunk in enumerate(text.split(FENCE)):
-            if i % 2:
-                self.plan.append(("value", int(chunk)))
-            elif chunk:
-                self.plan.append(chunk)
+            if not i % 2:
+                self._static(chunk)
+            elif chunk == "p":
+                self._slot(("pixel", 0))
+            else:
+                self._slot(("value", int(chunk)))
 
     def _anchor(self, tag: str, table: dict[str, int]) -> None:
         if FENCE in tag:  # holds a value: rewritten per recipient, exactly as a whole page
             parts: list[str | int] = []
             for i, chunk in enumerate(tag.split(FENCE)):
                 parts.append(int(chunk) if i % 2 else chunk)
-            self.plan.append(("anchor", parts))
+            self._slot(("anchor", parts))
             return
         url = _static_link(tag)
         if url is None:
-            self.plan.append(tag)
+            self._static(tag)
             return
         href = _HREF.search(tag)
         assert href is not None
         index = table.setdefault(url, len(table))
-        self.plan += [tag[: href.start()] + href.group(1) + '"', ("link", index)]
-        self.plan.append('"' + tag[href.end() :])
+        self._static(tag[: href.start()] + href.group(1) + '"')
+        self._slot(("link", index))
+        self._static('"' + tag[href.end() :])
 
-    def fill(self, values: list[str], links: Links, table: tuple[str, ...]) -> str:
+    def fill(self, values: list[str], links: Links, table: tuple[str, ...]) -> list[str]:
+        """What each slot holds for one recipient."""
         out: list[str] = []
-        for piece in self.plan:
-            if isinstance(piece, str):
-                out.append(piece)
-                continue
-            kind, what = piece
+        for kind, what in self.slots:
             if kind == "value":
                 assert isinstance(what, int)
                 out.append(values[what])
             elif kind == "link":
                 assert isinstance(what, int)
                 out.append(html_escaping.escape(links.click_url(table[what]), quote=True))
+            elif kind == "pixel":
+                out.append(pixel(links.open_url()))
             else:
                 assert isinstance(what, list)
                 tag = "".join(values[p] if isinstance(p, int) else p for p in what)
                 out.append(rewrite_links(tag, links.click_url)[0])
-        return "".join(out)
+        return out
 
 
 def _static_link(tag: str) -> str | None:
@@ -198,57 +243,102 @@ def _static_link(tag: str) -> str | None:
     return url
 
 
-class _LineForms:
-    """Each distinct line's forms, worked out once: a text line's quoted-printable bytes
-    (``b2a_qp`` encodes line by line, so encoding each line with its newline gives the bytes
-    of encoding the whole: without the newline, it folds a trailing space differently);
-    a message line's dot-stuffed and relaxed-canonical forms (both line by line)."""
-
-    def __init__(self) -> None:
-        self.encoded: dict[str, bytes] = {}
-        self.wire: dict[bytes, tuple[bytes, bytes]] = {}
-
-    def quoted_printable(self, text: str) -> bytes:
-        """``mta.mime.quoted_printable``, from remembered lines."""
-        if len(self.encoded) > MAX_REMEMBERED_LINES:
-            self.encoded.clear()
-        normalized = text.replace("\r\n", "\n").replace("\r", "\n")
-        *lines, last = normalized.split("\n")
-        out = []
-        known = self.encoded
-        for line in lines:
-            encoded = known.get(line)
-            if encoded is None:  # encoded with its newline: b2a_qp folds a line's end apart
-                raw = binascii.b2a_qp(line.encode("utf-8") + b"\n", quotetabs=False, istext=True)
-                encoded = known[line] = raw[:-1].replace(b"\n", b"\r\n")
-            out.append(encoded)
-        raw = binascii.b2a_qp(last.encode("utf-8"), quotetabs=False, istext=True)
-        out.append(raw.replace(b"\n", b"\r\n"))
-        return b"\r\n".join(out)
-
-    def body(self, lines: bytes) -> tuple[bytes, bytes]:
-        """(dot-stuffed, relaxed canonical) forms of CRLF-separated ``lines``."""
-        if len(self.wire) > MAX_REMEMBERED_LINES:
-            self.wire.clear()
-        wire, canonical = [], []
-        known = self.wire
-        for line in lines.split(b"\r\n"):
-            forms = known.get(line)
-            if forms is None:
-                forms = known[line] = _line_forms(line)
-            wire.append(forms[0])
-            canonical.append(forms[1])
-        return b"\r\n".join(wire), b"\r\n".join(canonical)
+# --- lines ---------------------------------------------------------------------------------
+#
+# Quoted-printable encodes a text line by line (``b2a_qp`` of a whole text is the
+# concatenation of ``b2a_qp`` of each line with its newline), SMTP stuffs a dot line by line
+# and DKIM's relaxed canonicalization works line by line. So the complete lines of a static
+# piece are encoded, stuffed and canonicalized once per batch; per recipient, only the lines
+# that hold a slot are.
 
 
-def _line_forms(line: bytes) -> tuple[bytes, bytes]:
-    """One line dot-stuffed, and relaxed-canonical (``mta.dkim.relaxed_body`` on one line:
-    tabs to spaces, runs of spaces to one, no space at its end)."""
-    canonical = line.replace(b"\t", b" ") if b"\t" in line else line
-    while b"  " in canonical:
+def _encoded_lines(text: str) -> bytes:
+    """Quoted-printable of ``text`` (whose lines each end in LF) with CRLF line ends."""
+    return binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True).replace(
+        b"\n", b"\r\n"
+    )
+
+
+def _forms(lines: bytes) -> tuple[bytes, bytes]:
+    """CRLF-terminated lines, dot-stuffed for SMTP and relaxed-canonical for DKIM (runs of
+    spaces and tabs to one space, none at a line's end)."""
+    wire = lines.replace(b"\r\n.", b"\r\n..")
+    if wire[:1] == b".":
+        wire = b"." + wire
+    canonical = lines.replace(b"\t", b" ") if b"\t" in lines else lines
+    while b"  " in canonical:  # each pass halves every run of spaces
         canonical = canonical.replace(b"  ", b" ")
-    canonical = canonical[:-1] if canonical.endswith(b" ") else canonical
-    return (b"." + line if line.startswith(b".") else line), canonical
+    return wire, canonical.replace(b" \r\n", b"\r\n")
+
+
+@dataclass(frozen=True)
+class _Lines:
+    """A static piece with at least one line end: the text before its first line end
+    (``head``), its complete lines in their two forms, the text after its last (``tail``)."""
+
+    head: str
+    wire: bytes
+    canonical: bytes
+    tail: str
+
+    @classmethod
+    def of(cls, text: str) -> _Lines:
+        first, last = text.index("\n"), text.rindex("\n")
+        wire, canonical = _forms(_encoded_lines(text[first + 1 : last + 1]))
+        return cls(text[:first], wire, canonical, text[last + 1 :])
+
+
+class _Part:
+    """A text or HTML part's layout, static lines worked out: per recipient, ``lines``
+    gives its body's CRLF-terminated lines in both forms from what its slots hold."""
+
+    def __init__(self, layout: list[str | int]) -> None:
+        self.plan: list[str | int | _Lines] = []
+        for item in layout:
+            if isinstance(item, str):
+                item = item.replace("\r\n", "\n").replace("\r", "\n")
+                self.plan.append(_Lines.of(item) if "\n" in item else item)
+            else:
+                self.plan.append(item)
+        self.plan_lines = [item for item in self.plan if isinstance(item, _Lines)]
+
+    def lines(
+        self, slots: list[str], wire: list[bytes], canonical: list[bytes], *, alone: bool
+    ) -> None:
+        """Append the part's lines to ``wire`` and ``canonical``. In a multipart message its
+        last line ends with the CRLF before the next boundary; the part of a message that has
+        only one ends its body, with a CRLF added only if its text did not end with one
+        (``alone``: as ``mta.mime.build_message`` ends it).
+
+        The lines that hold a slot are encoded, stuffed and canonicalized together, in one
+        pass of each: joined by a line holding only NUL (encoded ``=00``, which nothing else
+        can encode to: NUL is refused in templates and data), then split apart again."""
+        groups: list[str] = []
+        line: list[str] = []
+        for item in self.plan:
+            if isinstance(item, int):
+                line.append(slots[item])
+            elif isinstance(item, str):
+                line.append(item)
+            else:
+                line += (item.head, "\n")
+                groups.append("".join(line))
+                line = [item.tail]
+        last = "".join(line)
+        groups.append(last)
+        encoded = _encoded_lines(_SEPARATOR.join(groups))
+        if not alone or (last and not last.endswith("\n")):
+            encoded += b"\r\n"
+        stuffed, canonical_lines = _forms(encoded)
+        wire_pieces = stuffed.split(_ENCODED_SEPARATOR)
+        canonical_pieces = canonical_lines.split(_ENCODED_SEPARATOR)
+        for item, wire_piece, canonical_piece in zip(
+            self.plan_lines, wire_pieces, canonical_pieces, strict=False
+        ):
+            wire += (wire_piece, item.wire)
+            canonical += (canonical_piece, item.canonical)
+        wire.append(wire_pieces[-1])
+        canonical.append(canonical_pieces[-1])
 
 
 @dataclass(frozen=True)
@@ -260,6 +350,66 @@ class Extras:
     headers: dict[str, str]
     date: float | None = None
     timestamp: int | None = None
+
+
+class _Head:
+    """The header fields every message of a batch shares, made once; per recipient the
+    fields that are its own (To, Subject when it holds data, Date, Message-ID, the worker's
+    extra fields). ``lines`` gives the header block and its fields as DKIM reads them."""
+
+    def __init__(self, batch: BatchContent, last: bytes) -> None:
+        """``last``: the fields after the batch's own (MIME-Version, Content-Type...)."""
+        self.top = mailbox_line("From", batch.sender)
+        if batch.reply_to is not None:
+            self.top += mailbox_line("Reply-To", batch.reply_to)
+        self.headers = batch.headers
+        self.own = b"".join(header_line(_check(n), v) for n, v in batch.headers.items())
+        self.last = last
+        self.top_fields = _fields(self.top)
+        self.own_fields = _fields(self.own)
+        self.last_fields = _fields(last)
+        self._subject: tuple[str, bytes] = ("", b"")
+        self._date: tuple[float, bytes] = (-1.0, b"")
+
+    def lines(
+        self, job: Job, subject: str, extras: Extras
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        if subject != self._subject[0]:
+            self._subject = (subject, header_line("Subject", subject))
+        date = float(int(time.time())) if extras.date is None else extras.date
+        if date != self._date[0]:
+            self._date = (date, date_line(date))
+        own = [
+            mailbox_line("To", Mailbox(job.email, job.name)),
+            self._subject[1],
+            self._date[1],
+            message_id_line(extras.message_id),
+        ]
+        if self.headers.keys().isdisjoint(extras.headers):
+            extra = [header_line(_check(n), v) for n, v in extras.headers.items()]
+            fields = self.top_fields + _fields(b"".join(own)) + self.own_fields
+            fields += _fields(b"".join(extra))
+            block = b"".join((self.top, *own, self.own, *extra, self.last))
+        else:  # the worker's field replaces the batch's, in its place
+            merged = {**self.headers, **extras.headers}
+            extra = [header_line(_check(n), v) for n, v in merged.items()]
+            fields = self.top_fields + _fields(b"".join(own + extra))
+            block = b"".join((self.top, *own, *extra, self.last))
+        return block, fields + self.last_fields
+
+
+def _fields(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """Header fields as ``dkim.rfc822_parse`` reads them: (name, value from just after the
+    colon, folding and line end included)."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in lines.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            name, value = fields[-1]
+            fields[-1] = (name, value + line + b"\r\n")
+        else:
+            name, _, value = line.partition(b":")
+            fields.append((name, value + b"\r\n"))
+    return fields
 
 
 class MessageBuilder:
@@ -278,22 +428,54 @@ class MessageBuilder:
         self.templates = templates
         self.text_links = text_links
         self.boundary = boundary or new_boundary()
-        self.lines = _LineForms()
         index: dict[str, int] = {}
         self._html: _Html | None = None
         self._text: _Fenced | None = None
+        self._parts: list[_Part] = []
         self.fast = templates.plain
         if self.fast and templates.html is not None:
             fenced = _Fenced.of(templates.html, templates.sources["html"] or "")
-            if fenced is None or not _Html.compilable(fenced.statics):
-                self.fast = False
-            else:
-                self._html = _Html(fenced, index, clicks=batch.track_clicks)
+            html = fenced and _Html.of(
+                fenced, index, clicks=batch.track_clicks, opens=batch.track_opens
+            )
+            self.fast = html is not None
+            self._html = html or None
         if self.fast and templates.text is not None:
             self._text = _Fenced.of(templates.text, templates.sources["text"] or "")
             self.fast = self._text is not None
         self.table_index = index  # static link URL -> its index in the table
         self.link_table = tuple(sorted(index, key=index.__getitem__))
+        if self.fast:
+            try:
+                self._plan()
+            except MimeError:  # a batch header that cannot be written: the careful way says so
+                self.fast = False
+
+    def _plan(self) -> None:
+        """The parts' layouts, the static stretches of the body and the shared header."""
+        boundary = self.boundary
+        parts: list[tuple[str, list[str | int]]] = []
+        if self._text is not None:
+            if self.clicks and self.text_links:  # links found in the whole text, per recipient
+                parts.append(("text/plain", [0]))
+            else:
+                layout: list[str | int] = []
+                for i, text in enumerate(self._text.statics):
+                    layout += [text, i] if i < self._text.values else [text]
+                parts.append(("text/plain", [item for item in layout if item != ""]))
+        if self._html is not None:
+            parts.append(("text/html", self._html.layout))
+        self._parts = [_Part(layout) for _, layout in parts]
+        if len(parts) == 2:
+            self.head = _Head(
+                self.batch, b"MIME-Version: 1.0\r\n" + multipart_header(boundary)[:-2]
+            )
+            self.stretches = [
+                _forms(f"--{boundary}\r\n".encode() + part_header(kind)) for kind, _ in parts
+            ] + [_forms(f"--{boundary}--\r\n".encode())]
+        else:
+            self.head = _Head(self.batch, b"MIME-Version: 1.0\r\n" + part_header(parts[0][0])[:-2])
+            self.stretches = [(b"", b"")]
 
     # --- the fast way ------------------------------------------------------------------------
 
@@ -301,37 +483,41 @@ class MessageBuilder:
         if not self.fast:
             return self.build_reference(job, links, keys, extras)
         data = job.data
-        html = text = None
+        filled: list[list[str]] = []
+        if self._text is not None:
+            values = self._text.split(data)
+            if values is None:
+                return self.build_reference(job, links, keys, extras)
+            if self.clicks and self.text_links:
+                text = _interleave(self._text.statics, values)
+                values = [rewrite_text_links(text, links.click_url)]
+            filled.append(values)
         if self._html is not None:
             values = self._html.fenced.split(data)
             if values is None:
                 return self.build_reference(job, links, keys, extras)
-            html = self._html.fill(values, links, self.link_table)
-            if self.batch.track_opens:
-                html = add_pixel(html, links.open_url())
-        if self._text is not None:
-            split = self._text.split(data)
-            if split is None:
-                return self.build_reference(job, links, keys, extras)
-            text = _interleave(self._text.statics, split)
-            if self.clicks and self.text_links:
-                text = rewrite_text_links(text, links.click_url)
+            filled.append(self._html.fill(values, links, self.link_table))
+        if any("\r" in value for values in filled for value in values):
+            return self.build_reference(job, links, keys, extras)  # CR: line ends to normalize
         subject = self.templates.render_subject(data)
-        message = self._message(job, subject, html, text, extras, self.lines.quoted_printable)
-        end = message.index(b"\r\n\r\n") + 4
-        head, body = message[:end], message[end:]
-        lines = head.count(b"\r\n")
-        if head.count(b"\n") != lines or head.count(b"\r") != lines:  # never: mta.mime's duty
-            return self.build_reference(job, links, keys, extras)
-        wire_body, canonical = self.lines.body(body[:-2])  # its last CRLF: below
+        head, fields = self.head.lines(job, subject, extras)
+        wire: list[bytes] = []
+        canonical: list[bytes] = []
+        alone = len(self._parts) == 1
+        for part, slots, stretch in zip(self._parts, filled, self.stretches, strict=False):
+            wire.append(stretch[0])
+            canonical.append(stretch[1])
+            part.lines(slots, wire, canonical, alone=alone)
+        if not alone:
+            wire.append(self.stretches[-1][0])
+            canonical.append(self.stretches[-1][1])
+        body = b"".join(wire)
+        size = len(head) + 2 + len(body) - body.count(b"\r\n..") - (body[:1] == b".")
         if not keys:
-            data_out = head + wire_body + b"\r\n.\r\n"
-            return WireMessage(data_out, len(message))
-        fields = rfc822_parse(head)[0]
-        body_hash = hashlib.sha256(_relaxed_end(canonical + b"\r\n")).digest()
+            return WireMessage(head + b"\r\n" + body + b".\r\n", size)
+        body_hash = hashlib.sha256(_relaxed_end(b"".join(canonical))).digest()
         signature = signature_headers(fields, body_hash, keys, timestamp=extras.timestamp)
-        data_out = signature + head + wire_body + b"\r\n.\r\n"
-        return WireMessage(data_out, len(signature) + len(message))
+        return WireMessage(signature + head + b"\r\n" + body + b".\r\n", len(signature) + size)
 
     @property
     def clicks(self) -> bool:
@@ -360,23 +546,11 @@ class MessageBuilder:
                 text = rewrite_text_links(text, links.click_url)
         if html is not None and self.batch.track_opens:
             html = add_pixel(html, links.open_url())
-        message = self._message(job, rendered.subject, html, text, extras, quoted_printable)
-        return WireMessage.of(sign(message, keys, timestamp=extras.timestamp))
-
-    def _message(
-        self,
-        job: Job,
-        subject: str,
-        html: str | None,
-        text: str | None,
-        extras: Extras,
-        encode: Callable[[str], bytes],
-    ) -> bytes:
         batch = self.batch
-        return build_message(
+        message = build_message(
             sender=batch.sender,
             to=Mailbox(job.email, job.name),
-            subject=subject,
+            subject=rendered.subject,
             html=html,
             text=text,
             message_id=extras.message_id,
@@ -384,8 +558,8 @@ class MessageBuilder:
             headers={**batch.headers, **extras.headers},
             date=extras.date,
             boundary=self.boundary,
-            encode=encode,
         )
+        return WireMessage.of(sign(message, keys, timestamp=extras.timestamp))
 
 
 def _interleave(statics: list[str], values: list[str]) -> str:

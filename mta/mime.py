@@ -66,12 +66,29 @@ def quoted_printable(text: str) -> bytes:
     return encoded.replace(b"\n", _CRLF)
 
 
-def _part(content_type: str, body: str, encode: Callable[[str], bytes]) -> bytes:
+def part_header(content_type: str) -> bytes:
+    """A part's header fields and the empty line after them."""
     return (
         f"Content-Type: {content_type}; charset=utf-8\r\n"
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii")
-        + encode(body)
     )
+
+
+def multipart_header(boundary: str) -> bytes:
+    """The multipart/alternative message's Content-Type field and the empty line after it."""
+    return f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")
+
+
+def date_line(date: float | None) -> bytes:
+    return f"Date: {formatdate(date, usegmt=True)}\r\n".encode("ascii")
+
+
+def message_id_line(message_id: str) -> bytes:
+    return f"Message-ID: <{_check(message_id)}>\r\n".encode("ascii")
+
+
+def _part(content_type: str, body: str, encode: Callable[[str], bytes]) -> bytes:
+    return part_header(content_type) + encode(body)
 
 
 def new_boundary() -> str:
@@ -104,17 +121,15 @@ def build_message(
     out += [
         mailbox_line("To", to),
         header_line("Subject", subject),
-        f"Date: {formatdate(date, usegmt=True)}\r\n".encode("ascii"),
-        f"Message-ID: <{_check(message_id)}>\r\n".encode("ascii"),
+        date_line(date),
+        message_id_line(message_id),
     ]
     for name, value in (headers or {}).items():
         out.append(header_line(_check(name), value))
     out.append(b"MIME-Version: 1.0\r\n")
     if html is not None and text is not None:
         boundary = boundary or new_boundary()
-        out.append(
-            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")
-        )
+        out.append(multipart_header(boundary))
         delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
         out += [
             f"--{boundary}\r\n".encode("ascii"),

@@ -52,7 +52,11 @@ class _Connection:
 
 
 class _Waitable:
-    """Wake-all waiting: a waiter re-checks its condition when woken."""
+    """Waiting for a resource (a connection, a slot) that comes back one at a time: each
+    ``wake`` hands one coming back to the longest waiter, who re-checks its condition (and
+    waits again at the back if someone not waiting took it first; that one wakes the next
+    when done). Waking everyone instead made each finished delivery wake the dozens of
+    deliveries queued for the host, all but one to wait again."""
 
     def __init__(self) -> None:
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -60,13 +64,20 @@ class _Waitable:
     async def wait(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        await waiter
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.wake()  # woken, then cancelled before it could look: the next one looks
+            raise
 
-    def wake(self) -> None:
-        while self._waiters:
+    def wake(self, count: int = 1) -> None:
+        """Wake up to ``count`` waiters (each for one resource come back)."""
+        while count > 0 and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                count -= 1
 
 
 class _DomainGate(_Waitable):
@@ -321,7 +332,7 @@ class SmtpPool:
                 host.open -= 1
                 await conn.smtp.quit()
             if stale:
-                host.wake()
+                host.wake(len(stale))
 
     def snapshot(self) -> list[dict[str, object]]:
         """State of every destination host, for ``GET /v1/destinations``."""

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadtests.fault_sink import FaultSink
-from mta.pool import SmtpPool
+from mta.pool import HostState, SmtpPool
 from mta.routing import Destination
 from mta.smtp import (
     SmtpConnection,
@@ -396,6 +396,53 @@ async def test_pool_reconnects_at_once_when_the_server_dropped_an_idle_connectio
             await pool.aclose()
         assert len(sink.accepted()) == 2
         assert sink.connections_total == 2
+
+
+async def test_deliveries_queued_for_a_host_each_get_a_connection_even_when_some_give_up() -> None:
+    """Sixty deliveries for a host allowed two connections: each connection that comes back
+    goes to one waiting delivery; a delivery cancelled while waiting (or just after being
+    woken) passes its turn on, so none is left waiting with a connection idle."""
+    with FaultSink() as sink:
+        sink.set_rule("*", latency=0.01)
+        pool = SmtpPool(
+            ehlo_name="mta.sluice.test",
+            timeout=5,
+            per_host=2,
+            per_domain=100,
+            messages_per_connection=1000,
+        )
+        dest = Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
+
+        async def send(i: int) -> int:
+            rcpt = f"r{i}@inbox.test"
+            return (await pool.send(dest, "inbox.test", "a@shop.test", rcpt, MESSAGE)).code
+
+        try:
+            tasks = [asyncio.create_task(send(i)) for i in range(60)]
+            await asyncio.sleep(0.05)
+            given_up = tasks[10:60:5]
+            for task in given_up:
+                task.cancel()
+            async with asyncio.timeout(20):
+                done = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await pool.aclose()
+        delivered = [code for code in done if code == 250]
+        assert all(code == 250 or isinstance(code, asyncio.CancelledError) for code in done)
+        assert len(delivered) == len(sink.accepted()) >= 60 - len(given_up)
+        assert sink.max_concurrent <= 2 and sink.connections_total == 2
+
+
+async def test_a_wake_is_passed_on_by_a_waiter_cancelled_before_it_could_use_it() -> None:
+    host = HostState(limit=1)
+    first = asyncio.create_task(host.wait())
+    second = asyncio.create_task(host.wait())
+    await asyncio.sleep(0)  # both wait
+    host.wake()  # one connection came back: for the first
+    first.cancel()  # ... which is cancelled before it runs
+    await asyncio.wait({first, second}, timeout=1)
+    assert first.cancelled()
+    assert second.done() and not second.cancelled(), "the second got the first's turn"
 
 
 async def test_each_sending_ip_says_its_own_ehlo_name(

@@ -64,17 +64,21 @@ def rewrite_text_links(text: str, tracked: Callable[[str], str]) -> str:
     return _TEXT_URL.sub(one, text)
 
 
-def add_pixel(markup: str, url: str) -> str:
-    """The open pixel, just before ``</body>`` (or at the end)."""
-    pixel = (
+def pixel(url: str) -> str:
+    """The open pixel's tag."""
+    return (
         f'<img src="{html.escape(url, quote=True)}" width="1" height="1" alt="" '
         'style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">'
     )
+
+
+def add_pixel(markup: str, url: str) -> str:
+    """The open pixel, just before ``</body>`` (or at the end)."""
     ends = list(_BODY_END.finditer(markup))
     if not ends:
-        return markup + pixel
+        return markup + pixel(url)
     cut = ends[-1].start()
-    return markup[:cut] + pixel + markup[cut:]
+    return markup[:cut] + pixel(url) + markup[cut:]
 
 
 class MessageLinks:
