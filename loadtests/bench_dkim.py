@@ -40,6 +40,16 @@ from loadtests.harness import fixture_message
 from mta.dkim import SigningKey, sign
 from mta.dkimkeys import KeyStore
 
+# What the RSA operation signs for the fixture: the size of its canonical signed header data.
+SIGNED_HEADER_BYTES = 700
+
+
+def raw_rsa(key: rsa.RSAPrivateKey) -> Callable[[int], object]:
+    """One raw RSA-2048 PKCS1v15/SHA-256 signature of header-sized data per call: the RSA
+    operation alone, the ceiling for any RSA-2048 signer on this machine."""
+    data = b"x" * SIGNED_HEADER_BYTES
+    return lambda i: key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
 
 def rate(work: Callable[[int], object], count: int) -> float:
     started = time.perf_counter()
@@ -69,13 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     rsa_signing = SigningKey.of(rsa_key, rsa_private)
     ed_signing = SigningKey.of(ed_key, ed_private)
     messages = [fixture_message(i) for i in range(100)]
-    header_data = b"x" * 700
     n = args.signatures
 
     rows: dict[str, Callable[[int], object]] = {
-        "raw cryptography RSA-2048": lambda i: rsa_private.sign(
-            header_data, padding.PKCS1v15(), hashes.SHA256()
-        ),
+        "raw cryptography RSA-2048": raw_rsa(rsa_private),
         "Sluice RSA-2048": lambda i: sign(messages[i % 100], [rsa_signing]),
         "Sluice Ed25519": lambda i: sign(messages[i % 100], [ed_signing]),
         "Sluice RSA-2048 + Ed25519": lambda i: sign(messages[i % 100], [rsa_signing, ed_signing]),

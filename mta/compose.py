@@ -74,6 +74,7 @@ _SLOT = "\x00{}\x00"  # a dynamic piece's place in a compiled part
 _PIXEL = "\x00p\x00"  # the open pixel's place in the compiled HTML
 _SEPARATOR = "\x00\n"  # between the slot lines of a part, encoded together
 _ENCODED_SEPARATOR = b"=00\r\n"
+_INDENT = re.compile(rb"\n  +")
 _OPEN_TAG = re.compile(r"</?[A-Za-z]*$")  # a static that ends inside a tag's name
 
 
@@ -265,8 +266,12 @@ def _forms(lines: bytes) -> tuple[bytes, bytes]:
     wire = lines.replace(b"\r\n.", b"\r\n..")
     if wire[:1] == b".":
         wire = b"." + wire
-    canonical = lines.replace(b"\t", b" ") if b"\t" in lines else lines
-    while b"  " in canonical:  # each pass halves every run of spaces
+    canonical = _INDENT.sub(b"\n ", lines)  # most runs of spaces indent a line: one pass
+    if canonical[:2] == b"  ":
+        canonical = b" " + canonical.lstrip(b" ")
+    if b"\t" in canonical:
+        canonical = canonical.replace(b"\t", b" ")
+    while b"  " in canonical:  # each pass halves every other run
         canonical = canonical.replace(b"  ", b" ")
     return wire, canonical.replace(b" \r\n", b"\r\n")
 

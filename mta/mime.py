@@ -35,16 +35,32 @@ def _check(value: str) -> str:
 def header_line(name: str, value: str) -> bytes:
     """``Name: value`` folded to 78 columns, encoded-words where the value is not ASCII."""
     _check(value)
-    if value.isascii() and len(name) + len(value) + 2 <= 78:
-        return f"{name}: {value}".encode("ascii") + _CRLF
-    charset = "us-ascii" if value.isascii() else "utf-8"
-    encoded = Header(value, charset, header_name=name, maxlinelen=78).encode(linesep="\r\n")
-    line = f"{name}: {encoded}"
-    if charset == "us-ascii" and max(map(len, line.split("\r\n"))) > 998:
-        # A word too long to fold: encoded words can be split anywhere.
-        words = Header(value, "utf-8", header_name=name, maxlinelen=78)
-        line = f"{name}: " + words.encode(linesep="\r\n")
-    return line.encode("ascii") + _CRLF
+    if value.isascii():
+        if len(name) + len(value) + 2 <= 78:
+            return f"{name}: {value}".encode("ascii") + _CRLF
+        folded = _fold(name, value)
+        if folded is not None:
+            return folded.encode("ascii") + _CRLF
+    # Not ASCII, or a word too long for a line: encoded words can be split anywhere.
+    encoded = Header(value, "utf-8", header_name=name, maxlinelen=78).encode(linesep="\r\n")
+    return f"{name}: {encoded}".encode("ascii") + _CRLF
+
+
+def _fold(name: str, value: str) -> str | None:
+    """``Name: value`` with a line break before as few of its spaces as keep lines within 78
+    columns (a word longer than that has a line of its own); unfolding gives back the value
+    exactly. None if a word does not fit in 998 octets."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > 78 and line.strip():
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    if max(map(len, lines)) > 998:
+        return None
+    return "\r\n".join(lines)
 
 
 def mailbox_line(name: str, box: Mailbox) -> bytes:

@@ -145,6 +145,7 @@ class SmtpConnection:
         self.timeout = timeout
         self.extensions: dict[str, str] = {}
         self.tls = False
+        self._writing = False  # within a step: still writing (else waiting for the answer)
         self.greeting = ""
         self.may_pipeline = True
 
@@ -256,24 +257,30 @@ class SmtpConnection:
         return not self.writer.is_closing() and not self.reader.at_eof()
 
     async def read_reply(self) -> Reply:
+        """The next reply, within the timeout."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._reply()
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
+
+    async def _reply(self) -> Reply:
+        """The next reply; the caller bounds the wait."""
         lines: list[str] = []
         code = b""
         try:
-            async with asyncio.timeout(self.timeout):
-                while True:
-                    line = await self.reader.readline()
-                    if not line.endswith(b"\n"):
-                        raise SmtpError(f"{self.peer} closed the connection")
-                    code, sep = line[:3], line[3:4]
-                    if not code.isdigit() or sep not in (b" ", b"-", b"\r", b"\n"):
-                        raise SmtpError(f"{self.peer} sent a malformed reply: {line[:80]!r}")
-                    lines.append(line[4:].strip().decode("utf-8", "replace"))
-                    if sep != b"-":
-                        break
-                    if len(lines) >= MAX_REPLY_LINES:
-                        raise SmtpError(f"{self.peer} sent a reply of over {MAX_REPLY_LINES} lines")
-        except TimeoutError as exc:
-            raise SmtpError(f"{self.peer} did not answer within {self.timeout:.0f}s") from exc
+            while True:
+                line = await self.reader.readline()
+                if not line.endswith(b"\n"):
+                    raise SmtpError(f"{self.peer} closed the connection")
+                code, sep = line[:3], line[3:4]
+                if not code.isdigit() or sep not in (b" ", b"-", b"\r", b"\n"):
+                    raise SmtpError(f"{self.peer} sent a malformed reply: {line[:80]!r}")
+                lines.append(line[4:].strip().decode("utf-8", "replace"))
+                if sep != b"-":
+                    break
+                if len(lines) >= MAX_REPLY_LINES:
+                    raise SmtpError(f"{self.peer} sent a reply of over {MAX_REPLY_LINES} lines")
         except ValueError as exc:  # StreamReader's line limit
             raise SmtpError(f"{self.peer} sent a reply line over {MAX_REPLY_LINE} bytes") from exc
         except OSError as exc:
@@ -282,13 +289,27 @@ class SmtpConnection:
 
     async def _write(self, data: bytes) -> None:
         try:
-            self.writer.write(data)
             async with asyncio.timeout(self.timeout):
-                await self.writer.drain()
+                await self._send(data)
         except TimeoutError as exc:
-            raise SmtpError(f"{self.peer} stopped reading for {self.timeout:.0f}s") from exc
+            raise self._timed_out() from exc
+
+    async def _send(self, data: bytes) -> None:
+        """Write and drain; the caller bounds the wait."""
+        try:
+            self.writer.write(data)
+            self._writing = True
+            await self.writer.drain()
+            self._writing = False
         except OSError as exc:
             raise SmtpError(f"connection to {self.peer} lost: {exc}") from exc
+
+    def _timed_out(self) -> SmtpError:
+        """What a step of the conversation that ran out of time says: the server stopped
+        reading what we wrote, or did not answer."""
+        if self._writing:
+            return SmtpError(f"{self.peer} stopped reading for {self.timeout:.0f}s")
+        return SmtpError(f"{self.peer} did not answer within {self.timeout:.0f}s")
 
     async def command(self, line: str) -> Reply:
         await self._write(line.encode("ascii") + b"\r\n")
@@ -334,8 +355,12 @@ class SmtpConnection:
         wire = message.data
         commands = [line.encode("utf-8") + b"\r\n" for line in (mail, rcpt)] + [b"DATA\r\n"]
         if self.pipelining:
-            await self._write(b"".join(commands))
-            replies = [await self.read_reply() for _ in commands]
+            try:
+                async with asyncio.timeout(self.timeout):  # one round trip, one timeout
+                    await self._send(b"".join(commands))
+                    replies = [await self._reply() for _ in commands]
+            except TimeoutError as exc:
+                raise self._timed_out() from exc
         else:
             replies = []
             for command in commands:
@@ -362,8 +387,12 @@ class SmtpConnection:
         if data_reply.code != 354:
             raise SmtpReplyError(data_reply, "data")
         try:
-            await self._write(wire)
-            final = await self.read_reply()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._send(wire)
+                    final = await self._reply()
+            except TimeoutError as exc:
+                raise self._timed_out() from exc
         except SmtpError as exc:
             exc.committed = True  # the message may have arrived: a retry can duplicate it
             raise

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadtests.harness import PROJECT_ROOT, cart_reminder, fixture_message
-from mta.dkim import DkimSigner, relaxed_body, relaxed_headers
+from mta.dkim import OVERSIGNED, DkimSigner, relaxed_body, relaxed_headers, signed_fields
 from mta.dkimkeys import KeyStore
 from tests.conftest import Sink, need_tools, tool_missing
 from tests.dnsserver import DNSServer
@@ -137,6 +137,23 @@ _HEADER_PIECES = [b" ", b"\t", b"\r\n", b"\n", b"\r", b"a", b"  ", b"\t \r\n", b
 )
 def test_relaxed_headers_equal_dkimpy(headers: list[tuple[bytes, bytes]]) -> None:
     assert relaxed_headers(headers) == Relaxed.canonicalize_headers(headers)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"From", b"to", b"Subject", b"DATE", b"Cc", b"X-A", b"Reply-To"]),
+            st.sampled_from([b" a\r\n", b" b\r\n", b" c\r\n"]),
+        ),
+        max_size=12,
+    )
+)
+def test_signed_fields_are_what_dkimpy_selects(headers: list[tuple[bytes, bytes]]) -> None:
+    names, selected = signed_fields(headers)
+    assert selected == dkim.select_headers(headers, names)
+    for name in OVERSIGNED:  # once more than present: none can be added after signing
+        present = sum(field.lower() == name for field, _ in headers)
+        assert names.count(name) == present + 1
 
 
 def _txt_lookup(dns_server: DNSServer) -> Any:

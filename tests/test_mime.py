@@ -108,3 +108,21 @@ def test_header_injection_is_refused(value: str) -> None:
             text=None,
             message_id="m@example.com",
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.lists(
+        st.sampled_from(["a", "word", "", "x" * 77, "y" * 120, "<https://x.example/t/u/T>,"]),
+        min_size=1,
+        max_size=30,
+    ).map(" ".join)
+)
+def test_ascii_headers_fold_only_at_their_spaces(value: str) -> None:
+    """Unfolding (RFC 5322 2.2.3: remove each CRLF before white space) gives back the value
+    exactly; no line is over 78 columns unless a word alone is."""
+    line = header_line("List-Unsubscribe", value)
+    assert line.endswith(b"\r\n") and b"\r\n" not in line[:-2].replace(b"\r\n ", b"")
+    assert line[:-2].replace(b"\r\n ", b" ").decode() == "List-Unsubscribe: " + value
+    for physical in line[:-2].split(b"\r\n"):
+        assert len(physical) <= 78 or b" " not in physical.strip()

@@ -226,6 +226,47 @@ async def test_oversized_reply_line_and_silence_are_errors_not_hangs(
         )
 
 
+async def test_a_server_that_stops_reading_or_answering_mid_message_times_out_committed(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    """The message and its final reply are one step under one timeout: a server that stops
+    reading the content, or reads it and never answers, ends the step with an error that
+    says which, marked committed (the message may have arrived)."""
+    stop = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, "PIPELINING")
+        for _ in range(3):
+            await reader.readline()
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await stop.wait()  # reads no content
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, "PIPELINING")
+        for _ in range(3):
+            await reader.readline()
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await read_data(reader)
+        await stop.wait()  # never answers
+
+    big = MESSAGE + (b"x" * 76 + b"\r\n") * 200_000
+    try:
+        conn = await open_to(await raw_server(deaf))
+        conn.timeout = 0.5
+        with pytest.raises(SmtpError, match="stopped reading") as deaf_error:
+            await conn.transaction("a@shop.test", "b@inbox.test", big)
+        assert deaf_error.value.committed
+        conn.abort()
+        conn = await open_to(await raw_server(mute))
+        conn.timeout = 0.5
+        with pytest.raises(SmtpError, match="did not answer") as mute_error:
+            await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)
+        assert mute_error.value.committed
+        conn.abort()
+    finally:
+        stop.set()
+
+
 async def test_greeting_refusal_and_helo_fallback(
     raw_server: Callable[[Script], Awaitable[int]],
 ) -> None:
