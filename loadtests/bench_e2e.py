@@ -1,24 +1,38 @@
-"""End-to-end benchmark: API to SMTP with DKIM, tracking and durable acceptance, against the wire limit.
+"""End-to-end benchmark: API to SMTP with DKIM, tracking and durable acceptance, against the
+wire limit and the peer (Postfix + OpenDKIM), all measured in the same run.
 
-Run::
+Run (as root, for the peer: Postfix starts as root)::
 
-    .venv/bin/python -m loadtests.bench_e2e [--recipients N] [--workers W] [--json]
+    .venv/bin/python -m loadtests.bench_e2e [--recipients N] [--workers W] [--batch-size B]
+        [--dkim rsa|ed25519|none] [--peer-messages M] [--milter unix|inet|both] [--no-peer]
+        [--py-spy DIR] [--json]
 
-Needs Postfix's ``smtp-sink`` and ``smtp-source`` (``apt-get install postfix``).
+Needs Postfix's ``smtp-sink`` and ``smtp-source`` (``apt-get install postfix``) and, for the
+peer, ``opendkim`` (``scripts/test-deps`` installs all three).
 
-1. Starts ``smtp-sink`` on loopback and measures ``smtp-source -s 20 -m N -l LEN``
-   into it (LEN: the fixture's size): the SMTP wire limit of this machine.
-2. Makes an RSA-2048 DKIM key for the fixture's From domain and starts the real
-   ``sluice serve`` relaying into the same sink: embedded Redis with
-   ``appendfsync always``, ``--workers W`` (default: CPU count), tracking on.
-3. Submits N fixture recipients (default 20,000) in 1,000-recipient batches from 4
-   concurrent clients, then waits until every one is delivered.
+1. **Raw RSA-2048**: the best of three rounds of 500 ``cryptography`` signatures of header-sized
+   data (``bench_dkim.raw_rsa``), one core, nothing else running: the price of the one
+   operation any RSA signer must pay per message, the unit the workers' CPU is reported in.
+2. **The peer**: Postfix with the OpenDKIM milter (RSA-2048) relaying M fixture messages
+   (default 2,000) from ``smtp-source -s 20`` into ``smtp-sink`` (``loadtests.postfix_peer``,
+   every 100th message's signature verified); by default once with the milter on a unix
+   socket (Debian's setup, the faster one here) and once on loopback TCP (the other common
+   setup; ~210 msg/s, latency-bound). The ratio to the peer is to the faster one.
+3. **The wire**: ``smtp-source -s 20 -m N -l LEN`` into a fresh ``smtp-sink`` (LEN: the
+   fixture's size): what the SMTP wire carries on this machine with no work per message.
+4. **Sluice**: an RSA-2048 DKIM key for the fixture's From domain (``--dkim``: Ed25519 or
+   none instead, to show the signature's share) and the real ``sluice serve`` relaying into
+   the same sink: embedded Redis with ``appendfsync always``, ``--workers W`` (default: CPU
+   count), tracking on. N fixture recipients (default 20,000) are submitted in batches of B
+   (default 1,000; smaller batches from more concurrent clients, so that the API is never
+   the limit), then the run waits until every one is delivered.
 
-Reports accepted/s (first request to last 202), delivered/s (first request to the
-last ``delivered``), and delivered/s divided by the smtp-source rate. Also, sampled every
-0.5 s: the peak RSS of each delivery worker (target < 250 MB) and the embedded Redis's peak
-``used_memory``; and the CPU time per 1,000 messages of the gateway process (HTTP API),
-the workers together, Redis and ``smtp-sink``: where the machine's two cores went.
+Reports accepted/s (first request to last 202), delivered/s (first request to the last
+``delivered``), delivered/s as a ratio to the peer and to smtp-source, and the workers' CPU per
+delivered message in raw RSA-2048 signatures. Also, sampled every 0.5 s: the peak RSS of each
+delivery worker (target < 250 MB) and the embedded Redis's peak ``used_memory``; and the CPU time
+per 1,000 messages of the gateway process (HTTP API), the workers together, Redis and
+``smtp-sink``: where the machine's two cores went.
 
 ``--py-spy DIR`` records every worker and the gateway with py-spy during the run (raw
 collapsed stacks, one file per process; ``py-spy`` must be on PATH or beside the Python).
@@ -35,13 +49,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import redis
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import keys
+from loadtests import postfix_peer
+from loadtests.bench_dkim import rate, raw_rsa
 from loadtests.bench_pipelining import smtp_source, start_sink
 from loadtests.harness import (
     API_KEY,
@@ -58,8 +75,18 @@ from loadtests.harness import (
 from mta.dkimkeys import KeyStore
 
 
-async def submit(url: str, recipients: int, clients: int = 4) -> float:
-    batches = [fixture_batch(1000, start=i) for i in range(0, recipients, 1000)]
+def clients_for(batch_size: int) -> int:
+    """Concurrent submitters: 4 for full batches; for small ones enough that about 4,000
+    recipients are in flight, at most 64."""
+    return max(4, min(64, 4000 // batch_size))
+
+
+async def submit(url: str, recipients: int, batch_size: int) -> float:
+    batches = [
+        fixture_batch(min(batch_size, recipients - i), start=i)
+        for i in range(0, recipients, batch_size)
+    ]
+    clients = clients_for(batch_size)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     queue = iter(batches)
     started = time.perf_counter()
@@ -72,6 +99,33 @@ async def submit(url: str, recipients: int, clients: int = 4) -> float:
 
         await asyncio.gather(*(client() for _ in range(clients)))
     return time.perf_counter() - started
+
+
+def raw_rsa_ms(rounds: int = 3, signatures: int = 500) -> float:
+    """The best time of one raw RSA-2048 signature, in ms (``bench_dkim.raw_rsa``)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    work = raw_rsa(key)
+    return 1000 / max(rate(work, signatures) for _ in range(rounds))
+
+
+def peers(messages: int, milter: str) -> dict[str, Any]:
+    """Postfix + OpenDKIM's relay rate per milter socket, or why it was not measured."""
+    if os.geteuid() != 0:
+        return {"skipped": "the peer needs root (Postfix starts as root)"}
+    missing = postfix_peer.missing_tools()
+    if missing:
+        return {"skipped": f"needs {', '.join(missing)}: apt-get install postfix opendkim"}
+    sockets = [m for m in get_args(postfix_peer.Milter) if milter in (m, "both")]
+    found: dict[str, Any] = {}
+    for socket in sockets:
+        measured = postfix_peer.measure(messages, milter=socket)
+        found[socket] = {
+            "relayed_per_s": measured["relayed_per_s"],
+            "dkim_verified": measured["dkim_verified"],
+            "cpu_ms_per_message": measured["cpu_ms_per_message"],
+        }
+        found["versions"] = {"postfix": measured["postfix"], "opendkim": measured["opendkim"]}
+    return found
 
 
 def delivered(client: redis.Redis) -> int:
@@ -141,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--batch-size", type=int, default=1000, help="recipients per request (1-1000)"
+    )
+    parser.add_argument("--peer-messages", type=int, default=2000, metavar="M")
+    parser.add_argument(
+        "--milter",
+        choices=("unix", "inet", "both"),
+        default="both",
+        help="the peer's OpenDKIM socket (default: both, one run each)",
+    )
+    parser.add_argument("--no-peer", action="store_true", help="skip Postfix + OpenDKIM")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR")
     parser.add_argument(
@@ -150,8 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         help="signing key (default RSA-2048, the target's setting; the others show its cost)",
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.batch_size <= 1000:
+        parser.error("--batch-size must be 1-1000")
     n = args.recipients
     length = len(fixture_message(0))
+    rsa_ms = raw_rsa_ms()
+    try:
+        peer = {} if args.no_peer else peers(args.peer_messages, args.milter)
+    except postfix_peer.PeerFailed as exc:
+        print(f"the peer failed: {exc}", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory() as tmp:
         sink_port = free_port()
         sink = start_sink(sink_port)
@@ -161,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.dkim != "none":
                 KeyStore(data).generate("shop.example.com", "bench", args.dkim, 2048)
             served = start_serve(data, relay=f"127.0.0.1:{sink_port}", workers=args.workers)
+            served.wait_workers_ready()
             sampler = Sampler(served)
             try:
                 with contextlib.ExitStack() as spies:
@@ -173,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_before = cpu_by_process(served, sink.pid)
                     sampler.start()
                     started = time.perf_counter()
-                    accept_seconds = asyncio.run(submit(served.url, n))
+                    accept_seconds = asyncio.run(submit(served.url, n, args.batch_size))
                     with redis.Redis.from_url(served.redis_url()) as counts:
                         while delivered(counts) < n:
                             time.sleep(0.05)
@@ -186,15 +260,24 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sink.kill()
             sink.wait()
+    per_s = n / total_seconds
+    workers_ms = (cpu_after["workers"] - cpu_before["workers"]) * 1000 / n
+    peer_rates = [v["relayed_per_s"] for k, v in peer.items() if k in ("unix", "inet")]
     result: dict[str, Any] = {
         "recipients": n,
+        "batch_size": args.batch_size,
         "message_bytes": length,
         "workers": args.workers,
         "dkim": args.dkim,
+        "raw_rsa_ms": round(rsa_ms, 3),
+        "peer": peer,
+        "peer_per_s": max(peer_rates) if peer_rates else None,
         "smtp_source_per_s": round(wire),
         "accepted_per_s": round(n / accept_seconds),
-        "delivered_per_s": round(n / total_seconds),
-        "ratio_to_wire": round(n / total_seconds / wire, 3),
+        "delivered_per_s": round(per_s),
+        "ratio_to_peer": round(per_s / max(peer_rates), 2) if peer_rates else None,
+        "ratio_to_wire": round(per_s / wire, 3),
+        "workers_cpu_per_message_in_signatures": round(workers_ms / rsa_ms, 2),
         "workers_counted_delivered": by_workers,
         "worker_peak_rss_mb": [round(v / 2**20) for v in sampler.worker_rss.values()],
         "redis_peak_used_memory_mb": round(sampler.redis_peak / 2**20),

@@ -31,6 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # A copy of the shared cart-reminder fixture (tests/test_cli.py checks it is current).
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cart-reminder.json"
 _REDIS_READY = re.compile(r"embedded Redis ready at (\S+)")
+_WORKER_READY = re.compile(r"worker \S+ ready \(pid")
 
 
 def cart_reminder() -> dict[str, Any]:
@@ -230,6 +231,20 @@ class Served:
             if b"spawn_main" in command and b"resource_tracker" not in command:
                 found.append(pid)
         return found
+
+    def wait_workers_ready(self, timeout: float = 60.0) -> None:
+        """Until every worker has said it is ready (serve is ready before its workers are: a
+        benchmark that counts worker CPU must not count their start-up)."""
+        deadline = time.monotonic() + timeout
+        while (
+            len(_WORKER_READY.findall(self.log())) < len(self.worker_pids())
+            or not self.worker_pids()
+        ):
+            if time.monotonic() > deadline:
+                raise ServeFailed(
+                    f"the workers did not become ready in {timeout:.0f}s:\n{self.log()}"
+                )
+            time.sleep(0.05)
 
     def redis_pid(self) -> int | None:
         """The embedded Redis, from its pid file."""

@@ -33,6 +33,7 @@ import hashlib
 import html as html_escaping
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -417,9 +418,75 @@ def _fields(lines: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What a batch's templates compile to for one setting of tracking: the HTML and text
+    parts' layouts, their static lines worked out, the static links' table. It depends on
+    nothing else of the batch, so batches that share their templates share it (``layout``):
+    a batch of one recipient, the common case of a triggered message, costs a few dozen
+    microseconds to plan instead of a template compilation."""
+
+    html: _Html | None
+    text: _Fenced | None
+    parts: list[tuple[str, _Part]]  # (content type, part), text first
+    link_table: tuple[str, ...]  # the static links, by their index in the table
+
+    @classmethod
+    def of(
+        cls, templates: Templates, *, clicks: bool, opens: bool, text_links: bool
+    ) -> _Layout | None:
+        """None when the templates must take the careful way."""
+        if not templates.plain:
+            return None
+        index: dict[str, int] = {}
+        html: _Html | None = None
+        text: _Fenced | None = None
+        if templates.html is not None:
+            fenced = _Fenced.of(templates.html, templates.sources["html"] or "")
+            if fenced is None:
+                return None
+            html = _Html.of(fenced, index, clicks=clicks, opens=opens)
+            if html is None:
+                return None
+        if templates.text is not None:
+            text = _Fenced.of(templates.text, templates.sources["text"] or "")
+            if text is None:
+                return None
+        parts: list[tuple[str, _Part]] = []
+        if text is not None:
+            if clicks and text_links:  # links found in the whole text, per recipient
+                parts.append(("text/plain", _Part([0])))
+            else:
+                layout: list[str | int] = []
+                for i, static in enumerate(text.statics):
+                    layout += [static, i] if i < text.values else [static]
+                parts.append(("text/plain", _Part([item for item in layout if item != ""])))
+        if html is not None:
+            parts.append(("text/html", _Part(html.layout)))
+        return cls(html, text, parts, tuple(sorted(index, key=index.__getitem__)))
+
+
+# Each worker's compiled templates (``mta.render.TemplateCache``) -> their layouts by
+# tracking setting; gone with the templates. Builders are made on render threads: a race
+# only compiles a layout twice.
+_LAYOUTS: weakref.WeakKeyDictionary[Templates, dict[tuple[bool, bool, bool], _Layout | None]]
+_LAYOUTS = weakref.WeakKeyDictionary()
+
+
+def layout(templates: Templates, *, clicks: bool, opens: bool, text_links: bool) -> _Layout | None:
+    """``_Layout.of``, made once per templates and tracking setting."""
+    key = (clicks, opens, text_links)
+    known = _LAYOUTS.get(templates)
+    if known is None:
+        known = _LAYOUTS.setdefault(templates, {})
+    if key not in known:
+        known[key] = _Layout.of(templates, clicks=clicks, opens=opens, text_links=text_links)
+    return known[key]
+
+
 class MessageBuilder:
-    """Per batch and worker: the templates, the batch's link table and what every message
-    shares; ``build`` makes one recipient's message, ready for the wire."""
+    """Per batch and worker: the templates' layout, the batch's link table and what every
+    message shares; ``build`` makes one recipient's message, ready for the wire."""
 
     def __init__(
         self,
@@ -433,53 +500,32 @@ class MessageBuilder:
         self.templates = templates
         self.text_links = text_links
         self.boundary = boundary or new_boundary()
-        index: dict[str, int] = {}
-        self._html: _Html | None = None
-        self._text: _Fenced | None = None
-        self._parts: list[_Part] = []
-        self.fast = templates.plain
-        if self.fast and templates.html is not None:
-            fenced = _Fenced.of(templates.html, templates.sources["html"] or "")
-            html = fenced and _Html.of(
-                fenced, index, clicks=batch.track_clicks, opens=batch.track_opens
-            )
-            self.fast = html is not None
-            self._html = html or None
-        if self.fast and templates.text is not None:
-            self._text = _Fenced.of(templates.text, templates.sources["text"] or "")
-            self.fast = self._text is not None
-        self.table_index = index  # static link URL -> its index in the table
-        self.link_table = tuple(sorted(index, key=index.__getitem__))
-        if self.fast:
+        planned = layout(
+            templates, clicks=batch.track_clicks, opens=batch.track_opens, text_links=text_links
+        )
+        self.fast = planned is not None
+        self._html = planned.html if planned else None
+        self._text = planned.text if planned else None
+        self._parts = [part for _, part in planned.parts] if planned else []
+        self.link_table = planned.link_table if planned else ()
+        if planned is not None:
             try:
-                self._plan()
+                self._plan([kind for kind, _ in planned.parts])
             except MimeError:  # a batch header that cannot be written: the careful way says so
                 self.fast = False
 
-    def _plan(self) -> None:
-        """The parts' layouts, the static stretches of the body and the shared header."""
+    def _plan(self, kinds: list[str]) -> None:
+        """The batch's shared header and the boundary lines between the parts."""
         boundary = self.boundary
-        parts: list[tuple[str, list[str | int]]] = []
-        if self._text is not None:
-            if self.clicks and self.text_links:  # links found in the whole text, per recipient
-                parts.append(("text/plain", [0]))
-            else:
-                layout: list[str | int] = []
-                for i, text in enumerate(self._text.statics):
-                    layout += [text, i] if i < self._text.values else [text]
-                parts.append(("text/plain", [item for item in layout if item != ""]))
-        if self._html is not None:
-            parts.append(("text/html", self._html.layout))
-        self._parts = [_Part(layout) for _, layout in parts]
-        if len(parts) == 2:
+        if len(kinds) == 2:
             self.head = _Head(
                 self.batch, b"MIME-Version: 1.0\r\n" + multipart_header(boundary)[:-2]
             )
             self.stretches = [
-                _forms(f"--{boundary}\r\n".encode() + part_header(kind)) for kind, _ in parts
+                _forms(f"--{boundary}\r\n".encode() + part_header(kind)) for kind in kinds
             ] + [_forms(f"--{boundary}--\r\n".encode())]
         else:
-            self.head = _Head(self.batch, b"MIME-Version: 1.0\r\n" + part_header(parts[0][0])[:-2])
+            self.head = _Head(self.batch, b"MIME-Version: 1.0\r\n" + part_header(kinds[0])[:-2])
             self.stretches = [(b"", b"")]
 
     # --- the fast way ------------------------------------------------------------------------

@@ -229,6 +229,11 @@ class DkimSigner:
         self._keys: dict[str, list[SigningKey]] = {}
         self._warned: set[str] = set()
 
+    def load(self) -> None:
+        """Read the active keys now, not at the first signature (parsing a key takes tens
+        of milliseconds: a worker does it before it takes jobs)."""
+        self._refresh()
+
     def _refresh(self) -> None:
         now = time.monotonic()
         if now - self._checked < self.recheck and self._stamp is not None:

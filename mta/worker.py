@@ -35,6 +35,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -166,6 +167,13 @@ class Worker:
 
     async def run(self) -> None:
         await self.store.ensure_group()
+        self.signer.load()
+        log.info(
+            "worker %s ready (pid %d): up to %d deliveries at once",
+            self.name,
+            os.getpid(),
+            self.limit,
+        )
         housekeeping = asyncio.create_task(self._housekeeping())
         try:
             await self._dispatch_own_pending()

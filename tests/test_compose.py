@@ -107,6 +107,32 @@ def test_the_fixture_is_built_the_same_both_ways(
         assert fast.data.endswith(b"\r\n.\r\n")
 
 
+def test_batches_that_share_templates_share_their_layout_not_their_header(
+    signing_keys: list[SigningKey],
+) -> None:
+    """A batch of one (a triggered message) costs no compilation when an earlier batch had
+    the same templates: the layout is shared, per tracking setting; each batch still writes
+    its own sender, headers and boundary, byte for byte as the careful way."""
+    body = fixture_batch(1)
+    templates = Templates(body["subject"], body["html"], body["text"])
+    first = MessageBuilder(content_of(body), templates, text_links=False)
+    other = dict(body, headers={"X-Campaign": "spring"}, reply_to={"email": "help@shop.test"})
+    other["from"] = {"email": "news@shop.example.com", "name": "Other Sender"}
+    second = MessageBuilder(content_of(other), templates, text_links=False)
+    untracked = MessageBuilder(
+        content_of(body, track_opens=False, track_clicks=False), templates, text_links=False
+    )
+    assert second._parts[0] is first._parts[0] and second._html is first._html
+    assert untracked._html is not first._html and not untracked.link_table
+    job = job_of(body["recipients"][0])
+    for builder, sender in ((first, body["from"]["email"]), (second, "news@shop.example.com")):
+        fast = builder.build(job, FixedLinks(), signing_keys, EXTRAS)
+        assert fast.data == builder.build_reference(job, FixedLinks(), signing_keys, EXTRAS).data
+        assert f"<{sender}>".encode() in fast.data.split(b"\r\n\r\n", 1)[0]
+    assert b"X-Campaign: spring" in second.build(job, FixedLinks(), [], EXTRAS).data
+    assert first.boundary != second.boundary
+
+
 def test_the_compiled_message_verifies(
     signing_keys: list[SigningKey], key_pairs: list[tuple[Any, Any]]
 ) -> None:
