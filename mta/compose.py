@@ -14,11 +14,18 @@ redoes all of that work on every copy. ``MessageBuilder`` does it once per batch
   written (``tracking.links.MessageLinks``: one seal per message); a link whose tag
   holds recipient data is rewritten per recipient, tag by tag, exactly as the careful way.
 * **Lines** are encoded, stuffed and canonicalized once: quoted-printable works line by
-  line, and so do SMTP dot-stuffing and DKIM's relaxed body canonicalization, so each
-  distinct line's forms are remembered (``_LineForms``) and a recipient's message is
-  mostly lookups and joins. The signature then needs only the header fields and the body
-  hash (``mta.dkim.signature_headers``), and the result is ready for the wire
+  line, and so do SMTP dot-stuffing and DKIM's relaxed body canonicalization, so the
+  complete lines of each static piece are kept in both forms (``_Lines``) and per
+  recipient only the lines that hold a value or a link are encoded, all of a part's in
+  one pass (``_Part.lines``). The signature then needs only the header fields and the
+  body hash (``mta.dkim.signature_headers``), and the result is ready for the wire
   (``mta.smtp.WireMessage``): the SMTP client does not rescan it.
+* **Headers** that every message of the batch shares (From, Reply-To, the batch's own
+  fields, MIME-Version and the content type) are written and split into DKIM fields once
+  (``_Head``); per recipient only To, Subject, Date, Message-ID and List-Unsubscribe are.
+* **Layouts** (all of the above that comes from the templates) are shared by the batches
+  whose templates and tracking settings are the same (``layout``): a batch of one
+  recipient, the common triggered message, is planned in microseconds.
 
 Anything else (a template with loops, conditions or filters, a rendering that fails) takes
 the careful way, ``build_reference``, which is also what the fast way is held to: byte
