@@ -4,7 +4,7 @@ wire limit and the peer (Postfix + OpenDKIM), all measured in the same run.
 Run (as root, for the peer: Postfix starts as root)::
 
     .venv/bin/python -m loadtests.bench_e2e [--recipients N] [--workers W] [--batch-size B]
-        [--dkim rsa|ed25519|none] [--peer-messages M] [--milter unix|inet|both] [--no-peer]
+        [--dkim rsa|ed25519|both|none] [--peer-messages M] [--milter unix|inet|both] [--no-peer]
         [--py-spy DIR] [--json]
 
 Needs Postfix's ``smtp-sink`` and ``smtp-source`` (``apt-get install postfix``) and, for the
@@ -20,7 +20,7 @@ peer, ``opendkim`` (``scripts/test-deps`` installs all three).
    setup; ~210 msg/s, latency-bound). The ratio to the peer is to the faster one.
 3. **The wire**: ``smtp-source -s 20 -m N -l LEN`` into a fresh ``smtp-sink`` (LEN: the
    fixture's size): what the SMTP wire carries on this machine with no work per message.
-4. **Sluice**: an RSA-2048 DKIM key for the fixture's From domain (``--dkim``: Ed25519 or
+4. **Sluice**: an RSA-2048 DKIM key for the fixture's From domain (``--dkim``: Ed25519, both or
    none instead, to show the signature's share) and the real ``sluice serve`` relaying into
    the same sink: embedded Redis with ``appendfsync always``, ``--workers W`` (default: CPU
    count), tracking on. N fixture recipients (default 20,000) are submitted in batches of B
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR")
     parser.add_argument(
         "--dkim",
-        choices=("rsa", "ed25519", "none"),
+        choices=("rsa", "ed25519", "both", "none"),
         default="rsa",
         help="signing key (default RSA-2048, the target's setting; the others show its cost)",
     )
@@ -231,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wire = smtp_source(sink_port, n, 20, length)
             data = Path(tmp) / "data"
-            if args.dkim != "none":
-                KeyStore(data).generate("shop.example.com", "bench", args.dkim, 2048)
+            for algorithm in ("rsa", "ed25519"):
+                if args.dkim in (algorithm, "both"):
+                    KeyStore(data).generate("shop.example.com", algorithm, algorithm, 2048)
             served = start_serve(data, relay=f"127.0.0.1:{sink_port}", workers=args.workers)
             served.wait_workers_ready()
             sampler = Sampler(served)
