@@ -168,7 +168,8 @@ class RedisSettings:
         default=None,
         described="embedded",
         metavar="URL",
-        help="any Redis >= 6.2 (redis://, rediss://, unix://) instead of the embedded one",
+        help="any Redis >= 6.2 (redis://, rediss://, unix://), or any node of a Redis Cluster, "
+        "instead of the embedded one",
     )
     server: str | None = option(
         "redis_server",

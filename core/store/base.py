@@ -7,6 +7,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from core.errors import SluiceError
 
@@ -14,6 +15,8 @@ RETENTION_SECONDS = 7 * 86400  # batch content and message records outlive the l
 EVENTS_MAXLEN = 2_000_000  # approximate cap on the events stream
 
 Arg = str | bytes | int | float
+# One Redis, or a Redis Cluster (every key Sluice has shares one hash slot: ``core.keys``).
+Client = aioredis.Redis | RedisCluster
 _U64_MAX = 2**64 - 1
 
 
@@ -26,7 +29,7 @@ class Script:
     called with every key it touches in ``keys``: none is built inside the script, so each
     runs unchanged wherever its keys' slot lives."""
 
-    def __init__(self, client: aioredis.Redis, name: str, *, library: str | None = None) -> None:
+    def __init__(self, client: Client, name: str, *, library: str | None = None) -> None:
         """``library``: a file of ``core/lua/lib/`` whose functions the script uses, prepended."""
         self.name = name
         lua = resources.files("core").joinpath("lua")

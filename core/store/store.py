@@ -4,6 +4,7 @@ connection pool."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 import hiredis
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from core import keys
@@ -22,6 +24,7 @@ from core.store.base import (
     EVENTS_MAXLEN,
     RETENTION_SECONDS,
     Arg,
+    Client,
     Script,
     StoreError,
     after,
@@ -36,6 +39,8 @@ from core.suppressions import field as suppression_field
 
 UNVERIFIED_KEPT = 1000  # unverified inbound reports kept to look at; the counter counts them all
 MAX_CLAIMED_CHARS = 200  # a quoted Message-ID is short; a longer one is cut before storing
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class Store:
     """The queue, messages and events; ``suppressions``, ``webhooks`` and ``warmup`` are the
     other parts of the layer, on the same connection pool."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.redis = client
         self._accept = Script(client, "accept.lua")
         self._complete = Script(client, "complete.lua", library="timeline.lua")
@@ -467,6 +472,36 @@ class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
 
 @asynccontextmanager
 async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store]:
+    """The store on the Redis at ``url``: one server, or any node of a Redis Cluster (asked
+    once: a cluster is then reached through redis-py's cluster client, which follows the
+    slot map and its changes)."""
+    client: Client = _single(url, max_connections)
+    try:
+        try:
+            await client.ping()
+            cluster = (await client.info("cluster")).get("cluster_enabled") == 1
+        except RedisError as exc:
+            raise StoreError(f"cannot reach Redis at {url}: {exc}") from exc
+        if cluster:
+            await _close(client)
+            client = RedisCluster.from_url(
+                url,
+                max_connections=max(100, max_connections),  # per node; it does not wait for one
+                socket_timeout=30,
+                socket_connect_timeout=10,
+            )
+            try:
+                await client.initialize()
+            except RedisError as exc:
+                raise StoreError(f"cannot reach the Redis Cluster at {url}: {exc}") from exc
+            masters = len(client.get_primaries())
+            log.debug("Redis Cluster at %s: %d masters", url, masters)
+        yield Store(client)
+    finally:
+        await _close(client)
+
+
+def _single(url: str, max_connections: int) -> aioredis.Redis:
     # A blocking pool: hundreds of concurrent deliveries wait for a connection
     # instead of failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -480,13 +515,10 @@ async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store
         pool.connection_class = _UnixConnection
     elif pool.connection_class is aioredis.Connection:
         pool.connection_class = _TcpConnection
-    client = aioredis.Redis(connection_pool=pool)
-    try:
-        try:
-            await client.ping()
-        except RedisError as exc:
-            raise StoreError(f"cannot reach Redis at {url}: {exc}") from exc
-        yield Store(client)
-    finally:
-        await client.aclose()
-        await pool.aclose()  # a pool given to Redis() is not closed by it
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def _close(client: Client) -> None:
+    await client.aclose()
+    if isinstance(client, aioredis.Redis):
+        await client.connection_pool.aclose()  # a pool given to Redis() is not closed by it

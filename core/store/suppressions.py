@@ -6,10 +6,8 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from core import keys
-from core.store.base import Arg, Script
+from core.store.base import Arg, Client, Script
 from core.suppressions import (
     BUCKETS,
     Suppression,
@@ -22,7 +20,7 @@ from core.suppressions import (
 
 
 class Suppressions:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.redis = client
         self._script = Script(client, "suppress.lua")
 

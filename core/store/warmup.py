@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import redis.asyncio as aioredis
 
 from core import keys
-from core.store.base import EVENTS_MAXLEN, Arg, Script, text
+from core.store.base import EVENTS_MAXLEN, Arg, Client, Script, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +31,7 @@ class StoredHold:
 
 
 class WarmupStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.redis = client
         self._take = Script(client, "warmup.lua")
         self._signal = Script(client, "warmup_signal.lua")

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import redis.asyncio as aioredis
 
 from core import keys
-from core.store.base import Script, text
+from core.store.base import Client, Script, text
 
 MAX_DEAD_LETTERS = 10_000
 
@@ -54,7 +53,7 @@ class WebhookState:
 
 
 class WebhookStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.redis = client
         self._lease = Script(client, "webhook_lease.lua")
         self._replay = Script(client, "webhook_replay.lua")

@@ -1,0 +1,72 @@
+"""Sluice on a real Redis Cluster (three masters on loopback, ``tests/redis_cluster.py``).
+
+``SLUICE_REDIS_URL`` may name any node of a cluster: Sluice asks the node whether it is in
+cluster mode and then talks through redis-py's cluster client, which follows the slot map.
+Every key Sluice keeps shares the ``{sluice}`` hash tag today, so all of them live on the
+one master that owns that slot: the cluster works, and does not yet spread the load
+(``docs/scaling.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.cluster import key_slot
+
+from core import keys
+from core.store import open_store
+from loadtests.harness import fixture_batch
+from tests.conftest import Sink, need_tools
+from tests.redis_cluster import LocalCluster
+from tests.test_end_to_end import get, post, wait_status
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    need_tools("redis-server")
+    with LocalCluster(masters=3) as running:
+        yield running
+
+
+def owner_of(cluster: LocalCluster, key: str) -> int:
+    """The port of the master that owns ``key``'s slot."""
+    slot = key_slot(key.encode())
+    per = 16384 // cluster.masters
+    return cluster.ports[min(slot // per, cluster.masters - 1)]
+
+
+async def test_any_node_of_a_cluster_opens_a_store_through_the_cluster_client(
+    cluster: LocalCluster,
+) -> None:
+    for port in cluster.ports:
+        async with open_store(f"redis://127.0.0.1:{port}") as store:
+            assert isinstance(store.redis, RedisCluster)
+            await store.redis.hset(keys.STATS, "probe", port)  # type: ignore[misc]
+    home = owner_of(cluster, keys.STATS)
+    assert cluster.node(home).hget(keys.STATS, "probe") == str(cluster.ports[-1]).encode()
+    cluster.node(home).hdel(keys.STATS, "probe")
+
+
+@pytest.mark.slow
+def test_a_batch_is_accepted_and_delivered_through_a_cluster(
+    cluster: LocalCluster, serve_factory: Any, sink: Sink
+) -> None:
+    served = serve_factory(relay=sink.relay, extra_env={"SLUICE_REDIS_URL": cluster.url})
+    status, answer = post(served, "/v1/messages", fixture_batch(50))
+    assert status == 202, answer
+    ids = [result["message_id"] for result in answer["results"]]
+    assert all(result["status"] == "queued" for result in answer["results"])
+    received = sink.wait_for(50)
+    assert sorted(r.rcpt_tos[0] for r in received) == sorted(
+        recipient["email"] for recipient in fixture_batch(50)["recipients"]
+    )
+    assert wait_status(served, ids[-1], "delivered")["status"] == "delivered"
+    assert get(served, f"/v1/messages/{ids[0]}")["status"] == "delivered"
+    assert "embedded Redis" not in served.log(), "an external Redis: nothing embedded started"
+    # Today every key is in the {sluice} slot: one master holds them all.
+    home = owner_of(cluster, keys.JOBS)
+    counts = cluster.keys_by_master()
+    assert counts[home] > 50 and sum(counts.values()) == counts[home], counts
