@@ -171,6 +171,13 @@ class RedisSettings:
         help="any Redis >= 6.2 (redis://, rediss://, unix://), or any node of a Redis Cluster, "
         "instead of the embedded one",
     )
+    min_replicas: int = option(
+        "redis_min_replicas",
+        casts.non_negative_int,
+        default=0,
+        help="replicas that must confirm an accepted batch (WAIT, up to 2 s) before its 202; "
+        "fewer: 503 with Retry-After, settled by retrying with the same Idempotency-Key",
+    )
     server: str | None = option(
         "redis_server",
         casts.executable,

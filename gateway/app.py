@@ -25,7 +25,7 @@ __all__ = ["RUNNER_OPTIONS", "create_app"]
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_store(app[REDIS_URL]) as store:
+    async with open_store(app[REDIS_URL], min_replicas=app[SETTINGS].redis.min_replicas) as store:
         app[STORE] = store
         yield
 

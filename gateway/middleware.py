@@ -12,10 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import ClientError, NotFound, Unauthorized, UnsupportedMedia
-from core.store import StoreError
+from core.store import ReplicasBehind, StoreError
 from gateway.api.common import API_KEY, INFLATE_WBITS, METRICS, SETTINGS, json_response
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = 1  # on a 503: Redis unreachable, or replicas behind, usually for seconds
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,11 +42,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = json_response({"error": code, "detail": exc.reason}, exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
+    except ReplicasBehind as exc:
+        log.warning("not confirmed by enough replicas: %s", exc)
+        response = json_response(
+            {
+                "error": "unavailable",
+                "detail": "the batch may be queued but is not yet safe on enough replicas; "
+                "retry with the same Idempotency-Key to learn its outcome",
+            },
+            503,
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     except StoreError as exc:
         log.error("store unavailable: %s", exc)
         response = json_response(
             {"error": "unavailable", "detail": "the queue is unavailable; retry"}, 503
         )
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = json_response(

@@ -1,4 +1,9 @@
-"""A real Redis Cluster on loopback for tests: Debian's ``redis-server`` in cluster mode.
+"""Real replicated Redis on loopback for tests: Debian's ``redis-server``.
+
+``Replicated()`` is one master and one replica (``--replicaof``), ready when the replica's
+link is up. ``LocalCluster(masters=3, replicas=1)`` is a cluster, each master with its own
+replicas (``CLUSTER REPLICATE``), a dead master failed over after ``cluster-node-timeout``
+(2 s).
 
 ``LocalCluster(masters=3)`` starts one ``redis-server --cluster-enabled yes`` per master on
 free loopback ports (cluster bus on port + 10000, as Redis sets it), in a private temp dir,
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -31,9 +37,120 @@ class ClusterFailed(RuntimeError):
     """The cluster did not come up; the text has the nodes' logs."""
 
 
+def _redis_server() -> str:
+    server = shutil.which("redis-server")
+    if server is None:
+        raise ClusterFailed("needs redis-server (scripts/test-deps installs it)")
+    return server
+
+
+def _wait(
+    ready: Callable[[], bool], what: str, logs: Callable[[], str], seconds: float = 20.0
+) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.suppress(redis.RedisError):
+            if ready():
+                return
+        if time.monotonic() > deadline:
+            raise ClusterFailed(f"waited {seconds:.0f}s for {what}:\n{logs()}")
+        time.sleep(0.05)
+
+
+class Replicated:
+    """A master and one replica; ``replica_process`` can be stopped (SIGSTOP) to make the
+    replica fall behind."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sluice-replicated-"))
+        self.master_port = free_port()
+        self.replica_port = free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def master_url(self) -> str:
+        return f"redis://127.0.0.1:{self.master_port}"
+
+    @property
+    def replica_process(self) -> subprocess.Popen[bytes]:
+        return self.processes[1]
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+    def __enter__(self) -> Replicated:
+        try:
+            for port, extra in (
+                (self.master_port, []),
+                (self.replica_port, ["--replicaof", "127.0.0.1", str(self.master_port)]),
+            ):
+                directory = self.root / str(port)
+                directory.mkdir()
+                self.processes.append(_start_server(port, directory, extra))
+            replica = self.node(self.replica_port)
+            _wait(
+                lambda: replica.info("replication").get("master_link_status") == "up",
+                "the replica's link to its master",
+                self.logs,
+            )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def logs(self) -> str:
+        return _logs(self.root)
+
+    def close(self) -> None:
+        _stop(self.processes, self.root)
+
+
+def _start_server(port: int, directory: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    """A ``redis-server`` on loopback ``port``, without persistence, logging into ``directory``."""
+    options = {
+        "port": port,
+        "bind": "127.0.0.1",
+        "dir": directory,
+        "save": "",
+        "appendonly": "no",
+        "logfile": directory / "redis.log",
+    }
+    flags = [part for name, value in options.items() for part in (f"--{name}", str(value))]
+    return subprocess.Popen(
+        [_redis_server(), *flags, *extra],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _logs(root: Path) -> str:
+    return "\n".join(
+        f"--- {path}\n{path.read_text(errors='replace')[-2000:]}"
+        for path in sorted(root.glob("*/redis.log"))
+    )
+
+
+def _stop(processes: list[subprocess.Popen[bytes]], root: Path) -> None:
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)  # a stopped one cannot die of SIGKILL's wait
+        process.kill()
+    for process in processes:
+        process.wait(10)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 class LocalCluster:
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, *, replicas: int = 0) -> None:
+        """``replicas``: per master (``self.replica_ports[i]``: the replicas of master i)."""
         self.masters = masters
+        self.replicas = replicas
+        self.replica_ports: list[list[int]] = [[] for _ in range(masters)]
+        self.timeout_ms = 2000  # cluster-node-timeout: how soon a dead master is failed over
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.root = Path(tempfile.mkdtemp(prefix="sluice-cluster-"))
@@ -64,86 +181,64 @@ class LocalCluster:
     ) -> None:
         self.close()
 
+    def _node_process(self, port: int) -> subprocess.Popen[bytes]:
+        directory = self.root / str(port)
+        directory.mkdir()
+        flags = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf")]
+        flags += ["--cluster-node-timeout", str(self.timeout_ms)]
+        return _start_server(port, directory, flags)
+
     def _start(self) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise ClusterFailed("needs redis-server (scripts/test-deps installs it)")
         for _ in range(self.masters):
-            port = _port_with_free_bus()
-            directory = self.root / str(port)
-            directory.mkdir()
-            self.ports.append(port)
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        server,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(directory / "nodes.conf"),
-                        "--dir",
-                        str(directory),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--logfile",
-                        str(directory / "redis.log"),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in self.ports:
+            self.ports.append(_port_with_free_bus())
+            self.processes.append(self._node_process(self.ports[-1]))
+        for replicas in self.replica_ports:
+            for _ in range(self.replicas):
+                replicas.append(_port_with_free_bus())
+                self.processes.append(self._node_process(replicas[-1]))
+        everyone = self.ports + [p for replicas in self.replica_ports for p in replicas]
+        for port in everyone:
             self._wait(lambda p=port: bool(self.node(p).ping()), f"node {port} to answer")
         per = SLOTS // self.masters
         for i, port in enumerate(self.ports):
             last = SLOTS - 1 if i == self.masters - 1 else (i + 1) * per - 1
             self.node(port).execute_command("CLUSTER ADDSLOTSRANGE", i * per, last)
         first = self.node(self.ports[0])
-        for port in self.ports[1:]:
+        for port in everyone[1:]:
             first.execute_command("CLUSTER MEET", "127.0.0.1", port)
-        for port in self.ports:
-            self._wait(lambda p=port: self._ok(p), f"node {port} to see the whole cluster")
+        for port in everyone:
+            self._wait(lambda p=port: self._ok(p, len(everyone)), f"node {port} to see all")
+        for master, replicas in zip(self.ports, self.replica_ports, strict=True):
+            master_id = self.node(master).execute_command("CLUSTER MYID").decode()
+            for port in replicas:
+                self.node(port).execute_command("CLUSTER REPLICATE", master_id)
+        for replicas in self.replica_ports:
+            for port in replicas:
+                self._wait(
+                    lambda p=port: (
+                        self.node(p).info("replication").get("master_link_status") == "up"
+                    ),
+                    f"replica {port} to sync",
+                )
 
-    def _ok(self, port: int) -> bool:
+    def _ok(self, port: int, nodes: int) -> bool:
         info = self.node(port).cluster("INFO")
         return bool(
-            info.get("cluster_state") == "ok"
-            and int(info.get("cluster_known_nodes", 0)) == self.masters
+            info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == nodes
         )
 
-    def _wait(self, ready: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
-        deadline = time.monotonic() + seconds
-        while True:
-            with contextlib.suppress(redis.RedisError):
-                if ready():
-                    return
-            if time.monotonic() > deadline:
-                raise ClusterFailed(f"waited {seconds:.0f}s for {what}:\n{self.logs()}")
-            time.sleep(0.05)
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
+        _wait(ready, what, self.logs)
 
     def keys_by_master(self) -> dict[int, int]:
         """How many keys each master holds (``DBSIZE``)."""
         return {port: int(self.node(port).dbsize()) for port in self.ports}
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {path}\n{path.read_text(errors='replace')[-2000:]}"
-            for path in sorted(self.root.glob("*/redis.log"))
-        )
+        return _logs(self.root)
 
     def close(self) -> None:
-        for process in self.processes:
-            process.kill()
-        for process in self.processes:
-            process.wait(10)
-        shutil.rmtree(self.root, ignore_errors=True)
+        _stop(self.processes, self.root)
 
 
 def _port_with_free_bus() -> int:

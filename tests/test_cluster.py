@@ -10,6 +10,7 @@ one master that owns that slot: the cluster works, and does not yet spread the l
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,8 @@ from redis.cluster import key_slot
 from core import keys
 from core.store import open_store
 from loadtests.harness import fixture_batch
-from tests.conftest import Sink, need_tools
+from tests.conftest import Sink, make_settings, need_tools
+from tests.inprocess import running_api
 from tests.redis_cluster import LocalCluster
 from tests.test_end_to_end import get, post, wait_status
 
@@ -70,3 +72,36 @@ def test_a_batch_is_accepted_and_delivered_through_a_cluster(
     home = owner_of(cluster, keys.JOBS)
     counts = cluster.keys_by_master()
     assert counts[home] > 50 and sum(counts.values()) == counts[home], counts
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster() -> Iterator[LocalCluster]:
+    need_tools("redis-server")
+    with LocalCluster(masters=3, replicas=1) as running:
+        yield running
+
+
+async def test_on_a_cluster_no_202_until_the_masters_replica_holds_the_batch(
+    replicated_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The cluster's pipeline refuses scripts, so the accept script and its ``WAIT`` go on
+    one connection of the master that owns the slot: the replica has the records at 202."""
+    cluster = replicated_cluster
+    home = cluster.ports.index(owner_of(cluster, keys.JOBS))
+    replica = cluster.node(cluster.replica_ports[home][0])
+    settings = make_settings(tmp_path, redis_min_replicas=1)
+    async with running_api(settings, cluster.url, port=0) as api:
+        answer = await api.post("/v1/messages", json=fixture_batch(3))
+        assert answer.status == 202, await answer.text()
+        ids = [r["message_id"] for r in (await answer.json())["results"]]
+        replica.execute_command("READONLY")
+        assert all(replica.exists(keys.message(i)) for i in ids)
+        script_flush = cluster.node(cluster.ports[home])
+        script_flush.script_flush()  # as after a restart: the script is loaded again
+        again = await api.post("/v1/messages", json=fixture_batch(2, start=3))
+        assert again.status == 202, await again.text()
+    settings = make_settings(tmp_path, redis_min_replicas=2)
+    async with running_api(settings, cluster.url, port=0) as api:
+        answer = await api.post("/v1/messages", json=fixture_batch(1, start=9))
+        assert answer.status == 503, await answer.text()
+        assert answer.headers["Retry-After"] == "1"

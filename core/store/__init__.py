@@ -3,7 +3,9 @@
 Nothing outside this package talks to Redis. Key names come from ``core.keys``; every
 multi-key step is a script of ``core/lua/`` loaded once and called through a typed
 method, with every key it touches passed in ``KEYS``. On the accept path Redis errors
-become ``StoreError`` (the API answers 503); the workers retry on any Redis error.
+become ``StoreError`` (the API answers 503 with ``Retry-After``), as does a batch that fewer
+than ``SLUICE_REDIS_MIN_REPLICAS`` replicas confirmed (``ReplicasBehind``); the workers
+retry on any Redis error.
 
 | module | what it reads and writes |
 |---|---|
@@ -21,6 +23,7 @@ from core.store.store import (
     FirstReport,
     Outcome,
     QueueGauges,
+    ReplicasBehind,
     ReportKind,
     Store,
     UnverifiedReport,
@@ -39,6 +42,7 @@ __all__ = [
     "Outcome",
     "QueueGauges",
     "QueuedJob",
+    "ReplicasBehind",
     "ReportKind",
     "Store",
     "StoreError",

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from core.errors import SluiceError
 
@@ -40,6 +41,44 @@ class Script:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return await self._script(keys=list(keys), args=list(args))
+
+    async def then_wait(
+        self, client: Client, keys: Sequence[str], args: Sequence[Arg], replicas: int, ms: int
+    ) -> tuple[Any, int]:
+        """Run the script and then ``WAIT replicas ms`` on the same connection (WAIT counts
+        the replicas that acknowledged that connection's writes): the script's answer and
+        how many replicas have its writes. A cluster's pipeline refuses scripts, so there a
+        connection of the node that owns the keys' slot is taken directly."""
+        call = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        if not isinstance(client, RedisCluster):
+            async with client.pipeline(transaction=False) as pipe:
+                await self._script(keys=list(keys), args=list(args), client=pipe)
+                pipe.execute_command("WAIT", replicas, ms)
+                result, acked = await pipe.execute()
+            return result, int(acked)
+        node = client.get_node_from_key(keys[0])
+        if node is None:
+            raise StoreError(f"no master serves the slot of {keys[0]}")
+        connection = node.acquire_connection()
+        try:
+            for _ in range(2):
+                await connection.send_packed_command(
+                    connection.pack_commands([call, ("WAIT", replicas, ms)])
+                )
+                try:
+                    result = await connection.read_response()
+                except NoScriptError:  # a restarted or promoted node: load it, run it again
+                    await connection.read_response()
+                    await connection.send_command("SCRIPT", "LOAD", self._script.script)
+                    await connection.read_response()
+                    continue
+                return result, int(await connection.read_response())
+            raise StoreError(f"{self.name} could not be loaded on {node.name}")
+        except BaseException:
+            await connection.disconnect()  # its replies may be half read
+            raise
+        finally:
+            node.release(connection)
 
 
 def text(value: Any) -> str:

@@ -98,12 +98,24 @@ class QueueGauges:
     events: dict[str, int]  # events recorded by every process since the data began, by type
 
 
+REPLICA_WAIT_MS = 2000  # how long accept waits for SLUICE_REDIS_MIN_REPLICAS replicas
+
+
+class ReplicasBehind(StoreError):
+    """An accepted batch is on the master but not yet on enough replicas: a failover now
+    could lose it, so the caller must not answer 202. Its outcome is unknown to the client,
+    which settles it by retrying with the same ``Idempotency-Key``."""
+
+
 class Store:
     """The queue, messages and events; ``suppressions``, ``webhooks`` and ``warmup`` are the
     other parts of the layer, on the same connection pool."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, min_replicas: int = 0) -> None:
+        """``min_replicas``: replicas that must have an accepted batch before ``accept``
+        returns (``WAIT``); fewer within ``REPLICA_WAIT_MS`` is a ``ReplicasBehind``."""
         self.redis = client
+        self.min_replicas = min_replicas
         self._accept = Script(client, "accept.lua")
         self._complete = Script(client, "complete.lua", library="timeline.lua")
         self._promote = Script(client, "promote.lua")
@@ -163,9 +175,19 @@ class Store:
             "1" if idempotency_key else "0",
         ]
         try:
-            result = await self._accept(touched, args)
+            if self.min_replicas:
+                result, acked = await self._accept.then_wait(
+                    self.redis, touched, args, self.min_replicas, REPLICA_WAIT_MS
+                )
+            else:
+                result, acked = await self._accept(touched, args), 0
         except RedisError as exc:
             raise StoreError(f"could not queue the batch: {exc}") from exc
+        if acked < self.min_replicas:
+            raise ReplicasBehind(
+                f"batch {batch_id} is on the master, but {acked} of {self.min_replicas} "
+                f"replicas confirmed it within {REPLICA_WAIT_MS} ms"
+            )
         if text(result[0]) == "replay":
             return Accepted(True, text(result[1]), text(result[2]), lines(result[3]))
         return Accepted(False, digest, response, lines(result[1]))
@@ -471,7 +493,9 @@ class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
 
 
 @asynccontextmanager
-async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store]:
+async def open_store(
+    url: str, max_connections: int = 32, *, min_replicas: int = 0
+) -> AsyncIterator[Store]:
     """The store on the Redis at ``url``: one server, or any node of a Redis Cluster (asked
     once: a cluster is then reached through redis-py's cluster client, which follows the
     slot map and its changes)."""
@@ -496,7 +520,7 @@ async def open_store(url: str, max_connections: int = 32) -> AsyncIterator[Store
                 raise StoreError(f"cannot reach the Redis Cluster at {url}: {exc}") from exc
             masters = len(client.get_primaries())
             log.debug("Redis Cluster at %s: %d masters", url, masters)
-        yield Store(client)
+        yield Store(client, min_replicas=min_replicas)
     finally:
         await _close(client)
 
