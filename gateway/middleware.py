@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from core.errors import ClientError, NotFound, Unauthorized, UnsupportedMedia
 from core.store import ReplicasBehind, StoreError
@@ -53,7 +54,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             503,
         )
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    except StoreError as exc:
+    except (StoreError, RedisError) as exc:  # any Redis call of a handler: not only accept's
         log.error("store unavailable: %s", exc)
         response = json_response(
             {"error": "unavailable", "detail": "the queue is unavailable; retry"}, 503

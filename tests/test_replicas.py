@@ -57,6 +57,13 @@ async def test_no_202_until_a_replica_holds_the_batch(
             assert behind.headers["Retry-After"] == "1"
             assert "Idempotency-Key" in (await behind.json())["detail"]
             assert waited >= 1.9, "it waited for the replica"
+            # nor is its replay a 202 while the replica is behind
+            replayed = await api.post(
+                "/v1/messages",
+                json=fixture_batch(3, start=3),
+                headers={"Idempotency-Key": "second"},
+            )
+            assert replayed.status == 503, await replayed.text()
         finally:
             os.kill(replicated.replica_process.pid, signal.SIGCONT)
 

@@ -117,6 +117,7 @@ class Store:
         self.redis = client
         self.min_replicas = min_replicas
         self._accept = Script(client, "accept.lua")
+        self._confirm = Script(client, "confirm.lua")
         self._complete = Script(client, "complete.lua", library="timeline.lua")
         self._promote = Script(client, "promote.lua")
         self._engage = Script(client, "engage.lua")
@@ -193,12 +194,27 @@ class Store:
         return Accepted(False, digest, response, lines(result[1]))
 
     async def idempotent_response(self, idempotency_key: str) -> Accepted | None:
-        """The first answer to an earlier request with this key, if any."""
+        """The first answer to an earlier request with this key, if any; with
+        ``min_replicas``, only once that many replicas hold the batch it answers for (else
+        ``ReplicasBehind``: after a failover, the new master may have none yet)."""
+        record = keys.idempotency(idempotency_key)
         digest, response, outcomes = await self.redis.hmget(
-            keys.idempotency(idempotency_key), ["digest", "response", "outcomes"]
+            record, ["digest", "response", "outcomes"]
         )
         if digest is None or response is None:
             return None
+        if self.min_replicas:
+            try:
+                _, acked = await self._confirm.then_wait(
+                    self.redis, [record], [], self.min_replicas, REPLICA_WAIT_MS
+                )
+            except RedisError as exc:
+                raise StoreError(f"could not confirm the earlier answer: {exc}") from exc
+            if acked < self.min_replicas:
+                raise ReplicasBehind(
+                    f"the answer for this key is on the master, but {acked} of "
+                    f"{self.min_replicas} replicas confirmed it within {REPLICA_WAIT_MS} ms"
+                )
         return Accepted(True, text(digest), text(response), lines(outcomes))
 
     async def policy(self) -> bytes | None:

@@ -1,0 +1,111 @@
+"""A master of the cluster dies (``kill -9``) while Sluice accepts and delivers.
+
+With ``SLUICE_REDIS_MIN_REPLICAS=1`` every 202 means the batch was on the master's replica
+too, so the failover (the replica promoted after ``cluster-node-timeout``) loses nothing a
+client was told was accepted. A client retries a 503 or a dropped request with the same
+``Idempotency-Key`` (what the 503's detail asks for), so a batch whose outcome was unknown
+is settled, not sent twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.error
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from core import keys
+from loadtests.harness import Served, fixture_batch
+from tests.conftest import Sink, need_tools
+from tests.redis_cluster import LocalCluster
+from tests.test_cluster import owner_of
+from tests.test_end_to_end import post
+
+BATCHES = 60
+PER_BATCH = 10
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    need_tools("redis-server")
+    # two replicas each: after the failover the new master still has one to confirm to
+    with LocalCluster(masters=3, replicas=2) as running:
+        yield running
+
+
+class Client(threading.Thread):
+    """Sends the batches one after another, each until it gets its 202."""
+
+    def __init__(self, served: Served) -> None:
+        super().__init__(daemon=True)
+        self.served = served
+        self.accepted: dict[str, str] = {}  # message id -> address, from 202 answers
+        self.unavailable_seconds = 0.0
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        for number in range(BATCHES):
+            body = fixture_batch(PER_BATCH, start=number * PER_BATCH)
+            key = f"failover-{number}"
+            deadline = time.monotonic() + 60
+            while True:
+                started = time.monotonic()
+                try:
+                    status, answer = post(
+                        self.served, "/v1/messages", body, {"Idempotency-Key": key}
+                    )
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    status, answer = 0, {"detail": str(exc)}
+                if status == 202:
+                    for result in answer["results"]:
+                        assert result["status"] == "queued", result
+                        self.accepted[result["message_id"]] = result["email"]
+                    break
+                self.unavailable_seconds += time.monotonic() - started
+                if status not in (0, 503) or time.monotonic() > deadline:
+                    self.failures.append(f"batch {number}: {status} {answer}")
+                    return
+                time.sleep(0.2)
+                self.unavailable_seconds += 0.2
+
+
+@pytest.mark.slow
+def test_a_master_killed_while_accepting_and_delivering_loses_nothing_accepted(
+    cluster: LocalCluster, serve_factory: Any, sink: Sink
+) -> None:
+    served = serve_factory(
+        relay=sink.relay,
+        extra_env={"SLUICE_REDIS_URL": cluster.url, "SLUICE_REDIS_MIN_REPLICAS": "1"},
+    )
+    home = cluster.ports.index(owner_of(cluster, keys.JOBS))
+    client = Client(served)
+    client.start()
+    deadline = time.monotonic() + 30
+    while len(client.accepted) < BATCHES * PER_BATCH // 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(cluster.processes[home].pid, signal.SIGKILL)
+    killed_at = len(client.accepted)
+    client.join(120)
+    assert not client.is_alive() and not client.failures, client.failures
+    assert len(client.accepted) == BATCHES * PER_BATCH
+    assert killed_at < len(client.accepted), "batches were accepted after the failover"
+
+    wanted = set(client.accepted.values())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        arrived = [r.rcpt_tos[0] for r in sink.snapshot()]
+        if wanted <= set(arrived):
+            break
+        time.sleep(0.2)
+    missing = wanted - set(arrived)
+    assert not missing, f"{len(missing)} accepted recipients never arrived: {sorted(missing)[:5]}"
+    duplicates = len(arrived) - len(set(arrived))
+    print(
+        f"failover: {len(wanted)} accepted, all delivered; {duplicates} duplicates; "
+        f"{client.unavailable_seconds:.1f} s without a 202"
+    )
