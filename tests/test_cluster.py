@@ -1,4 +1,4 @@
-"""Sluice on a real Redis Cluster (three masters on loopback, ``tests/redis_cluster.py``).
+"""Sluice on a real Redis Cluster (three masters on loopback, ``loadtests/redis_cluster.py``).
 
 ``SLUICE_REDIS_URL`` may name any node of a cluster: Sluice asks the node whether it is in
 cluster mode and then talks through redis-py's cluster client, which follows the slot map.
@@ -22,7 +22,7 @@ from core.store import open_store
 from loadtests.harness import fixture_batch
 from tests.conftest import Sink, make_settings, need_tools
 from tests.inprocess import running_api
-from tests.redis_cluster import LocalCluster
+from loadtests.redis_cluster import LocalCluster
 from tests.test_end_to_end import get, post, wait_status
 
 

@@ -1,6 +1,6 @@
 """``SLUICE_REDIS_MIN_REPLICAS``: no 202 before enough replicas hold the batch.
 
-Against a real master and replica (``tests/redis_cluster.Replicated``). A replica that
+Against a real master and replica (``loadtests/redis_cluster.Replicated``). A replica that
 stops answering (SIGSTOP) makes accept answer 503 with ``Retry-After`` after its 2 s wait:
 the batch is on the master, but a failover now could lose it, so Sluice must not say it
 is safe. The client's retry with the same ``Idempotency-Key`` settles it.
@@ -20,7 +20,7 @@ from core import keys
 from loadtests.harness import fixture_batch
 from tests.conftest import make_settings, need_tools
 from tests.inprocess import running_api
-from tests.redis_cluster import Replicated
+from loadtests.redis_cluster import Replicated
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
-"""Real replicated Redis on loopback for tests: Debian's ``redis-server``.
+"""Real Redis servers on loopback for tests and benchmarks: Debian's ``redis-server``.
 
 ``Replicated()`` is one master and one replica (``--replicaof``), ready when the replica's
-link is up. ``LocalCluster(masters=3, replicas=1)`` is a cluster, each master with its own
+link is up (``replicas=0``: a lone server). ``LocalCluster(masters=3, replicas=1)`` is a cluster, each master with its own
 replicas (``CLUSTER REPLICATE``), a dead master failed over after ``cluster-node-timeout``
 (2 s).
 
 ``LocalCluster(masters=3)`` starts one ``redis-server --cluster-enabled yes`` per master on
 free loopback ports (cluster bus on port + 10000, as Redis sets it), in a private temp dir,
-without persistence; gives each master an even range of the 16,384 slots
+without persistence (``durable=True``: AOF with ``appendfsync always``, as Sluice's
+embedded Redis); gives each master an even range of the 16,384 slots
 (``CLUSTER ADDSLOTSRANGE``), introduces them to each other (``CLUSTER MEET``) and waits until
 every node says ``cluster_state:ok``. What ``redis-cli --cluster create`` does, without
 needing redis-cli. Stopped (and its processes killed) on exit.
@@ -16,6 +17,7 @@ needing redis-cli. Stopped (and its processes killed) on exit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import signal
 import socket
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -61,10 +64,12 @@ class Replicated:
     """A master and one replica; ``replica_process`` can be stopped (SIGSTOP) to make the
     replica fall behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, replicas: int = 1, durable: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sluice-replicated-"))
         self.master_port = free_port()
         self.replica_port = free_port()
+        self.replicas = replicas
+        self.durable = durable
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -80,13 +85,19 @@ class Replicated:
 
     def __enter__(self) -> Replicated:
         try:
-            for port, extra in (
-                (self.master_port, []),
-                (self.replica_port, ["--replicaof", "127.0.0.1", str(self.master_port)]),
-            ):
+            servers = [(self.master_port, _durability(self.durable))]
+            if self.replicas:
+                servers.append(
+                    (self.replica_port, ["--replicaof", "127.0.0.1", str(self.master_port)])
+                )
+            for port, extra in servers:
                 directory = self.root / str(port)
                 directory.mkdir()
                 self.processes.append(_start_server(port, directory, extra))
+            if not self.replicas:
+                master = self.node(self.master_port)
+                _wait(lambda: bool(master.ping()), "the server to answer", self.logs)
+                return self
             replica = self.node(self.replica_port)
             _wait(
                 lambda: replica.info("replication").get("master_link_status") == "up",
@@ -127,6 +138,14 @@ def _start_server(port: int, directory: Path, extra: list[str]) -> subprocess.Po
     )
 
 
+def _command(client: redis.Redis, *args: object) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _durability(durable: bool) -> list[str]:
+    return ["--appendonly", "yes", "--appendfsync", "always"] if durable else []
+
+
 def _logs(root: Path) -> str:
     return "\n".join(
         f"--- {path}\n{path.read_text(errors='replace')[-2000:]}"
@@ -145,9 +164,10 @@ def _stop(processes: list[subprocess.Popen[bytes]], root: Path) -> None:
 
 
 class LocalCluster:
-    def __init__(self, masters: int = 3, *, replicas: int = 0) -> None:
+    def __init__(self, masters: int = 3, *, replicas: int = 0, durable: bool = False) -> None:
         """``replicas``: per master (``self.replica_ports[i]``: the replicas of master i)."""
         self.masters = masters
+        self.durable = durable
         self.replicas = replicas
         self.replica_ports: list[list[int]] = [[] for _ in range(masters)]
         self.timeout_ms = 2000  # cluster-node-timeout: how soon a dead master is failed over
@@ -185,7 +205,7 @@ class LocalCluster:
         directory = self.root / str(port)
         directory.mkdir()
         flags = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf")]
-        flags += ["--cluster-node-timeout", str(self.timeout_ms)]
+        flags += ["--cluster-node-timeout", str(self.timeout_ms), *_durability(self.durable)]
         return _start_server(port, directory, flags)
 
     def _start(self) -> None:
@@ -198,28 +218,29 @@ class LocalCluster:
                 self.processes.append(self._node_process(replicas[-1]))
         everyone = self.ports + [p for replicas in self.replica_ports for p in replicas]
         for port in everyone:
-            self._wait(lambda p=port: bool(self.node(p).ping()), f"node {port} to answer")
+            self._wait(functools.partial(self._answers, port), f"node {port} to answer")
         per = SLOTS // self.masters
         for i, port in enumerate(self.ports):
             last = SLOTS - 1 if i == self.masters - 1 else (i + 1) * per - 1
-            self.node(port).execute_command("CLUSTER ADDSLOTSRANGE", i * per, last)
+            _command(self.node(port), "CLUSTER ADDSLOTSRANGE", i * per, last)
         first = self.node(self.ports[0])
         for port in everyone[1:]:
-            first.execute_command("CLUSTER MEET", "127.0.0.1", port)
+            _command(first, "CLUSTER MEET", "127.0.0.1", port)
         for port in everyone:
-            self._wait(lambda p=port: self._ok(p, len(everyone)), f"node {port} to see all")
+            self._wait(functools.partial(self._ok, port, len(everyone)), f"node {port} to see all")
         for master, replicas in zip(self.ports, self.replica_ports, strict=True):
-            master_id = self.node(master).execute_command("CLUSTER MYID").decode()
+            master_id = _command(self.node(master), "CLUSTER MYID").decode()
             for port in replicas:
-                self.node(port).execute_command("CLUSTER REPLICATE", master_id)
+                _command(self.node(port), "CLUSTER REPLICATE", master_id)
         for replicas in self.replica_ports:
             for port in replicas:
-                self._wait(
-                    lambda p=port: (
-                        self.node(p).info("replication").get("master_link_status") == "up"
-                    ),
-                    f"replica {port} to sync",
-                )
+                self._wait(functools.partial(self._synced, port), f"replica {port} to sync")
+
+    def _answers(self, port: int) -> bool:
+        return bool(self.node(port).ping())
+
+    def _synced(self, port: int) -> bool:
+        return bool(self.node(port).info("replication").get("master_link_status") == "up")
 
     def _ok(self, port: int, nodes: int) -> bool:
         info = self.node(port).cluster("INFO")
@@ -233,6 +254,10 @@ class LocalCluster:
     def keys_by_master(self) -> dict[int, int]:
         """How many keys each master holds (``DBSIZE``)."""
         return {port: int(self.node(port).dbsize()) for port in self.ports}
+
+    def memory_by_master(self) -> dict[int, int]:
+        """Each master's ``used_memory``, bytes."""
+        return {port: int(self.node(port).info("memory")["used_memory"]) for port in self.ports}
 
     def logs(self) -> str:
         return _logs(self.root)
