@@ -19,10 +19,11 @@ from redis.cluster import key_slot
 
 from core import keys
 from core.store import open_store
+from core.store.store import _HiredisPacking
 from loadtests.harness import fixture_batch
+from loadtests.redis_cluster import LocalCluster
 from tests.conftest import Sink, make_settings, need_tools
 from tests.inprocess import running_api
-from loadtests.redis_cluster import LocalCluster
 from tests.test_end_to_end import get, post, wait_status
 
 
@@ -105,3 +106,19 @@ async def test_on_a_cluster_no_202_until_the_masters_replica_holds_the_batch(
         answer = await api.post("/v1/messages", json=fixture_batch(1, start=9))
         assert answer.status == 503, await answer.text()
         assert answer.headers["Retry-After"] == "1"
+
+
+async def test_the_cluster_client_packs_commands_with_hiredis(cluster: LocalCluster) -> None:
+    """As the single client does (``tests/test_store_packing.py``): a 1,000-recipient accept
+    passes ~2,000 keys to one script."""
+    async with open_store(cluster.url) as store:
+        assert isinstance(store.redis, RedisCluster)
+        await store.ping()
+        nodes = store.redis.get_nodes()
+        assert len(nodes) == 3
+        for node in nodes:
+            connection = node.acquire_connection()
+            try:
+                assert isinstance(connection, _HiredisPacking), type(connection)
+            finally:
+                node.release(connection)

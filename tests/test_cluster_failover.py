@@ -21,8 +21,8 @@ import pytest
 
 from core import keys
 from loadtests.harness import Served, fixture_batch
-from tests.conftest import Sink, need_tools
 from loadtests.redis_cluster import LocalCluster
+from tests.conftest import Sink, need_tools
 from tests.test_cluster import owner_of
 from tests.test_end_to_end import post
 

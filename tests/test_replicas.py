@@ -18,9 +18,9 @@ import pytest
 
 from core import keys
 from loadtests.harness import fixture_batch
+from loadtests.redis_cluster import Replicated
 from tests.conftest import make_settings, need_tools
 from tests.inprocess import running_api
-from loadtests.redis_cluster import Replicated
 
 
 @pytest.fixture

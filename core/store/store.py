@@ -530,6 +530,7 @@ async def open_store(
                 socket_timeout=30,
                 socket_connect_timeout=10,
             )
+            _pack_with_hiredis(client)
             try:
                 await client.initialize()
             except RedisError as exc:
@@ -556,6 +557,17 @@ def _single(url: str, max_connections: int) -> aioredis.Redis:
     elif pool.connection_class is aioredis.Connection:
         pool.connection_class = _TcpConnection
     return aioredis.Redis(connection_pool=pool)
+
+
+def _pack_with_hiredis(cluster: RedisCluster) -> None:
+    """The cluster client's connections pack as the single client's do (``_HiredisPacking``):
+    the class its nodes, present and discovered, make connections of."""
+    manager = cluster.nodes_manager
+    if manager.connection_kwargs.get("connection_class") is not aioredis.Connection:
+        return  # TLS: left as it is
+    manager.connection_kwargs["connection_class"] = _TcpConnection
+    for node in manager.startup_nodes.values():
+        node.connection_class = _TcpConnection
 
 
 async def _close(client: Client) -> None:
