@@ -62,6 +62,24 @@ async def test_send_at_in_future_is_scheduled_not_queued(api: Client, store: Sto
     assert await store.redis.zcard(keys.DELAYED) == 2
 
 
+async def test_mail_scheduled_weeks_ahead_keeps_its_content_until_it_is_sent(
+    api: Client, store: Store
+) -> None:
+    """``send_at`` may be 30 days ahead; the batch's content and message records must outlive
+    it by the usual retention (7 days: retries, status), or the job finds nothing to send."""
+    body = fixture_batch(1)
+    ahead = 25 * 86400
+    body["send_at"] = time.time() + ahead
+    answer = await (await api.post("/v1/messages", json=body)).json()
+    [result] = answer["results"]
+    assert result["status"] == "scheduled"
+    week = 7 * 86400
+    assert await store.redis.ttl(keys.batch(answer["batch_id"])) >= ahead + week - 60
+    assert await store.redis.ttl(keys.message(result["message_id"])) >= ahead + week - 60
+    now = await (await api.post("/v1/messages", json=fixture_batch(1, start=5))).json()
+    assert await store.redis.ttl(keys.batch(now["batch_id"])) <= week + 60, "no longer than needed"
+
+
 async def test_undefined_variable_rejects_only_that_recipient(api: Client) -> None:
     body = cart_reminder()
     body["recipients"] = [

@@ -5,6 +5,7 @@ connection pool."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -98,6 +99,20 @@ class QueueGauges:
     events: dict[str, int]  # events recorded by every process since the data began, by type
 
 
+QUIET_HOURS_MARGIN = 86400  # quiet hours move a due time by less than a day
+
+
+def retention_for(entries: Sequence[AcceptEntry], now: float) -> int:
+    """How long a batch's content and message records are kept: ``RETENTION_SECONDS`` after
+    its last recipient is due (``send_at`` may be 30 days ahead; quiet hours and their ramp
+    move a due time further), so a scheduled job still finds its content, and retries and
+    status lookups theirs."""
+    latest = max((e.due + e.ramp_offset for e in entries if e.due), default=0.0)
+    if latest <= now:
+        return RETENTION_SECONDS
+    return RETENTION_SECONDS + math.ceil(latest - now) + QUIET_HOURS_MARGIN
+
+
 REPLICA_WAIT_MS = 2000  # how long accept waits for SLUICE_REDIS_MIN_REPLICAS replicas
 
 
@@ -163,15 +178,16 @@ class Store:
             if rules:
                 contact = entry.contact or ""
                 touched += [keys.cap(rule.key, contact) for rule in rules]
+        clock = time.time() if now is None else now
         args: list[Arg] = [
             content.pack(),
-            RETENTION_SECONDS,
+            retention_for(entries, clock),
             digest,
             response,
             # each entry as an array (positions: accept.lua's header); Lua has no bin type
             msgpack.packb(entries, use_bin_type=False),
             EVENTS_MAXLEN,
-            f"{time.time() if now is None else now:.3f}",
+            f"{clock:.3f}",
             policy.pack(),
             "1" if idempotency_key else "0",
         ]
