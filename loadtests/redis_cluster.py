@@ -251,6 +251,26 @@ class LocalCluster:
     def _wait(self, ready: Callable[[], bool], what: str) -> None:
         _wait(ready, what, self.logs)
 
+    def migrate_slot(self, slot: int, source: int, target: int, batch: int = 50) -> int:
+        """Move ``slot`` from master port ``source`` to master port ``target`` while it is in
+        use, as ``redis-cli --cluster reshard`` does: IMPORTING/MIGRATING, ``MIGRATE`` of its
+        keys a few at a time, then the new owner announced to every master. Keys moved."""
+        into, out_of = self.node(target), self.node(source)
+        target_id = _command(into, "CLUSTER MYID").decode()
+        source_id = _command(out_of, "CLUSTER MYID").decode()
+        _command(into, "CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        _command(out_of, "CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while True:
+            names = _command(out_of, "CLUSTER GETKEYSINSLOT", slot, batch)
+            if not names:
+                break
+            _command(out_of, "MIGRATE", "127.0.0.1", target, "", 0, 10000, "KEYS", *names)
+            moved += len(names)
+        for port in (target, source, *[p for p in self.ports if p not in (target, source)]):
+            _command(self.node(port), "CLUSTER SETSLOT", slot, "NODE", target_id)
+        return moved
+
     def keys_by_master(self) -> dict[int, int]:
         """How many keys each master holds (``DBSIZE``)."""
         return {port: int(self.node(port).dbsize()) for port in self.ports}

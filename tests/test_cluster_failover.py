@@ -1,4 +1,5 @@
-"""A master of the cluster dies (``kill -9``) while Sluice accepts and delivers.
+"""A master of the cluster dies (``kill -9``), or Sluice's slot moves to another master,
+while Sluice accepts and delivers.
 
 With ``SLUICE_REDIS_MIN_REPLICAS=1`` every 202 means the batch was on the master's replica
 too, so the failover (the replica promoted after ``cluster-node-timeout``) loses nothing a
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis.cluster import key_slot
 
 from core import keys
 from loadtests.harness import Served, fixture_batch
@@ -108,4 +110,51 @@ def test_a_master_killed_while_accepting_and_delivering_loses_nothing_accepted(
     print(
         f"failover: {len(wanted)} accepted, all delivered; {duplicates} duplicates; "
         f"{client.unavailable_seconds:.1f} s without a 202"
+    )
+
+
+@pytest.fixture
+def plain_cluster() -> Iterator[LocalCluster]:
+    need_tools("redis-server")
+    with LocalCluster(masters=3) as running:
+        yield running
+
+
+@pytest.mark.slow
+def test_the_slot_moving_to_another_master_while_accepting_and_delivering_loses_nothing(
+    plain_cluster: LocalCluster, serve_factory: Any, sink: Sink
+) -> None:
+    """``redis-cli --cluster reshard`` of the slot that holds Sluice's keys, mid-run: scripts
+    on keys half moved get ``TRYAGAIN`` (a 503 the client retries), the blocked
+    ``XREADGROUP`` is released when the slot moves, and everything follows the new owner."""
+    cluster = plain_cluster
+    served = serve_factory(relay=sink.relay, extra_env={"SLUICE_REDIS_URL": cluster.url})
+    source = owner_of(cluster, keys.JOBS)
+    target = next(port for port in cluster.ports if port != source)
+    client = Client(served)
+    client.start()
+    deadline = time.monotonic() + 30
+    while len(client.accepted) < BATCHES * PER_BATCH // 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    moved = cluster.migrate_slot(key_slot(keys.JOBS.encode()), source, target)
+    at_move = len(client.accepted)
+    client.join(120)
+    assert not client.is_alive() and not client.failures, client.failures
+    assert len(client.accepted) == BATCHES * PER_BATCH
+    assert at_move < len(client.accepted), "batches were accepted after the move"
+    assert moved > 0 and cluster.keys_by_master()[source] == 0
+
+    wanted = set(client.accepted.values())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        arrived = [r.rcpt_tos[0] for r in sink.snapshot()]
+        if wanted <= set(arrived):
+            break
+        time.sleep(0.2)
+    missing = wanted - set(arrived)
+    assert not missing, f"{len(missing)} accepted recipients never arrived: {sorted(missing)[:5]}"
+    duplicates = len(arrived) - len(set(arrived))
+    print(
+        f"slot move: {moved} keys moved; {len(wanted)} accepted, all delivered; "
+        f"{duplicates} duplicates; {client.unavailable_seconds:.1f} s without a 202"
     )
