@@ -118,6 +118,28 @@ def load_or_create_secret(data_dir: Path, name: str, prefix: str = "") -> tuple[
     return Secret(value), True
 
 
+def node_id(data_dir: Path) -> str:
+    """This node's name among the nodes sharing a Redis, kept in ``<data dir>/node-id``:
+    its delivery workers are ``<node id>-w0``, ``-w1``... in the consumer group, so two
+    nodes never read each other's unacknowledged jobs as their own, and a restarted node
+    takes back its own at once. A data dir copied to make another node must leave this
+    file behind."""
+    path = data_dir / "node-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    private_dir(data_dir)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this node made it first
+        return path.read_text().strip()
+    value = secrets.token_hex(4)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
 def load_or_create_api_key(data_dir: Path) -> tuple[Secret, bool]:
     """The API key kept in the data dir; (key, True) when it was just generated."""
     return load_or_create_secret(data_dir, "api-key", prefix="sk_")

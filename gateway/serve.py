@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from core import metrics
-from core.datadir import DataDirLock, load_or_create_api_key, load_or_create_secret
+from core.datadir import DataDirLock, load_or_create_api_key, load_or_create_secret, node_id
 from core.embedded_redis import EmbeddedRedis
 from core.logs import show_addresses
 from core.settings import Secret, Settings
@@ -55,7 +55,8 @@ class WorkerSupervisor:
         self.metrics_dir = metrics_dir
         self.context = multiprocessing.get_context("spawn")
         self.processes: dict[str, SpawnProcess] = {}
-        self.names = [f"w{i}" for i in range(count)]
+        node = node_id(settings.data_dir)
+        self.names = [f"{node}-w{i}" for i in range(count)]
         self.stopping = False
 
     def _spawn(self, name: str) -> None:

@@ -9,6 +9,7 @@ one master that owns that slot: the cluster works, and does not yet spread the l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,30 @@ async def test_the_cluster_client_packs_commands_with_hiredis(cluster: LocalClus
                 assert isinstance(connection, _HiredisPacking), type(connection)
             finally:
                 node.release(connection)
+
+
+@pytest.mark.slow
+def test_nodes_sharing_a_cluster_have_their_own_worker_names_kept_across_restarts(
+    cluster: LocalCluster, serve_factory: Any, tmp_path: Path
+) -> None:
+    """Two nodes' workers must not share a consumer name: a restarted worker re-reads the
+    unacknowledged jobs of its name as its own, which would take the other node's jobs in
+    flight and send them twice."""
+    on_cluster = {"SLUICE_REDIS_URL": cluster.url}
+    first = serve_factory(workers=2, extra_env=on_cluster)
+    second = serve_factory(workers=1, data_dir=tmp_path / "second", extra_env=on_cluster)
+    for node in (first, second):
+        node.wait_workers_ready()
+    nodes = [(tmp_path / "data" / "node-id").read_text().strip()]
+    nodes.append((tmp_path / "second" / "node-id").read_text().strip())
+    assert nodes[0] != nodes[1]
+    expected = {f"{nodes[0]}-w0", f"{nodes[0]}-w1", f"{nodes[1]}-w0"}
+    assert ready_workers(first) | ready_workers(second) == expected
+    second.stop()
+    again = serve_factory(workers=1, data_dir=tmp_path / "second", extra_env=on_cluster)
+    again.wait_workers_ready()
+    assert ready_workers(again) == {f"{nodes[1]}-w0"}, "the same node, the same name"
+
+
+def ready_workers(served: Any) -> set[str]:
+    return set(re.findall(r"worker (\S+) ready", served.log()))
