@@ -9,6 +9,7 @@ how many entries changed; one owned by another user is refused.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -123,20 +124,24 @@ def node_id(data_dir: Path) -> str:
     its delivery workers are ``<node id>-w0``, ``-w1``... in the consumer group, so two
     nodes never read each other's unacknowledged jobs as their own, and a restarted node
     takes back its own at once. A data dir copied to make another node must leave this
-    file behind."""
+    file behind. Written whole or not at all (a temp file linked into place), so a crash
+    never leaves an empty id that nodes would share."""
     path = data_dir / "node-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
+    with contextlib.suppress(FileNotFoundError):
+        found = path.read_text().strip()
+        if found:
+            return found
+        path.unlink()  # empty: made by a version that could crash mid-write
     private_dir(data_dir)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process of this node made it first
-        return path.read_text().strip()
     value = secrets.token_hex(4)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+    temp = data_dir / f".node-id.{os.getpid()}"
+    temp.write_text(value + "\n")
+    try:
+        os.link(temp, path)  # fails if another process of this node was first
+    except FileExistsError:
+        value = path.read_text().strip()
+    finally:
+        temp.unlink()
     return value
 
 

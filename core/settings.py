@@ -280,7 +280,11 @@ class DeliverySettings:
         help="first pause when a destination pushes back; doubles",
     )
     smtp_timeout: float = option(
-        "smtp_timeout", casts.parse_duration, text="60s", help="timeout of each SMTP command"
+        "smtp_timeout",
+        casts.parse_duration,
+        text="60s",
+        help="timeout of each SMTP round trip (a command, the pipelined envelope) and of "
+        "sending a message and of its final reply, each",
     )
     drain_timeout: float = option(
         "drain_timeout",

@@ -10,10 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from core.errors import ClientError, NotFound, Unauthorized, UnsupportedMedia
-from core.store import ReplicasBehind, StoreError
+from core.store import REDIS_ERRORS, ReplicasBehind, StoreError
 from gateway.api.common import API_KEY, INFLATE_WBITS, METRICS, SETTINGS, json_response
 
 log = logging.getLogger(__name__)
@@ -45,16 +44,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             response.headers["Allow"] = exc.headers["Allow"]
     except ReplicasBehind as exc:
         log.warning("not confirmed by enough replicas: %s", exc)
-        response = json_response(
-            {
-                "error": "unavailable",
-                "detail": "the batch may be queued but is not yet safe on enough replicas; "
-                "retry with the same Idempotency-Key to learn its outcome",
-            },
-            503,
-        )
+        response = json_response(_behind(exc, "Idempotency-Key" in request.headers), 503)
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    except (StoreError, RedisError) as exc:  # any Redis call of a handler: not only accept's
+    except (StoreError, *REDIS_ERRORS) as exc:  # any Redis call of a handler: not only accept's
         log.error("store unavailable: %s", exc)
         response = json_response(
             {"error": "unavailable", "detail": "the queue is unavailable; retry"}, 503
@@ -68,6 +60,25 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     route = request.match_info.route.resource
     metrics.count_request(route.canonical if route is not None else "unmatched", response.status)
     return response
+
+
+def _behind(exc: ReplicasBehind, keyed: bool) -> dict[str, Any]:
+    """The 503 of a batch the replicas have not confirmed (``SLUICE_REDIS_MIN_REPLICAS``)."""
+    if keyed:
+        detail = (
+            "the batch may be queued but is not yet safe on enough replicas; "
+            "retry with the same Idempotency-Key to learn its outcome"
+        )
+    else:
+        detail = (
+            "the batch is queued but not yet safe on enough replicas; it is sent unless the "
+            "Redis primary fails first. Do not send it again as it is: without an "
+            "Idempotency-Key that sends it twice (follow batch_id's messages instead)"
+        )
+    body: dict[str, Any] = {"error": "unavailable", "detail": detail}
+    if exc.batch_id is not None:
+        body["batch_id"] = exc.batch_id
+    return body
 
 
 def _on_metrics_listener(request: web.Request) -> bool:

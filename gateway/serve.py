@@ -26,6 +26,7 @@ from aiohttp import web
 from core import metrics
 from core.datadir import DataDirLock, load_or_create_api_key, load_or_create_secret, node_id
 from core.embedded_redis import EmbeddedRedis
+from core.errors import ConfigurationError
 from core.logs import show_addresses
 from core.settings import Secret, Settings
 from core.store import open_store
@@ -204,6 +205,11 @@ def serve(settings: Settings) -> int:
         metrics.use_directory(metrics_dir)
         redis = None
         redis_url = settings.redis.url
+        if redis_url is None and settings.redis.min_replicas:
+            raise ConfigurationError(
+                "Config SLUICE_REDIS_MIN_REPLICAS needs a Redis with replicas: the embedded "
+                "one has none (set SLUICE_REDIS_URL, or leave SLUICE_REDIS_MIN_REPLICAS at 0)"
+            )
         if redis_url is None:
             redis = EmbeddedRedis(settings.data_dir, binary=settings.redis.server)
             redis_url = redis.start()

@@ -34,7 +34,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from core.addresses import AddressError, normalize_address
 from core.errors import ClientError, ValidationError
 from core.settings import HostPort, Secret, Settings
-from core.store import StoreError
+from core.store import ReplicasBehind, StoreError
 from gateway.intake import Intake
 from suppression.caps import contact_key
 from suppression.policy import load_policy
@@ -208,6 +208,11 @@ class SubmissionHandler:
             return f"554 5.6.1 {exc.detail}"[:500].replace("\r", " ").replace("\n", " ")
         except (ValueError, LookupError) as exc:  # a header the parser cannot read
             return f"554 5.6.0 the message cannot be read: {exc}"[:300]
+        except ReplicasBehind as exc:
+            # Queued on the primary, not yet on the replicas. A 451 would make the client
+            # send it again, and SMTP has no idempotency key: the mail would go out twice.
+            log.warning("submission: %s; answered 250", exc)
+            return f"250 2.0.0 queued as {exc.batch_id} (not yet confirmed by Redis replicas)"
         except StoreError:
             return "451 4.3.0 the queue is unavailable; try again"
         fates = json.loads(submitted.response)["results"]

@@ -81,7 +81,7 @@ async def submit(urls: list[str], recipients: int) -> float:
 def setup(kind: str) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     """(URL, a synchronous client, what to report on the servers when done)."""
     if kind == "single":
-        with Replicated(replicas=0, durable=True) as single:
+        with Replicated(replica=False, durable=True) as single:
             client = single.node(single.master_port)
             yield single.master_url, client, {"port": single.master_port}
         return

@@ -1,9 +1,9 @@
 """Real Redis servers on loopback for tests and benchmarks: Debian's ``redis-server``.
 
 ``Replicated()`` is one master and one replica (``--replicaof``), ready when the replica's
-link is up (``replicas=0``: a lone server). ``LocalCluster(masters=3, replicas=1)`` is a cluster, each master with its own
-replicas (``CLUSTER REPLICATE``), a dead master failed over after ``cluster-node-timeout``
-(2 s).
+link is up (``replica=False``: a lone server). ``LocalCluster(masters=3, replicas=1)`` is a
+cluster, each master with its own replicas (``CLUSTER REPLICATE``), a dead master failed
+over after ``cluster-node-timeout`` (2 s).
 
 ``LocalCluster(masters=3)`` starts one ``redis-server --cluster-enabled yes`` per master on
 free loopback ports (cluster bus on port + 10000, as Redis sets it), in a private temp dir,
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -61,14 +60,14 @@ def _wait(
 
 
 class Replicated:
-    """A master and one replica; ``replica_process`` can be stopped (SIGSTOP) to make the
-    replica fall behind."""
+    """A master and one replica (none: ``replica=False``); ``replica_process`` can be
+    stopped (SIGSTOP) to make the replica fall behind."""
 
-    def __init__(self, *, replicas: int = 1, durable: bool = False) -> None:
+    def __init__(self, *, replica: bool = True, durable: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sluice-replicated-"))
         self.master_port = free_port()
         self.replica_port = free_port()
-        self.replicas = replicas
+        self.replica = replica
         self.durable = durable
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -86,7 +85,7 @@ class Replicated:
     def __enter__(self) -> Replicated:
         try:
             servers = [(self.master_port, _durability(self.durable))]
-            if self.replicas:
+            if self.replica:
                 servers.append(
                     (self.replica_port, ["--replicaof", "127.0.0.1", str(self.master_port)])
                 )
@@ -94,7 +93,7 @@ class Replicated:
                 directory = self.root / str(port)
                 directory.mkdir()
                 self.processes.append(_start_server(port, directory, extra))
-            if not self.replicas:
+            if not self.replica:
                 master = self.node(self.master_port)
                 _wait(lambda: bool(master.ping()), "the server to answer", self.logs)
                 return self
@@ -155,9 +154,7 @@ def _logs(root: Path) -> str:
 
 def _stop(processes: list[subprocess.Popen[bytes]], root: Path) -> None:
     for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGCONT)  # a stopped one cannot die of SIGKILL's wait
-        process.kill()
+        process.kill()  # a stopped one (SIGSTOP) too
     for process in processes:
         process.wait(10)
     shutil.rmtree(root, ignore_errors=True)

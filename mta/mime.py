@@ -49,14 +49,28 @@ def header_line(name: str, value: str) -> bytes:
 def _fold(name: str, value: str) -> str | None:
     """``Name: value`` with a line break before as few of its spaces as keep lines within 78
     columns (a word longer than that has a line of its own); unfolding gives back the value
-    exactly. None if a word does not fit in 998 octets."""
+    exactly. A break comes only before a space that the next word follows, with any further
+    spaces of a run kept on the new line, so no line is white space alone (RFC 5322 4:
+    obsolete syntax). None if a word does not fit in 998 octets."""
+    words = value.split(" ")
+    units: list[str] = []  # each word with the extra spaces before it; joined by one space
+    extra = ""
+    for word in words[:-1] if words[-1] == "" else words:
+        if word:
+            units.append(extra + word)
+            extra = ""
+        else:
+            extra += " "
+    if not units:
+        return f"{name}: {value}"
+    units[-1] += extra + (" " if words[-1] == "" and len(words) > 1 else "")
     lines: list[str] = []
     line = f"{name}:"
-    for word in value.split(" "):
-        if len(line) + 1 + len(word) > 78 and line.strip():
+    for unit in units:
+        if len(line) + 1 + len(unit) > 78 and line.strip():
             lines.append(line)
             line = ""
-        line += " " + word
+        line += " " + unit
     lines.append(line)
     if max(map(len, lines)) > 998:
         return None

@@ -266,6 +266,7 @@ class SmtpConnection:
 
     async def _reply(self) -> Reply:
         """The next reply; the caller bounds the wait."""
+        self._writing = False  # whatever came before, this step is waiting for the server
         lines: list[str] = []
         code = b""
         try:
@@ -387,12 +388,8 @@ class SmtpConnection:
         if data_reply.code != 354:
             raise SmtpReplyError(data_reply, "data")
         try:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._send(wire)
-                    final = await self._reply()
-            except TimeoutError as exc:
-                raise self._timed_out() from exc
+            await self._write(wire)  # the content and the final reply each get the timeout:
+            final = await self.read_reply()  # a server may scan a large message before it
         except SmtpError as exc:
             exc.committed = True  # the message may have arrived: a retry can duplicate it
             raise

@@ -55,6 +55,9 @@ def test_serve_takes_every_option_declared_with_a_flag(tmp_path: Path) -> None:
     left_out = sluice("serve", cwd=tmp_path, env={"SLUICE_INBOUND": "nowhere"})
     assert left_out.returncode == 2
     assert "Config SLUICE_INBOUND is invalid" in left_out.stderr
+    alone = sluice("serve", cwd=tmp_path, env={"SLUICE_REDIS_MIN_REPLICAS": "1"})
+    assert alone.returncode == 2, "the embedded Redis has no replica to wait for"
+    assert "SLUICE_REDIS_MIN_REPLICAS needs a Redis with replicas" in alone.stderr
 
 
 def test_fixture_copy_is_current() -> None:

@@ -114,21 +114,27 @@ def test_a_master_killed_while_accepting_and_delivering_loses_nothing_accepted(
 
 
 @pytest.fixture
-def plain_cluster() -> Iterator[LocalCluster]:
+def moving_cluster() -> Iterator[LocalCluster]:
     need_tools("redis-server")
-    with LocalCluster(masters=3) as running:
+    with LocalCluster(masters=3, replicas=1) as running:
         yield running
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("min_replicas", ["0", "1"])
 def test_the_slot_moving_to_another_master_while_accepting_and_delivering_loses_nothing(
-    plain_cluster: LocalCluster, serve_factory: Any, sink: Sink
+    moving_cluster: LocalCluster, serve_factory: Any, sink: Sink, min_replicas: str
 ) -> None:
     """``redis-cli --cluster reshard`` of the slot that holds Sluice's keys, mid-run: scripts
-    on keys half moved get ``TRYAGAIN`` (a 503 the client retries), the blocked
-    ``XREADGROUP`` is released when the slot moves, and everything follows the new owner."""
-    cluster = plain_cluster
-    served = serve_factory(relay=sink.relay, extra_env={"SLUICE_REDIS_URL": cluster.url})
+    on keys half moved get ``TRYAGAIN`` or ``ASK`` (a 503 the client retries), the blocked
+    ``XREADGROUP`` is released when the slot moves, and everything follows the new owner;
+    with ``SLUICE_REDIS_MIN_REPLICAS`` too, whose script and WAIT go to the slot's master
+    directly (``Script.then_wait``). No process dies, so nothing may be sent twice."""
+    cluster = moving_cluster
+    served = serve_factory(
+        relay=sink.relay,
+        extra_env={"SLUICE_REDIS_URL": cluster.url, "SLUICE_REDIS_MIN_REPLICAS": min_replicas},
+    )
     source = owner_of(cluster, keys.JOBS)
     target = next(port for port in cluster.ports if port != source)
     client = Client(served)
@@ -155,6 +161,7 @@ def test_the_slot_moving_to_another_master_while_accepting_and_delivering_loses_
     assert not missing, f"{len(missing)} accepted recipients never arrived: {sorted(missing)[:5]}"
     duplicates = len(arrived) - len(set(arrived))
     print(
-        f"slot move: {moved} keys moved; {len(wanted)} accepted, all delivered; "
-        f"{duplicates} duplicates; {client.unavailable_seconds:.1f} s without a 202"
+        f"slot move (min replicas {min_replicas}): {moved} keys moved; {len(wanted)} accepted, "
+        f"all delivered; {duplicates} duplicates; {client.unavailable_seconds:.1f} s without a 202"
     )
+    assert duplicates == 0

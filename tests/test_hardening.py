@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import redis
 
+from core.datadir import node_id
 from core.embedded_redis import redis_server_binary
 from core.settings import TrustedProxies, parse_trusted_proxies
 from loadtests.harness import API_KEY, Served, fixture_batch, free_port
@@ -428,3 +429,14 @@ def test_metrics_need_the_key_or_their_own_listener(serve_factory: Any, tmp_path
     status, _ = fetch(f"http://127.0.0.1:{metrics_port}/v1/events", served.headers)
     assert status == 404, "the metrics listener serves nothing else"
     assert served.stop() == 0
+
+
+def test_a_node_id_is_made_once_kept_and_never_left_empty(tmp_path: Path) -> None:
+    """Worker names are ``<node id>-w<i>``: an empty id (a crash mid-write) would be shared
+    by every node in that state, the collision the id exists to prevent."""
+    first = node_id(tmp_path)
+    assert len(first) == 8 and node_id(tmp_path) == first, "kept"
+    (tmp_path / "node-id").write_text("")
+    again = node_id(tmp_path)
+    assert again and again != first, "an empty id is made anew"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node-id"], "no temp file left"

@@ -126,3 +126,4 @@ def test_ascii_headers_fold_only_at_their_spaces(value: str) -> None:
     assert line[:-2].replace(b"\r\n ", b" ").decode() == "List-Unsubscribe: " + value
     for physical in line[:-2].split(b"\r\n"):
         assert len(physical) <= 78 or b" " not in physical.strip()
+        assert physical.strip(), "no line of white space alone (RFC 5322 4)"

@@ -55,7 +55,9 @@ async def test_no_202_until_a_replica_holds_the_batch(
             waited = time.monotonic() - started
             assert behind.status == 503, await behind.text()
             assert behind.headers["Retry-After"] == "1"
-            assert "Idempotency-Key" in (await behind.json())["detail"]
+            refusal = await behind.json()
+            assert "retry with the same Idempotency-Key" in refusal["detail"]
+            assert refusal["batch_id"]
             assert waited >= 1.9, "it waited for the replica"
             # nor is its replay a 202 while the replica is behind
             replayed = await api.post(
@@ -84,3 +86,8 @@ async def test_more_replicas_asked_for_than_exist_is_never_a_202(
     async with running_api(settings, replicated.master_url, port=0) as api:
         answer = await api.post("/v1/messages", json=fixture_batch(1))
         assert answer.status == 503, await answer.text()
+        # without a key a retry would send it twice: the answer says so, and names the batch
+        refusal = await answer.json()
+        assert "twice" in refusal["detail"]
+        message_id = f"{refusal['batch_id']}-0"
+        assert (await api.get(f"/v1/messages/{message_id}")).status == 200, "it is queued"

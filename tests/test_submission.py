@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from loadtests.harness import API_KEY, free_port
+from loadtests.redis_cluster import Replicated
 from mta.dkimkeys import KeyStore
 from tests.conftest import Sink, need_tools
 from tests.test_contact_policy_e2e import put
@@ -164,3 +167,37 @@ def test_capped_contacts_are_refused_at_rcpt(serve_factory: Any, sink: Sink) -> 
             client.sendmail("news@shop.example.com", ["once@inbox.example.org"], MESSAGE)
         code, text = capped.value.recipients["once@inbox.example.org"]
         assert code == 550 and b"capped" in text
+
+
+def test_a_submission_the_replicas_have_not_confirmed_is_answered_250_not_451(
+    serve_factory: Any, sink: Sink, tmp_path: Path
+) -> None:
+    """With ``SLUICE_REDIS_MIN_REPLICAS``, a batch on the primary but not on its replicas is
+    a 503 on the API (a keyed retry settles it). SMTP has no such key: a 451 would make the
+    client send the mail again, so submission answers 250 and the mail goes out once."""
+    need_tools("redis-server")
+    port = free_port()
+    with Replicated() as redis_pair:
+        serve_factory(
+            relay=sink.relay,
+            workers=1,
+            extra_env={
+                "SLUICE_SUBMISSION": f"127.0.0.1:{port}",
+                "SLUICE_REDIS_URL": redis_pair.master_url,
+                "SLUICE_REDIS_MIN_REPLICAS": "1",
+            },
+        )
+        os.kill(redis_pair.replica_process.pid, signal.SIGSTOP)
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.starttls(context=unverified())
+                client.login("crm", API_KEY)
+                client.ehlo("crm.example")
+                client.mail("news@shop.example.com")
+                client.rcpt("aryan@inbox.example.org")
+                code, reply = client.data(MESSAGE.encode())
+        finally:
+            os.kill(redis_pair.replica_process.pid, signal.SIGCONT)
+        assert code == 250 and b"not yet confirmed by Redis replicas" in reply, reply
+        [got] = sink.wait_for(1)
+        assert got.rcpt_tos == ["aryan@inbox.example.org"]

@@ -18,17 +18,20 @@
 -- ARGV[8] policy, msgpack {rules={{k=key, c=category, l=limit, w=window, a=action}},
 --   zones={[zone]={start1, end1, start2, end2, ...}}}
 -- ARGV[9] "1" when KEYS[7] is the idempotency record
--- Returns {"new", outcomes} or {"replay", digest, response, outcomes} (a replay counts
--- itself in the record's "replays" field); outcomes has one
+-- ARGV[10] "1" when the caller WAITs for replicas after this call
+-- Returns {"new", outcomes} or {"replay", digest, response, outcomes} (a replay the caller
+-- WAITs after counts itself in the record's "replays" field); outcomes has one
 -- line per recipient entry: "q" queued, "s<time>" scheduled, "x<reason>|<scope>"
 -- suppressed, "c<category>|<limit>|<window>" capped.
 local idempotent = ARGV[9] == '1'
 if idempotent then
   local prior = redis.call('HMGET', KEYS[7], 'digest', 'response', 'outcomes')
   if prior[1] then
-    -- a write, so that a WAIT after this call (SLUICE_REDIS_MIN_REPLICAS) waits for the
-    -- replication stream up to now, which holds the batch's own writes
-    redis.call('HINCRBY', KEYS[7], 'replays', 1)
+    if ARGV[10] == '1' then
+      -- a write, so that the WAIT after this call (SLUICE_REDIS_MIN_REPLICAS) waits for the
+      -- replication stream up to now, which holds the batch's own writes
+      redis.call('HINCRBY', KEYS[7], 'replays', 1)
+    end
     return {'replay', prior[1], prior[2], prior[3] or ''}
   end
 end

@@ -17,7 +17,13 @@ retry on any Redis error.
 """
 
 from core.jobs import QueuedJob
-from core.store.base import EVENTS_MAXLEN, RETENTION_SECONDS, StoreError, valid_stream_id
+from core.store.base import (
+    EVENTS_MAXLEN,
+    REDIS_ERRORS,
+    RETENTION_SECONDS,
+    StoreError,
+    valid_stream_id,
+)
 from core.store.store import (
     Accepted,
     FirstReport,
@@ -35,6 +41,7 @@ from core.store.webhooks import WebhookBatch, WebhookState, WebhookStore
 
 __all__ = [
     "EVENTS_MAXLEN",
+    "REDIS_ERRORS",
     "RETENTION_SECONDS",
     "Accepted",
     "Candidate",

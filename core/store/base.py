@@ -8,7 +8,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import SluiceError
 
@@ -25,6 +33,11 @@ class StoreError(SluiceError):
     """Redis could not be reached or answered with an error."""
 
 
+# What a Redis call can raise: redis-py's cluster client raises ``RedisClusterException``
+# (no slot owner known, cluster unreachable), which is not a ``RedisError``.
+REDIS_ERRORS = (RedisError, RedisClusterException)
+
+
 class Script:
     """A Lua script of ``core/lua/``, loaded once (EVALSHA, reloaded after a Redis restart) and
     called with every key it touches in ``keys``: none is built inside the script, so each
@@ -37,27 +50,41 @@ class Script:
         source = lua.joinpath(name).read_text()
         if library is not None:
             source = lua.joinpath("lib", library).read_text() + source
+        self.client = client
         self._script = client.register_script(source)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return await self._script(keys=list(keys), args=list(args))
 
     async def then_wait(
-        self, client: Client, keys: Sequence[str], args: Sequence[Arg], replicas: int, ms: int
+        self, keys: Sequence[str], args: Sequence[Arg], replicas: int, ms: int
     ) -> tuple[Any, int]:
         """Run the script and then ``WAIT replicas ms`` on the same connection (WAIT counts
         the replicas that acknowledged that connection's writes): the script's answer and
         how many replicas have its writes. A cluster's pipeline refuses scripts, so there a
-        connection of the node that owns the keys' slot is taken directly."""
-        call = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        connection of the master that owns the keys' slot is taken directly; a ``MOVED``
+        (the slot has a new owner) refreshes the slot map and tries once more, anything else
+        the cluster says (``ASK``, ``TRYAGAIN`` while the slot moves) is a ``StoreError``
+        that the caller's retry settles."""
+        client = self.client
         if not isinstance(client, RedisCluster):
             async with client.pipeline(transaction=False) as pipe:
                 await self._script(keys=list(keys), args=list(args), client=pipe)
                 pipe.execute_command("WAIT", replicas, ms)
                 result, acked = await pipe.execute()
             return result, int(acked)
+        try:
+            return await self._then_wait_on_node(client, keys, args, replicas, ms)
+        except MovedError:
+            await client.nodes_manager.initialize()
+            return await self._then_wait_on_node(client, keys, args, replicas, ms)
+
+    async def _then_wait_on_node(
+        self, client: RedisCluster, keys: Sequence[str], args: Sequence[Arg], replicas: int, ms: int
+    ) -> tuple[Any, int]:
+        call = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
         node = client.get_node_from_key(keys[0])
-        if node is None:
+        if node is None:  # typed Optional; redis-py raises SlotNotCoveredError instead
             raise StoreError(f"no master serves the slot of {keys[0]}")
         connection = node.acquire_connection()
         try:
@@ -72,10 +99,19 @@ class Script:
                     await connection.send_command("SCRIPT", "LOAD", self._script.script)
                     await connection.read_response()
                     continue
+                except ResponseError:
+                    await connection.read_response()  # WAIT's answer: the connection stays usable
+                    raise
                 return result, int(await connection.read_response())
             raise StoreError(f"{self.name} could not be loaded on {node.name}")
-        except BaseException:
+        except ResponseError:
+            raise
+        except (RedisConnectionError, RedisTimeoutError):
             await connection.disconnect()  # its replies may be half read
+            await client.nodes_manager.initialize()  # the node may be gone: ask the others
+            raise
+        except BaseException:
+            await connection.disconnect()
             raise
         finally:
             node.release(connection)

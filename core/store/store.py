@@ -23,6 +23,7 @@ from core.events import event_of
 from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput, QueuedJob
 from core.store.base import (
     EVENTS_MAXLEN,
+    REDIS_ERRORS,
     RETENTION_SECONDS,
     Arg,
     Client,
@@ -113,13 +114,22 @@ def retention_for(entries: Sequence[AcceptEntry], now: float) -> int:
     return RETENTION_SECONDS + math.ceil(latest - now) + QUIET_HOURS_MARGIN
 
 
+# The cluster client's connections per node and process: it raises instead of waiting
+# for a free one, so it must exceed what a worker (SLUICE_CONCURRENCY_PER_WORKER, 200 by
+# default) or an API process can have in flight at once.
+CLUSTER_CONNECTIONS = 1000
 REPLICA_WAIT_MS = 2000  # how long accept waits for SLUICE_REDIS_MIN_REPLICAS replicas
 
 
 class ReplicasBehind(StoreError):
     """An accepted batch is on the master but not yet on enough replicas: a failover now
     could lose it, so the caller must not answer 202. Its outcome is unknown to the client,
-    which settles it by retrying with the same ``Idempotency-Key``."""
+    which settles it by retrying with the same ``Idempotency-Key``; ``batch_id``: the batch,
+    when it was just queued (None: a replay of an earlier one)."""
+
+    def __init__(self, message: str, batch_id: str | None = None) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
 
 
 class Store:
@@ -190,20 +200,22 @@ class Store:
             f"{clock:.3f}",
             policy.pack(),
             "1" if idempotency_key else "0",
+            "1" if self.min_replicas else "0",
         ]
         try:
             if self.min_replicas:
                 result, acked = await self._accept.then_wait(
-                    self.redis, touched, args, self.min_replicas, REPLICA_WAIT_MS
+                    touched, args, self.min_replicas, REPLICA_WAIT_MS
                 )
             else:
                 result, acked = await self._accept(touched, args), 0
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"could not queue the batch: {exc}") from exc
         if acked < self.min_replicas:
             raise ReplicasBehind(
                 f"batch {batch_id} is on the master, but {acked} of {self.min_replicas} "
-                f"replicas confirmed it within {REPLICA_WAIT_MS} ms"
+                f"replicas confirmed it within {REPLICA_WAIT_MS} ms",
+                batch_id if text(result[0]) != "replay" else None,
             )
         if text(result[0]) == "replay":
             return Accepted(True, text(result[1]), text(result[2]), lines(result[3]))
@@ -221,11 +233,13 @@ class Store:
             return None
         if self.min_replicas:
             try:
-                _, acked = await self._confirm.then_wait(
-                    self.redis, [record], [], self.min_replicas, REPLICA_WAIT_MS
+                counted, acked = await self._confirm.then_wait(
+                    [record], [], self.min_replicas, REPLICA_WAIT_MS
                 )
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise StoreError(f"could not confirm the earlier answer: {exc}") from exc
+            if not counted:
+                return None  # expired meanwhile: the request is accepted anew
             if acked < self.min_replicas:
                 raise ReplicasBehind(
                     f"the answer for this key is on the master, but {acked} of "
@@ -542,7 +556,7 @@ async def open_store(
             await _close(client)
             client = RedisCluster.from_url(
                 url,
-                max_connections=max(100, max_connections),  # per node; it does not wait for one
+                max_connections=CLUSTER_CONNECTIONS,  # per node: it raises, not waits, beyond
                 socket_timeout=30,
                 socket_connect_timeout=10,
             )
