@@ -176,7 +176,7 @@ class RedisSettings:
         casts.non_negative_int,
         default=0,
         help="replicas that must confirm an accepted batch (WAIT, up to 2 s) before its 202; "
-        "fewer: 503 with Retry-After, settled by retrying with the same Idempotency-Key",
+        "fewer: 503 with Retry-After (docs/scaling.md says what a client does then)",
     )
     server: str | None = option(
         "redis_server",
