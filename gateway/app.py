@@ -5,6 +5,7 @@ context so it is closed only if it was opened."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,11 +22,21 @@ from gateway.submission import start_submission, tls_context
 from tracking.endpoints import Tracking
 from tracking.tokens import Tokens, load_keys
 
+log = logging.getLogger(__name__)
+
 __all__ = ["RUNNER_OPTIONS", "create_app"]
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_store(app[REDIS_URL], min_replicas=app[SETTINGS].redis.min_replicas) as store:
+    wanted = app[SETTINGS].redis.min_replicas
+    async with open_store(app[REDIS_URL], min_replicas=wanted) as store:
+        if wanted and (connected := await store.connected_replicas()) < wanted:
+            log.warning(
+                "SLUICE_REDIS_MIN_REPLICAS is %d but the queue's master has %d replicas "
+                "connected: every batch will be answered 503 until enough are",
+                wanted,
+                connected,
+            )
         app[STORE] = store
         yield
 

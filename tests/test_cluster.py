@@ -84,7 +84,7 @@ def replicated_cluster() -> Iterator[LocalCluster]:
 
 
 async def test_on_a_cluster_no_202_until_the_masters_replica_holds_the_batch(
-    replicated_cluster: LocalCluster, tmp_path: Path
+    replicated_cluster: LocalCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The cluster's pipeline refuses scripts, so the accept script and its ``WAIT`` go on
     one connection of the master that owns the slot: the replica has the records at 202."""
@@ -104,6 +104,7 @@ async def test_on_a_cluster_no_202_until_the_masters_replica_holds_the_batch(
         assert again.status == 202, await again.text()
     settings = make_settings(tmp_path, redis_min_replicas=2)
     async with running_api(settings, cluster.url, port=0) as api:
+        assert "has 1 replicas connected" in caplog.text, "the slot's master's, said at start"
         answer = await api.post("/v1/messages", json=fixture_batch(1, start=9))
         assert answer.status == 503, await answer.text()
         assert answer.headers["Retry-After"] == "1"

@@ -80,10 +80,11 @@ async def test_no_202_until_a_replica_holds_the_batch(
 
 
 async def test_more_replicas_asked_for_than_exist_is_never_a_202(
-    replicated: Replicated, tmp_path: Path
+    replicated: Replicated, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(tmp_path, redis_min_replicas=2)
     async with running_api(settings, replicated.master_url, port=0) as api:
+        assert "has 1 replicas connected" in caplog.text, "said at start"
         answer = await api.post("/v1/messages", json=fixture_batch(1))
         assert answer.status == 503, await answer.text()
         # without a key a retry would send it twice: the answer says so, and names the batch

@@ -154,6 +154,15 @@ class Store:
     async def ping(self) -> None:
         await self.redis.ping()
 
+    async def connected_replicas(self) -> int:
+        """Replicas connected to the master that holds the queue (``INFO replication``)."""
+        if isinstance(self.redis, RedisCluster):
+            node = self.redis.get_node_from_key(keys.JOBS)
+            info: Any = await self.redis.info("replication", target_nodes=node)
+        else:
+            info = await self.redis.info("replication")
+        return int(info.get("connected_slaves", 0))
+
     # --- accept side --------------------------------------------------------
 
     async def accept(
