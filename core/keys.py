@@ -62,6 +62,12 @@ def warmup_sent(ip: str, provider: str, day: str, hour: int | None = None) -> st
     return base if hour is None else f"{base}:{hour}"
 
 
+def warmup_taken(ip: str, provider: str, day: str) -> str:
+    """The messages that took ``ip``'s budget at ``provider`` on a UTC day: a message taken
+    again (a job delivered twice after a crash) finds its IP here and is not counted twice."""
+    return f"{WARMUP_PREFIX}{ip}:{provider}:{day}:taken"
+
+
 def warmup_signals(ip: str, provider: str) -> str:
     """5-minute buckets of a warming IP's outcomes at one provider."""
     return f"{WARMUP_SIGNALS}{ip}:{provider}"

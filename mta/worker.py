@@ -437,7 +437,9 @@ class Worker:
         sender_domain = self.delivery.bounce_domain or domain_of(batch.sender.email)
         sender = self.verp.return_path(job.message_id, sender_domain)
         destinations = await self.router.destinations(domain)
-        source_ip, provider = await self._source_ip(batch.ip_pool, domain, destinations)
+        source_ip, provider = await self._source_ip(
+            batch.ip_pool, domain, destinations, job.message_id
+        )
         failure: DeliveryError = TransientDeliveryError(f"no destination to try for {domain}")
         for dest in destinations:
             try:
@@ -475,16 +477,18 @@ class Worker:
             log.warning("warmup of %s for %s %s", ip, provider, changed)
 
     async def _source_ip(
-        self, pool: str | None, domain: str, destinations: list[Destination]
+        self, pool: str | None, domain: str, destinations: list[Destination], message_id: str
     ) -> tuple[str | None, str | None]:
-        """(sending IP, provider group): from the message's pool, within its warmup budget."""
+        """(sending IP, provider group): from the message's pool, within its warmup budget,
+        taken once per message and day (a job sent again after a crash is not counted
+        twice, and a retry goes out from the IP it took)."""
         name = pool if pool in self.pools else "default"
         members = self.pools.get(name)
         if not members:
             return None, None  # no --ips: the system picks the source address
         mx = destinations[0].host if destinations and destinations[0].via == "mx" else None
         provider = provider_of(domain, mx)
-        choice = await self.warmup.choose(members, provider, time.time())
+        choice = await self.warmup.choose(members, provider, time.time(), message_id)
         if choice.ip is None:
             raise WarmupDeferral(
                 f"warmup: every IP of pool {name} has used its {provider} budget for now; "

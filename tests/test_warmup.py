@@ -100,6 +100,28 @@ def _hammer(redis_url: str, now: float, tries: int, go: Any, out: Any) -> None:
     out.put(asyncio.run(run()))
 
 
+async def test_a_message_takes_budget_once_a_day_however_often_it_is_sent(store: Store) -> None:
+    """At-least-once delivery may send a job again (a worker killed after the send): its
+    budget is taken once, and it goes out from the IP it took."""
+    await configure(store, COLD, (48,), "2026-11-23")  # 2 an hour
+    await configure(store, OTHER, (48,), "2026-11-23")
+    gate = WarmupGate(store, refresh=0)
+    now = at("2026-11-23T00:30:00")
+    first = await gate.choose([COLD, OTHER], "gmail", now, "msg-1")
+    for _ in range(3):
+        assert (await gate.choose([OTHER, COLD], "gmail", now, "msg-1")).ip == first.ip
+    assert await store.warmup.sent(first.ip or "", "gmail", "20261123") == 1
+    other = await gate.choose([COLD, OTHER], "gmail", now, "msg-2")
+    assert (
+        other.ip is not None
+        and sum([await store.warmup.sent(ip, "gmail", "20261123") for ip in (COLD, OTHER)]) == 2
+    ), "another message counts"
+    nameless = [await gate.choose([COLD, OTHER], "gmail", now) for _ in range(2)]
+    assert [c.ip for c in nameless].count(None) == 0
+    total = sum([await store.warmup.sent(ip, "gmail", "20261123") for ip in (COLD, OTHER)])
+    assert total == 4, "without a message id every take counts"
+
+
 async def test_two_processes_never_exceed_a_budget_together(store: Store, redis_url: str) -> None:
     await configure(store, COLD, (2400,), "2026-11-23")  # 100 an hour
     now = at("2026-11-23T00:30:00")

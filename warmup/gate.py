@@ -137,7 +137,11 @@ class WarmupGate:
     def budget_of(self, config: WarmupIp, provider: str, now: float) -> Budget:
         return config.budget(utc_day(now), self._holds.get(f"{config.ip}:{provider}"), now)
 
-    async def choose(self, ips: list[str], provider: str, now: float) -> Choice:
+    async def choose(
+        self, ips: list[str], provider: str, now: float, message_id: str = ""
+    ) -> Choice:
+        """The IP to send from, or how long to wait; with ``message_id``, a message taken
+        again (delivered twice after a crash) counts once per day."""
         configs = await self.configs(now)
         today = utc_day(now)
         budgets = {
@@ -158,7 +162,13 @@ class WarmupGate:
         to_hour = 3600 - into_hour
         to_day = (23 - moment.hour) * 3600 + to_hour
         taken, wait = await self.store.warmup.take(
-            offer, provider, today.strftime("%Y%m%d"), moment.hour, to_hour=to_hour, to_day=to_day
+            offer,
+            provider,
+            today.strftime("%Y%m%d"),
+            moment.hour,
+            to_hour=to_hour,
+            to_day=to_day,
+            message_id=message_id,
         )
         if taken:
             return Choice(taken)

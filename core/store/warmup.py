@@ -80,15 +80,18 @@ class WarmupStore:
         *,
         to_hour: float,
         to_day: float,
+        message_id: str = "",
     ) -> tuple[str, float]:
         """One message of budget from the first candidate with room (``core/lua/warmup.lua``):
-        (the IP taken, 0) or ("", seconds until some budget opens)."""
+        (the IP taken, 0) or ("", seconds until some budget opens). With ``message_id``, once
+        per message and day: the same message again gets the IP it took, uncounted."""
         budget_keys: list[str] = []
-        args: list[Arg] = [hour, round(to_hour, 3), round(to_day, 3)]
+        args: list[Arg] = [hour, round(to_hour, 3), round(to_day, 3), message_id]
         for c in candidates:
             budget_keys += [
                 keys.warmup_sent(c.ip, provider, day),
                 keys.warmup_sent(c.ip, provider, day, hour),
+                keys.warmup_taken(c.ip, provider, day),
             ]
             args += [c.ip, c.daily, c.hourly]
         ip, wait = await self._take(budget_keys, args)
