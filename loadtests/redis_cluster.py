@@ -127,6 +127,7 @@ def _start_server(port: int, directory: Path, extra: list[str]) -> subprocess.Po
         "save": "",
         "appendonly": "no",
         "logfile": directory / "redis.log",
+        "repl-diskless-sync-delay": 0,  # a replica syncs at once, not after the default 5 s
     }
     flags = [part for name, value in options.items() for part in (f"--{name}", str(value))]
     return subprocess.Popen(

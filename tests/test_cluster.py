@@ -27,6 +27,9 @@ from tests.conftest import Sink, make_settings, need_tools
 from tests.inprocess import running_api
 from tests.test_end_to_end import get, post, wait_status
 
+# Each starts redis-server processes of its own: the full lane's.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:

@@ -25,6 +25,9 @@ from tests.test_contact_policy_e2e import fire, one_for_contact, put
 from tests.test_end_to_end import get
 from tests.test_warmup import COLD, _hammer, at, configure
 
+# Each starts redis-server processes of its own: the full lane's.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:

@@ -22,6 +22,9 @@ from loadtests.redis_cluster import Replicated
 from tests.conftest import make_settings, need_tools
 from tests.inprocess import running_api
 
+# Each starts redis-server processes of its own: the full lane's.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def replicated() -> Iterator[Replicated]:
