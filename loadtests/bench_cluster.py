@@ -37,15 +37,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from redis.cluster import RedisCluster
 
 from core import keys
+from loadtests.bench_e2e import submit
 from loadtests.bench_pipelining import start_sink
 from loadtests.harness import (
-    API_KEY,
     Served,
-    fixture_batch,
     free_port,
     print_result,
     start_serve,
@@ -54,27 +52,6 @@ from loadtests.redis_cluster import LocalCluster, Replicated
 from mta.dkimkeys import KeyStore
 
 BATCH = 1000
-CLIENTS = 4
-
-
-async def submit(urls: list[str], recipients: int) -> float:
-    """Send the batches, batch i to gateway i mod len(urls); seconds to the last 202."""
-    batches = [
-        (urls[n % len(urls)], fixture_batch(min(BATCH, recipients - start), start=start))
-        for n, start in enumerate(range(0, recipients, BATCH))
-    ]
-    queue = iter(batches)
-    started = time.perf_counter()
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    async with aiohttp.ClientSession(headers=headers) as session:
-
-        async def client() -> None:
-            for url, body in queue:
-                async with session.post(url + "/v1/messages", json=body) as answer:
-                    assert answer.status == 202, await answer.text()
-
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return time.perf_counter() - started
 
 
 @contextlib.contextmanager
@@ -128,7 +105,7 @@ def run(
             for gateway in served:
                 gateway.wait_workers_ready()
             started = time.perf_counter()
-            accept_seconds = asyncio.run(submit([g.url for g in served], recipients))
+            accept_seconds = asyncio.run(submit([g.url for g in served], recipients, BATCH))
             deadline = time.monotonic() + 600
             while int(client.hget(keys.STATS, "delivered") or 0) < recipients:
                 if time.monotonic() > deadline:

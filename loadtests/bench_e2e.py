@@ -83,10 +83,12 @@ def clients_for(batch_size: int) -> int:
     return max(4, min(64, 4000 // batch_size))
 
 
-async def submit(url: str, recipients: int, batch_size: int) -> float:
+async def submit(urls: list[str], recipients: int, batch_size: int) -> float:
+    """Send the fixture batches, batch i to gateway ``urls[i % len(urls)]``; seconds from the
+    first request to the last 202."""
     batches = [
-        fixture_batch(min(batch_size, recipients - i), start=i)
-        for i in range(0, recipients, batch_size)
+        (urls[n % len(urls)], fixture_batch(min(batch_size, recipients - start), start=start))
+        for n, start in enumerate(range(0, recipients, batch_size))
     ]
     clients = clients_for(batch_size)
     headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -95,7 +97,7 @@ async def submit(url: str, recipients: int, batch_size: int) -> float:
     async with aiohttp.ClientSession(headers=headers) as session:
 
         async def client() -> None:
-            for body in queue:
+            for url, body in queue:
                 async with session.post(url + "/v1/messages", json=body) as answer:
                     assert answer.status == 202, await answer.text()
 
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_before = cpu_by_process(served, sink.pid)
                     sampler.start()
                     started = time.perf_counter()
-                    accept_seconds = asyncio.run(submit(served.url, n, args.batch_size))
+                    accept_seconds = asyncio.run(submit([served.url], n, args.batch_size))
                     with redis.Redis.from_url(served.redis_url()) as counts:
                         while delivered(counts) < n:
                             time.sleep(0.05)

@@ -67,11 +67,8 @@ from mta.smtp import WireMessage
 from tracking.links import (
     _ANCHOR,
     _BODY_END,
-    _CONTROL,
-    _HREF,
-    _NOTRACK,
-    _SPACE,
     add_pixel,
+    link_of,
     pixel,
     rewrite_links,
     rewrite_text_links,
@@ -207,12 +204,11 @@ class _Html:
                 parts.append(int(chunk) if i % 2 else chunk)
             self._slot(("anchor", parts))
             return
-        url = _static_link(tag)
-        if url is None:
+        found = link_of(tag)
+        if found is None:
             self._static(tag)
             return
-        href = _HREF.search(tag)
-        assert href is not None
+        url, href = found
         index = table.setdefault(url, len(table))
         self._static(tag[: href.start()] + href.group(1) + '"')
         self._slot(("link", index))
@@ -235,21 +231,6 @@ class _Html:
                 tag = "".join(values[p] if isinstance(p, int) else p for p in what)
                 out.append(rewrite_links(tag, links.click_url)[0])
         return out
-
-
-def _static_link(tag: str) -> str | None:
-    """The URL ``tracking.links.rewrite_links`` would track in ``tag``, or None."""
-    if "notrack" in tag.lower() and _NOTRACK.search(tag):
-        return None
-    href = _HREF.search(tag)
-    if href is None:
-        return None
-    quoted, single, bare = href.group(2, 3, 4)
-    raw = quoted if quoted is not None else single if single is not None else bare
-    url = (html_escaping.unescape(raw) if "&" in raw else raw).strip(_SPACE)
-    if not url.lower().startswith(("http://", "https://")) or _CONTROL.search(url):
-        return None
-    return url
 
 
 # --- lines ---------------------------------------------------------------------------------

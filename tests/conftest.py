@@ -31,6 +31,7 @@ from core.embedded_redis import EmbeddedRedis
 from core.settings import HostPort, Settings, load_settings
 from core.store import Store, open_store
 from loadtests.harness import Served, free_port, start_serve
+from loadtests.redis_cluster import LocalCluster
 from mta.worker import Worker
 from tests.inprocess import (
     WEBHOOK_SECRET,
@@ -253,6 +254,15 @@ def tool_missing(reason: str) -> NoReturn:
     if os.environ.get("SLUICE_ALLOW_MISSING_TOOLS"):
         pytest.skip(reason)
     pytest.fail(f"{reason} (scripts/test-deps installs it; SLUICE_ALLOW_MISSING_TOOLS=1 skips)")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A Redis Cluster of three masters on loopback (``loadtests/redis_cluster.py``), one per
+    test module."""
+    need_tools("redis-server")
+    with LocalCluster(masters=3) as running:
+        yield running
 
 
 def need_tools(*tools: str) -> None:

@@ -9,13 +9,14 @@ one master that owns that slot: the cluster works, and does not yet spread the l
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.cluster import key_slot
 
 from core import keys
@@ -29,13 +30,6 @@ from tests.test_end_to_end import get, post, wait_status
 
 # Each starts redis-server processes of its own: the full lane's.
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    need_tools("redis-server")
-    with LocalCluster(masters=3) as running:
-        yield running
 
 
 def owner_of(cluster: LocalCluster, key: str) -> int:
@@ -141,16 +135,28 @@ def test_nodes_sharing_a_cluster_have_their_own_worker_names_kept_across_restart
     second = serve_factory(workers=1, data_dir=tmp_path / "second", extra_env=on_cluster)
     for node in (first, second):
         node.wait_workers_ready()
-    nodes = [(tmp_path / "data" / "node-id").read_text().strip()]
-    nodes.append((tmp_path / "second" / "node-id").read_text().strip())
+    nodes = [(tmp_path / name / "node-id").read_text().strip() for name in ("data", "second")]
     assert nodes[0] != nodes[1]
     expected = {f"{nodes[0]}-w0", f"{nodes[0]}-w1", f"{nodes[1]}-w0"}
-    assert ready_workers(first) | ready_workers(second) == expected
+    assert consumers_of(cluster, nodes) == expected, "as the consumer group has them"
     second.stop()
     again = serve_factory(workers=1, data_dir=tmp_path / "second", extra_env=on_cluster)
     again.wait_workers_ready()
-    assert ready_workers(again) == {f"{nodes[1]}-w0"}, "the same node, the same name"
+    assert f"worker {nodes[1]}-w0 ready" in again.log(), "the same node, the same name"
+    assert consumers_of(cluster, nodes) == expected
 
 
-def ready_workers(served: Any) -> set[str]:
-    return set(re.findall(r"worker (\S+) ready", served.log()))
+def consumers_of(cluster: LocalCluster, nodes: list[str]) -> set[str]:
+    """The delivery group's consumers named after ``nodes``, once there are some of each."""
+    client = SyncRedisCluster.from_url(cluster.url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            found = client.xinfo_consumers(keys.JOBS, keys.DELIVERY_GROUP)
+            names = {c["name"] for c in found if c["name"].split("-")[0] in nodes}
+            prefixes = {name.split("-")[0] for name in names}
+            if prefixes == set(nodes) or time.monotonic() > deadline:
+                return names
+            time.sleep(0.1)
+    finally:
+        client.close()

@@ -15,8 +15,8 @@ import signal
 import threading
 import time
 import urllib.error
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 from redis.cluster import key_slot
@@ -30,10 +30,11 @@ from tests.test_end_to_end import post
 
 BATCHES = 60
 PER_BATCH = 10
+T = TypeVar("T")
 
 
 @pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
+def failover_cluster() -> Iterator[LocalCluster]:
     need_tools("redis-server")
     # two replicas each: after the failover the new master still has one to confirm to
     with LocalCluster(masters=3, replicas=2) as running:
@@ -75,29 +76,25 @@ class Client(threading.Thread):
                 time.sleep(0.2)
                 self.unavailable_seconds += 0.2
 
+    def around(self, disruption: Callable[[], T]) -> T:
+        """Send every batch, with ``disruption()`` once a third of them got their 202; every
+        batch must be accepted, some after it. What the disruption returned."""
+        self.start()
+        deadline = time.monotonic() + 30
+        while len(self.accepted) < BATCHES * PER_BATCH // 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        returned = disruption()
+        at_disruption = len(self.accepted)
+        self.join(120)
+        assert not self.is_alive() and not self.failures, self.failures
+        assert len(self.accepted) == BATCHES * PER_BATCH
+        assert at_disruption < len(self.accepted), "batches were accepted after the disruption"
+        return returned
 
-@pytest.mark.slow
-def test_a_master_killed_while_accepting_and_delivering_loses_nothing_accepted(
-    cluster: LocalCluster, serve_factory: Any, sink: Sink
-) -> None:
-    served = serve_factory(
-        relay=sink.relay,
-        extra_env={"SLUICE_REDIS_URL": cluster.url, "SLUICE_REDIS_MIN_REPLICAS": "1"},
-    )
-    home = cluster.ports.index(owner_of(cluster, keys.JOBS))
-    client = Client(served)
-    client.start()
-    deadline = time.monotonic() + 30
-    while len(client.accepted) < BATCHES * PER_BATCH // 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(cluster.processes[home].pid, signal.SIGKILL)
-    killed_at = len(client.accepted)
-    client.join(120)
-    assert not client.is_alive() and not client.failures, client.failures
-    assert len(client.accepted) == BATCHES * PER_BATCH
-    assert killed_at < len(client.accepted), "batches were accepted after the failover"
 
-    wanted = set(client.accepted.values())
+def duplicates_once_all_arrived(sink: Sink, wanted: set[str]) -> int:
+    """Wait until every address in ``wanted`` has arrived (failing if one never does); how
+    many messages arrived more than once."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         arrived = [r.rcpt_tos[0] for r in sink.snapshot()]
@@ -106,7 +103,23 @@ def test_a_master_killed_while_accepting_and_delivering_loses_nothing_accepted(
         time.sleep(0.2)
     missing = wanted - set(arrived)
     assert not missing, f"{len(missing)} accepted recipients never arrived: {sorted(missing)[:5]}"
-    duplicates = len(arrived) - len(set(arrived))
+    return len(arrived) - len(set(arrived))
+
+
+@pytest.mark.slow
+def test_a_master_killed_while_accepting_and_delivering_loses_nothing_accepted(
+    failover_cluster: LocalCluster, serve_factory: Any, sink: Sink
+) -> None:
+    cluster = failover_cluster
+    served = serve_factory(
+        relay=sink.relay,
+        extra_env={"SLUICE_REDIS_URL": cluster.url, "SLUICE_REDIS_MIN_REPLICAS": "1"},
+    )
+    home = cluster.ports.index(owner_of(cluster, keys.JOBS))
+    client = Client(served)
+    client.around(lambda: os.kill(cluster.processes[home].pid, signal.SIGKILL))
+    wanted = set(client.accepted.values())
+    duplicates = duplicates_once_all_arrived(sink, wanted)
     print(
         f"failover: {len(wanted)} accepted, all delivered; {duplicates} duplicates; "
         f"{client.unavailable_seconds:.1f} s without a 202"
@@ -138,28 +151,12 @@ def test_the_slot_moving_to_another_master_while_accepting_and_delivering_loses_
     source = owner_of(cluster, keys.JOBS)
     target = next(port for port in cluster.ports if port != source)
     client = Client(served)
-    client.start()
-    deadline = time.monotonic() + 30
-    while len(client.accepted) < BATCHES * PER_BATCH // 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    moved = cluster.migrate_slot(key_slot(keys.JOBS.encode()), source, target)
-    at_move = len(client.accepted)
-    client.join(120)
-    assert not client.is_alive() and not client.failures, client.failures
-    assert len(client.accepted) == BATCHES * PER_BATCH
-    assert at_move < len(client.accepted), "batches were accepted after the move"
+    moved = client.around(
+        lambda: cluster.migrate_slot(key_slot(keys.JOBS.encode()), source, target)
+    )
     assert moved > 0 and cluster.keys_by_master()[source] == 0
-
     wanted = set(client.accepted.values())
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        arrived = [r.rcpt_tos[0] for r in sink.snapshot()]
-        if wanted <= set(arrived):
-            break
-        time.sleep(0.2)
-    missing = wanted - set(arrived)
-    assert not missing, f"{len(missing)} accepted recipients never arrived: {sorted(missing)[:5]}"
-    duplicates = len(arrived) - len(set(arrived))
+    duplicates = duplicates_once_all_arrived(sink, wanted)
     print(
         f"slot move (min replicas {min_replicas}): {moved} keys moved; {len(wanted)} accepted, "
         f"all delivered; {duplicates} duplicates; {client.unavailable_seconds:.1f} s without a 202"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +18,11 @@ import pytest
 
 from core.store import open_store
 from loadtests.redis_cluster import LocalCluster
-from tests.conftest import need_tools
-from tests.test_contact_policy_e2e import fire, one_for_contact, put
-from tests.test_end_to_end import get
+from tests.test_contact_policy_e2e import assert_a_cap_of_three_holds
 from tests.test_warmup import COLD, _hammer, at, configure
 
 # Each starts redis-server processes of its own: the full lane's.
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    need_tools("redis-server")
-    with LocalCluster(masters=3) as running:
-        yield running
 
 
 @pytest.mark.slow
@@ -43,15 +32,7 @@ def test_a_cap_of_three_through_two_gateways_on_a_cluster_queues_three(
     on_cluster = {"SLUICE_REDIS_URL": cluster.url}
     first = serve_factory(workers=0, extra_env=on_cluster)
     second = serve_factory(workers=0, data_dir=tmp_path / "second", extra_env=on_cluster)
-    policy = {
-        "frequency_caps": [
-            {"category": "cart_abandonment", "limit": 3, "window_seconds": 86400, "action": "drop"}
-        ]
-    }
-    assert put(first, "/v1/policy", policy) == 200
-    assert get(second, "/v1/policy")["frequency_caps"][0]["limit"] == 3, "one policy for both"
-    statuses = asyncio.run(fire([first, second], one_for_contact(), 200))
-    assert Counter(statuses) == {"queued": 3, "capped": 197}
+    assert_a_cap_of_three_holds(first, second)
 
 
 async def test_a_warmup_budget_taken_from_two_processes_on_a_cluster_is_exact(

@@ -30,22 +30,32 @@ _TRAILING = ".,;:!?)]}"
 MAX_TABLE_URLS = 1000  # a batch's link table; more links than that are sealed one by one
 
 
+def link_of(tag: str) -> tuple[str, re.Match[str]] | None:
+    """The URL an ``<a>`` tag's href would have tracked, and the href's match in the tag; None
+    for a tag marked ``data-sluice-notrack``, without an href, or not to an http(s) URL."""
+    if "notrack" in tag.lower() and _NOTRACK.search(tag):
+        return None
+    href = _HREF.search(tag)
+    if href is None:
+        return None
+    quoted, single, bare = href.group(2, 3, 4)
+    raw = quoted if quoted is not None else single if single is not None else bare
+    url = (html.unescape(raw) if "&" in raw else raw).strip(_SPACE)
+    if not url.lower().startswith(("http://", "https://")) or _CONTROL.search(url):
+        return None
+    return url, href
+
+
 def rewrite_links(markup: str, tracked: Callable[[str], str]) -> tuple[str, list[str]]:
     """``markup`` with each trackable link's URL replaced by ``tracked(url)``; and the URLs."""
     urls: list[str] = []
 
     def anchor(match: re.Match[str]) -> str:
         tag = match.group(0)
-        if "notrack" in tag.lower() and _NOTRACK.search(tag):
+        found = link_of(tag)
+        if found is None:
             return tag
-        href = _HREF.search(tag)
-        if href is None:
-            return tag
-        quoted, single, bare = href.group(2, 3, 4)
-        raw = quoted if quoted is not None else single if single is not None else bare
-        url = (html.unescape(raw) if "&" in raw else raw).strip(_SPACE)
-        if not url.lower().startswith(("http://", "https://")) or _CONTROL.search(url):
-            return tag
+        url, href = found
         urls.append(url)
         replaced = f'{href.group(1)}"{html.escape(tracked(url), quote=True)}"'
         return tag[: href.start()] + replaced + tag[href.end() :]

@@ -1,10 +1,12 @@
--- Count a replayed answer in its idempotency record (KEYS[1]), if the record still exists
--- (it may have expired since it was read; HINCRBY would then make one without a TTL): a
--- write, so that the WAIT that follows on the same connection (SLUICE_REDIS_MIN_REPLICAS)
--- waits for the replication stream up to now, which holds the batch the record answers for.
--- Returns 1 if counted, 0 if the record is gone.
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+-- An earlier answer to an Idempotency-Key (KEYS[1]), read for a replay that will WAIT for
+-- replicas (SLUICE_REDIS_MIN_REPLICAS): its digest, response and outcomes, or false if there
+-- is none. A record found is counted in its "replays" field: a write, so that the WAIT that
+-- follows on the same connection waits for the replication stream up to now, which holds
+-- the batch the record answers for. (A record that does not exist is not written: HINCRBY
+-- would make one without a TTL.)
+local found = redis.call('HMGET', KEYS[1], 'digest', 'response', 'outcomes')
+if not found[1] then
+  return false
 end
 redis.call('HINCRBY', KEYS[1], 'replays', 1)
-return 1
+return found

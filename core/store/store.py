@@ -233,27 +233,27 @@ class Store:
     async def idempotent_response(self, idempotency_key: str) -> Accepted | None:
         """The first answer to an earlier request with this key, if any; with
         ``min_replicas``, only once that many replicas hold the batch it answers for (else
-        ``ReplicasBehind``: after a failover, the new master may have none yet)."""
+        ``ReplicasBehind``: after a failover, the new master may have none yet), read and
+        counted by ``confirm.lua`` in the call its WAIT follows."""
         record = keys.idempotency(idempotency_key)
-        digest, response, outcomes = await self.redis.hmget(
-            record, ["digest", "response", "outcomes"]
-        )
-        if digest is None or response is None:
-            return None
+        acked = self.min_replicas
         if self.min_replicas:
             try:
-                counted, acked = await self._confirm.then_wait(
+                found, acked = await self._confirm.then_wait(
                     [record], [], self.min_replicas, REPLICA_WAIT_MS
                 )
             except REDIS_ERRORS as exc:
                 raise StoreError(f"could not confirm the earlier answer: {exc}") from exc
-            if not counted:
-                return None  # expired meanwhile: the request is accepted anew
-            if acked < self.min_replicas:
-                raise ReplicasBehind(
-                    f"the answer for this key is on the master, but {acked} of "
-                    f"{self.min_replicas} replicas confirmed it within {REPLICA_WAIT_MS} ms"
-                )
+        else:
+            found = await self.redis.hmget(record, ["digest", "response", "outcomes"])
+        digest, response, outcomes = found or (None, None, None)
+        if digest is None or response is None:
+            return None
+        if acked < self.min_replicas:
+            raise ReplicasBehind(
+                f"the answer for this key is on the master, but {acked} of "
+                f"{self.min_replicas} replicas confirmed it within {REPLICA_WAIT_MS} ms"
+            )
         return Accepted(True, text(digest), text(response), lines(outcomes))
 
     async def policy(self) -> bytes | None:
