@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -181,10 +182,28 @@ def py_spy(pid: int, output: Path | None) -> Iterator[None]:
             proc.wait()
 
 
+# Listening ports for tests and benchmarks are chosen below Linux's ephemeral range
+# (32768-60999, where the kernel picks the local port of every outgoing connection), and so
+# are the cluster bus ports 10,000 above them: between a port's pick and its bind, no
+# outgoing connection of the many processes a test starts can take it.
+_LISTEN_PORTS = range(10_000, 22_768)
+_handed: set[int] = set()  # a port is handed out once per process: two picks never collide
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now and has not been handed out before."""
+    for _ in range(1000):
+        port = random.randrange(_LISTEN_PORTS.start, _LISTEN_PORTS.stop)
+        if port in _handed:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_LISTEN_PORTS}")
 
 
 class ServeFailed(RuntimeError):
