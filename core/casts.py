@@ -121,6 +121,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def shard_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 256 or value & (value - 1):
+        raise ValueError(f"must be a power of two from 1 to 256, got {value}")
+    return value
+
+
 def rate(text: str) -> float:
     value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
     if not 0 < value <= 1:

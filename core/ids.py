@@ -1,4 +1,8 @@
-"""Identifiers: time-ordered batch ids, message ids derived from them."""
+"""Identifiers: time-ordered batch ids, message ids derived from them.
+
+A message id is ``<batch id>-<index>``, and ``<batch id>-<index>.<shard>`` when its recipient
+lives in a shard other than 0 (``core.shards``): status lookups, events, tracking tokens,
+bounce addresses and signed Message-IDs find the message's shard from its id alone."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import re
 import time
 
 _ALPHABET = str.maketrans("", "", "=")
-_MESSAGE_ID = re.compile(r"([a-z2-7]{26})-(\d{1,4})")
+# What other patterns embed (a VERP address, a signed Message-ID): a message id.
+MESSAGE_ID_PATTERN = r"[a-z2-7]{26}-\d{1,4}(?:\.[1-9]\d{0,2})?"
+_MESSAGE_ID = re.compile(r"([a-z2-7]{26})-(\d{1,4})(?:\.([1-9]\d{0,2}))?")
 
 
 def new_batch_id() -> str:
@@ -17,8 +23,8 @@ def new_batch_id() -> str:
     return base64.b32encode(raw).decode().translate(_ALPHABET).lower()
 
 
-def message_id(batch_id: str, index: int) -> str:
-    return f"{batch_id}-{index}"
+def message_id(batch_id: str, index: int, shard: int = 0) -> str:
+    return f"{batch_id}-{index}.{shard}" if shard else f"{batch_id}-{index}"
 
 
 def split_message_id(message_id: str) -> tuple[str, int] | None:
@@ -27,3 +33,11 @@ def split_message_id(message_id: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match.group(1), int(match.group(2))
+
+
+def shard_of(message_id: str) -> int | None:
+    """The shard a message id names (0 without a suffix), or None if it is not one."""
+    match = _MESSAGE_ID.fullmatch(message_id)
+    if match is None:
+        return None
+    return int(match.group(3) or 0)

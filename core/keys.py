@@ -1,27 +1,24 @@
-"""Every Redis key Sluice uses, in one place: constants for the fixed ones, a function for
-each family of keys named by something (a message, a batch, a contact, an IP...).
+"""Every Redis key Sluice uses, in one place: constants for the fixed ones, and ``ShardKeys``
+for the families that live in each logical shard (``core.shards``): the queue, message
+records, events, batch content, idempotency records, suppression buckets and cap windows.
 
-All keys share the hash tag ``{sluice}`` so every atomic script touches one hash
-slot. Scripts never build a key: the access layer (``core.store``) passes each one in
-``KEYS``, computed here. (That puts the queue on one shard; sharding it means one tag
-per queue shard, with the shard in the message id.)
+Each key carries a hash tag, so every atomic script touches one hash slot. Shard 0's tag
+is ``sluice``, which is also the tag of every key that is not sharded (the contact
+policy, webhook state, warmup budgets, inbound reports, destinations): one deployment of
+one shard, the default, keeps the layout it always had. Scripts never build a key: the
+access layer (``core.store``) passes each one in ``KEYS``, computed here.
 """
 
 from __future__ import annotations
 
 import functools
 
+TAG = "sluice"
 PREFIX = "sluice:{sluice}:"
 
-JOBS = PREFIX + "jobs"  # stream: one entry per recipient ready to deliver
-DELIVERY_GROUP = "delivery"  # consumer group of the delivery workers
-DELAYED = PREFIX + "delayed"  # zset: jobs waiting for send_at or a retry, scored by due time
-EVENTS = PREFIX + "events"  # stream: delivery and engagement events
-STATS = PREFIX + "stats"  # hash: counters per status
-PENDING_BY_DOMAIN = PREFIX + "pending"  # hash: recipient domain -> messages not yet final
+CONFIG = PREFIX + "config"  # hash: "shards", the deployment's shard count (fixed at first start)
+DELIVERY_GROUP = "delivery"  # consumer group of the delivery workers, on every shard's stream
 DESTINATIONS = PREFIX + "destinations"  # hash: worker name -> msgpack snapshot of its pools
-SUPPRESSION_BUCKET_PREFIX = PREFIX + "sup:"  # 65,536 small hashes; see core/suppressions.py
-SUPPRESSION_COUNT = PREFIX + "sup-count"  # string: entries in all buckets
 POLICY = PREFIX + "policy"  # string: JSON of the contact policy (caps, quiet hours)
 WEBHOOK_LEASE = PREFIX + "wh:lease"  # string: which gateway dispatches webhooks
 WEBHOOK_CURSOR = PREFIX + "wh:cursor"  # string: last event id delivered (or dead-lettered)
@@ -37,23 +34,6 @@ WARMUP_DAILY = PREFIX + "wu:daily:"  # hash per ip:provider: day:outcome -> coun
 WARMUP_LAST = PREFIX + "wu:last"  # hash: ip -> unix time of its last warmup send
 INBOUND_UNVERIFIED = PREFIX + "in:unverified"  # list: msgpack of the latest unverified reports
 INBOUND_UNVERIFIED_COUNT = PREFIX + "in:unverified-count"  # string: unverified reports in all
-CAP_PREFIX = PREFIX + "cap:"  # zset per (rule, contact): counted message ids by send time
-MESSAGE_PREFIX = PREFIX + "msg:"  # hash per message: status, event ids
-BATCH_PREFIX = PREFIX + "batch:"  # string per batch: msgpack of the shared content
-LINKS_PREFIX = PREFIX + "links:"  # string per batch: msgpack list of its tracked URLs
-IDEMPOTENCY_PREFIX = PREFIX + "idem:"  # hash per Idempotency-Key: digest, first response
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def suppression_bucket(bucket: int) -> str:
-    """One of the 65,536 suppression hashes (``core.suppressions.bucket_of``); each name is
-    made once per process (a batch of 1,000 recipients names 1,000 of them)."""
-    return f"{SUPPRESSION_BUCKET_PREFIX}{bucket:04x}"
-
-
-def cap(rule_key: str, contact: str) -> str:
-    """The counted send times of one frequency-cap rule for one contact."""
-    return f"{CAP_PREFIX}{rule_key}:{contact}"
 
 
 def warmup_sent(ip: str, provider: str, day: str, hour: int | None = None) -> str:
@@ -78,18 +58,70 @@ def warmup_daily(ip: str, provider: str) -> str:
     return f"{WARMUP_DAILY}{ip}:{provider}"
 
 
-def message(message_id: str) -> str:
-    return MESSAGE_PREFIX + message_id
+class ShardKeys:
+    """The keys of one logical shard, all under the shard's hash tag."""
+
+    def __init__(self, tag: str) -> None:
+        prefix = f"sluice:{{{tag}}}:"
+        self.tag = tag
+        self.jobs = prefix + "jobs"  # stream: one entry per recipient ready to deliver
+        self.delayed = prefix + "delayed"  # zset: jobs waiting for send_at or a retry, by due time
+        self.events = prefix + "events"  # stream: delivery and engagement events
+        self.stats = prefix + "stats"  # hash: counters per status
+        self.pending = prefix + "pending"  # hash: recipient domain -> messages not yet final
+        self.suppression_count = prefix + "sup-count"  # string: entries in this shard's buckets
+        self._suppression = (
+            prefix + "sup:"
+        )  # its share of the 65,536 buckets (core/suppressions.py)
+        self._cap = prefix + "cap:"  # zset per (rule, contact): counted message ids by send time
+        self._message = prefix + "msg:"  # hash per message: status, event ids
+        self._batch = prefix + "batch:"  # string per batch: msgpack of the shared content
+        self._links = prefix + "links:"  # string per batch: msgpack list of its tracked URLs
+        self._idempotency = prefix + "idem:"  # hash per Idempotency-Key: digest, answer
+        self._intent = prefix + "intent:"  # hash per Idempotency-Key of a batch over shards
+        # each name made once per process: a batch of 1,000 recipients names 1,000 of them
+        self.suppression_bucket = functools.lru_cache(maxsize=1 << 16)(self._bucket)
+
+    def _bucket(self, bucket: int) -> str:
+        """One of the 65,536 suppression hashes (``core.suppressions.bucket_of``)."""
+        return f"{self._suppression}{bucket:04x}"
+
+    def cap(self, rule_key: str, contact: str) -> str:
+        """The counted send times of one frequency-cap rule for one contact."""
+        return f"{self._cap}{rule_key}:{contact}"
+
+    def message(self, message_id: str) -> str:
+        return self._message + message_id
+
+    def batch(self, batch_id: str) -> str:
+        return self._batch + batch_id
+
+    def link_table(self, batch_id: str) -> str:
+        """The URLs a batch's link tokens index (``tracking.tokens``); kept as long as tokens live."""
+        return self._links + batch_id
+
+    def idempotency(self, key_digest: str) -> str:
+        """The answer kept for an Idempotency-Key: the whole batch's, or (a batch over several
+        shards) this shard's part."""
+        return self._idempotency + key_digest
+
+    def intent(self, key_digest: str) -> str:
+        """A batch over several shards: the request digest and answer kept for its key before
+        any shard is written (``core.store``, ``Store.accept``)."""
+        return self._intent + key_digest
 
 
-def batch(batch_id: str) -> str:
-    return BATCH_PREFIX + batch_id
-
-
-def link_table(batch_id: str) -> str:
-    """The URLs a batch's link tokens index (``tracking.tokens``); kept as long as tokens live."""
-    return LINKS_PREFIX + batch_id
-
-
-def idempotency(key_digest: str) -> str:
-    return IDEMPOTENCY_PREFIX + key_digest
+# Shard 0: the only one of a deployment of one shard, and where data without a shard lives.
+SHARD0 = ShardKeys(TAG)
+JOBS = SHARD0.jobs
+DELAYED = SHARD0.delayed
+EVENTS = SHARD0.events
+STATS = SHARD0.stats
+PENDING_BY_DOMAIN = SHARD0.pending
+SUPPRESSION_COUNT = SHARD0.suppression_count
+suppression_bucket = SHARD0.suppression_bucket
+cap = SHARD0.cap
+message = SHARD0.message
+batch = SHARD0.batch
+link_table = SHARD0.link_table
+idempotency = SHARD0.idempotency

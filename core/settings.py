@@ -178,6 +178,21 @@ class RedisSettings:
         help="replicas that must confirm an accepted batch (WAIT, up to 2 s) before its 202; "
         "fewer: 503 with Retry-After (docs/scaling.md says what a client does then)",
     )
+    shards: int = option(
+        "shards",
+        casts.shard_count,
+        default=1,
+        help="logical shards of the data, a power of two up to 256, fixed at the first start: "
+        "16 or more spreads the data over a Redis Cluster's masters (docs/scaling.md)",
+    )
+    test_pause_accept_after_shards: int | None = option(
+        "test_pause_accept_after_shards",
+        casts.non_negative_int,
+        default=None,
+        described="off",
+        help="for tests only: a batch over several shards is accepted one shard after "
+        "another, and the request stops for good after this many (to kill the gateway there)",
+    )
     server: str | None = option(
         "redis_server",
         casts.executable,

@@ -10,7 +10,7 @@ hash, whatever the size of the list. Field: the address in lower case, or ``"<ad
 ``[reason code, unix seconds, source]``. A counter key keeps the total.
 
 The accept script (``core/lua/accept.lua``) reads the same hashes; the key and
-field layout is shared through ``bucket_key`` and ``field``. Reading and writing them is
+field layout is shared through ``core.shards.Shards.bucket_key`` and ``field``. Reading and writing them is
 ``core.store.suppressions``; this module is the model.
 """
 
@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-
-from core import keys
 
 BUCKETS = 1 << 16
 MAX_SOURCE_CHARS = 48  # longer values would push the small hash out of its compact encoding
@@ -39,10 +37,6 @@ def canonical(address: str) -> str:
 
 def bucket_of(address: str) -> int:
     return zlib.crc32(address.encode()) & (BUCKETS - 1)
-
-
-def bucket_key(address: str) -> str:
-    return keys.suppression_bucket(bucket_of(address))
 
 
 def field(address: str, category: str | None = None) -> str:

@@ -37,6 +37,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
                 wanted,
                 connected,
             )
+        store.acceptor.pause_after_shards = app[SETTINGS].redis.test_pause_accept_after_shards
         app[STORE] = store
         yield
 

@@ -39,7 +39,8 @@ from core.addresses import domain_of
 from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationError
 from core.events import EventType, iso_time, pack_event
 from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput
-from core.store import Store
+from core.shards import Shards
+from core.store import Accepted, OtherBatch, Store, Unfinished
 from gateway.schemas import parse_send_request
 from mta.render import (
     RenderError,
@@ -129,9 +130,19 @@ def _render_once(templates: Templates, data: dict[str, Any], deadline: float) ->
     return None
 
 
-def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
-    """Validate, render every recipient once, and build the queue entries and policy input."""
+def prepare(
+    body: Any,
+    *,
+    now: float,
+    policy: Policy | None = None,
+    shards: Shards | None = None,
+    batch_id: str | None = None,
+) -> Prepared:
+    """Validate, render every recipient once, and build the queue entries and policy input.
+    ``shards``: the deployment's (a message id names its recipient's). ``batch_id``: the
+    batch an earlier request with the same Idempotency-Key began (``Unfinished``), else new."""
     policy = policy or Policy()
+    shards = shards or Shards(1)
     req = parse_send_request(body, now=now)
     content = req.content
     try:
@@ -139,7 +150,7 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
     except TemplateError as exc:
         raise _refusal(exc) from exc
 
-    batch_id = ids.new_batch_id()
+    batch_id = batch_id or ids.new_batch_id()
     due = req.send_at if req.send_at is not None and req.send_at > now + 1 else 0
     marketing = not content.transactional
     rules = policy.rules_for(content.stream, content.category)
@@ -168,7 +179,7 @@ def prepare(body: Any, *, now: float, policy: Policy | None = None) -> Prepared:
         address = r.normalized
         assert address is not None
         canonical = suppressions.canonical(address)
-        message_id = ids.message_id(batch_id, r.index)
+        message_id = ids.message_id(batch_id, r.index, shards.of_address(canonical).index)
         job = Job(
             message_id=message_id,
             batch_id=batch_id,
@@ -345,28 +356,41 @@ class Intake:
         started = time.monotonic()
         key_digest = None
         digest = ""
+        resumed = None  # the batch an earlier request with this key began over shards
         if idempotency_key is not None:
             key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
             digest = await self.off_loop(lambda: request_digest(body))
             earlier = await self.store.idempotent_response(key_digest)
-            if earlier is not None:
-                if earlier.digest != digest:
-                    raise IdempotencyConflict(
-                        "this Idempotency-Key was used with a different body in the last 24 hours",
-                        field="Idempotency-Key",
-                    )
+            if earlier is not None and earlier.digest != digest:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used with a different body in the last 24 hours",
+                    field="Idempotency-Key",
+                )
+            if isinstance(earlier, Accepted):
                 response, counts = final_response(earlier.response, earlier.outcomes)
                 batch_id = json.loads(earlier.response)["batch_id"]
                 return Submitted(batch_id, response, True, counts)
+            if isinstance(earlier, Unfinished):
+                resumed = earlier.batch_id
         policy = load_policy(await self.store.policy())
-        prepared = await self.off_loop(lambda: prepare(body, now=time.time(), policy=policy))
+        shards = self.store.shards
+
+        def prepare_batch(batch_id: str | None) -> Prepared:
+            return prepare(body, now=time.time(), policy=policy, shards=shards, batch_id=batch_id)
+
+        prepared = await self.off_loop(lambda: prepare_batch(resumed))
         refused = reject_if == "any" or (
             reject_if == "all" and prepared.rejected == len(prepared.results)
         )
         if refused and prepared.rejected:
             first = next(r for r in prepared.results if r["status"] == "rejected")
             raise ValidationError(f"{first['email']}: {first['reason']}", field="recipients")
-        response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
+        try:
+            response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
+        except OtherBatch as exc:  # the same request, begun at the same time over shards
+            other = exc.batch_id
+            prepared = await self.off_loop(lambda: prepare_batch(other))
+            response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
         submitted = Submitted(prepared.batch_id, response, replayed, counts)
         if not replayed and self.on_accepted is not None:
             self.on_accepted(submitted, time.monotonic() - started)

@@ -123,6 +123,9 @@ async def _run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    async with open_store(redis_url, shards=settings.redis.shards) as store:
+        # the shard count is written by the first start and refused if another differs
+        log.info("data in %d shard%s", store.shards.count, "s" if store.shards.count > 1 else "")
     verp_key, _ = load_or_create_secret(settings.data_dir, "verp-key")
     load_keys(settings.data_dir)  # the tracking keys exist before any worker reads them
     workers = WorkerSupervisor(

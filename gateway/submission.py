@@ -188,7 +188,7 @@ class SubmissionHandler:
             if rule.action != "drop":
                 continue
             if (
-                await self.store.capped_now(rule.key, contact, rule.window_seconds, now)
+                await self.store.capped_now(rule.key, contact, address, rule.window_seconds, now)
                 >= rule.limit
             ):
                 return f"at most {rule.limit} messages per {rule.window_seconds} seconds"

@@ -124,16 +124,16 @@ class WebhookDispatcher:
                 replay, attempts=0, first=time.time(), due=0.0, replayed=True
             )
         else:
-            events = await self.store.events_after(
+            events, cursor = await self.store.events_after(
                 await self.state.cursor(), self.settings.batch_size
             )
-            if not events:
+            if not events or cursor is None:
                 return None
             body = json.dumps(events, ensure_ascii=False, separators=(",", ":")).encode()
             batch = WebhookBatch(
                 id=f"wh_{events[0]['id']}_{events[-1]['id']}",
                 body=body,
-                last=events[-1]["id"],
+                last=cursor,
                 count=len(events),
                 first=time.time(),
             )

@@ -86,7 +86,7 @@ from loadtests.harness import Served, cpu_seconds, fixture_batch, percentile, py
 TARGET_ACCEPTED_PER_S = 5_000
 TARGET_BYTES_PER_RECIPIENT = 1_024
 JOBS, EVENTS = keys.JOBS, keys.EVENTS
-MESSAGE_PATTERN, BATCH_PATTERN = keys.MESSAGE_PREFIX + "*", keys.BATCH_PREFIX + "*"
+MESSAGE_PATTERN, BATCH_PATTERN = keys.message("*"), keys.batch("*")
 BASELINE_PREFIX = "loadtest:baseline:"
 MESSAGE_SAMPLE = 50
 

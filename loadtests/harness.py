@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 API_KEY = "test-api-key-0123456789"
+# The test suite may run over several shards on one Redis (tests/conftest.py, serve's env).
+TEST_SHARDS = int(os.environ.get("PYTEST_SLUICE_SHARDS", "1"))
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # A copy of the shared cart-reminder fixture (tests/test_cli.py checks it is current).
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cart-reminder.json"
@@ -318,6 +320,8 @@ def start_serve(
         "SLUICE_WORKERS": str(workers),
         "SLUICE_INBOUND": inbound,
         **({"SLUICE_RELAY": relay} if relay else {}),
+        # the test suite run over several shards (tests/conftest.py)
+        **({"SLUICE_SHARDS": str(TEST_SHARDS)} if TEST_SHARDS > 1 else {}),
         **(extra_env or {}),
     }
     data_dir.mkdir(parents=True, exist_ok=True)

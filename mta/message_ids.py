@@ -17,12 +17,12 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from core.ids import split_message_id
+from core.ids import MESSAGE_ID_PATTERN, split_message_id
 from core.settings import Secret
 
 SIGNATURE_CHARS = 16  # base32: 80 bits
 _CONTEXT = b"message-id\x00"
-_SIGNED = re.compile(r"([a-z2-7]{26}-\d{1,4})\.([a-z2-7]{16})", re.IGNORECASE)
+_SIGNED = re.compile("(" + MESSAGE_ID_PATTERN + r")\.([a-z2-7]{16})", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

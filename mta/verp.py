@@ -14,7 +14,7 @@ import base64
 import hmac
 import re
 
-from core.ids import split_message_id
+from core.ids import MESSAGE_ID_PATTERN, split_message_id
 from core.settings import Secret
 
 PREFIX = "bounce+"
@@ -30,7 +30,7 @@ class Verp:
         self.prefix = prefix
         self._separator = b"" if prefix == PREFIX else prefix.encode()
         self._token = re.compile(
-            re.escape(prefix) + r"([a-z2-7]{26}-\d{1,4})\.([a-z2-7]{10})", re.IGNORECASE
+            re.escape(prefix) + "(" + MESSAGE_ID_PATTERN + r")\.([a-z2-7]{10})", re.IGNORECASE
         )
 
     def _sign(self, message_id: str) -> str:

@@ -285,7 +285,7 @@ class Worker:
             done = [
                 q for q, status in zip(group, statuses, strict=True) if status in FINAL_STATUSES
             ]
-            await self.store.acknowledge([q.entry_id for q in done])
+            await self.store.acknowledge(done)
             group = [
                 q for q, status in zip(group, statuses, strict=True) if status not in FINAL_STATUSES
             ]

@@ -30,7 +30,7 @@ from aiosmtpd.controller import Controller
 from core.embedded_redis import EmbeddedRedis
 from core.settings import HostPort, Settings, load_settings
 from core.store import Store, open_store
-from loadtests.harness import Served, free_port, start_serve
+from loadtests.harness import TEST_SHARDS, Served, free_port, start_serve
 from loadtests.redis_cluster import LocalCluster
 from mta.worker import Worker
 from tests.inprocess import (
@@ -55,8 +55,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[Store]:
-    async with open_store(redis_url) as opened:
-        await opened.redis.flushall()
+    """An empty Redis; with ``TEST_SHARDS`` shards (``PYTEST_SLUICE_SHARDS``, 1 by default: the
+    suite can run over several shards on one Redis)."""
+    async with open_store(redis_url) as previous:
+        await previous.redis.flushall()
+    async with open_store(redis_url, shards=TEST_SHARDS) as opened:
         yield opened
 
 

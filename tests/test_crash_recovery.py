@@ -25,8 +25,8 @@ import redis
 from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
-from core import keys
-from loadtests.harness import Served, fixture_batch, free_port, group_members
+from core.shards import Shards
+from loadtests.harness import TEST_SHARDS, Served, fixture_batch, free_port, group_members
 from mta.worker import STALE_AFTER_MS
 from tests.conftest import Received, Sink
 from tests.test_end_to_end import get, post
@@ -139,10 +139,11 @@ def wait_queue_empty(served: Served, timeout: float = 30) -> None:
 def statuses(served: Served, message_ids: list[str]) -> Counter[str]:
     """Status of every message, read from the embedded Redis in one pipeline."""
     client = redis.Redis.from_url(served.redis_url(), socket_timeout=30)
+    shards = Shards(TEST_SHARDS)
     try:
         pipe = client.pipeline(transaction=False)
         for message_id in message_ids:
-            pipe.hget(keys.message(message_id), "s")
+            pipe.hget(shards.of_message(message_id).keys.message(message_id), "s")  # type: ignore[union-attr]
         return Counter((s or b"<missing>").decode() for s in pipe.execute())
     finally:
         client.close()

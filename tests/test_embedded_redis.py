@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from core import keys
 from core.embedded_redis import EmbeddedRedis
-from loadtests.harness import API_KEY, Served, children_of, fixture_batch, free_port
+from core.shards import Shards
+from loadtests.harness import API_KEY, TEST_SHARDS, Served, children_of, fixture_batch, free_port
 from tests.conftest import Sink
 from tests.test_end_to_end import get, post, wait_status
 
@@ -117,7 +117,7 @@ def test_embedded_redis_has_aof_on_and_appendfsync_always(
 
         status, _ = post(served, "/v1/messages", fixture_batch(3))
         assert status == 202
-        assert client.xlen(keys.JOBS) == 3
+        assert sum(client.xlen(shard.keys.jobs) for shard in Shards(TEST_SHARDS).all) == 3
     finally:
         client.close()
     # Redis 6.2 writes redis/sluice.aof; Redis 7 the parts of a multi-part AOF under
@@ -227,7 +227,8 @@ def test_redis_url_uses_the_external_redis(serve_factory: Any, sink: Sink, tmp_p
         client = redis.Redis.from_url(url, socket_timeout=5)
         try:
             for message_id in ids:
-                assert client.hget(keys.message(message_id), "s") == b"delivered"
+                record = Shards(TEST_SHARDS).of_message(message_id).keys.message(message_id)  # type: ignore[union-attr]
+                assert client.hget(record, "s") == b"delivered"
             assert served.stop() == 0
             assert external.alive(), "stopping serve leaves an external Redis alone"
             assert client.ping()

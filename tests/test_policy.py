@@ -458,7 +458,7 @@ async def test_due_mail_is_promoted_exactly_once_by_competing_nodes(
     body["send_at"] = now + 60
     results = await send(store, body, now, Policy())
     assert {r["status"] for r in results} == {"scheduled"}
-    assert await store.redis.xlen(keys.JOBS) == 0
+    assert (await store.gauges()).jobs == 0
 
     async def node() -> int:  # another gateway or worker process with its own connection
         async with open_store(redis_url) as other:
@@ -472,4 +472,4 @@ async def test_due_mail_is_promoted_exactly_once_by_competing_nodes(
     entries = await store.redis.xrange(keys.JOBS, "-", "+")
     ids = [msgpack.unpackb(fields[b"j"])["m"] for _, fields in entries]
     assert len(ids) == len(set(ids)) == 500, "every job once, none twice"
-    assert await store.redis.zcard(keys.DELAYED) == 0
+    assert (await store.gauges()).delayed == 0

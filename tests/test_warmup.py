@@ -267,7 +267,7 @@ async def test_a_simulated_warmup_holds_on_bad_signals_and_resumes(
     assert attempts[15] in (SCHEDULE[12], SCHEDULE[13]), (attempts, SCHEDULE)
     events = [
         e
-        for e in await store.events_after(None, 100_000)
+        for e in (await store.events_after(None, 100_000))[0]
         if e["type"] in ("warmup_paused", "warmup_resumed")
     ]
     assert [e["type"] for e in events] == ["warmup_paused", "warmup_resumed"], [

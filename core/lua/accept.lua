@@ -1,13 +1,14 @@
--- Accept one batch atomically: idempotency record, batch content (stored once), and per
--- recipient the contact policy (suppression, frequency caps, quiet hours), one message
--- record, one event and, unless suppressed or capped, one queue entry.
--- Every key is passed in KEYS (core/store/store.py builds the list):
+-- Accept one batch, or one shard's part of it, atomically: idempotency record, batch content
+-- (stored once), and per recipient the contact policy (suppression, frequency caps, quiet
+-- hours), one message record, one event and, unless suppressed or capped, one queue entry.
+-- Every key is passed in KEYS (core/store/accepting.py builds the list), all of one shard:
 -- KEYS[1] jobs stream   KEYS[2] delayed zset   KEYS[3] events stream   KEYS[4] stats hash
 -- KEYS[5] batch content KEYS[6] pending messages per recipient domain (hash)
 -- KEYS[7] idempotency record, when ARGV[9] is "1"; then, recipient after recipient, its
 --   message record, its suppression bucket and its counts per cap rule (in the order of the
 --   rules; none when the batch has no rules)
--- ARGV[1] batch content (msgpack)  ARGV[2] retention seconds  ARGV[3] request digest
+-- ARGV[1] batch content (msgpack; "": written before, in the batch's home shard)
+-- ARGV[2] retention seconds  ARGV[3] request digest
 -- ARGV[4] response without the policy outcomes (JSON; "" without an idempotency record)
 -- ARGV[5] recipients, msgpack array of arrays (core/jobs.py AcceptEntry, by position):
 --   {1 message id, 2 due (0 = now), 3 job, 4 queued event, 5 recipient domain,
@@ -42,7 +43,7 @@ local now = tonumber(ARGV[7])
 local policy = cmsgpack.unpack(ARGV[8])
 local rules = policy.rules or {}
 local zones = policy.zones or {}
-redis.call('SET', KEYS[5], ARGV[1], 'EX', ttl)
+if ARGV[1] ~= '' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ttl) end
 
 -- Points (send times) of one rule for one contact, oldest first; older ones are dropped.
 local function load_points(key, window)

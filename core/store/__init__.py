@@ -9,7 +9,9 @@ retry on any Redis error.
 
 | module | what it reads and writes |
 |---|---|
-| ``store`` | ``Store``: accepting batches, the jobs stream and delayed set, message records, link tables, events, reports, destinations, counters |
+| ``store`` | ``Store``: the jobs streams and delayed sets, message records, link tables, reports, destinations, counters |
+| ``accepting`` | ``Store.accept``: a batch in one script per shard, idempotency keys over shards, replicas' confirmation |
+| ``events`` | ``Store.events``: the events streams of every shard, merged, and their cursors |
 | ``suppressions`` | ``Store.suppressions``: the suppression list |
 | ``webhooks`` | ``Store.webhooks``: the dispatcher's lease, cursor, batch in flight, dead letters |
 | ``warmup`` | ``Store.warmup``: warmup configurations, budgets per IP x provider, signals, holds |
@@ -17,6 +19,7 @@ retry on any Redis error.
 """
 
 from core.jobs import QueuedJob
+from core.store.accepting import Accepted, OtherBatch, ReplicasBehind, Unfinished
 from core.store.base import (
     EVENTS_MAXLEN,
     REDIS_ERRORS,
@@ -24,12 +27,11 @@ from core.store.base import (
     StoreError,
     valid_stream_id,
 )
+from core.store.events import BadCursor, check_cursor
 from core.store.store import (
-    Accepted,
     FirstReport,
     Outcome,
     QueueGauges,
-    ReplicasBehind,
     ReportKind,
     Store,
     UnverifiedReport,
@@ -44,8 +46,10 @@ __all__ = [
     "REDIS_ERRORS",
     "RETENTION_SECONDS",
     "Accepted",
+    "BadCursor",
     "Candidate",
     "FirstReport",
+    "OtherBatch",
     "Outcome",
     "QueueGauges",
     "QueuedJob",
@@ -55,11 +59,13 @@ __all__ = [
     "StoreError",
     "StoredHold",
     "Suppressions",
+    "Unfinished",
     "UnverifiedReport",
     "WarmupStore",
     "WebhookBatch",
     "WebhookState",
     "WebhookStore",
+    "check_cursor",
     "open_store",
     "valid_stream_id",
 ]

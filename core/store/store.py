@@ -1,11 +1,15 @@
-"""``Store``: batches accepted, the jobs stream and delayed set, message records, link
+"""``Store``: batches accepted, the jobs streams and delayed sets, message records, link
 tables, events, inbound reports, destinations and counters; and ``open_store``, the
-connection pool."""
+connection pool.
+
+Every per-message call goes to the shard the message id names (``core.shards``); a call
+about several messages is cut into one call per shard; the worker's reads, promotions and
+reclaims go over every shard; counters are summed over shards when read."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,9 +22,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from core import keys
-from core.events import event_of
+from core import ids, keys
+from core.errors import ConfigurationError
 from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput, QueuedJob
+from core.shards import Shard, Shards, valid_count
+from core.store.accepting import Accepted, Acceptor, Unfinished
 from core.store.base import (
     EVENTS_MAXLEN,
     REDIS_ERRORS,
@@ -29,28 +35,19 @@ from core.store.base import (
     Client,
     Script,
     StoreError,
-    after,
-    lines,
     text,
 )
+from core.store.events import EventLog, event_id
 from core.store.suppressions import Suppressions
 from core.store.warmup import WarmupStore
 from core.store.webhooks import WebhookStore
-from core.suppressions import bucket_key, canonical, pack_entry
+from core.suppressions import canonical, pack_entry
 from core.suppressions import field as suppression_field
 
 UNVERIFIED_KEPT = 1000  # unverified inbound reports kept to look at; the counter counts them all
 MAX_CLAIMED_CHARS = 200  # a quoted Message-ID is short; a longer one is cut before storing
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Accepted:
-    replay: bool  # True: the Idempotency-Key was seen before; response is the first answer
-    digest: str  # the digest stored with the first answer
-    response: str  # the answer without the policy outcomes
-    outcomes: list[str]  # per accepted recipient, what the contact policy decided
 
 
 ReportKind = Literal["complained", "bounced"]
@@ -100,54 +97,32 @@ class QueueGauges:
     events: dict[str, int]  # events recorded by every process since the data began, by type
 
 
-QUIET_HOURS_MARGIN = 86400  # quiet hours move a due time by less than a day
-
-
-def retention_for(entries: Sequence[AcceptEntry], now: float) -> int:
-    """How long a batch's content and message records are kept: ``RETENTION_SECONDS`` after
-    its last recipient is due (``send_at`` may be 30 days ahead; quiet hours and their ramp
-    move a due time further), so a scheduled job still finds its content, and retries and
-    status lookups theirs."""
-    latest = max((e.due + e.ramp_offset for e in entries if e.due), default=0.0)
-    if latest <= now:
-        return RETENTION_SECONDS
-    return RETENTION_SECONDS + math.ceil(latest - now) + QUIET_HOURS_MARGIN
-
-
 # The cluster client's connections per node and process: it raises instead of waiting
 # for a free one, so it must exceed what a worker (SLUICE_CONCURRENCY_PER_WORKER, 200 by
 # default) or an API process can have in flight at once.
 CLUSTER_CONNECTIONS = 1000
-REPLICA_WAIT_MS = 2000  # how long accept waits for SLUICE_REDIS_MIN_REPLICAS replicas
-
-
-class ReplicasBehind(StoreError):
-    """An accepted batch is on the master but not yet on enough replicas: a failover now
-    could lose it, so the caller must not answer 202. Its outcome is unknown to the client,
-    which settles it by retrying with the same ``Idempotency-Key``; ``batch_id``: the batch,
-    when it was just queued (None: a replay of an earlier one)."""
-
-    def __init__(self, message: str, batch_id: str | None = None) -> None:
-        super().__init__(message)
-        self.batch_id = batch_id
 
 
 class Store:
     """The queue, messages and events; ``suppressions``, ``webhooks`` and ``warmup`` are the
     other parts of the layer, on the same connection pool."""
 
-    def __init__(self, client: Client, *, min_replicas: int = 0) -> None:
-        """``min_replicas``: replicas that must have an accepted batch before ``accept``
-        returns (``WAIT``); fewer within ``REPLICA_WAIT_MS`` is a ``ReplicasBehind``."""
+    def __init__(
+        self, client: Client, *, shards: Shards | None = None, min_replicas: int = 0
+    ) -> None:
+        """``shards``: the deployment's (``open_store`` reads them from Redis; one by default).
+        ``min_replicas``: replicas that must have an accepted batch before ``accept`` returns
+        (``WAIT``); fewer within ``REPLICA_WAIT_MS`` is a ``ReplicasBehind``."""
         self.redis = client
+        self.shards = shards or Shards(1)
         self.min_replicas = min_replicas
-        self._accept = Script(client, "accept.lua")
-        self._confirm = Script(client, "confirm.lua")
+        self.acceptor = Acceptor(client, self.shards, min_replicas)
+        self.events = EventLog(client, self.shards)
         self._complete = Script(client, "complete.lua", library="timeline.lua")
         self._promote = Script(client, "promote.lua")
         self._engage = Script(client, "engage.lua")
         self._report = Script(client, "report.lua", library="timeline.lua")
-        self.suppressions = Suppressions(client)
+        self.suppressions = Suppressions(client, self.shards)
         self.webhooks = WebhookStore(client)
         self.warmup = WarmupStore(client)
 
@@ -155,13 +130,38 @@ class Store:
         await self.redis.ping()
 
     async def connected_replicas(self) -> int:
-        """Replicas connected to the master that holds the queue (``INFO replication``)."""
-        if isinstance(self.redis, RedisCluster):
-            node = self.redis.get_node_from_key(keys.JOBS)
-            info: Any = await self.redis.info("replication", target_nodes=node)
-        else:
-            info = await self.redis.info("replication")
-        return int(info.get("connected_slaves", 0))
+        """Replicas connected to a master that holds a shard, the fewest of them (``INFO
+        replication``)."""
+        if not isinstance(self.redis, RedisCluster):
+            info: Any = await self.redis.info("replication")
+            return int(info.get("connected_slaves", 0))
+        nodes = {}
+        for shard in self.shards.all:
+            node = self.redis.get_node_from_key(shard.keys.jobs)
+            if node is not None:
+                nodes[node.name] = node
+        counts = []
+        for node in nodes.values():
+            info = await self.redis.info("replication", target_nodes=node)
+            counts.append(int(info.get("connected_slaves", 0)))
+        return min(counts, default=0)
+
+    def shard_of(self, message_id: str) -> Shard:
+        """The shard a message id names; shard 0 for a string that is no message id (nothing
+        of it is stored anywhere else); ``StoreError`` for a shard this deployment has not."""
+        index = ids.shard_of(message_id)
+        if index is None:
+            return self.shards.all[0]
+        if index >= self.shards.count:
+            raise StoreError(f"message id {message_id!r} names no shard of this deployment")
+        return self.shards.all[index]
+
+    def _by_shard(self, message_ids: Sequence[str]) -> dict[Shard, list[int]]:
+        """The positions of ``message_ids`` per shard, in order."""
+        groups: dict[Shard, list[int]] = {}
+        for position, message_id in enumerate(message_ids):
+            groups.setdefault(self.shard_of(message_id), []).append(position)
+        return groups
 
     # --- accept side --------------------------------------------------------
 
@@ -177,84 +177,24 @@ class Store:
         digest: str,
         now: float | None = None,
     ) -> Accepted:
-        """Queue a batch in one script (``core/lua/accept.lua``): content, and per recipient
-        the contact policy's decision, its record, event and queue entry. ``now`` defaults to
-        the clock (tests pass their own)."""
-        touched = [
-            keys.JOBS,
-            keys.DELAYED,
-            keys.EVENTS,
-            keys.STATS,
-            keys.batch(batch_id),
-            keys.PENDING_BY_DOMAIN,
-        ]
-        if idempotency_key:
-            touched.append(keys.idempotency(idempotency_key))
-        # each recipient's keys, in its order: message record, suppression bucket, cap counts
-        rules = policy.rules
-        for entry in entries:
-            touched += (keys.message(entry.message_id), bucket_key(entry.suppression_field))
-            if rules:
-                contact = entry.contact or ""
-                touched += [keys.cap(rule.key, contact) for rule in rules]
-        clock = time.time() if now is None else now
-        args: list[Arg] = [
-            content.pack(),
-            retention_for(entries, clock),
-            digest,
-            response,
-            # each entry as an array (positions: accept.lua's header); Lua has no bin type
-            msgpack.packb(entries, use_bin_type=False),
-            EVENTS_MAXLEN,
-            f"{clock:.3f}",
-            policy.pack(),
-            "1" if idempotency_key else "0",
-            "1" if self.min_replicas else "0",
-        ]
-        try:
-            if self.min_replicas:
-                result, acked = await self._accept.then_wait(
-                    touched, args, self.min_replicas, REPLICA_WAIT_MS
-                )
-            else:
-                result, acked = await self._accept(touched, args), 0
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"could not queue the batch: {exc}") from exc
-        if acked < self.min_replicas:
-            raise ReplicasBehind(
-                f"batch {batch_id} is on the master, but {acked} of {self.min_replicas} "
-                f"replicas confirmed it within {REPLICA_WAIT_MS} ms",
-                batch_id if text(result[0]) != "replay" else None,
-            )
-        if text(result[0]) == "replay":
-            return Accepted(True, text(result[1]), text(result[2]), lines(result[3]))
-        return Accepted(False, digest, response, lines(result[1]))
+        """Queue a batch (``core/store/accepting.py``): content, and per recipient the contact
+        policy's decision, its record, event and queue entry; one atomic script per shard.
+        ``now`` defaults to the clock (tests pass their own). ``OtherBatch``: another request
+        with this key started the batch, prepare it again with that batch id."""
+        return await self.acceptor.accept(
+            batch_id=batch_id,
+            content=content,
+            entries=entries,
+            policy=policy,
+            response=response,
+            idempotency_key=idempotency_key,
+            digest=digest,
+            now=now,
+        )
 
-    async def idempotent_response(self, idempotency_key: str) -> Accepted | None:
-        """The first answer to an earlier request with this key, if any; with
-        ``min_replicas``, only once that many replicas hold the batch it answers for (else
-        ``ReplicasBehind``: after a failover, the new master may have none yet), read and
-        counted by ``confirm.lua`` in the call its WAIT follows."""
-        record = keys.idempotency(idempotency_key)
-        acked = self.min_replicas
-        if self.min_replicas:
-            try:
-                found, acked = await self._confirm.then_wait(
-                    [record], [], self.min_replicas, REPLICA_WAIT_MS
-                )
-            except REDIS_ERRORS as exc:
-                raise StoreError(f"could not confirm the earlier answer: {exc}") from exc
-        else:
-            found = await self.redis.hmget(record, ["digest", "response", "outcomes"])
-        digest, response, outcomes = found or (None, None, None)
-        if digest is None or response is None:
-            return None
-        if acked < self.min_replicas:
-            raise ReplicasBehind(
-                f"the answer for this key is on the master, but {acked} of "
-                f"{self.min_replicas} replicas confirmed it within {REPLICA_WAIT_MS} ms"
-            )
-        return Accepted(True, text(digest), text(response), lines(outcomes))
+    async def idempotent_response(self, idempotency_key: str) -> Accepted | Unfinished | None:
+        """The first answer to an earlier request with this key (``Acceptor``)."""
+        return await self.acceptor.idempotent_response(idempotency_key)
 
     async def policy(self) -> bytes | None:
         blob: Any = await self.redis.get(keys.POLICY)
@@ -263,40 +203,81 @@ class Store:
     async def set_policy(self, document: str) -> None:
         await self.redis.set(keys.POLICY, document)
 
-    async def capped_now(self, rule_key: str, contact: str, window: float, now: float) -> int:
-        """How many messages one cap rule counts for ``contact`` in the window ending now
-        (an early answer for SMTP submission; ``accept.lua`` decides)."""
-        return int(await self.redis.zcount(keys.cap(rule_key, contact), f"({now - window}", now))
+    async def capped_now(
+        self, rule_key: str, contact: str, address: str, window: float, now: float
+    ) -> int:
+        """How many messages one cap rule counts for ``contact`` (whose mail goes to
+        ``address``) in the window ending now (an early answer for SMTP submission;
+        ``accept.lua`` decides)."""
+        key = self.shards.of_address(address).keys.cap(rule_key, contact)
+        return int(await self.redis.zcount(key, f"({now - window}", now))
 
     # --- delivery side ------------------------------------------------------
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(keys.JOBS, keys.DELIVERY_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for shard in self.shards.all:
+            try:
+                await self.redis.xgroup_create(
+                    shard.keys.jobs, keys.DELIVERY_GROUP, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def read_jobs(
         self, consumer: str, *, count: int, block_ms: int | None, own_pending: bool = False
     ) -> list[QueuedJob]:
         """New jobs for this consumer, or (own_pending) the ones it read and never acknowledged.
-        ``block_ms``: how long to wait for a new job (``None``: answer at once)."""
-        reply: Any = await self.redis.xreadgroup(
-            keys.DELIVERY_GROUP,
-            consumer,
-            {keys.JOBS: "0" if own_pending else ">"},
-            count=count,
-            block=None if own_pending else block_ms,
-        )
-        return [job for _, entries in reply or [] for job in self._decode_entries(entries)]
+        ``block_ms``: how long to wait for a new job (``None``: answer at once). Over several
+        shards, every shard is read in one pipeline without blocking (a blocking read waits
+        on one slot only) and an empty round is tried again after a pause that grows from
+        2 to 100 ms, up to ``block_ms``."""
+        if self.shards.count == 1:
+            reply: Any = await self.redis.xreadgroup(
+                keys.DELIVERY_GROUP,
+                consumer,
+                {keys.JOBS: "0" if own_pending else ">"},
+                count=count,
+                block=None if own_pending else block_ms,
+            )
+            return [job for _, entries in reply or [] for job in self._decode_entries(entries)]
+        each = -(-count // self.shards.count)  # a share of count per shard, rounded up
+        deadline = time.monotonic() + (block_ms or 0) / 1000
+        pause = 0.002
+        while True:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for shard in self.shards.all:
+                    pipe.xreadgroup(
+                        keys.DELIVERY_GROUP,
+                        consumer,
+                        {shard.keys.jobs: "0" if own_pending else ">"},
+                        count=count if own_pending else each,
+                    )
+                replies = await pipe.execute()
+            jobs = [
+                job
+                for reply in replies
+                for _, entries in reply or []
+                for job in self._decode_entries(entries)
+            ]
+            if jobs or own_pending or time.monotonic() + pause > deadline:
+                return jobs
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     async def claim_stale(self, consumer: str, *, min_idle_ms: int, count: int) -> list[QueuedJob]:
-        """Take over jobs another (dead) consumer read but never finished."""
-        reply: Any = await self.redis.xautoclaim(
-            keys.JOBS, keys.DELIVERY_GROUP, consumer, min_idle_time=min_idle_ms, count=count
-        )
-        return self._decode_entries(reply[1])
+        """Take over jobs another (dead) consumer read but never finished, on every shard."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.shards.all:
+                pipe.xautoclaim(
+                    shard.keys.jobs,
+                    keys.DELIVERY_GROUP,
+                    consumer,
+                    min_idle_time=min_idle_ms,
+                    count=count,
+                )
+            replies = await pipe.execute()
+        return [job for reply in replies for job in self._decode_entries(reply[1])]
 
     @staticmethod
     def _decode_entries(entries: list[Any]) -> list[QueuedJob]:
@@ -307,14 +288,17 @@ class Store:
             jobs.append(QueuedJob(text(entry_id), Job.unpack(fields[b"j"])))
         return jobs
 
-    async def acknowledge(self, entry_ids: Sequence[str]) -> None:
-        """Take queue entries out of the stream without recording anything (their jobs were
-        finished before: a recovered job whose message is already final)."""
-        if not entry_ids:
+    async def acknowledge(self, jobs: Sequence[QueuedJob]) -> None:
+        """Take queue entries out of their streams without recording anything (their jobs
+        were finished before: a recovered job whose message is already final)."""
+        if not jobs:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.JOBS, keys.DELIVERY_GROUP, *entry_ids)
-            pipe.xdel(keys.JOBS, *entry_ids)
+        groups = self._by_shard([q.job.message_id for q in jobs])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, positions in groups.items():
+                entry_ids = [jobs[p].entry_id for p in positions]
+                pipe.xack(shard.keys.jobs, keys.DELIVERY_GROUP, *entry_ids)
+                pipe.xdel(shard.keys.jobs, *entry_ids)
             await pipe.execute()
 
     async def complete(self, outcome: Outcome) -> None:
@@ -322,8 +306,23 @@ class Store:
         await self.complete_many([outcome])
 
     async def complete_many(self, outcomes: Sequence[Outcome]) -> None:
-        """Record a group of outcomes in one atomic script call (``core/lua/complete.lua``)."""
-        touched = [keys.JOBS, keys.DELAYED, keys.EVENTS, keys.STATS, keys.PENDING_BY_DOMAIN]
+        """Record a group of outcomes in one atomic script call per shard
+        (``core/lua/complete.lua``)."""
+        groups = self._by_shard([outcome.message_id for outcome in outcomes])
+        if len(groups) == 1:
+            [shard] = groups
+            await self._complete_shard(shard, outcomes)
+            return
+        await asyncio.gather(
+            *(
+                self._complete_shard(shard, [outcomes[p] for p in positions])
+                for shard, positions in groups.items()
+            )
+        )
+
+    async def _complete_shard(self, shard: Shard, outcomes: Sequence[Outcome]) -> None:
+        where = shard.keys
+        touched = [where.jobs, where.delayed, where.events, where.stats, where.pending]
         args: list[Arg] = [
             keys.DELIVERY_GROUP,
             EVENTS_MAXLEN,
@@ -331,7 +330,7 @@ class Store:
             RETENTION_SECONDS,
         ]
         for outcome in outcomes:
-            touched.append(keys.message(outcome.message_id))
+            touched.append(where.message(outcome.message_id))
             retry = outcome.retry_job
             args += (
                 outcome.entry_id,
@@ -345,7 +344,8 @@ class Store:
 
     async def remember_sender(self, message_id: str, ip: str, provider: str) -> None:
         """The warming IP and provider that sent a message, for a complaint about it later."""
-        await self.redis.hset(keys.message(message_id), mapping={"ip": ip, "pv": provider})
+        record = self.shard_of(message_id).keys.message(message_id)
+        await self.redis.hset(record, mapping={"ip": ip, "pv": provider})
 
     async def record_report(
         self,
@@ -361,23 +361,29 @@ class Store:
         (address, reason, source). ``None``: the message is unknown, or a report of this kind
         was recorded before, and nothing changed."""
         now = time.time()
+        shard = self.shard_of(message_id)
         address = canonical(suppress[0]) if suppress is not None else ""
+        elsewhere = bool(address) and self.shards.of_address(address) != shard
         entry = pack_entry(suppress[1], now, suppress[2]) if suppress is not None else b""
+        where = shard.keys
         touched = [
-            keys.message(message_id),
-            keys.EVENTS,
-            keys.STATS,
-            bucket_key(address),
-            keys.SUPPRESSION_COUNT,
+            where.message(message_id),
+            where.events,
+            where.stats,
+            # a message's recipient lives in its shard; another address is suppressed apart
+            where.suppression_bucket(0) if elsewhere else self.shards.bucket_key(address),
+            where.suppression_count,
         ]
         flag = _REPORT_FLAGS[kind]
-        entry_field = suppression_field(address) if address else ""
+        entry_field = suppression_field(address) if address and not elsewhere else ""
         args: list[Arg] = [flag, event, status, EVENTS_MAXLEN, f"{now:.3f}", RETENTION_SECONDS]
         result = await self._report(touched, [*args, entry_field, entry])
         if not result:
             return None
-        event_id, ip, provider = (text(value) for value in result)
-        return FirstReport(event_id, ip or None, provider or None)
+        if elsewhere and suppress is not None:
+            await self.suppressions.add(address, reason=suppress[1], source=suppress[2])
+        entry_id, ip, provider = (text(value) for value in result)
+        return FirstReport(event_id(entry_id, shard), ip or None, provider or None)
 
     async def record_unverified(self, report: UnverifiedReport) -> None:
         """Keep an unverified report (the latest ``UNVERIFIED_KEPT``) and count it."""
@@ -406,39 +412,51 @@ class Store:
         return result
 
     async def engage_many(self, items: list[tuple[str, bytes, float]]) -> list[tuple[str, bool]]:
-        """Several engagement events, (message id, event, click window) each, in one call."""
-        touched = [keys.EVENTS, keys.STATS]
-        args: list[Arg] = [EVENTS_MAXLEN, f"{time.time():.3f}"]
-        for message_id, event, click_window in items:
-            touched.append(keys.message(message_id))
-            args += [event, click_window]
-        try:
-            flat = await self._engage(touched, args)
-        except RedisError as exc:
-            raise StoreError(f"could not record the events: {exc}") from exc
-        return [(text(flat[i]), bool(flat[i + 1])) for i in range(0, len(flat), 2)]
+        """Several engagement events, (message id, event, click window) each, in one call per
+        shard; (event id, machine) for each, in order."""
+        found: list[tuple[str, bool]] = [("", False)] * len(items)
+        for shard, positions in self._by_shard([item[0] for item in items]).items():
+            where = shard.keys
+            touched = [where.events, where.stats]
+            args: list[Arg] = [EVENTS_MAXLEN, f"{time.time():.3f}"]
+            for p in positions:
+                message_id, event, click_window = items[p]
+                touched.append(where.message(message_id))
+                args += [event, click_window]
+            try:
+                flat = await self._engage(touched, args)
+            except RedisError as exc:
+                raise StoreError(f"could not record the events: {exc}") from exc
+            for n, p in enumerate(positions):
+                found[p] = (event_id(text(flat[2 * n]), shard), bool(flat[2 * n + 1]))
+        return found
 
     async def promote_due(self, *, now: float, limit: int = 500) -> int:
-        return int(await self._promote([keys.DELAYED, keys.JOBS], [f"{now:.3f}", limit]))
+        """Move the delayed jobs that are due into their streams, up to ``limit`` per shard;
+        how many moved (``limit`` or more: more may be due, call again)."""
+        moved = 0
+        for shard in self.shards.all:
+            streams = [shard.keys.delayed, shard.keys.jobs]
+            moved += int(await self._promote(streams, [f"{now:.3f}", limit]))
+        return moved
 
     async def batch_content(self, batch_id: str) -> BatchContent | None:
-        blob: Any = await self.redis.get(keys.batch(batch_id))
+        blob: Any = await self.redis.get(self.shards.home(batch_id).keys.batch(batch_id))
         return None if blob is None else BatchContent.unpack(blob)
 
     async def save_link_table(self, batch_id: str, urls: list[str], ttl_seconds: int) -> None:
         """The batch's link table, written once: several workers may save it, the first write
         wins (``SET NX``), so every link token of the batch indexes the same list."""
         try:
-            await self.redis.set(
-                keys.link_table(batch_id), msgpack.packb(urls), nx=True, ex=ttl_seconds
-            )
+            table = self.shards.home(batch_id).keys.link_table(batch_id)
+            await self.redis.set(table, msgpack.packb(urls), nx=True, ex=ttl_seconds)
         except RedisError as exc:
             raise StoreError(f"could not save the link table: {exc}") from exc
 
     async def link_table(self, batch_id: str) -> list[str] | None:
         """The batch's link table; None if none was saved or it expired."""
         try:
-            blob: Any = await self.redis.get(keys.link_table(batch_id))
+            blob: Any = await self.redis.get(self.shards.home(batch_id).keys.link_table(batch_id))
         except RedisError as exc:
             raise StoreError(f"could not read the link table: {exc}") from exc
         return None if blob is None else list(msgpack.unpackb(blob))
@@ -447,7 +465,7 @@ class Store:
         """Each message's status (None: unknown or expired), in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for message_id in message_ids:
-                pipe.hget(keys.message(message_id), "s")
+                pipe.hget(self.shard_of(message_id).keys.message(message_id), "s")
             found = await pipe.execute() if message_ids else []
         return [None if status is None else text(status) for status in found]
 
@@ -472,53 +490,61 @@ class Store:
     async def destinations(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
         """(pending messages per domain, host states published by live workers)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.PENDING_BY_DOMAIN)
             pipe.hgetall(keys.DESTINATIONS)
-            pending, published = await pipe.execute()
+            for shard in self.shards.all:
+                pipe.hgetall(shard.keys.pending)
+            published, *per_shard = await pipe.execute()
+        pending: dict[str, int] = {}
+        for counts in per_shard:
+            for domain, n in counts.items():
+                pending[text(domain)] = pending.get(text(domain), 0) + int(n)
         hosts: list[dict[str, Any]] = []
         for worker, blob in published.items():
             snapshot = msgpack.unpackb(blob)
             if time.time() - snapshot["at"] < 30:  # a dead worker's state is stale
                 hosts += [{"worker": text(worker), **h} for h in snapshot["hosts"]]
-        return {text(k): int(v) for k, v in pending.items()}, hosts
+        return pending, hosts
 
     # --- reading ------------------------------------------------------------
 
     async def message(self, message_id: str) -> dict[str, Any] | None:
-        status, event_ids = await self.redis.hmget(keys.message(message_id), ["s", "ev"])
+        shard = self.shards.of_message(message_id)
+        if shard is None:
+            return None
+        status, event_ids = await self.redis.hmget(shard.keys.message(message_id), ["s", "ev"])
         if status is None:
             return None
-        events = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event_id in text(event_ids or b"").split(","):
-                if event_id:
-                    pipe.xrange(keys.EVENTS, event_id, event_id)
-            for reply in await pipe.execute():
-                for entry_id, fields in reply:
-                    events.append(event_of(text(entry_id), fields))
+        entry_ids = [e for e in text(event_ids or b"").split(",") if e]
+        events = await self.events.of_message(shard, entry_ids)
         return {"message_id": message_id, "status": text(status), "events": events}
 
     async def latest_events(self, count: int) -> list[dict[str, Any]]:
         """The ``count`` most recent events, newest first."""
-        reply: Any = await self.redis.xrevrange(keys.EVENTS, "+", "-", count=count)
-        return [event_of(text(entry_id), fields) for entry_id, fields in reply]
+        return await self.events.latest(count)
 
-    async def events_after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
-        start = after(cursor) if cursor else "-"
-        if start is None:
-            return []  # nothing can come after the largest id
-        reply: Any = await self.redis.xrange(keys.EVENTS, start, "+", count=limit)
-        return [event_of(text(entry_id), fields) for entry_id, fields in reply]
+    async def events_after(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` events after ``cursor``, oldest first, and the next page's cursor
+        (``core/store/events.py``)."""
+        return await self.events.after(cursor, limit)
 
     async def gauges(self) -> QueueGauges:
-        """The queue's size and the event counters, read in one round trip."""
+        """The queue's size and the event counters over every shard, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.JOBS)
-            pipe.zcard(keys.DELAYED)
-            pipe.hgetall(keys.STATS)
-            jobs, delayed, stats = await pipe.execute()
-        events = {text(k): int(v) for k, v in stats.items()}
-        return QueueGauges(jobs=int(jobs), delayed=int(delayed), events=events)
+            for shard in self.shards.all:
+                pipe.xlen(shard.keys.jobs)
+                pipe.zcard(shard.keys.delayed)
+                pipe.hgetall(shard.keys.stats)
+            replies = await pipe.execute()
+        jobs = delayed = 0
+        events: dict[str, int] = {}
+        for n in range(0, len(replies), 3):
+            jobs += int(replies[n])
+            delayed += int(replies[n + 1])
+            for name, value in replies[n + 2].items():
+                events[text(name)] = events.get(text(name), 0) + int(value)
+        return QueueGauges(jobs=jobs, delayed=delayed, events=events)
 
 
 class _HiredisPacking:
@@ -549,11 +575,13 @@ class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
 
 @asynccontextmanager
 async def open_store(
-    url: str, max_connections: int = 32, *, min_replicas: int = 0
+    url: str, max_connections: int = 32, *, min_replicas: int = 0, shards: int | None = None
 ) -> AsyncIterator[Store]:
     """The store on the Redis at ``url``: one server, or any node of a Redis Cluster (asked
     once: a cluster is then reached through redis-py's cluster client, which follows the
-    slot map and its changes)."""
+    slot map and its changes). ``shards``: the shard count this process is configured with,
+    written to Redis if none is yet and a ``ConfigurationError`` if another is (``None``:
+    whatever Redis says, one if nothing)."""
     client: Client = _single(url, max_connections)
     try:
         try:
@@ -576,9 +604,31 @@ async def open_store(
                 raise StoreError(f"cannot reach the Redis Cluster at {url}: {exc}") from exc
             masters = len(client.get_primaries())
             log.debug("Redis Cluster at %s: %d masters", url, masters)
-        yield Store(client, min_replicas=min_replicas)
+        count = await _shard_count(client, shards)
+        yield Store(client, shards=Shards(count), min_replicas=min_replicas)
     finally:
         await _close(client)
+
+
+async def _shard_count(client: Client, wanted: int | None) -> int:
+    """The deployment's shard count: written once (the first ``sluice serve``), fixed after."""
+    try:
+        if wanted is not None:
+            await client.hsetnx(keys.CONFIG, "shards", wanted)
+        stored: Any = await client.hget(keys.CONFIG, "shards")
+    except REDIS_ERRORS as exc:
+        raise StoreError(f"cannot read Sluice's configuration in Redis: {exc}") from exc
+    count = int(stored) if stored is not None else 1
+    if not valid_count(count):
+        raise ConfigurationError(
+            f"Redis says this deployment has {count} shards: not a valid count"
+        )
+    if wanted is not None and wanted != count:
+        raise ConfigurationError(
+            f"SLUICE_SHARDS is {wanted}, but this Redis holds data of {count} shards: the count "
+            f"is fixed for the life of a deployment (changing it would move every contact)"
+        )
+    return count
 
 
 def _single(url: str, max_connections: int) -> aioredis.Redis:

@@ -6,12 +6,12 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from core import keys
+from core.shards import Shard, Shards
 from core.store.base import Arg, Client, Script
 from core.suppressions import (
     BUCKETS,
     Suppression,
-    bucket_key,
+    bucket_of,
     canonical,
     decode_entry,
     field,
@@ -20,8 +20,12 @@ from core.suppressions import (
 
 
 class Suppressions:
-    def __init__(self, client: Client) -> None:
+    """Entries live in the shard of their address; each shard counts its own (``count`` adds
+    them up)."""
+
+    def __init__(self, client: Client, shards: Shards) -> None:
         self.redis = client
+        self.shards = shards
         self._script = Script(client, "suppress.lua")
 
     async def add_many(
@@ -31,15 +35,18 @@ class Suppressions:
 
         Addresses must already be normalized (``core.addresses.normalize_address``)."""
         stamp = time.time() if at is None else at
-        buckets: list[str] = [keys.SUPPRESSION_COUNT]
-        args: list[Arg] = ["add"]
+        calls: dict[Shard, tuple[list[str], list[Arg]]] = {}
         for given, category, reason, source in entries:
             address = canonical(given)
-            buckets.append(bucket_key(address))
+            bucket = bucket_of(address)
+            shard = self.shards.of_bucket(bucket)
+            buckets, args = calls.setdefault(shard, ([shard.keys.suppression_count], ["add"]))
+            buckets.append(shard.keys.suppression_bucket(bucket))
             args += [field(address, category), pack_entry(reason, stamp, source)]
-        if len(buckets) == 1:
-            return 0
-        return int(await self._script(buckets, args))
+        added = 0
+        for buckets, args in calls.values():  # one atomic call per shard
+            added += int(await self._script(buckets, args))
+        return added
 
     async def add(
         self,
@@ -53,7 +60,8 @@ class Suppressions:
 
     async def remove(self, address: str, category: str | None = None) -> bool:
         address = canonical(address)
-        bucket_keys = [keys.SUPPRESSION_COUNT, bucket_key(address)]
+        shard = self.shards.of_address(address)
+        bucket_keys = [shard.keys.suppression_count, self.shards.bucket_key(address)]
         return int(await self._script(bucket_keys, ["remove", field(address, category), ""])) == 1
 
     async def check(
@@ -78,7 +86,7 @@ class Suppressions:
                 address = canonical(address)
                 names = [address] if category is None else [address, field(address, category)]
                 asked.append((address, names))
-                pipe.hmget(bucket_key(address), names)
+                pipe.hmget(self.shards.bucket_key(address), names)
             answers = await pipe.execute() if checks else []
         found: list[Suppression | None] = []
         for (_, names), values, (_, _, transactional) in zip(asked, answers, checks, strict=True):
@@ -88,7 +96,7 @@ class Suppressions:
     async def of(self, address: str) -> list[Suppression]:
         """Every entry for ``address``: global and per category."""
         address = canonical(address)
-        found: dict[Any, Any] = await self.redis.hgetall(bucket_key(address))
+        found: dict[Any, Any] = await self.redis.hgetall(self.shards.bucket_key(address))
         prefix = f"{address} ".encode()
         return sorted(
             (
@@ -100,7 +108,11 @@ class Suppressions:
         )
 
     async def count(self) -> int:
-        return int(await self.redis.get(keys.SUPPRESSION_COUNT) or 0)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.shards.all:
+                pipe.get(shard.keys.suppression_count)
+            counts = await pipe.execute()
+        return sum(int(n or 0) for n in counts)
 
     async def page(self, cursor: int, limit: int) -> tuple[list[Suppression], int | None]:
         """Entries from bucket ``cursor`` on, whole buckets, at least ``limit`` unless the end
@@ -111,7 +123,7 @@ class Suppressions:
             span = range(bucket, min(BUCKETS, bucket + 256))
             async with self.redis.pipeline(transaction=False) as pipe:
                 for b in span:
-                    pipe.hgetall(keys.suppression_bucket(b))
+                    pipe.hgetall(self.shards.of_bucket(b).keys.suppression_bucket(b))
                 replies = await pipe.execute()
             for b, found in zip(span, replies, strict=True):
                 bucket = b + 1

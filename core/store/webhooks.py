@@ -22,7 +22,7 @@ class WebhookBatch:
 
     id: str
     body: bytes
-    last: str  # the id of its last event: where the cursor moves once it is delivered
+    last: str  # the events cursor after its last event: where it moves once delivered
     count: int
     first: float  # when it was first tried
     attempts: int = 0

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from core.errors import NotFound, ValidationError
 from core.ids import split_message_id
-from core.store import valid_stream_id
+from core.store import BadCursor, check_cursor
 from gateway import schemas
 from gateway.api.common import (
     INTAKE,
@@ -25,7 +25,6 @@ from gateway.api.openapi_parts import AUTH, LIMIT_QUERY, TOKEN, error_responses,
 from mta.replies import BOUNCE_CLASSES
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 async def post_messages(request: web.Request) -> web.Response:
@@ -54,10 +53,16 @@ async def get_message(request: web.Request) -> web.Response:
 async def get_events(request: web.Request) -> web.Response:
     query(request, "after", "limit")
     after = request.query.get("after") or None
-    if after is not None and not (_CURSOR.fullmatch(after) and valid_stream_id(after)):
-        raise ValidationError("'after' must be the 'next' cursor of an earlier page", field="after")
-    events = await request.app[STORE].events_after(after, limit_of(request))
-    return json_response({"events": events, "next": events[-1]["id"] if events else after})
+    store = request.app[STORE]
+    if after is not None:
+        try:
+            check_cursor(after, store.shards)
+        except BadCursor:
+            raise ValidationError(
+                "'after' must be the 'next' cursor of an earlier page", field="after"
+            ) from None
+    events, cursor = await store.events_after(after, limit_of(request))
+    return json_response({"events": events, "next": cursor})
 
 
 ROUTES = [
