@@ -178,10 +178,11 @@ class RedisSettings:
         help="replicas that must confirm an accepted batch (WAIT, up to 2 s) before its 202; "
         "fewer: 503 with Retry-After (docs/scaling.md says what a client does then)",
     )
-    shards: int = option(
+    shards: int | None = option(
         "shards",
         casts.shard_count,
-        default=1,
+        default=None,
+        described="1, or the count the data has",
         help="logical shards of the data, a power of two up to 256, fixed at the first start: "
         "16 or more spreads the data over a Redis Cluster's masters (docs/scaling.md)",
     )

@@ -3,7 +3,8 @@ Redis Cluster, in the same run.
 
 Run::
 
-    .venv/bin/python -m loadtests.bench_cluster [--recipients N] [--gateways G] [--json]
+    .venv/bin/python -m loadtests.bench_cluster [--recipients N] [--gateways G] [--shards S]
+        [--json]
 
 Needs ``redis-server`` and Postfix's ``smtp-sink`` (``scripts/test-deps``, ``apt-get install
 postfix``).
@@ -12,7 +13,7 @@ For each setup, in turn:
 
 - **single**: one ``redis-server`` (AOF, ``appendfsync always``, as the embedded Redis);
 - **cluster**: three masters of a Redis Cluster on loopback, each with the same settings
-  (``loadtests/redis_cluster.py``).
+  (``loadtests/redis_cluster.py``), Sluice's data in S shards (``SLUICE_SHARDS``, default 16).
 
 G ``sluice serve`` gateways (default 2), each with one delivery worker, point at it with
 ``SLUICE_REDIS_URL`` (the cluster through a node that does not own Sluice's keys) and relay
@@ -20,9 +21,8 @@ into one ``smtp-sink``. N fixture recipients (default 20,000) go in 1,000-recipi
 from 4 clients, batch i to gateway i mod G; the run waits until every one is delivered.
 
 Reports per setup: accepted/s (first request to last 202), delivered/s (to the last
-``delivered``), and each master's keys and ``used_memory``: where the data went. Today every
-key shares the ``{sluice}`` hash tag (``docs/scaling.md``), so one master of the cluster holds
-everything and the cluster's rates are the single Redis's, less the client's redirections.
+``delivered``), and each master's keys and ``used_memory``: where the data went (the single
+Redis keeps the default of one shard, the embedded Redis's layout).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 
-from core import keys
+from core.shards import Shards
 from loadtests.bench_e2e import submit
 from loadtests.bench_pipelining import start_sink
 from loadtests.harness import (
@@ -84,8 +84,13 @@ def masters(found: dict[str, Any], client: Any) -> list[dict[str, float]]:
     ]
 
 
+def delivered(client: Any, shards: Shards) -> int:
+    """Messages delivered, summed over the shards' counters."""
+    return sum(int(client.hget(shard.keys.stats, "delivered") or 0) for shard in shards.all)
+
+
 def run(
-    kind: str, recipients: int, gateways: int, sink_port: int, work: Path, dkim: bool
+    kind: str, recipients: int, gateways: int, sink_port: int, work: Path, dkim: bool, shards: int
 ) -> dict[str, Any]:
     with setup(kind) as (url, client, found):
         served: list[Served] = []
@@ -99,7 +104,7 @@ def run(
                         data,
                         relay=f"127.0.0.1:{sink_port}",
                         workers=1,
-                        extra_env={"SLUICE_REDIS_URL": url},
+                        extra_env={"SLUICE_REDIS_URL": url, "SLUICE_SHARDS": str(shards)},
                     )
                 )
             for gateway in served:
@@ -107,7 +112,7 @@ def run(
             started = time.perf_counter()
             accept_seconds = asyncio.run(submit([g.url for g in served], recipients, BATCH))
             deadline = time.monotonic() + 600
-            while int(client.hget(keys.STATS, "delivered") or 0) < recipients:
+            while delivered(client, Shards(shards)) < recipients:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{kind}: not every message was delivered in 600 s")
                 time.sleep(0.05)
@@ -116,6 +121,7 @@ def run(
             for gateway in served:
                 gateway.stop()
         return {
+            "shards": shards,
             "accepted_per_s": round(recipients / accept_seconds),
             "delivered_per_s": round(recipients / total_seconds),
             "masters": masters(found, client),
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dkim", choices=("rsa", "none"), default="rsa", help="RSA-2048 signing (default) or none"
     )
+    parser.add_argument(
+        "--shards", type=int, default=16, help="SLUICE_SHARDS on the cluster (default 16)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sink_port = free_port()
@@ -137,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for kind in ("single", "cluster"):
+                shards = args.shards if kind == "cluster" else 1
+                dkim = args.dkim == "rsa"
                 result[kind] = run(
-                    kind, args.recipients, args.gateways, sink_port, Path(tmp), args.dkim == "rsa"
+                    kind, args.recipients, args.gateways, sink_port, Path(tmp), dkim, shards
                 )
     finally:
         sink.kill()

@@ -19,6 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -53,13 +54,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+@asynccontextmanager
+async def fresh_store(redis_url: str, shards: int) -> AsyncIterator[Store]:
+    """The store on an emptied Redis, whose data is in ``shards`` shards."""
+    async with open_store(redis_url) as previous:
+        await previous.redis.flushall()
+    async with open_store(redis_url, shards=shards) as opened:
+        yield opened
+
+
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[Store]:
     """An empty Redis; with ``TEST_SHARDS`` shards (``PYTEST_SLUICE_SHARDS``, 1 by default: the
-    suite can run over several shards on one Redis)."""
-    async with open_store(redis_url) as previous:
-        await previous.redis.flushall()
-    async with open_store(redis_url, shards=TEST_SHARDS) as opened:
+    suite can run over several shards on one Redis). A module whose tests should run over one
+    shard and over several parametrizes its own (``tests/test_inprocess_e2e.py``)."""
+    async with fresh_store(redis_url, TEST_SHARDS) as opened:
         yield opened
 
 
@@ -257,6 +266,15 @@ def tool_missing(reason: str) -> NoReturn:
     if os.environ.get("SLUICE_ALLOW_MISSING_TOOLS"):
         pytest.skip(reason)
     pytest.fail(f"{reason} (scripts/test-deps installs it; SLUICE_ALLOW_MISSING_TOOLS=1 skips)")
+
+
+# What the cluster tests run with: Sluice's data spread over the three masters.
+CLUSTER_SHARDS = 16
+
+
+def on_cluster(cluster: LocalCluster, **more: str) -> dict[str, str]:
+    """``sluice serve``'s environment on ``cluster``, its data in ``CLUSTER_SHARDS`` shards."""
+    return {"SLUICE_REDIS_URL": cluster.url, "SLUICE_SHARDS": str(CLUSTER_SHARDS), **more}
 
 
 @pytest.fixture(scope="module")

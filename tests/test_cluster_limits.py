@@ -18,6 +18,7 @@ import pytest
 
 from core.store import open_store
 from loadtests.redis_cluster import LocalCluster
+from tests.conftest import CLUSTER_SHARDS, on_cluster
 from tests.test_contact_policy_e2e import assert_a_cap_of_three_holds
 from tests.test_warmup import COLD, _hammer, at, configure
 
@@ -29,16 +30,16 @@ pytestmark = pytest.mark.slow
 def test_a_cap_of_three_through_two_gateways_on_a_cluster_queues_three(
     cluster: LocalCluster, serve_factory: Any, tmp_path: Path
 ) -> None:
-    on_cluster = {"SLUICE_REDIS_URL": cluster.url}
-    first = serve_factory(workers=0, extra_env=on_cluster)
-    second = serve_factory(workers=0, data_dir=tmp_path / "second", extra_env=on_cluster)
+    env = on_cluster(cluster)
+    first = serve_factory(workers=0, extra_env=env)
+    second = serve_factory(workers=0, data_dir=tmp_path / "second", extra_env=env)
     assert_a_cap_of_three_holds(first, second)
 
 
 async def test_a_warmup_budget_taken_from_two_processes_on_a_cluster_is_exact(
     cluster: LocalCluster,
 ) -> None:
-    async with open_store(cluster.url) as store:
+    async with open_store(cluster.url, shards=CLUSTER_SHARDS) as store:
         await configure(store, COLD, (2400,), "2026-11-23")  # 100 an hour
     now = at("2026-11-23T00:30:00")
     context = multiprocessing.get_context("spawn")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from loadtests.harness import PROJECT_ROOT, Served, cart_reminder
+from loadtests.harness import PROJECT_ROOT, TEST_SHARDS, Served, cart_reminder
 from mta.worker import Worker
 from tests.conftest import Sink
 from tests.inprocess import Client, message, send, sleep_until
@@ -109,6 +110,8 @@ def sluice(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[
         text=True,
         cwd=PROJECT_ROOT,
         timeout=120,
+        # the suite run over several shards: the command is told the count, as serve is
+        env={**os.environ, **({"SLUICE_SHARDS": str(TEST_SHARDS)} if TEST_SHARDS > 1 else {})},
     )
 
 

@@ -1,7 +1,9 @@
 """Accept to delivered and what comes after, end to end in one event loop: the real API,
 a real delivery worker in burst mode, the real inbound server, tracking endpoints and
 webhook dispatcher, into a real SMTP sink (``tests/inprocess.py``). Not marked slow: this
-is the delivery path's feedback in ``pytest -m "not slow"``."""
+is the delivery path's feedback in ``pytest -m "not slow"``. Each test runs with the data in
+one shard and in eight (``core/shards.py``): every message id then names its shard, and
+events, bounces, complaints, opens and clicks find theirs."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import html
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from loadtests.fault_sink import FaultSink
 from loadtests.harness import fixture_batch
 from mta.worker import Worker
 from tests.bounce_reports import YAHOO_ARF
-from tests.conftest import Sink, gateway_settings
+from tests.conftest import Sink, fresh_store, gateway_settings
 from tests.inprocess import (
     WEBHOOK_SECRET,
     Client,
@@ -40,6 +43,12 @@ from tracking.endpoints import PIXEL
 from warmup import actions
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15"}
+
+
+@pytest.fixture(params=[1, 8], ids=["one-shard", "eight-shards"])
+async def store(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    async with fresh_store(redis_url, request.param) as opened:
+        yield opened
 
 
 def types(found: dict[str, Any]) -> list[str]:

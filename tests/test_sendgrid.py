@@ -47,7 +47,10 @@ def test_the_sendgrid_library_sends_through_sluice(serve_factory: Any, sink: Sin
         assert message["Subject"] == f"{name}, your cart is waiting"
         assert f"Hi {name}," in message.get_body(("plain",)).get_content()
         assert "/t/c/" in message.get_body(("html",)).get_content(), "tracked like an API job"
-    event = get(served, f"/v1/messages/{batch_id}-0")["events"][0]
+    events = get(served, "/v1/events")["events"]
+    [ann] = [e for e in events if e["type"] == "queued" and e["email"] == "ann@inbox.example.org"]
+    assert ann["message_id"].startswith(f"{batch_id}-"), "X-Message-Id is the batch's id"
+    event = get(served, f"/v1/messages/{ann['message_id']}")["events"][0]
     assert event["metadata"] == {"journey": "cart-reminder"}, "custom_args -> metadata"
 
     with pytest.raises(UnauthorizedError):

@@ -132,12 +132,15 @@ class Acceptor:
     ) -> Accepted:
         clock = time.time() if now is None else now
         retention = retention_for(entries, clock)
+        tally = _Tally(self.min_replicas)
         if self.shards.count == 1:
             whole = _Part(self.shards.all[0], list(entries))
-            packed = content.pack()
-            return await self._run_part(
-                whole, batch_id, packed, policy, response, idempotency_key, digest, clock, retention
+            key, packed = idempotency_key, content.pack()
+            answer = await self._run_part(
+                whole, batch_id, packed, policy, response, key, digest, clock, retention, tally
             )
+            tally.check(None if answer.replay else batch_id)
+            return answer
         placed = [self._shard_of(entry.message_id) for entry in entries]
         parts: dict[int, _Part] = {}
         for shard, entry in zip(placed, entries, strict=True):
@@ -145,17 +148,22 @@ class Acceptor:
         earlier = None
         if idempotency_key:
             order = bytes(shard.index for shard in placed)
-            earlier = await self._write_intent(idempotency_key, digest, response, batch_id, order)
+            earlier = await self._write_intent(
+                idempotency_key, digest, response, batch_id, order, tally
+            )
             if earlier is not None:
                 if earlier.digest != digest:
                     return Accepted(True, earlier.digest, "", [])
                 if earlier.batch_id != batch_id:
                     raise OtherBatch(earlier.batch_id)
         content_key = self.shards.home(batch_id).keys.batch(batch_id)
-        await self._call(self._put, [content_key], [content.pack(), retention], batch_id)
+        await self._call(self._put, [content_key], [content.pack(), retention], tally)
         results = await self._run_parts(
-            list(parts.values()), batch_id, policy, idempotency_key, digest, clock, retention
+            list(parts.values()), batch_id, policy, idempotency_key, digest, clock, retention, tally
         )
+        # every shard is written: only now may too few replicas stop the 202 (a submission
+        # answers 250 then, and its mail must be queued)
+        tally.check(batch_id)
         outcomes = {part.shard.index: iter(result.outcomes) for part, result in results}
         merged = [next(outcomes[shard.index]) for shard in placed]
         return Accepted(earlier is not None, digest, response, merged)
@@ -175,12 +183,13 @@ class Acceptor:
         digest: str,
         clock: float,
         retention: int,
+        tally: _Tally,
     ) -> list[tuple[_Part, Accepted]]:
         """Every shard's script, concurrently; the first failure is raised once all ended."""
 
         async def run(part: _Part) -> Accepted:
             return await self._run_part(
-                part, batch_id, "", policy, "", idempotency_key, digest, clock, retention
+                part, batch_id, "", policy, "", idempotency_key, digest, clock, retention, tally
             )
 
         if self.pause_after_shards is not None:
@@ -208,6 +217,7 @@ class Acceptor:
         digest: str,
         clock: float,
         retention: int,
+        tally: _Tally,
     ) -> Accepted:
         """One ``accept.lua`` call for the recipients of one shard."""
         shard = part.shard.keys
@@ -242,38 +252,32 @@ class Acceptor:
             "1" if idempotency_key else "0",
             "1" if self.min_replicas else "0",
         ]
-        result = await self._call(self._accept, touched, args, batch_id)
+        result = await self._call(self._accept, touched, args, tally)
         if text(result[0]) == "replay":
             return Accepted(True, text(result[1]), text(result[2]), lines(result[3]))
         return Accepted(False, digest, response, lines(result[1]))
 
     async def _write_intent(
-        self, key: str, digest: str, response: str, batch_id: str, order: bytes
+        self, key: str, digest: str, response: str, batch_id: str, order: bytes, tally: _Tally
     ) -> Unfinished | None:
         """Write the intent of a batch over shards; the earlier one if there is one."""
         record = self.shards.home(key).keys.intent(key)
         args: list[Arg] = [digest, response, batch_id, order, IDEMPOTENCY_SECONDS]
-        found = await self._call(self._intent, [record], args, batch_id)
+        found = await self._call(self._intent, [record], args, tally)
         return None if not found else Unfinished(text(found[1]), text(found[0]))
 
     async def _call(
-        self, script: Script, keys: Sequence[str], args: Sequence[Arg], batch_id: str
+        self, script: Script, keys: Sequence[str], args: Sequence[Arg], tally: _Tally
     ) -> Any:
         """A script of the accept path; with ``min_replicas``, followed by WAIT on its
-        connection, and ``ReplicasBehind`` when too few replicas confirmed its writes."""
+        connection, how many replicas confirmed its writes counted in ``tally``."""
         try:
             if not self.min_replicas:
                 return await script(keys, args)
             result, acked = await script.then_wait(keys, args, self.min_replicas, REPLICA_WAIT_MS)
         except REDIS_ERRORS as exc:
             raise StoreError(f"could not queue the batch: {exc}") from exc
-        if acked < self.min_replicas:
-            replay = isinstance(result, list) and result and text(result[0]) == "replay"
-            raise ReplicasBehind(
-                f"batch {batch_id} is on the master, but {acked} of {self.min_replicas} "
-                f"replicas confirmed it within {REPLICA_WAIT_MS} ms",
-                None if replay else batch_id,
-            )
+        tally.fewest = min(tally.fewest, acked)
         return result
 
     # --- replays ------------------------------------------------------------------------
@@ -337,6 +341,24 @@ class Acceptor:
                 f"{self.min_replicas} replicas confirmed it within {REPLICA_WAIT_MS} ms"
             )
         return list(found)
+
+
+@dataclass
+class _Tally:
+    """The fewest replicas that confirmed any write of one accept, against those wanted."""
+
+    wanted: int
+    fewest: int = 1 << 30
+
+    def check(self, batch_id: str | None) -> None:
+        """``ReplicasBehind`` if a write was confirmed by fewer replicas than wanted."""
+        if self.wanted and self.fewest < self.wanted:
+            raise ReplicasBehind(
+                f"{f'batch {batch_id}' if batch_id else 'the batch'} is on the master, but "
+                f"{self.fewest} of {self.wanted} "
+                f"replicas confirmed it within {REPLICA_WAIT_MS} ms",
+                batch_id,
+            )
 
 
 @dataclass

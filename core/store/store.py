@@ -149,6 +149,8 @@ class Store:
     def shard_of(self, message_id: str) -> Shard:
         """The shard a message id names; shard 0 for a string that is no message id (nothing
         of it is stored anywhere else); ``StoreError`` for a shard this deployment has not."""
+        if self.shards.count == 1:
+            return self.shards.all[0]
         index = ids.shard_of(message_id)
         if index is None:
             return self.shards.all[0]
@@ -581,7 +583,7 @@ async def open_store(
     once: a cluster is then reached through redis-py's cluster client, which follows the
     slot map and its changes). ``shards``: the shard count this process is configured with,
     written to Redis if none is yet and a ``ConfigurationError`` if another is (``None``:
-    whatever Redis says, one if nothing)."""
+    whatever Redis says, and one, written, if it says nothing)."""
     client: Client = _single(url, max_connections)
     try:
         try:
@@ -611,10 +613,11 @@ async def open_store(
 
 
 async def _shard_count(client: Client, wanted: int | None) -> int:
-    """The deployment's shard count: written once (the first ``sluice serve``), fixed after."""
+    """The deployment's shard count: written by the first process that opens the data (one
+    unless it is told another), fixed after: data written in one layout must never be read
+    in another."""
     try:
-        if wanted is not None:
-            await client.hsetnx(keys.CONFIG, "shards", wanted)
+        await client.hsetnx(keys.CONFIG, "shards", wanted or 1)
         stored: Any = await client.hget(keys.CONFIG, "shards")
     except REDIS_ERRORS as exc:
         raise StoreError(f"cannot read Sluice's configuration in Redis: {exc}") from exc
@@ -625,7 +628,8 @@ async def _shard_count(client: Client, wanted: int | None) -> int:
         )
     if wanted is not None and wanted != count:
         raise ConfigurationError(
-            f"SLUICE_SHARDS is {wanted}, but this Redis holds data of {count} shards: the count "
+            f"SLUICE_SHARDS is {wanted}, but this Redis holds data in {count} shard"
+            f"{'s' if count > 1 else ''}: the count "
             f"is fixed for the life of a deployment (changing it would move every contact)"
         )
     return count

@@ -35,8 +35,11 @@ def where_options(*, redis: bool = True) -> argparse.ArgumentParser:
 
 @asynccontextmanager
 async def operator_store(settings: Settings) -> AsyncIterator[Store]:
+    """The store a command works on; an explicit ``SLUICE_SHARDS`` is checked against the data's
+    (or written, before any data: a list imported before the first ``sluice serve``)."""
+    shards = settings.redis.shards
     if settings.redis.url is not None:
-        async with open_store(settings.redis.url) as store:
+        async with open_store(settings.redis.url, shards=shards) as store:
             yield store
         return
     lock = DataDirLock(settings.data_dir)
@@ -50,14 +53,14 @@ async def operator_store(settings: Settings) -> AsyncIterator[Store]:
             raise ConfigurationError(
                 f"sluice serve holds {settings.data_dir} but its Redis is not up yet; try again"
             ) from exc
-        async with open_store(url) as store:
+        async with open_store(url, shards=shards) as store:
             yield store
         return
     try:
         redis = EmbeddedRedis(settings.data_dir, binary=settings.redis.server)
         url = redis.start()
         try:
-            async with open_store(url) as store:
+            async with open_store(url, shards=shards) as store:
                 yield store
         finally:
             redis.stop()
