@@ -45,7 +45,7 @@ async def test_any_node_of_a_cluster_opens_a_store_through_the_cluster_client(
     cluster: LocalCluster,
 ) -> None:
     for port in cluster.ports:
-        async with open_store(f"redis://127.0.0.1:{port}") as store:
+        async with open_store(f"redis://127.0.0.1:{port}", shards=CLUSTER_SHARDS) as store:
             assert isinstance(store.redis, RedisCluster)
             await store.redis.hset(keys.STATS, "probe", port)  # type: ignore[misc]
     home = owner_of(cluster, keys.STATS)
