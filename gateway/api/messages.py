@@ -330,8 +330,12 @@ PATHS: dict[str, Any] = {
                     "name": "after",
                     "in": "query",
                     "required": False,
-                    # empty: from the oldest event
-                    "schema": {"type": "string", "pattern": r"^(\d{1,20}-\d{1,20})?$"},
+                    "description": "The `next` of an earlier page (opaque: over several shards it "
+                    "names each shard's position); empty: from the oldest event",
+                    "schema": {
+                        "type": "string",
+                        "pattern": r"^(\d{1,20}-\d{1,20}|v1(\.\d{1,20})(\.(\d{1,20}-\d{1,20})?)+)?$",
+                    },
                 },
                 LIMIT_QUERY,
             ],
