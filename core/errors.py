@@ -105,6 +105,7 @@ class DeliveryError(SluiceError):
         self.status = status  # the RFC 3463 code of the reply ("5.1.1"), when known
         self.throttle = throttle  # the destination asks us to slow down
         self.retry_after = retry_after  # seconds before the destination takes mail again
+        self.source_ip: str | None = None  # the sending IP of the attempt, once one was chosen
 
 
 class TransientDeliveryError(DeliveryError):

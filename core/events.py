@@ -46,6 +46,7 @@ def pack_event(
     contact_id: str | None,
     category: str | None,
     metadata: dict[str, Any] | None,
+    campaign: str | None = None,
     **extra: Any,
 ) -> bytes:
     body: dict[str, Any] = {
@@ -57,11 +58,13 @@ def pack_event(
         "category": category,
         "metadata": metadata or {},
     }
+    if campaign is not None:  # absent: an engagement event takes its message's (``c``)
+        body["campaign"] = campaign
     body.update(extra)  # type-specific fields; None stays null so consumers see the field
     return msgpack.packb(body)  # type: ignore[no-any-return]
 
 
-CONTEXT_FIELDS = ("email", "contact_id", "category", "metadata")
+CONTEXT_FIELDS = ("email", "contact_id", "category", "campaign", "metadata")
 
 
 def unpack_event(

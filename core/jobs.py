@@ -44,6 +44,7 @@ class BatchContent:
     stream: str  # "marketing" | "transactional"
     reply_to: Mailbox | None = None
     category: str | None = None
+    campaign: str | None = None  # what statistics group it under (None: the category)
     headers: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +65,7 @@ class BatchContent:
                 "h": self.html,
                 "t": self.text,
                 "cat": self.category,
+                "cp": self.campaign,
                 "st": self.stream,
                 "hd": self.headers,
                 "tg": self.tags,
@@ -86,6 +88,7 @@ class BatchContent:
             stream=wire.get("st") or "marketing",
             reply_to=Mailbox(*reply_to) if reply_to else None,
             category=wire.get("cat"),
+            campaign=wire.get("cp"),
             headers=wire.get("hd") or {},
             tags=wire.get("tg") or [],
             metadata=wire.get("md") or {},

@@ -21,6 +21,7 @@ DELIVERY_GROUP = "delivery"  # consumer group of the delivery workers, on every 
 DESTINATIONS = PREFIX + "destinations"  # hash: worker name -> msgpack snapshot of its pools
 POLICY = PREFIX + "policy"  # string: JSON of the contact policy (caps, quiet hours)
 WEBHOOK_LEASE = PREFIX + "wh:lease"  # string: which gateway dispatches webhooks
+ROLLUP_LEASE = PREFIX + "roll:lease"  # string: which gateway counts events into rollups
 WEBHOOK_CURSOR = PREFIX + "wh:cursor"  # string: last event id delivered (or dead-lettered)
 WEBHOOK_INFLIGHT = PREFIX + "wh:inflight"  # string: msgpack of the batch being (re)tried
 WEBHOOK_STATE = PREFIX + "wh:state"  # hash: disabled, last_error, delivered_batches, ...
@@ -79,6 +80,8 @@ class ShardKeys:
         self._links = prefix + "links:"  # string per batch: msgpack list of its tracked URLs
         self._idempotency = prefix + "idem:"  # hash per Idempotency-Key: digest, answer
         self._intent = prefix + "intent:"  # hash per Idempotency-Key of a batch over shards
+        self.rollup_cursor = prefix + "roll:cursor"  # string: last event counted in rollups
+        self._rollup = prefix + "roll:"  # hash per hour and per day: counters (core/rollups.py)
         # each name made once per process: a batch of 1,000 recipients names 1,000 of them
         self.suppression_bucket = functools.lru_cache(maxsize=1 << 16)(self._bucket)
 
@@ -104,6 +107,14 @@ class ShardKeys:
         """The answer kept for an Idempotency-Key: the whole batch's, or (a batch over several
         shards) this shard's part."""
         return self._idempotency + key_digest
+
+    def rollup(self, resolution: str, bucket: str) -> str:
+        """The counters of one hour (``h``, ``YYYYMMDDHH``) or day (``d``, ``YYYYMMDD``)."""
+        return f"{self._rollup}{resolution}:{bucket}"
+
+    def bounce_samples(self, campaign: str, bounce_class: str) -> str:
+        """The latest replies of a campaign's bounces of one class."""
+        return f"{self._rollup}sample:{campaign}:{bounce_class}"
 
     def intent(self, key_digest: str) -> str:
         """A batch over several shards: the request digest and answer kept for its key before

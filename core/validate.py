@@ -37,6 +37,10 @@ def category(value: object, field: str = "category") -> str:
     return name(value, field)
 
 
+def campaign(value: object, field: str = "campaign") -> str:
+    return name(value, field)
+
+
 def pool(value: object, field: str = "pool") -> str:
     return name(value, field)
 

@@ -5,6 +5,8 @@ context so it is closed only if it was opened."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from gateway import api
 from gateway.api.common import API_KEY, INTAKE, METRICS, PREPARE, REDIS_URL, SETTINGS, STORE
 from gateway.intake import Intake, Submitted
 from gateway.middleware import MIDDLEWARES, RUNNER_OPTIONS
+from gateway.rollups import Roller
 from gateway.submission import start_submission, tls_context
 from tracking.endpoints import Tracking
 from tracking.tokens import Tokens, load_keys
@@ -58,6 +61,16 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _rollups_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The rollup counter (``gateway/rollups.py``): one per gateway, one of them counts."""
+    roller = Roller(app[STORE])
+    task = asyncio.create_task(roller.run(), name="rollups")
+    yield
+    roller.stopping.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+
+
 async def _submission_ctx(app: web.Application) -> AsyncIterator[None]:
     """SMTP submission (``--submission``), on the same intake as the API: the same prepare
     thread, policy and queue."""
@@ -91,6 +104,7 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_prepare_ctx)
     app.cleanup_ctx.append(_submission_ctx)
+    app.cleanup_ctx.append(_rollups_ctx)
     app.router.add_routes(api.routes())
     tracking = Tracking(
         lambda request: request.app[STORE],

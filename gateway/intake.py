@@ -210,6 +210,7 @@ def prepare(
             email=address,
             contact_id=r.contact_id,
             category=content.category,
+            campaign=content.campaign,
             metadata={**content.metadata, **r.metadata},
             **({"send_at": iso_time(due)} if due else {}),
             **where,

@@ -214,6 +214,7 @@ _TOP_LEVEL = frozenset(
         "html",
         "text",
         "category",
+        "campaign",
         "stream",
         "headers",
         "tags",
@@ -256,6 +257,9 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
     category = _require_str(body, "category", "category", required=False)
     if category is not None:
         validate.category(category)
+    campaign = _require_str(body, "campaign", "campaign", required=False)
+    if campaign is not None:
+        validate.campaign(campaign)
     stream = _require_str(body, "stream", "stream", required=True)
     if stream not in STREAMS:
         raise _fail("stream", f"'stream' must be one of {', '.join(STREAMS)}")
@@ -278,6 +282,7 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
         html=html,
         text=text,
         category=category,
+        campaign=campaign,
         stream=stream,
         headers=headers,
         tags=tags,

@@ -7,7 +7,7 @@ Nothing is relayed without authentication (530). A suppressed recipient is
 refused at RCPT time (550 5.7.1), as is one already at a ``*`` frequency cap. Bare CR or LF in the data is refused (RFC 5321
 2.3.8; the SMTP smuggling defence). The message becomes a Sluice send request:
 its From, Reply-To, Subject and text/html parts, one recipient per RCPT TO, and
-``X-Sluice-Category``, ``X-Sluice-Stream`` (marketing by default) and
+``X-Sluice-Category``, ``X-Sluice-Campaign``, ``X-Sluice-Stream`` (marketing by default) and
 ``X-Sluice-Metadata`` (a JSON object) headers, which are not delivered. It then
 takes the API's path (contact policy, queue, DKIM, tracking) and 250 means what
 202 means: durable. Attachments and other MIME parts are refused (554 5.6.1).
@@ -123,6 +123,8 @@ def to_request(message: EmailMessage, recipients: list[str]) -> dict[str, Any]:
     }
     if message.get("X-Sluice-Category"):
         body["category"] = str(message["X-Sluice-Category"]).strip()
+    if message.get("X-Sluice-Campaign"):
+        body["campaign"] = str(message["X-Sluice-Campaign"]).strip()
     if message.get("X-Sluice-Metadata"):
         try:
             body["metadata"] = json.loads(str(message["X-Sluice-Metadata"]))

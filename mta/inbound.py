@@ -310,6 +310,7 @@ def _event(message_id: str, context: dict[str, Any], kind: EventType, **fields: 
         contact_id=context["contact_id"],
         category=context["category"],
         metadata=context["metadata"],
+        campaign=context.get("campaign"),
         **fields,
     )
 

@@ -378,13 +378,14 @@ class Worker:
                 EventType.SUPPRESSED,
                 reason=suppressed.reason,
                 scope=suppressed.category or "global",
+                stage="delivery",  # suppressed after it was accepted: counted once, at accept
             )
             return
         started = time.monotonic()
         attempt = job.attempts + 1
         provider = provider_of(domain_of(job.email))
         try:
-            dest, reply_code = await self._send(batch, job)
+            dest, reply_code, source_ip = await self._send(batch, job)
         except (RenderError, MimeError, TemplateError, DkimSignError) as exc:
             self.metrics.attempt(provider, time.monotonic() - started)
             log.warning("message=%s cannot be built: %s", message_id, exc)
@@ -417,6 +418,7 @@ class Worker:
                 hard=exc.hard,
                 reason=exc.detail,
                 attempt=attempt,
+                **self._sent_from(exc.source_ip, batch, provider),
             )
         except TransientDeliveryError as exc:
             self._attempted(
@@ -426,11 +428,28 @@ class Worker:
         else:
             self._attempted(message_id, provider, dest, reply_code, started, "delivered")
             await self._finish(
-                queued, batch, EventType.DELIVERED, smtp_code=reply_code, mx=dest, attempt=attempt
+                queued,
+                batch,
+                EventType.DELIVERED,
+                smtp_code=reply_code,
+                mx=dest,
+                attempt=attempt,
+                **self._sent_from(source_ip, batch, provider),
             )
 
-    async def _send(self, batch: BatchContent, job: Job) -> tuple[str, int]:
-        """Build and send one message; (destination, reply code) or a DeliveryError."""
+    def _sent_from(
+        self, source_ip: str | None, batch: BatchContent, provider: str
+    ) -> dict[str, Any]:
+        """What an attempt's event says of where it went from: the mailbox provider, the
+        sending IP and its pool (None: the host's default address), for statistics."""
+        pool = batch.ip_pool if source_ip is not None else None
+        if source_ip is not None and pool is None:
+            pool = next((p for p, ips in self.pools.items() if source_ip in ips), None)
+        return {"provider": provider, "ip": source_ip, "pool": pool}
+
+    async def _send(self, batch: BatchContent, job: Job) -> tuple[str, int, str | None]:
+        """Build and send one message; (destination, reply code, sending IP) or a
+        DeliveryError (whose ``source_ip`` says the IP once one was chosen)."""
         message = await self._compose(batch, job)
         recipient = job.email
         domain = domain_of(recipient)
@@ -447,16 +466,18 @@ class Worker:
                     dest, domain, sender, recipient, message, source_ip=source_ip
                 )
             except TransientDeliveryError as exc:
+                exc.source_ip = source_ip
                 if exc.smtp_code is not None or exc.throttle:
                     await self._warmup_signal(source_ip, provider, "deferred")
                     raise  # the host answered (or asked us to wait): not the next MX's business
                 failure = exc  # could not talk to this host: try the next one
-            except PermanentDeliveryError:
+            except PermanentDeliveryError as exc:
+                exc.source_ip = source_ip
                 await self._warmup_signal(source_ip, provider, "bounced")
                 raise
             else:
                 await self._warmup_signal(source_ip, provider, "sent", job.message_id)
-                return str(dest), reply.code
+                return str(dest), reply.code, source_ip
         raise failure
 
     async def _warmup_signal(
@@ -602,7 +623,10 @@ class Worker:
             "smtp_code": exc.smtp_code,
             "reason": exc.detail,
             "attempt": job.attempts,
+            **self._sent_from(exc.source_ip, batch, provider_of(domain_of(job.email))),
         }
+        if isinstance(exc, WarmupDeferral):
+            fields["held_by"] = "warmup"
         if now >= deadline:
             await self._finish(queued, batch, EventType.EXPIRED, **fields)
             return
@@ -641,6 +665,7 @@ class Worker:
             email=job.email,
             contact_id=job.contact_id,
             category=batch.category if batch else None,
+            campaign=batch.campaign if batch else None,
             metadata=metadata,
             **fields,
         )

@@ -26,7 +26,11 @@ for i = 1, #KEYS - 5 do
   event_ids[i] = append_event(KEYS[3], ARGV[2], event, record, now, retention)
   if status ~= "" then  -- "" records an event (a complaint, say) without a new status
     redis.call('HSET', record, 's', status)
-    if status == 'delivered' then redis.call('HSET', record, 'dt', now) end
+    if status == 'delivered' then
+      -- the sending IP and pool, for statistics of what happens to the message later
+      local sent = cmsgpack.unpack(event)
+      redis.call('HSET', record, 'dt', now, 'si', sent['ip'] or '', 'sp', sent['pool'] or '')
+    end
     redis.call('HINCRBY', KEYS[4], status, 1)
   end
   if retry_job ~= "" then

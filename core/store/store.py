@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from core import ids, keys
 from core.errors import ConfigurationError
+from core.events import CONTEXT_FIELDS
 from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput, QueuedJob
 from core.shards import Shard, Shards, valid_count
 from core.store.accepting import Accepted, Acceptor, Unfinished
@@ -38,6 +39,7 @@ from core.store.base import (
     text,
 )
 from core.store.events import EventLog, event_id
+from core.store.rollups import RollupStore
 from core.store.suppressions import Suppressions
 from core.store.warmup import WarmupStore
 from core.store.webhooks import WebhookStore
@@ -123,6 +125,7 @@ class Store:
         self._engage = Script(client, "engage.lua")
         self._report = Script(client, "report.lua", library="timeline.lua")
         self.suppressions = Suppressions(client, self.shards)
+        self.rollups = RollupStore(client, self.shards)
         self.webhooks = WebhookStore(client)
         self.warmup = WarmupStore(client)
 
@@ -472,14 +475,15 @@ class Store:
         return [None if status is None else text(status) for status in found]
 
     async def message_context(self, message_id: str) -> dict[str, Any] | None:
-        """Email, contact, category and metadata of a message, from its first event."""
+        """Email, contact, category, campaign and metadata of a message, from its first
+        event."""
         found = await self.message(message_id)
         if found is None or not found["events"]:
             return None
         first = found["events"][0]
         return {
             "status": found["status"],
-            **{k: first.get(k) for k in ("email", "contact_id", "category", "metadata")},
+            **{k: first.get(k) for k in CONTEXT_FIELDS},
         }
 
     # --- destinations -----------------------------------------------------------

@@ -55,7 +55,7 @@ class WebhookState:
 class WebhookStore:
     def __init__(self, client: Client) -> None:
         self.redis = client
-        self._lease = Script(client, "webhook_lease.lua")
+        self._lease = Script(client, "lease.lua")
         self._replay = Script(client, "webhook_replay.lua")
 
     async def hold_lease(self, owner: str, milliseconds: int) -> bool:

@@ -10,6 +10,7 @@ them, its part of the OpenAPI document (``PATHS``, ``SCHEMAS``); ``gateway.app``
 | ``warmup`` | ``/v1/warmup/status``, ``/v1/warmup/ips/{ip}`` and its pause/resume |
 | ``webhooks`` | ``/v1/webhooks`` and its dead letters |
 | ``destinations`` | ``GET /v1/destinations`` |
+| ``stats`` | ``GET /v1/stats``, ``GET /v1/campaigns``, ``GET /v1/campaigns/{campaign}`` |
 | ``system`` | ``GET /healthz``, ``GET /metrics`` |
 | ``openapi`` | ``GET /openapi.json`` (assembles every module's description) |
 | ``tracking`` | the description of ``/t/*`` (served by ``tracking.endpoints``) |
@@ -28,6 +29,7 @@ from gateway.api import (
     openapi,
     policy,
     sendgrid,
+    stats,
     suppressions,
     system,
     warmup,
@@ -48,6 +50,7 @@ def routes() -> list[web.RouteDef]:
         warmup,
         webhooks,
         destinations,
+        stats,
         system,
         openapi,
     ):

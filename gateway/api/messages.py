@@ -193,6 +193,11 @@ _SEND = _null_means_absent(
             "html": {"type": "string", "description": "Jinja2 template; values are HTML-escaped"},
             "text": {"type": "string", "description": "Jinja2 template"},
             "category": TOKEN,
+            "campaign": {
+                **TOKEN,
+                "description": "what statistics group the messages under (kept on every "
+                "event); default: the category",
+            },
             "stream": {"type": "string", "enum": list(schemas.STREAMS)},
             "headers": {
                 "type": "object",

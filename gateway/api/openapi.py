@@ -14,6 +14,7 @@ from gateway.api import (
     messages,
     policy,
     sendgrid,
+    stats,
     suppressions,
     system,
     tracking,
@@ -31,6 +32,7 @@ DESCRIBED: tuple[ModuleType, ...] = (
     webhooks,
     sendgrid,
     warmup,
+    stats,
     tracking,
     system,
 )

@@ -212,6 +212,8 @@ def to_sluice(body: Any) -> dict[str, Any]:
         out["tags"] = categories
     if body.get("custom_args"):
         out["metadata"] = body["custom_args"]
+        if isinstance(body["custom_args"], dict) and "campaign" in body["custom_args"]:
+            out["campaign"] = body["custom_args"]["campaign"]  # validated as a name
     if body.get("send_at") is not None:
         out["send_at"] = body["send_at"]
     if body.get("headers"):

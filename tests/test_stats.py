@@ -1,0 +1,252 @@
+"""Statistics from the rollups (``core/rollups.py``, ``gateway/stats.py``): a scripted
+scenario through the real API, worker, SMTP sink, tracking endpoints and inbound server,
+whose every count and rate in ``/v1/stats`` and the campaign report equals what the script
+did, people and machines apart; over one shard and over eight."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import pytest
+
+from core import rollups
+from core.settings import HostPort
+from core.store import Store
+from gateway.stats import Query, buckets, rates_of
+from loadtests.harness import cart_reminder
+from mta.worker import Worker
+from tests.bounce_reports import YAHOO_ARF
+from tests.conftest import Sink, fresh_store
+from tests.inprocess import Client, get, send
+from tracking.machines import CLICK_WINDOW_SECONDS
+
+BROWSER = {"User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15"}
+APPLE_PROXY = {"User-Agent": "Mozilla/5.0"}  # what Apple's proxy sends, from its addresses
+PROVIDERS = {"gmail": "gmail.com", "microsoft": "outlook.com", "yahoo": "yahoo.com"}
+
+
+@pytest.fixture(params=[1, 8], ids=["one-shard", "eight-shards"])
+async def store(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    async with fresh_store(redis_url, request.param) as opened:
+        yield opened
+
+
+def campaign_body(campaign: str, emails: list[str]) -> dict[str, Any]:
+    body = cart_reminder()
+    template = body["recipients"][0]
+    body["campaign"] = campaign
+    body["recipients"] = [
+        {
+            **template,
+            "email": email,
+            "data": {**template["data"], "cart_url": f"https://shop.example.com/cart/{n}"},
+        }
+        for n, email in enumerate(emails)
+    ]
+    return body
+
+
+async def stats(api: Client, **params: str) -> dict[str, Any]:
+    return await get(api, "/v1/stats?" + "&".join(f"{k}={v}" for k, v in params.items()))  # type: ignore[no-any-return]
+
+
+async def settled(api: Client, done: Callable[[dict[str, int]], bool]) -> dict[str, Any]:
+    """The all-time totals once ``done`` holds of them (the counter is a second behind)."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = await stats(api, resolution="day")
+        total: dict[str, int] = {name: 0 for name in rollups.COUNTS}
+        for row in found["rows"]:
+            for name in rollups.COUNTS:
+                total[name] += row["counts"][name]
+        if done(total) or time.monotonic() > deadline:
+            return total
+        await asyncio.sleep(0.2)
+
+
+def html_of(received: Any) -> str:
+    return str(received.message.get_body(("html",)).get_content())
+
+
+@pytest.mark.slow
+async def test_every_count_and_rate_equals_what_the_scenario_did(
+    relay_api: Client, worker: Worker, sink: Sink, inbound: HostPort
+) -> None:
+    # black-friday: 3 recipients at each of gmail, microsoft, yahoo and another domain
+    emails = [
+        f"bf{n}@{domain}" for domain in (*PROVIDERS.values(), "inbox.example.org") for n in range(3)
+    ]
+    sink.refuse["bf0@gmail.com"] = (
+        "550 5.1.1 <bf0@gmail.com>: Recipient address rejected: User unknown"
+    )
+    sink.refuse["bf0@yahoo.com"] = "552 5.2.2 <bf0@yahoo.com>: Mailbox full"
+    sink.refuse["bf0@outlook.com"] = "451 4.7.1 Try again later"
+    await relay_api.put("/v1/suppressions/gone@inbox.example.org", json={"reason": "unsubscribe"})
+    bf = await send(relay_api, campaign_body("black-friday", emails))
+    welcome = await send(
+        relay_api,
+        campaign_body(
+            "welcome", [f"w{n}@inbox.example.org" for n in range(4)] + ["gone@inbox.example.org"]
+        ),
+    )
+    assert [r["status"] for r in welcome] == ["queued"] * 4 + ["suppressed"]
+    await worker.run_until_idle()
+    del sink.refuse["bf0@outlook.com"]  # the deferred one goes through on its retry
+    await asyncio.sleep(1.5)
+    await worker.run_until_idle()
+    delivered = {r.rcpt_tos[0]: r for r in sink.snapshot()}
+    assert len(delivered) == 14
+
+    ids = {r["email"]: r["message_id"] for r in bf}
+    pages = {email: html_of(delivered[email]) for email in delivered if email.startswith("bf")}
+
+    def pixel(email: str) -> str:
+        [url] = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', pages[email])
+        return url
+
+    def first_link(email: str) -> str:
+        return next(u for u in re.findall(r'<a [^>]*href="([^"]+)"', pages[email]) if "/t/c/" in u)
+
+    async with aiohttp.ClientSession() as mail_client:
+        # a link scanner clicks as soon as the message lands: a machine
+        async with mail_client.get(
+            first_link("bf1@outlook.com"), headers=BROWSER, allow_redirects=False
+        ) as r:
+            assert r.status == 302
+        for email in ("bf1@gmail.com", "bf2@gmail.com", "bf1@yahoo.com"):  # people
+            for _ in range(2 if email == "bf1@gmail.com" else 1):
+                async with mail_client.get(pixel(email), headers=BROWSER) as r:
+                    assert r.status == 200
+        for email in ("bf1@gmail.com", "bf2@yahoo.com"):  # Apple's proxy fetches the image
+            async with mail_client.get(pixel(email), headers=APPLE_PROXY) as r:
+                assert r.status == 200
+    await asyncio.sleep(CLICK_WINDOW_SECONDS + 0.5)
+    async with aiohttp.ClientSession() as mail_client:
+        for email in ("bf1@gmail.com", "bf2@outlook.com"):  # people, later
+            async with mail_client.get(
+                first_link(email), headers=BROWSER, allow_redirects=False
+            ) as r:
+                assert r.status == 302
+        one_click = re.findall(
+            r"<([^>]+)>", delivered["bf1@yahoo.com"].message["List-Unsubscribe"]
+        )[0]
+        async with mail_client.post(
+            one_click,
+            data=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ) as r:
+            assert r.status == 200
+
+    complained = delivered["bf2@gmail.com"].message
+    report = YAHOO_ARF.replace(
+        b"<01HZX3J6Q3ARF@sluice.test>", str(complained["Message-ID"]).strip().encode()
+    )
+    async with aiosmtplib.SMTP(hostname=inbound.host, port=inbound.port, timeout=30) as smtp:
+        await smtp.sendmail("", ["fbl@shop.example.com"], report)
+
+    total = await settled(
+        relay_api, lambda t: t["complained"] == 1 and t["unsubscribed"] == 1 and t["clicked"] == 2
+    )
+    assert total == {
+        **{name: 0 for name in rollups.COUNTS},
+        "accepted": 17,
+        "suppressed": 1,
+        "delivered": 14,
+        "deferred": 1,
+        "bounced": 2,
+        "bounced_hard": 1,
+        "complained": 1,
+        "unsubscribed": 1,
+        "opened": 3,
+        "opened_machine": 2,
+        "clicked": 2,
+        "clicked_machine": 1,
+    }
+
+    by_campaign = await stats(relay_api, resolution="day", group_by="campaign")
+    rows = {row["campaign"]: row for row in by_campaign["rows"]}
+    black = rows["black-friday"]
+    assert black["counts"]["accepted"] == 12 and black["counts"]["delivered"] == 10
+    assert black["counts"]["bounced_class"] == {"bad-mailbox": 1, "quota": 1}
+    assert black["rates"] == {
+        "delivery": round(10 / 12, 6),
+        "hard_bounce": round(1 / 12, 6),
+        "complaint": 0.1,
+        "open": 0.3,
+        "click": 0.2,
+        "unsubscribe": 0.1,
+    }
+    assert black["denominators"]["complaint"] == {"of": "delivered", "messages": 10}
+    assert black["low_volume"] is True, "12 messages: too few to act on"
+    assert rows["welcome"]["counts"]["delivered"] == 4
+    assert rows["welcome"]["counts"]["suppressed"] == 1
+
+    gmail = await stats(relay_api, resolution="day", campaign="black-friday", provider="gmail")
+    [row] = gmail["rows"]
+    assert (
+        row["counts"]["accepted"],
+        row["counts"]["delivered"],
+        row["counts"]["bounced_hard"],
+    ) == (3, 2, 1)
+    assert (
+        row["counts"]["opened"],
+        row["counts"]["opened_machine"],
+        row["counts"]["complained"],
+    ) == (2, 1, 1)
+
+    report_ = await get(relay_api, "/v1/campaigns/black-friday")
+    assert [(s["step"], s["messages"]) for s in report_["funnel"]] == [
+        ("accepted", 12),
+        ("delivered", 10),
+        ("opened", 3),
+        ("clicked", 2),
+    ]
+    providers = {p["provider"]: p["counts"]["delivered"] for p in report_["providers"]}
+    assert providers == {"gmail": 2, "microsoft": 3, "yahoo": 2, "other": 3}
+    classes = {c["class"]: c for c in report_["bounce_classes"]}
+    assert "5.1.1" in classes["bad-mailbox"]["samples"][0]
+    links = {link["url"]: link for link in report_["links"]}
+    home = "https://shop.example.com/?utm_source=email&utm_campaign=cart"
+    assert links == {home: {"url": home, "human": 2, "machine": 1}}, "the first link, clicked"
+    listed = await get(relay_api, "/v1/campaigns")
+    assert [c["campaign"] for c in listed["campaigns"]] == ["black-friday", "welcome"]
+    assert ids  # every black-friday recipient got a message id
+
+
+async def test_events_are_counted_once_whatever_the_counters(
+    relay_api: Client, worker: Worker, store: Store
+) -> None:
+    """Two counters on one page: the cursor they both began after lets one count it."""
+    await send(relay_api, campaign_body("spring", [f"s{n}@inbox.example.org" for n in range(30)]))
+    await worker.run_until_idle()
+    total = await settled(relay_api, lambda t: t["delivered"] == 30)
+    assert (total["accepted"], total["delivered"]) == (30, 30)
+    for shard in store.shards.all:  # a page counted again from where it began: refused
+        _, events = await store.rollups.events(shard, 10)
+        assert events == [], "every event counted"
+        cursor = (await store.redis.get(shard.keys.rollup_cursor) or b"").decode()
+        if cursor:
+            from core.store.rollups import Page
+
+            page = Page(shard, "", cursor)
+            page.counts[(rollups.DAILY, rollups.day_of(time.time()), "x")] += 1
+            assert await store.rollups.apply(page) is False
+
+
+def test_rates_name_their_denominators_and_flag_low_volume() -> None:
+    counts = {name: 0 for name in rollups.COUNTS} | {"bounced_class": {}}
+    assert rates_of(counts)["rates"]["delivery"] is None, "no message: no rate"
+    counts.update(delivered=990, bounced=10, bounced_hard=4, complained=2, opened=300)
+    found = rates_of(counts)
+    assert found["rates"]["delivery"] == 0.99 and found["rates"]["hard_bounce"] == 0.004
+    assert found["rates"]["complaint"] == round(2 / 990, 6)
+    assert found["low_volume"] is False
+    assert found["denominators"]["delivery"] == {"of": "delivered+bounced", "messages": 1000}
+    spans = buckets(Query("hour", 3600 * 5 + 10, 3600 * 7))
+    assert [name for name, _ in spans] == ["1970010105", "1970010106", "1970010107"]
