@@ -37,6 +37,8 @@ class Roller:
         self.stopping = asyncio.Event()
         # batch id -> (campaign, category, sending domain) from its content
         self._batches: OrderedDict[str, tuple[str, str, str] | None] = OrderedDict()
+        self._hours: dict[int, tuple[str, str]] = {}
+        self._dims_seen: dict[tuple[Any, ...], str] = {}
 
     async def run(self) -> None:
         while not self.stopping.is_set():
@@ -70,44 +72,65 @@ class Roller:
             e["message_id"] for e in events if "ip" not in e and e.get("type") in _AFTER_DELIVERY
         ]
         senders = dict(zip(asked, await self.store.rollups.senders(shard, asked), strict=True))
+        counts = page.counts
         for event in events:
             dims = await self._dims(event, senders)
-            stamp = float(event.get("timestamp") or 0)
-            hour, day = rollups.hour_of(stamp), rollups.day_of(stamp)
+            hour, day = self._buckets(float(event.get("timestamp") or 0))
             for metric in rollups.metrics_of(event):
-                counter = dims.field(metric)
-                page.counts[(rollups.HOURLY, hour, counter)] += 1
-                page.counts[(rollups.DAILY, day, counter)] += 1
-            if event.get("type") == "clicked" and event.get("url"):
-                link = rollups.link_field(dims.campaign, event["url"], bool(event.get("machine")))
-                page.counts[(rollups.DAILY, day, link)] += 1
-            if event.get("type") == "bounced":
+                counter = metric + dims
+                counts[(rollups.HOURLY, hour, counter)] += 1
+                counts[(rollups.DAILY, day, counter)] += 1
+            kind = event.get("type")
+            if kind == "clicked" and event.get("url"):
+                campaign = dims.split(rollups.SEPARATOR, 2)[1]
+                link = rollups.link_field(campaign, event["url"], bool(event.get("machine")))
+                counts[(rollups.DAILY, day, link)] += 1
+            elif kind == "bounced":
                 reply = " ".join(
                     str(part)
                     for part in (event.get("smtp_code"), event.get("status"), event.get("reason"))
                     if part
                 )
+                campaign = dims.split(rollups.SEPARATOR, 2)[1]
                 bounce_class = str(event.get("bounce_class") or "other")
-                page.samples.append((dims.campaign, bounce_class, reply[:300]))
+                page.samples.append((campaign, bounce_class, reply[:300]))
         return page
 
-    async def _dims(
-        self, event: dict[str, Any], senders: dict[str, tuple[str, str]]
-    ) -> rollups.Dims:
+    def _buckets(self, stamp: float) -> tuple[str, str]:
+        """The hour and day of a time, made once per hour seen."""
+        hour = int(stamp // 3600)
+        found = self._hours.get(hour)
+        if found is None:
+            found = self._hours[hour] = (rollups.hour_of(stamp), rollups.day_of(stamp))
+            if len(self._hours) > 1000:
+                self._hours.clear()
+        return found
+
+    async def _dims(self, event: dict[str, Any], senders: dict[str, tuple[str, str]]) -> str:
+        """The dimensions an event is counted under, as the tail of its counter fields
+        (``TAB campaign TAB category ...``: ``rollups.Dims.field`` without the metric)."""
         message_id = str(event.get("message_id") or "")
         content = await self._batch(message_id)
-        category = str(event.get("category") or "")
-        campaign = str(event.get("campaign") or category)
-        sending_domain = ""
-        if content is not None:
-            campaign, category, sending_domain = content
         if "ip" in event:
             ip, pool = str(event.get("ip") or ""), str(event.get("pool") or "")
         else:
             ip, pool = senders.get(message_id, ("", ""))
         email = str(event.get("email") or "")
-        provider = provider_of(domain_of(email)) if "@" in email else "other"
-        return rollups.Dims(campaign, category, provider, ip, pool, sending_domain)
+        domain = email.rpartition("@")[2].lower()
+        key = (content, domain, ip, pool, event.get("campaign"), event.get("category"))
+        found = self._dims_seen.get(key)
+        if found is None:
+            category = str(event.get("category") or "")
+            campaign = str(event.get("campaign") or category)
+            sending_domain = ""
+            if content is not None:
+                campaign, category, sending_domain = content
+            provider = provider_of(domain) if domain else "other"
+            dims = rollups.Dims(campaign, category, provider, ip, pool, sending_domain)
+            found = self._dims_seen[key] = dims.field("")
+            if len(self._dims_seen) > 100_000:
+                self._dims_seen.clear()
+        return found
 
     async def _batch(self, message_id: str) -> tuple[str, str, str] | None:
         """Campaign (else category), category and sending domain of the message's batch."""
