@@ -6,7 +6,10 @@ did, people and machines apart; over one shard and over eight."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,7 +22,7 @@ from core import rollups
 from core.settings import HostPort
 from core.store import Store
 from gateway.stats import Query, buckets, rates_of
-from loadtests.harness import cart_reminder
+from loadtests.harness import PROJECT_ROOT, cart_reminder
 from mta.worker import Worker
 from tests.bounce_reports import YAHOO_ARF
 from tests.conftest import Sink, fresh_store
@@ -220,13 +223,26 @@ async def test_every_count_and_rate_equals_what_the_scenario_did(
 
 
 async def test_events_are_counted_once_whatever_the_counters(
-    relay_api: Client, worker: Worker, store: Store
+    relay_api: Client, worker: Worker, store: Store, redis_url: str
 ) -> None:
-    """Two counters on one page: the cursor they both began after lets one count it."""
+    """Two counters on one page: the cursor they both began after lets one count it. The
+    command line reads the same figures."""
     await send(relay_api, campaign_body("spring", [f"s{n}@inbox.example.org" for n in range(30)]))
     await worker.run_until_idle()
     total = await settled(relay_api, lambda t: t["delivered"] == 30)
     assert (total["accepted"], total["delivered"]) == (30, 30)
+    by_campaign = ("stats", "--group-by", "campaign", "--json", "--redis-url", redis_url)
+    listed = await asyncio.to_thread(sluice, *by_campaign)
+    [row] = json.loads(listed.stdout)["rows"]
+    assert (row["campaign"], row["counts"]["delivered"]) == ("spring", 30)
+    report = await asyncio.to_thread(
+        sluice, "campaign", "report", "spring", "--redis-url", redis_url
+    )
+    assert "funnel: accepted 30 -> delivered 30 -> opened 0 -> clicked 0" in report.stdout, report
+    missing = await asyncio.to_thread(
+        sluice, "campaign", "report", "autumn", "--redis-url", redis_url
+    )
+    assert missing.returncode == 2 and "no messages of campaign 'autumn'" in missing.stderr
     for shard in store.shards.all:  # a page counted again from where it began: refused
         _, events = await store.rollups.events(shard, 10)
         assert events == [], "every event counted"
@@ -237,6 +253,16 @@ async def test_events_are_counted_once_whatever_the_counters(
             page = Page(shard, "", cursor)
             page.counts[(rollups.DAILY, rollups.day_of(time.time()), "x")] += 1
             assert await store.rollups.apply(page) is False
+
+
+def sluice(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT,
+    )
 
 
 def test_rates_name_their_denominators_and_flag_low_volume() -> None:

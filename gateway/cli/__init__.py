@@ -6,6 +6,7 @@ argparse sub-commands) and ``run`` (what it does).
 | ``sluice serve`` | ``gateway.cli.serve`` (the process: ``gateway.serve``) |
 | ``sluice dkim keygen|list|record|activate|deactivate`` | ``gateway.cli.dkim`` |
 | ``sluice suppress add|remove|show|list|import|export`` | ``gateway.cli.suppress`` |
+| ``sluice stats``, ``sluice campaign list|report NAME`` | ``gateway.cli.stats`` |
 | ``sluice warmup plan|start|status|pause|resume|stop|report`` | ``gateway.cli.warmup`` |
 | ``sluice preflight DOMAIN`` | ``gateway.cli.preflight`` |
 | ``sluice bounce parse FILE...`` | ``gateway.cli.bounce`` |
@@ -25,7 +26,7 @@ from types import ModuleType
 
 from core.errors import ClientError, ConfigurationError
 from core.logs import setup_logging
-from gateway.cli import bounce, dkim, preflight, serve, suppress, tracking, warmup
+from gateway.cli import bounce, dkim, preflight, serve, stats, suppress, tracking, warmup
 
 __all__ = ["main"]
 
@@ -37,6 +38,8 @@ COMMANDS: dict[str, ModuleType] = {
     "warmup": warmup,
     "preflight": preflight,
     "tracking": tracking,
+    "stats": stats,
+    "campaign": stats,
 }
 
 
@@ -50,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="sluice", description="Email delivery and deliverability gateway", parents=[common]
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
+    for module in dict.fromkeys(COMMANDS.values()):  # a module may add several commands
         module.add_commands(commands, common)
     return parser
 
