@@ -112,6 +112,10 @@ class ShardKeys:
         """The counters of one hour (``h``, ``YYYYMMDDHH``) or day (``d``, ``YYYYMMDD``)."""
         return f"{self._rollup}{resolution}:{bucket}"
 
+    def rollup_totals(self) -> str:
+        """Counters since the data began, with bounded labels (``core.rollups.SERIES``)."""
+        return f"{self._rollup}totals"
+
     def bounce_samples(self, campaign: str, bounce_class: str) -> str:
         """The latest replies of a campaign's bounces of one class."""
         return f"{self._rollup}sample:{campaign}:{bounce_class}"

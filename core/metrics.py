@@ -6,7 +6,11 @@ workers count, and the one exposition ``GET /metrics`` serves.
 | ``sluice_http_requests_total`` | counter | ``route`` (the route's pattern or ``unmatched``), ``status`` | API |
 | ``sluice_api_recipients_total`` | counter | ``status`` (``queued``, ``scheduled``, ``suppressed``, ``capped``, ``rejected``) | API |
 | ``sluice_accept_latency_seconds`` | histogram | | API: one per accepted send request, from the intake to the answer |
-| ``sluice_messages_total`` | counter | ``outcome`` (``delivered``, ``deferred``, ``bounced``, ``expired``, ``suppressed``), ``provider`` | workers: each outcome they record |
+| ``sluice_messages_total`` | counter | ``outcome`` (``delivered``, ``deferred``, ``bounced``, ``expired``, ``suppressed``), ``provider``, ``ip``, ``pool`` | workers: each outcome they record |
+| ``sluice_bounces_total`` | counter | ``class``, ``provider``, ``ip`` | the rollups in Redis (``core/rollups.py``), read at each scrape: every bounce since the data began |
+| ``sluice_complaints_total`` | counter | ``provider``, ``ip`` | the rollups |
+| ``sluice_engagement_total`` | counter | ``event`` (``opened``, ``clicked``, ``unsubscribed``), ``agent`` (``human``, ``machine``), ``provider`` | the rollups: every event, not unique ones |
+| ``sluice_policy_holds_total`` | counter | ``reason`` (``quiet_hours``, ``frequency_cap``, ``warmup``) | the rollups |
 | ``sluice_delivery_latency_seconds`` | histogram | ``provider`` | workers: one per delivery attempt, from its start (render) to its outcome (the SMTP reply or the error that ended it) |
 | ``sluice_queue_jobs``, ``sluice_queue_delayed`` | gauge | | Redis, read at each scrape |
 | ``sluice_recorded_events_total`` | counter | ``event`` | Redis's counters per event type, read at each scrape: every process, since the data began |
@@ -197,8 +201,9 @@ class DeliveryMetrics:
         self.registry = _own_registry()
         self._outcomes = Counter(
             "sluice_messages",
-            "Delivery outcomes recorded by the workers, by outcome and provider group.",
-            ["outcome", "provider"],
+            "Delivery outcomes recorded by the workers, by outcome, provider group, sending IP "
+            "and pool (empty: the host's default address, or none chosen yet).",
+            ["outcome", "provider", "ip", "pool"],
             registry=self.registry,
         )
         self._latency = Histogram(
@@ -209,8 +214,8 @@ class DeliveryMetrics:
             registry=self.registry,
         )
 
-    def outcome(self, outcome: str, provider: str) -> None:
-        self._outcomes.labels(outcome, provider).inc()
+    def outcome(self, outcome: str, provider: str, ip: str = "", pool: str = "") -> None:
+        self._outcomes.labels(outcome, provider, ip, pool).inc()
 
     def attempt(self, provider: str, seconds: float) -> None:
         self._latency.labels(provider).observe(seconds)
@@ -244,3 +249,28 @@ class _QueueCollector:
         for event, n in sorted(self.queue.events.items()):
             recorded.add_metric([event], n)
         yield recorded
+        from core.rollups import SEPARATOR, SERIES
+
+        families = {
+            name: CounterMetricFamily(
+                name.removesuffix("_total"), _SERIES_HELP[name], labels=list(labels)
+            )
+            for name, labels in SERIES.items()
+        }
+        for field, n in sorted(self.queue.totals.items()):
+            name, *values = field.split(SEPARATOR)
+            if name in families and len(values) == len(SERIES[name]):
+                families[name].add_metric(values, n)
+        yield from families.values()
+
+
+_SERIES_HELP = {
+    "sluice_bounces_total": "Bounces since the data began, by class, provider group and "
+    "sending IP (every Sluice sharing this Redis shows the same figures).",
+    "sluice_complaints_total": "Complaints (ARF reports) since the data began, by provider "
+    "group and sending IP.",
+    "sluice_engagement_total": "Opens, clicks and unsubscribes since the data began, by "
+    "people or machines (Apple's proxy, scanners), by provider group.",
+    "sluice_policy_holds_total": "Messages held since the data began: by quiet hours, a "
+    "deferring frequency cap, or a warming IP's budget (attempts).",
+}

@@ -33,6 +33,7 @@ from typing import Any
 SEPARATOR = "\t"
 DIMENSIONS = ("campaign", "category", "provider", "ip", "pool", "sending_domain")
 HOURLY, DAILY = "h", "d"
+TOTALS = "t"  # counters since the data began, with bounded labels, for Prometheus
 HOURLY_SECONDS_KEPT = 30 * 86400  # hourly counters: 30 days
 DAILY_SECONDS_KEPT = 400 * 86400  # daily counters: 400 days
 
@@ -94,6 +95,33 @@ def parse_link(field: str) -> tuple[str, str, bool] | None:
     if len(parts) != 4 or parts[0] != LINK:
         return None
     return parts[1], parts[2], parts[3] == "machine"
+
+
+# Prometheus series kept in the totals hash: name -> label names (all bounded: provider
+# groups, configured IPs, bounce classes, event kinds)
+SERIES = {
+    "sluice_bounces_total": ("class", "provider", "ip"),
+    "sluice_complaints_total": ("provider", "ip"),
+    "sluice_engagement_total": ("event", "agent", "provider"),
+    "sluice_policy_holds_total": ("reason",),
+}
+_HOLDS = {"held_quiet_hours": "quiet_hours", "held_cap": "frequency_cap", "held_warmup": "warmup"}
+
+
+def series_of(event: dict[str, Any], dims: Dims) -> Iterator[str]:
+    """The totals one event adds to: ``<series> TAB <label values>`` fields."""
+    kind = event.get("type")
+    if kind == "bounced":
+        bounce_class = str(event.get("bounce_class") or "other")
+        yield SEPARATOR.join(("sluice_bounces_total", bounce_class, dims.provider, dims.ip))
+    elif kind == "complained":
+        yield SEPARATOR.join(("sluice_complaints_total", dims.provider, dims.ip))
+    elif kind in ("opened", "clicked", "unsubscribed"):
+        agent = "machine" if event.get("machine") else "human"
+        yield SEPARATOR.join(("sluice_engagement_total", str(kind), agent, dims.provider))
+    for metric in metrics_of(event):
+        if metric in _HOLDS:
+            yield SEPARATOR.join(("sluice_policy_holds_total", _HOLDS[metric]))
 
 
 def hour_of(stamp: float) -> str:

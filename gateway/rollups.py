@@ -39,6 +39,7 @@ class Roller:
         self._batches: OrderedDict[str, tuple[str, str, str] | None] = OrderedDict()
         self._hours: dict[int, tuple[str, str]] = {}
         self._dims_seen: dict[tuple[Any, ...], str] = {}
+        self._parsed_dims: dict[str, rollups.Dims] = {}
 
     async def run(self) -> None:
         while not self.stopping.is_set():
@@ -80,6 +81,8 @@ class Roller:
                 counter = metric + dims
                 counts[(rollups.HOURLY, hour, counter)] += 1
                 counts[(rollups.DAILY, day, counter)] += 1
+            for series in rollups.series_of(event, self._parsed(dims)):
+                counts[(rollups.TOTALS, "", series)] += 1
             kind = event.get("type")
             if kind == "clicked" and event.get("url"):
                 campaign = dims.split(rollups.SEPARATOR, 2)[1]
@@ -95,6 +98,16 @@ class Roller:
                 bounce_class = str(event.get("bounce_class") or "other")
                 page.samples.append((campaign, bounce_class, reply[:300]))
         return page
+
+    def _parsed(self, dims: str) -> rollups.Dims:
+        found = self._parsed_dims.get(dims)
+        if found is None:
+            parsed = rollups.parse_field(dims)
+            assert parsed is not None
+            found = self._parsed_dims[dims] = parsed[1]
+            if len(self._parsed_dims) > 100_000:
+                self._parsed_dims.clear()
+        return found
 
     def _buckets(self, stamp: float) -> tuple[str, str]:
         """The hour and day of a time, made once per hour seen."""

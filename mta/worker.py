@@ -680,7 +680,8 @@ class Worker:
                 "" if retry_job is not None else domain_of(job.email),
             )
         )
-        self.metrics.outcome(kind.value, provider_of(domain_of(job.email)))
+        provider = fields.get("provider") or provider_of(domain_of(job.email))
+        self.metrics.outcome(kind.value, provider, fields.get("ip") or "", fields.get("pool") or "")
 
 
 async def _worker_main(settings: Settings, redis_url: str, name: str, verp_key: Secret) -> None:

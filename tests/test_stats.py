@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from core import rollups
 from core.settings import HostPort
@@ -217,6 +218,41 @@ async def test_every_count_and_rate_equals_what_the_scenario_did(
     links = {link["url"]: link for link in report_["links"]}
     home = "https://shop.example.com/?utm_source=email&utm_campaign=cart"
     assert links == {home: {"url": home, "human": 2, "machine": 1}}, "the first link, clicked"
+    # /metrics: the same figures, with bounded labels
+    scraped = await (await relay_api.get("/metrics")).text()
+    samples = [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+    ]
+
+    def metric(name: str, **labels: str) -> float:
+        return sum(v for n, found, v in samples if n == name and labels.items() <= found.items())
+
+    assert metric("sluice_bounces_total", **{"class": "bad-mailbox"}, provider="gmail") == 1
+    assert metric("sluice_bounces_total", **{"class": "quota"}, provider="yahoo") == 1
+    assert metric("sluice_bounces_total") == 2
+    assert (
+        metric("sluice_complaints_total", provider="gmail")
+        == metric("sluice_complaints_total")
+        == 1
+    )
+    opened = {
+        (agent, provider): metric(
+            "sluice_engagement_total", event="opened", agent=agent, provider=provider
+        )
+        for agent in ("human", "machine")
+        for provider in ("gmail", "yahoo")
+    }
+    assert opened == {
+        ("human", "gmail"): 3,
+        ("human", "yahoo"): 1,
+        ("machine", "gmail"): 1,
+        ("machine", "yahoo"): 1,
+    }
+    assert metric("sluice_engagement_total", event="clicked", agent="machine") == 1
+    assert metric("sluice_engagement_total", event="clicked", agent="human") == 2
+    assert metric("sluice_engagement_total", event="unsubscribed") == 1
     listed = await get(relay_api, "/v1/campaigns")
     assert [c["campaign"] for c in listed["campaigns"]] == ["black-friday", "welcome"]
     assert ids  # every black-friday recipient got a message id

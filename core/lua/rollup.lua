@@ -2,7 +2,7 @@
 -- the shard's rollup cursor is still where the page began (core/store/rollups.py).
 -- KEYS[1] the rollup cursor; KEYS[2..] counter hashes and bounce-sample lists
 -- ARGV[1] the cursor the page began after ("" for the stream's start)  ARGV[2] its last event
--- ARGV[3] how many keys follow KEYS[1] with a TTL (n), then n TTLs in seconds (one per key)
+-- ARGV[3] how many keys follow KEYS[1] (n), then n TTLs in seconds (one per key; 0: none)
 -- then: count of increments m, then m triples (key number, field, increment);
 -- then pairs (key number, reply) of bounce samples, each list kept to its 3 latest
 -- Returns 1 when counted, 0 when another counter moved the cursor first.
@@ -22,7 +22,8 @@ for i = at + 1 + 3 * m, #ARGV, 2 do
   redis.call('LTRIM', key, 0, 2)
 end
 for k = 1, n do
-  redis.call('EXPIRE', KEYS[1 + k], tonumber(ARGV[3 + k]))
+  local ttl = tonumber(ARGV[3 + k])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[1 + k], ttl) end  -- 0: kept (the totals)
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1

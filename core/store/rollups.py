@@ -77,9 +77,13 @@ class RollupStore:
 
         increments: list[Arg] = []
         for (resolution, bucket, counter), n in page.counts.items():
-            hourly = resolution == rollups.HOURLY
-            kept = rollups.HOURLY_SECONDS_KEPT if hourly else rollups.DAILY_SECONDS_KEPT
-            increments += [key_number(where.rollup(resolution, bucket), kept), counter, n]
+            if resolution == rollups.TOTALS:
+                number = key_number(where.rollup_totals(), 0)
+            else:
+                hourly = resolution == rollups.HOURLY
+                kept = rollups.HOURLY_SECONDS_KEPT if hourly else rollups.DAILY_SECONDS_KEPT
+                number = key_number(where.rollup(resolution, bucket), kept)
+            increments += [number, counter, n]
         samples: list[Arg] = []
         for campaign, bounce_class, reply in page.samples:
             sample_key = where.bounce_samples(campaign, bounce_class)
@@ -105,6 +109,18 @@ class RollupStore:
                 position += 1
             found[bucket] = total
         return found
+
+    async def totals(self) -> Counter[str]:
+        """The counters since the data began (``rollups.SERIES``), summed over shards."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.shards.all:
+                pipe.hgetall(shard.keys.rollup_totals())
+            replies = await pipe.execute()
+        total: Counter[str] = Counter()
+        for reply in replies:
+            for name, value in reply.items():
+                total[text(name)] += int(value)
+        return total
 
     async def bounce_samples(self, campaign: str, bounce_class: str) -> list[str]:
         """The latest replies of the campaign's bounces of a class, over shards."""

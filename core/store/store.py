@@ -97,6 +97,7 @@ class QueueGauges:
     jobs: int  # entries in the jobs stream: ready or in flight
     delayed: int  # jobs waiting for their send_at or a retry
     events: dict[str, int]  # events recorded by every process since the data began, by type
+    totals: dict[str, int]  # the rollups' counters since the data began (core.rollups.SERIES)
 
 
 # The cluster client's connections per node and process: it raises instead of waiting
@@ -550,7 +551,8 @@ class Store:
             delayed += int(replies[n + 1])
             for name, value in replies[n + 2].items():
                 events[text(name)] = events.get(text(name), 0) + int(value)
-        return QueueGauges(jobs=jobs, delayed=delayed, events=events)
+        totals = dict(await self.rollups.totals())
+        return QueueGauges(jobs=jobs, delayed=delayed, events=events, totals=totals)
 
 
 class _HiredisPacking:
