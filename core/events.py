@@ -25,6 +25,8 @@ class EventType(StrEnum):
     CLICKED = "clicked"
     UNSUBSCRIBED = "unsubscribed"
     COMPLAINED = "complained"
+    ALERT_FIRED = "alert_fired"
+    ALERT_RESOLVED = "alert_resolved"
 
 
 def iso_time(stamp: float) -> str:

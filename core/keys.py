@@ -22,6 +22,10 @@ DESTINATIONS = PREFIX + "destinations"  # hash: worker name -> msgpack snapshot 
 POLICY = PREFIX + "policy"  # string: JSON of the contact policy (caps, quiet hours)
 WEBHOOK_LEASE = PREFIX + "wh:lease"  # string: which gateway dispatches webhooks
 ROLLUP_LEASE = PREFIX + "roll:lease"  # string: which gateway counts events into rollups
+PAUSED = PREFIX + "paused"  # hash: paused campaign -> msgpack {since, reason}
+PARKED_CAMPAIGNS = PREFIX + "parked"  # set: campaigns that may hold jobs in some shard
+ALERT_RULES = PREFIX + "alerts:rules"  # string: JSON of the alert rules (gateway/alerts.py)
+ALERTS = PREFIX + "alerts:active"  # hash: firing alert's key -> JSON of its state
 WEBHOOK_CURSOR = PREFIX + "wh:cursor"  # string: last event id delivered (or dead-lettered)
 WEBHOOK_INFLIGHT = PREFIX + "wh:inflight"  # string: msgpack of the batch being (re)tried
 WEBHOOK_STATE = PREFIX + "wh:state"  # hash: disabled, last_error, delivered_batches, ...
@@ -111,6 +115,10 @@ class ShardKeys:
     def rollup(self, resolution: str, bucket: str) -> str:
         """The counters of one hour (``h``, ``YYYYMMDDHH``) or day (``d``, ``YYYYMMDD``)."""
         return f"{self._rollup}{resolution}:{bucket}"
+
+    def parked(self, campaign: str) -> str:
+        """Jobs of a paused campaign, held until it is resumed (zset by when held)."""
+        return f"{self._rollup}parked:{campaign}"
 
     def rollup_totals(self) -> str:
         """Counters since the data began, with bounded labels (``core.rollups.SERIES``)."""

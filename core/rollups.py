@@ -51,6 +51,7 @@ COUNTS = (
     "held_quiet_hours",
     "held_cap",
     "held_warmup",
+    "held_paused",
     "opened",
     "opened_machine",
     "clicked",
@@ -105,7 +106,12 @@ SERIES = {
     "sluice_engagement_total": ("event", "agent", "provider"),
     "sluice_policy_holds_total": ("reason",),
 }
-_HOLDS = {"held_quiet_hours": "quiet_hours", "held_cap": "frequency_cap", "held_warmup": "warmup"}
+_HOLDS = {
+    "held_quiet_hours": "quiet_hours",
+    "held_cap": "frequency_cap",
+    "held_warmup": "warmup",
+    "held_paused": "paused",
+}
 
 
 def series_of(event: dict[str, Any], dims: Dims) -> Iterator[str]:
@@ -153,6 +159,9 @@ def metrics_of(event: dict[str, Any]) -> Iterator[str]:
     elif kind == "delivered":
         yield "delivered"
     elif kind == "deferred":
+        if event.get("held_by") == "paused":  # held, not an attempt
+            yield "held_paused"
+            return
         yield "deferred"
         if event.get("held_by") == "warmup":
             yield "held_warmup"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -19,6 +20,7 @@ from core.ids import split_message_id
 from core.shards import Shard
 from core.store import Store
 from core.store.rollups import Page
+from gateway import alerts
 from warmup.providers import provider_of
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,15 @@ class Roller:
         self._parsed_dims: dict[str, rollups.Dims] = {}
 
     async def run(self) -> None:
+        evaluated = 0.0
         while not self.stopping.is_set():
             counted = 0
             try:
                 if await self.store.rollups.lease(self.owner):
                     counted = await self.once()
+                    if time.monotonic() - evaluated >= alerts.EVALUATE_SECONDS:
+                        evaluated = time.monotonic()
+                        await alerts.evaluate(self.store)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restarting: the cursor says where to go on

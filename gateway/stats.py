@@ -62,6 +62,9 @@ def parse_time(text: str, name: str) -> float:
 
 def query_of(params: dict[str, str], *, default_resolution: str = "day") -> Query:
     """A query from request parameters (``ValidationError`` for what cannot be one)."""
+    for name, value in params.items():
+        if value is not None and len(value) > (200 if name == "group_by" else 64):
+            raise ValidationError(f"'{name}' is too long", field=name)
     resolution = params.get("resolution") or default_resolution
     if resolution not in RESOLUTIONS:
         raise ValidationError("'resolution' must be hour or day", field="resolution")

@@ -81,6 +81,14 @@ T = TypeVar("T")
 STALE_AFTER_MS = 60_000
 RENDER_THREADS = 2
 KEPT_BATCHES = 512  # batch contents, builders and link tables kept per worker
+PAUSED_READ_SECONDS = 1.0  # how stale a worker's list of paused campaigns may be
+
+
+def campaign_of(batch: BatchContent) -> str:
+    """What a batch's messages are grouped and paused under: its campaign, else category."""
+    return batch.campaign or batch.category or ""
+
+
 FINAL_STATUSES = frozenset({"delivered", "bounced", "expired", "rejected", "suppressed"})
 
 
@@ -124,6 +132,8 @@ class Worker:
         self.name = name
         self.stopping = asyncio.Event()
         self.batches: _Memo[BatchContent | None] = _Memo(KEPT_BATCHES)
+        self._paused: frozenset[str] = frozenset()
+        self._paused_read = -PAUSED_READ_SECONDS
         self.templates = TemplateCache()
         self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
         self.outcomes = Outcomes(store)
@@ -209,6 +219,8 @@ class Worker:
             await self._dispatch_own_pending()
             while True:
                 await self._promote_due()
+                await self.store.control.release_resumed()
+                self._paused_read = -PAUSED_READ_SECONDS  # a burst run reads it fresh
                 free = max(1, self.limit - len(self.in_flight))
                 jobs = await self.store.read_jobs(self.name, count=free, block_ms=None)
                 if jobs:
@@ -295,11 +307,48 @@ class Worker:
                 batch_id, functools.partial(self.store.batch_content, batch_id)
             )
         checked = [(q, batches[q.job.batch_id]) for q in group]
+        paused = await self._paused_campaigns()
+        if paused:
+            held = [(q, b) for q, b in checked if b is not None and campaign_of(b) in paused]
+            if held:
+                await self._park(held)
+                checked = [(q, b) for q, b in checked if b is None or campaign_of(b) not in paused]
         found = await self.store.suppressions.check_many(
             [(q.job.email, b.category, b.transactional) for q, b in checked if b is not None]
         )
         entries = iter(found)
         return [(q, b, next(entries) if b is not None else None) for q, b in checked]
+
+    async def _paused_campaigns(self) -> frozenset[str]:
+        """The paused campaigns, read at most once a second (a pause holds the next reads)."""
+        now = time.monotonic()
+        if now - self._paused_read > PAUSED_READ_SECONDS:
+            self._paused = frozenset(await self.store.control.paused())
+            self._paused_read = now
+        return self._paused
+
+    async def _park(self, held: list[tuple[QueuedJob, BatchContent]]) -> None:
+        """Hold jobs of paused campaigns until they are resumed (``ControlStore.park``)."""
+        groups: dict[tuple[int, str], list[tuple[QueuedJob, bytes]]] = {}
+        for queued, batch in held:
+            campaign = campaign_of(batch)
+            event = pack_event(
+                EventType.DEFERRED,
+                timestamp=time.time(),
+                message_id=queued.job.message_id,
+                email=queued.job.email,
+                contact_id=queued.job.contact_id,
+                category=batch.category,
+                campaign=batch.campaign,
+                metadata={**batch.metadata, **queued.job.metadata},
+                held_by="paused",
+                reason=f"campaign {campaign} is paused",
+            )
+            shard = self.store.shard_of(queued.job.message_id)
+            groups.setdefault((shard.index, campaign), []).append((queued, event))
+        for (index, campaign), jobs in groups.items():
+            await self.store.control.park(self.store.shards.all[index], campaign, jobs)
+        log.info("held %d messages of paused campaigns", len(held))
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -344,6 +393,8 @@ class Worker:
                         await self._dispatch(claimed, recovered=True)
                 await self.pool.close_idle()
                 await self.store.publish_destinations(self.name, self.pool.snapshot())
+                if await self.store.control.release_resumed():
+                    log.info("released messages of resumed campaigns")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -38,6 +38,7 @@ from core.store.base import (
     StoreError,
     text,
 )
+from core.store.control import ControlStore
 from core.store.events import EventLog, event_id
 from core.store.rollups import RollupStore
 from core.store.suppressions import Suppressions
@@ -127,6 +128,7 @@ class Store:
         self._report = Script(client, "report.lua", library="timeline.lua")
         self.suppressions = Suppressions(client, self.shards)
         self.rollups = RollupStore(client, self.shards)
+        self.control = ControlStore(client, self.shards)
         self.webhooks = WebhookStore(client)
         self.warmup = WarmupStore(client)
 

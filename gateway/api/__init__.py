@@ -10,7 +10,8 @@ them, its part of the OpenAPI document (``PATHS``, ``SCHEMAS``); ``gateway.app``
 | ``warmup`` | ``/v1/warmup/status``, ``/v1/warmup/ips/{ip}`` and its pause/resume |
 | ``webhooks`` | ``/v1/webhooks`` and its dead letters |
 | ``destinations`` | ``GET /v1/destinations`` |
-| ``stats`` | ``GET /v1/stats``, ``GET /v1/campaigns``, ``GET /v1/campaigns/{campaign}`` |
+| ``stats`` | ``GET /v1/stats``, ``GET /v1/campaigns``, ``GET /v1/campaigns/{campaign}`` and its pause/resume |
+| ``alerts`` | ``GET|PUT /v1/alerts/rules``, ``GET /v1/alerts`` |
 | ``system`` | ``GET /healthz``, ``GET /metrics`` |
 | ``openapi`` | ``GET /openapi.json`` (assembles every module's description) |
 | ``tracking`` | the description of ``/t/*`` (served by ``tracking.endpoints``) |
@@ -24,6 +25,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api import (
+    alerts,
     destinations,
     messages,
     openapi,
@@ -51,6 +53,7 @@ def routes() -> list[web.RouteDef]:
         webhooks,
         destinations,
         stats,
+        alerts,
         system,
         openapi,
     ):

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import (
+    alerts,
     destinations,
     messages,
     policy,
@@ -33,6 +34,7 @@ DESCRIBED: tuple[ModuleType, ...] = (
     sendgrid,
     warmup,
     stats,
+    alerts,
     tracking,
     system,
 )

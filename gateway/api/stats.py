@@ -4,15 +4,18 @@ the rollups (``gateway/stats.py``)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
 
 from core import rollups, validate
-from core.errors import NotFound
+from core.errors import NotFound, ValidationError
 from gateway import stats
-from gateway.api.common import STORE, json_response, query
+from gateway.api.common import STORE, json_body, json_response, query
 from gateway.api.openapi_parts import AUTH, error_responses
+
+log = logging.getLogger(__name__)
 
 RANGE = ("from", "to")
 
@@ -34,16 +37,45 @@ async def get_campaign(request: web.Request) -> web.Response:
     validate.campaign(campaign)
     params = query(request, *RANGE, "provider", "ip", "pool")
     asked = stats.query_of(dict(params))
-    report = await stats.campaign_report(request.app[STORE], campaign, asked)
+    store = request.app[STORE]
+    report = await stats.campaign_report(store, campaign, asked)
     if report is None:
         raise NotFound(f"no messages of campaign {campaign!r} in this range")
-    return json_response(report)
+    paused = (await store.control.paused()).get(campaign)
+    held = (await store.control.parked([campaign]))[campaign]
+    return json_response({**report, "paused": paused, "held": held})
+
+
+async def pause_campaign(request: web.Request) -> web.Response:
+    """Hold the campaign's messages: queued ones wait, new ones are accepted and wait too."""
+    campaign = validate.campaign(request.match_info["campaign"])
+    query(request)
+    body = await json_body(request, optional=True) or {}
+    reason = body.get("reason", "paused through the API") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or len(reason) > 200:
+        raise ValidationError("'reason' must be text of up to 200 characters", field="reason")
+    paused = await request.app[STORE].control.pause(campaign, reason)
+    log.info("campaign %s paused (%s)", campaign, reason)
+    return json_response({"campaign": campaign, "paused": True, "was_paused": not paused})
+
+
+async def resume_campaign(request: web.Request) -> web.Response:
+    """Release what the campaign held into the queue."""
+    campaign = validate.campaign(request.match_info["campaign"])
+    query(request)
+    was, released = await request.app[STORE].control.resume(campaign)
+    log.info("campaign %s resumed: %d messages released", campaign, released)
+    return json_response(
+        {"campaign": campaign, "paused": False, "was_paused": was, "released": released}
+    )
 
 
 ROUTES = [
     web.get("/v1/stats", get_stats),
     web.get("/v1/campaigns", get_campaigns),
     web.get("/v1/campaigns/{campaign}", get_campaign),
+    web.post("/v1/campaigns/{campaign}/pause", pause_campaign),
+    web.post("/v1/campaigns/{campaign}/resume", resume_campaign),
 ]
 
 # --- OpenAPI ---------------------------------------------------------------------------------
@@ -145,6 +177,36 @@ PATHS: dict[str, Any] = {
                     "properties": {"campaigns": {"type": "array", "items": {"type": "object"}}},
                 },
             ),
+        }
+    },
+    "/v1/campaigns/{campaign}/pause": {
+        "post": {
+            "summary": "Pause a campaign: its messages are held until it is resumed",
+            "security": AUTH,
+            "parameters": [
+                {
+                    "name": "campaign",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 64},
+                }
+            ],
+            "responses": _ok("Paused", {"type": "object"}),
+        }
+    },
+    "/v1/campaigns/{campaign}/resume": {
+        "post": {
+            "summary": "Resume a campaign and release what it held",
+            "security": AUTH,
+            "parameters": [
+                {
+                    "name": "campaign",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 64},
+                }
+            ],
+            "responses": _ok("Resumed", {"type": "object"}),
         }
     },
     "/v1/campaigns/{campaign}": {

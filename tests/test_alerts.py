@@ -1,0 +1,115 @@
+"""Alert rules that act (``gateway/alerts.py``): a complaint-rate rule pauses its campaign
+(nothing more of it goes out, what it holds is counted and shown), ``alert_fired`` reaches
+a webhook receiver, and resuming releases what was held; the rules' validation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from core.errors import ValidationError
+from core.settings import HostPort
+from gateway.alerts import DEFAULT_RULES, validate_rules
+from mta.worker import Worker
+from tests.bounce_reports import YAHOO_ARF
+from tests.conftest import Sink
+from tests.inprocess import Client, Webhooks, get, send
+from tests.test_stats import campaign_body
+
+RULE = {
+    "name": "complaints",
+    "metric": "complaint",
+    "scope": "campaign",
+    "window_seconds": 3600,
+    "warn": 0.05,
+    "critical": 0.1,
+    "min_volume": 5,
+    "action": "pause_campaign",
+}
+
+
+async def until(check: Any, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = await check()
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_a_complaint_rate_rule_pauses_its_campaign_until_it_is_resumed(
+    relay_api: Client, worker: Worker, sink: Sink, inbound: HostPort, webhooks: Webhooks
+) -> None:
+    saved = await relay_api.put("/v1/alerts/rules", json={"rules": [RULE]})
+    assert saved.status == 200, await saved.text()
+    await send(relay_api, campaign_body("flash-sale", [f"f{n}@gmail.com" for n in range(10)]))
+    await worker.run_until_idle()
+    delivered = {r.rcpt_tos[0]: r.message for r in sink.snapshot()}
+    assert len(delivered) == 10
+    for email in ("f1@gmail.com", "f2@gmail.com"):  # 2 of 10: 20%, over the critical 10%
+        report = YAHOO_ARF.replace(
+            b"<01HZX3J6Q3ARF@sluice.test>", str(delivered[email]["Message-ID"]).strip().encode()
+        )
+        async with aiosmtplib.SMTP(hostname=inbound.host, port=inbound.port, timeout=30) as smtp:
+            await smtp.sendmail("", ["fbl@shop.example.com"], report)
+
+    async def firing() -> list[dict[str, Any]]:
+        return list((await get(relay_api, "/v1/alerts"))["alerts"])
+
+    [alert] = await until(firing)
+    assert (alert["rule"], alert["severity"], alert["target"]) == (
+        "complaints",
+        "critical",
+        {"campaign": "flash-sale"},
+    )
+    assert (alert["rate"], alert["volume"], alert["acted"]) == (0.2, 10, "paused_campaign")
+
+    later = await send(
+        relay_api, campaign_body("flash-sale", [f"g{n}@gmail.com" for n in range(5)])
+    )
+    assert {r["status"] for r in later} == {"queued"}, "accepted, and held"
+    other = await send(relay_api, campaign_body("weekly", ["h0@gmail.com"]))
+    await worker.run_until_idle()
+    assert len(sink.snapshot()) == 11, "nothing more of the paused campaign went out"
+    found = await get(relay_api, f"/v1/messages/{later[0]['message_id']}")
+    assert found["events"][-1]["held_by"] == "paused"
+    report_ = await get(relay_api, "/v1/campaigns/flash-sale")
+    assert report_["held"] == 5 and "complaints" in report_["paused"]["reason"]
+    assert other[0]["status"] == "queued"
+
+    await webhooks.dispatch_until(
+        lambda: any(e["type"] == "alert_fired" for e in webhooks.receiver.events())
+    )
+    [fired] = [e for e in webhooks.receiver.events() if e["type"] == "alert_fired"]
+    assert (fired["rule"], fired["severity"], fired["target"]) == (
+        "complaints",
+        "critical",
+        {"campaign": "flash-sale"},
+    )
+
+    resumed = await (await relay_api.post("/v1/campaigns/flash-sale/resume")).json()
+    assert (resumed["was_paused"], resumed["released"]) == (True, 5)
+    await worker.run_until_idle()
+    assert len(sink.snapshot()) == 16, "what was held went out once resumed"
+    assert (await get(relay_api, "/v1/campaigns/flash-sale"))["held"] == 0
+
+
+def test_rules_are_checked_before_they_are_saved() -> None:
+    assert validate_rules({"rules": DEFAULT_RULES}) == DEFAULT_RULES
+    for broken, field in (
+        ({**RULE, "metric": "opens"}, "rules[0].metric"),
+        ({**RULE, "warn": 0.2}, "rules[0].warn"),
+        ({**RULE, "scope": "provider"}, "rules[0].action"),
+        ({**RULE, "window_seconds": 60}, "rules[0].window_seconds"),
+        ({**RULE, "extra": 1}, "rules[0]"),
+    ):
+        with pytest.raises(ValidationError) as raised:
+            validate_rules({"rules": [broken]})
+        assert raised.value.field == field, broken
+    with pytest.raises(ValidationError):
+        validate_rules({"rules": [RULE, RULE]})
