@@ -64,6 +64,16 @@ DEFAULT_RULES: list[dict[str, Any]] = [
         "action": "pause_campaign",
     },
 ]
+RULE_FIELDS = (
+    "name",
+    "metric",
+    "scope",
+    "window_seconds",
+    "warn",
+    "critical",
+    "min_volume",
+    "action",
+)
 MAX_RULES = 50
 EVALUATE_SECONDS = 5.0
 
@@ -88,16 +98,7 @@ def validate_rules(document: Any) -> list[dict[str, Any]]:
         where = f"rules[{n}]"
         if not isinstance(rule, dict):
             raise ValidationError(f"'{where}' must be an object", field=where)
-        unknown = set(rule) - {
-            "name",
-            "metric",
-            "scope",
-            "window_seconds",
-            "warn",
-            "critical",
-            "min_volume",
-            "action",
-        }
+        unknown = set(rule) - set(RULE_FIELDS)
         if unknown:
             raise ValidationError(
                 f"'{where}' has unknown fields: {', '.join(sorted(unknown))}", field=where

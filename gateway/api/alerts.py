@@ -41,16 +41,7 @@ ROUTES = [
 
 _RULE = {
     "type": "object",
-    "required": [
-        "name",
-        "metric",
-        "scope",
-        "window_seconds",
-        "warn",
-        "critical",
-        "min_volume",
-        "action",
-    ],
+    "required": list(alerts.RULE_FIELDS),
     "properties": {
         "name": {"type": "string", "maxLength": 64},
         "metric": {"enum": list(alerts.METRICS)},

@@ -136,6 +136,25 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_CAMPAIGN = {
+    "name": "campaign",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 64},
+}
+
+
+def _campaign_action(summary: str, answer: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": AUTH,
+            "parameters": [_CAMPAIGN],
+            "responses": _ok(answer, {"type": "object"}),
+        }
+    }
+
+
 PATHS: dict[str, Any] = {
     "/v1/stats": {
         "get": {
@@ -179,47 +198,18 @@ PATHS: dict[str, Any] = {
             ),
         }
     },
-    "/v1/campaigns/{campaign}/pause": {
-        "post": {
-            "summary": "Pause a campaign: its messages are held until it is resumed",
-            "security": AUTH,
-            "parameters": [
-                {
-                    "name": "campaign",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "maxLength": 64},
-                }
-            ],
-            "responses": _ok("Paused", {"type": "object"}),
-        }
-    },
-    "/v1/campaigns/{campaign}/resume": {
-        "post": {
-            "summary": "Resume a campaign and release what it held",
-            "security": AUTH,
-            "parameters": [
-                {
-                    "name": "campaign",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "maxLength": 64},
-                }
-            ],
-            "responses": _ok("Resumed", {"type": "object"}),
-        }
-    },
+    "/v1/campaigns/{campaign}/pause": _campaign_action(
+        "Pause a campaign: its messages are held until it is resumed", "Paused"
+    ),
+    "/v1/campaigns/{campaign}/resume": _campaign_action(
+        "Resume a campaign and release what it held", "Resumed"
+    ),
     "/v1/campaigns/{campaign}": {
         "get": {
             "summary": "A campaign's report: funnel, providers, bounce classes, links, timeline",
             "security": AUTH,
             "parameters": [
-                {
-                    "name": "campaign",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "maxLength": 64},
-                },
+                _CAMPAIGN,
                 *_RANGE_PARAMS,
                 *(_param(name, f"only this {name}") for name in ("provider", "ip", "pool")),
             ],
