@@ -25,6 +25,8 @@ class EventType(StrEnum):
     CLICKED = "clicked"
     UNSUBSCRIBED = "unsubscribed"
     COMPLAINED = "complained"
+    RELEASED = "released"  # a bulk action sent a held or retrying message on at once
+    CANCELLED = "cancelled"  # a bulk action took a waiting message out of the queue
     ALERT_FIRED = "alert_fired"
     ALERT_RESOLVED = "alert_resolved"
 

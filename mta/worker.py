@@ -89,7 +89,9 @@ def campaign_of(batch: BatchContent) -> str:
     return batch.campaign or batch.category or ""
 
 
-FINAL_STATUSES = frozenset({"delivered", "bounced", "expired", "rejected", "suppressed"})
+FINAL_STATUSES = frozenset(
+    {"delivered", "bounced", "expired", "rejected", "suppressed", "cancelled"}
+)
 
 
 class _Memo(Generic[T]):

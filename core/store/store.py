@@ -40,6 +40,7 @@ from core.store.base import (
 )
 from core.store.control import ControlStore
 from core.store.events import EventLog, event_id
+from core.store.queue import QueueStore
 from core.store.rollups import RollupStore
 from core.store.suppressions import Suppressions
 from core.store.warmup import WarmupStore
@@ -129,6 +130,7 @@ class Store:
         self.suppressions = Suppressions(client, self.shards)
         self.rollups = RollupStore(client, self.shards)
         self.control = ControlStore(client, self.shards)
+        self.queue = QueueStore(client, self.shards)
         self.webhooks = WebhookStore(client)
         self.warmup = WarmupStore(client)
 

@@ -12,6 +12,7 @@ them, its part of the OpenAPI document (``PATHS``, ``SCHEMAS``); ``gateway.app``
 | ``destinations`` | ``GET /v1/destinations`` |
 | ``stats`` | ``GET /v1/stats``, ``GET /v1/campaigns``, ``GET /v1/campaigns/{campaign}`` and its pause/resume |
 | ``alerts`` | ``GET|PUT /v1/alerts/rules``, ``GET /v1/alerts`` |
+| ``queues`` | ``GET /v1/queues``, ``POST /v1/queues/actions`` |
 | ``system`` | ``GET /healthz``, ``GET /metrics`` |
 | ``openapi`` | ``GET /openapi.json`` (assembles every module's description) |
 | ``tracking`` | the description of ``/t/*`` (served by ``tracking.endpoints``) |
@@ -30,6 +31,7 @@ from gateway.api import (
     messages,
     openapi,
     policy,
+    queues,
     sendgrid,
     stats,
     suppressions,
@@ -54,6 +56,7 @@ def routes() -> list[web.RouteDef]:
         destinations,
         stats,
         alerts,
+        queues,
         system,
         openapi,
     ):

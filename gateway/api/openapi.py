@@ -14,6 +14,7 @@ from gateway.api import (
     destinations,
     messages,
     policy,
+    queues,
     sendgrid,
     stats,
     suppressions,
@@ -35,6 +36,7 @@ DESCRIBED: tuple[ModuleType, ...] = (
     warmup,
     stats,
     alerts,
+    queues,
     tracking,
     system,
 )

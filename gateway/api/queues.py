@@ -1,0 +1,149 @@
+"""``GET /v1/queues`` (what waits and why, grouped) and ``POST /v1/queues/actions`` (bulk
+release, retry now, cancel, with a dry run): ``gateway/queues.py``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway import queues
+from gateway.api.common import STORE, json_body, json_response, query
+from gateway.api.openapi_parts import AUTH, error_responses
+
+log = logging.getLogger(__name__)
+
+
+async def get_queues(request: web.Request) -> web.Response:
+    params = query(request, "group_by", *queues.FILTERS)
+    filters = queues.filters_of(dict(params))
+    answer = await queues.view(request.app[STORE], params.get("group_by", "state"), filters)
+    return json_response(answer)
+
+
+async def post_action(request: web.Request) -> web.Response:
+    query(request)
+    answer = await queues.act(request.app[STORE], await json_body(request))
+    if not answer["dry_run"]:
+        log.info(
+            "queue action %s: %d of %d changed",
+            answer["action"],
+            answer["changed"],
+            answer["matched"],
+        )
+    return json_response(answer)
+
+
+ROUTES = [web.get("/v1/queues", get_queues), web.post("/v1/queues/actions", post_action)]
+
+_FILTER_PARAMS = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": queues.MAX_FILTER_CHARS.get(name, 64),
+        },
+    }
+    for name in queues.FILTERS
+    if name != "state"
+] + [{"name": "state", "in": "query", "required": False, "schema": {"enum": list(queues.STATES)}}]
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "200": {"description": description, "content": {"application/json": {"schema": schema}}},
+        **error_responses(400, 401),
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/v1/queues": {
+        "get": {
+            "summary": "What waits in the queue and why, grouped",
+            "security": AUTH,
+            "parameters": [
+                {
+                    "name": "group_by",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"enum": list(queues.GROUPS)},
+                },
+                *_FILTER_PARAMS,
+            ],
+            "responses": _ok(
+                "Groups, biggest first",
+                {
+                    "type": "object",
+                    "required": ["group_by", "groups"],
+                    "properties": {
+                        "group_by": {"type": "string"},
+                        "truncated": {"type": "boolean"},
+                        "groups": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["key", "count", "oldest_age_seconds"],
+                                "properties": {
+                                    "key": {"type": "string"},
+                                    "count": {"type": "integer"},
+                                    "oldest_age_seconds": {"type": "number"},
+                                    "next_attempt": {"type": "number"},
+                                    "last_reply": {"type": "string"},
+                                    "states": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                },
+            ),
+        }
+    },
+    "/v1/queues/actions": {
+        "post": {
+            "summary": "Release, retry now or cancel the waiting messages a filter matches",
+            "security": AUTH,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["action"],
+                            "properties": {
+                                "action": {"enum": list(queues.ACTIONS)},
+                                "dry_run": {"type": "boolean"},
+                                "filter": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        **{
+                                            n: {
+                                                "type": "string",
+                                                "minLength": 1,
+                                                "maxLength": queues.MAX_FILTER_CHARS.get(n, 64),
+                                            }
+                                            for n in queues.FILTERS
+                                        },
+                                        "state": {"enum": list(queues.STATES)},
+                                    },
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": _ok(
+                "How many matched, how many changed",
+                {
+                    "type": "object",
+                    "required": ["matched", "changed"],
+                    "properties": {"matched": {"type": "integer"}, "changed": {"type": "integer"}},
+                },
+            ),
+        }
+    },
+}
