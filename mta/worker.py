@@ -84,6 +84,15 @@ KEPT_BATCHES = 512  # batch contents, builders and link tables kept per worker
 PAUSED_READ_SECONDS = 1.0  # how stale a worker's list of paused campaigns may be
 
 
+def _stop_if_cancelled() -> None:
+    """Raise the cancellation of the current task if one was asked for: redis-py (8.1, seen
+    with its hiredis parser) can swallow a cancellation that lands inside a command, and a
+    cancelled burst run must not go on to wait for its deliveries."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        raise asyncio.CancelledError
+
+
 def campaign_of(batch: BatchContent) -> str:
     """What a batch's messages are grouped and paused under: its campaign, else category."""
     return batch.campaign or batch.category or ""
@@ -225,6 +234,7 @@ class Worker:
                 self._paused_read = -PAUSED_READ_SECONDS  # a burst run reads it fresh
                 free = max(1, self.limit - len(self.in_flight))
                 jobs = await self.store.read_jobs(self.name, count=free, block_ms=None)
+                _stop_if_cancelled()
                 if jobs:
                     await self._dispatch(jobs)
                 elif self.in_flight:
