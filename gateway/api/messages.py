@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import re
 from typing import Any
 
@@ -10,7 +13,7 @@ from aiohttp import web
 
 from core.errors import NotFound, ValidationError
 from core.ids import split_message_id
-from core.store import BadCursor, check_cursor
+from core.store import BadCursor, Store, check_cursor
 from gateway import schemas
 from gateway.api.common import (
     INTAKE,
@@ -50,25 +53,89 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(found)
 
 
-async def get_events(request: web.Request) -> web.Response:
-    query(request, "after", "limit")
-    after = request.query.get("after") or None
-    store = request.app[STORE]
-    if after is not None:
+def _cursor(request: web.Request, given: str | None) -> str | None:
+    if given is not None:
         try:
-            check_cursor(after, store.shards)
+            check_cursor(given, request.app[STORE].shards)
         except BadCursor:
             raise ValidationError(
                 "'after' must be the 'next' cursor of an earlier page", field="after"
             ) from None
-    events, cursor = await store.events_after(after, limit_of(request))
+    return given
+
+
+async def get_events(request: web.Request) -> web.Response:
+    query(request, "after", "limit")
+    after = _cursor(request, request.query.get("after") or None)
+    events, cursor = await request.app[STORE].events_after(after, limit_of(request))
     return json_response({"events": events, "next": cursor})
+
+
+STREAM_POLL_SECONDS = 0.5
+STREAM_HEARTBEAT_SECONDS = 15.0
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events/stream``: the events as they happen, as server-sent events, after
+    ``after`` (or the ``Last-Event-ID`` a reconnecting client sends; neither: from now on).
+    ``type``: only these event types (comma-separated). Heartbeat comments keep proxies from
+    closing a quiet stream."""
+    query(request, "after", "type")
+    store = request.app[STORE]
+    kinds = set(request.query["type"].split(",")) if request.query.get("type") else None
+    if kinds is not None and len(request.query["type"]) > 200:
+        raise ValidationError("'type' is too long", field="type")
+    resume = request.query.get("after") or request.headers.get("Last-Event-ID") or None
+    if resume is not None and len(resume) > 4096:
+        raise ValidationError("the cursor is too long", field="after")
+    cursor = _cursor(request, resume)
+    if cursor is None:  # from now on: skip what is there already
+        while True:
+            events, moved = await store.events_after(cursor, 1000)
+            if not events:
+                break
+            cursor = moved
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    await response.write(b": sluice events\n\n")
+    with contextlib.suppress(ConnectionResetError):  # the client left: found at a write
+        await _follow(response, store, cursor, kinds)
+    return response
+
+
+async def _follow(
+    response: web.StreamResponse, store: Store, cursor: str | None, kinds: set[str] | None
+) -> None:
+    quiet = 0.0
+    while True:
+        events, moved = await store.events_after(cursor, 200)
+        if not events:
+            await asyncio.sleep(STREAM_POLL_SECONDS)
+            quiet += STREAM_POLL_SECONDS
+            if quiet >= STREAM_HEARTBEAT_SECONDS:
+                await response.write(b": keep-alive\n\n")
+                quiet = 0.0
+            continue
+        quiet = 0.0
+        cursor = moved
+        chunks = [
+            f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+            for event in events
+            if kinds is None or event["type"] in kinds
+        ]
+        # the cursor after the page: a client that reconnects resumes there (one that lost
+        # part of a page gets it again from the page before: twice, never lost)
+        chunks.append(f"id: {cursor}\n\n")
+        await response.write("".join(chunks).encode())
 
 
 ROUTES = [
     web.post("/v1/messages", post_messages),
     web.get("/v1/messages/{message_id}", get_message),
     web.get("/v1/events", get_events),
+    web.get("/v1/events/stream", stream_events),
 ]
 
 # --- OpenAPI ---------------------------------------------------------------------------------
@@ -323,6 +390,36 @@ PATHS: dict[str, Any] = {
                     },
                 },
                 **error_responses(401, 404),
+            },
+        }
+    },
+    "/v1/events/stream": {
+        "get": {
+            "summary": "The events as they happen, as server-sent events (text/event-stream)",
+            "security": AUTH,
+            "parameters": [
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "description": "a cursor of /v1/events or an SSE id; default: from now on "
+                    "(or the Last-Event-ID header)",
+                    "schema": {"type": "string", "maxLength": 4096},
+                },
+                {
+                    "name": "type",
+                    "in": "query",
+                    "required": False,
+                    "description": "only these event types, comma-separated",
+                    "schema": {"type": "string", "maxLength": 200},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "An endless stream of `event: <type>` / `data: <event JSON>`",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **error_responses(400, 401),
             },
         }
     },
