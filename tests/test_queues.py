@@ -4,6 +4,7 @@ sends on, a cancel ends a message."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from core.store import Store
 from loadtests.harness import fixture_batch
 from tests.conftest import Sink, gateway_settings
 from tests.inprocess import Client, get, message, running_worker, send
+from tests.test_stats import sluice
 from warmup import actions
 
 
@@ -38,7 +40,7 @@ async def act(api: Client, where: dict[str, str], action: str, **more: Any) -> d
 
 
 async def test_the_queue_explains_every_held_message_and_bulk_actions_act(
-    relay_api: Client, store: Store, sink: Sink, tmp_path: Path
+    relay_api: Client, store: Store, sink: Sink, tmp_path: Path, redis_url: str
 ) -> None:
     now = datetime.now(UTC)
     quiet = {
@@ -75,6 +77,12 @@ async def test_the_queue_explains_every_held_message_and_bulk_actions_act(
     assert (group["key"], group["count"]) == ("inbox.example.org", 2)
     assert group["next_attempt"] > time.time() and "warmup" in group["last_reply"]
 
+    printed = await asyncio.to_thread(
+        sluice, "queue", "--group-by", "state", "--redis-url", redis_url
+    )
+    lines = {line.split()[0]: line for line in printed.stdout.splitlines()[1:]}
+    assert set(lines) == {"held_warmup", "held_cap", "held_quiet_hours"}, printed.stdout
+    assert "last reply: " in lines["held_warmup"] and "warmup" in lines["held_warmup"]
     dry = await act(relay_api, {"state": "held_warmup"}, "release", dry_run=True)
     assert (dry["matched"], dry["changed"]) == (2, 0)
     assert await states(relay_api) == {"held_warmup": 2, "held_cap": 1, "held_quiet_hours": 1}

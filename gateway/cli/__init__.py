@@ -6,7 +6,7 @@ argparse sub-commands) and ``run`` (what it does).
 | ``sluice serve`` | ``gateway.cli.serve`` (the process: ``gateway.serve``) |
 | ``sluice dkim keygen|list|record|activate|deactivate`` | ``gateway.cli.dkim`` |
 | ``sluice suppress add|remove|show|list|import|export`` | ``gateway.cli.suppress`` |
-| ``sluice stats``, ``sluice campaign list|report NAME`` | ``gateway.cli.stats`` |
+| ``sluice stats``, ``sluice campaign list|report NAME``, ``sluice queue`` | ``gateway.cli.stats`` |
 | ``sluice warmup plan|start|status|pause|resume|stop|report`` | ``gateway.cli.warmup`` |
 | ``sluice preflight DOMAIN`` | ``gateway.cli.preflight`` |
 | ``sluice bounce parse FILE...`` | ``gateway.cli.bounce`` |
@@ -40,6 +40,7 @@ COMMANDS: dict[str, ModuleType] = {
     "tracking": tracking,
     "stats": stats,
     "campaign": stats,
+    "queue": stats,
 }
 
 

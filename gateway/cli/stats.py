@@ -1,6 +1,7 @@
-"""``sluice stats`` (counts and rates per hour or day, grouped by dimension) and ``sluice
-campaign list|report NAME``: the rollups (``gateway/stats.py``) as tables a person reads, or
-``--json`` (what the API answers)."""
+"""``sluice stats`` (counts and rates per hour or day, grouped by dimension), ``sluice
+campaign list|report NAME`` (the rollups, ``gateway/stats.py``) and ``sluice queue`` (what
+waits and why, ``gateway/queues.py``): tables a person reads, or ``--json`` (what the API
+answers)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from core import rollups, validate
 from core.errors import NotFound
 from core.settings import load_settings
-from gateway import stats
+from gateway import queues, stats
 from gateway.cli.operator import operator_store, where_options
 
 
@@ -38,12 +39,24 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     actions.add_parser("list", parents=[common, where, span], help="campaigns in the range")
     report = actions.add_parser("report", parents=[common, where, span], help="one's report")
     report.add_argument("name", metavar="NAME")
+    queue = commands.add_parser(
+        "queue", parents=[common, where], help="what waits in the queue, and why"
+    )
+    queue.add_argument("--group-by", choices=queues.GROUPS, default="state")
+    for name in queues.FILTERS:
+        queue.add_argument(f"--{name}", help=f"only this {name}")
+    queue.add_argument("--json", action="store_true", help="the API's answer, as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(
         {"data_dir": args.data_dir, "config": args.config, "redis_url": args.redis_url}
     )
+    if args.command == "queue":
+        filters = queues.filters_of(
+            {n: getattr(args, n) for n in queues.FILTERS if getattr(args, n) is not None}
+        )
+        return asyncio.run(_queue(args, settings, filters))
     params = {"from": args.start, "to": args.end}
     if args.command == "stats":
         params |= {"resolution": args.resolution, "group_by": args.group_by}
@@ -70,6 +83,38 @@ async def _run(args: argparse.Namespace, settings: Any, query: stats.Query) -> i
             lines = _report(found)
     print(json.dumps(answer, indent=2) if args.json else "\n".join(lines))
     return 0
+
+
+async def _queue(args: argparse.Namespace, settings: Any, filters: dict[str, str]) -> int:
+    async with operator_store(settings) as store:
+        answer = await queues.view(store, args.group_by, filters)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    groups = answer["groups"]
+    if not groups:
+        print("(nothing waits)")
+        return 0
+    width = max(len(args.group_by), *(len(g["key"] or "-") for g in groups))
+    print(f"{args.group_by:<{width}}  {'messages':>9}  {'oldest':>9}  why")
+    for group in groups:
+        states = ", ".join(f"{name} {n:,}" for name, n in sorted(group["states"].items()))
+        oldest = _age(group["oldest_age_seconds"])
+        line = f"{group['key'] or '-':<{width}}  {group['count']:>9,}  {oldest:>9}  {states}"
+        if group.get("last_reply"):
+            line += f"  (last reply: {group['last_reply'][:80]})"
+        print(line)
+    if answer["truncated"]:
+        print(f"(more than {queues.MAX_SCANNED:,} in a place: counted the first ones)")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 _COLUMNS = ("accepted", "delivered", "bounced", "bounced_hard", "complained", "opened", "clicked")
