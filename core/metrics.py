@@ -13,6 +13,8 @@ workers count, and the one exposition ``GET /metrics`` serves.
 | ``sluice_policy_holds_total`` | counter | ``reason`` (``quiet_hours``, ``frequency_cap``, ``warmup``) | the rollups |
 | ``sluice_delivery_latency_seconds`` | histogram | ``provider`` | workers: one per delivery attempt, from its start (render) to its outcome (the SMTP reply or the error that ended it) |
 | ``sluice_queue_jobs``, ``sluice_queue_delayed`` | gauge | | Redis, read at each scrape |
+| ``sluice_queue_messages``, ``sluice_queue_oldest_age_seconds`` | gauge | ``state``, ``provider`` | what waits, read at each scrape (``gateway/queues.py``: up to 10,000 per place and shard) |
+| ``sluice_alerts_firing`` | gauge | ``rule`` | the alerts firing (``gateway/alerts.py``) |
 | ``sluice_recorded_events_total`` | counter | ``event`` | Redis's counters per event type, read at each scrape: every process, since the data began |
 
 Labels are bounded: ``provider`` is the warmup provider group of the recipient's domain
@@ -257,6 +259,28 @@ class _QueueCollector:
             )
             for name, labels in SERIES.items()
         }
+        waiting = GaugeMetricFamily(
+            "sluice_queue_messages",
+            "Messages waiting, by state (ready, in_flight, scheduled, held_quiet_hours, "
+            "held_cap, retrying, held_warmup, paused) and provider group.",
+            labels=["state", "provider"],
+        )
+        oldest = GaugeMetricFamily(
+            "sluice_queue_oldest_age_seconds",
+            "Seconds since the oldest waiting message was accepted, by state and provider.",
+            labels=["state", "provider"],
+        )
+        for (state, provider), (count, age) in sorted(self.queue.waiting.items()):
+            waiting.add_metric([state, provider], count)
+            oldest.add_metric([state, provider], round(age, 3))
+        yield waiting
+        yield oldest
+        firing = GaugeMetricFamily(
+            "sluice_alerts_firing", "Alerts firing now, by rule.", labels=["rule"]
+        )
+        for rule, n in sorted(self.queue.alerts_firing.items()):
+            firing.add_metric([rule], n)
+        yield firing
         for field, n in sorted(self.queue.totals.items()):
             name, *values = field.split(SEPARATOR)
             if name in families and len(values) == len(SERIES[name]):

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import hiredis
@@ -100,6 +100,9 @@ class QueueGauges:
     delayed: int  # jobs waiting for their send_at or a retry
     events: dict[str, int]  # events recorded by every process since the data began, by type
     totals: dict[str, int]  # the rollups' counters since the data began (core.rollups.SERIES)
+    # (state, provider) -> (messages, oldest age in seconds): what waits (gateway/queues.py)
+    waiting: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    alerts_firing: dict[str, int] = field(default_factory=dict)  # rule -> alerts firing
 
 
 # The cluster client's connections per node and process: it raises instead of waiting

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from aiohttp import web
 
+from gateway import queues
 from gateway.api.common import METRICS, STORE, json_response
 from gateway.api.openapi_parts import AUTH, error_responses
 
@@ -20,7 +22,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    gauges = await request.app[STORE].gauges()
+    store = request.app[STORE]
+    gauges = await store.gauges()
+    waiting: dict[tuple[str, str], tuple[int, float]] = {}
+    for item in (await queues.items(store))[0]:
+        count, oldest = waiting.get((item.state, item.provider), (0, 0.0))
+        waiting[(item.state, item.provider)] = (count + 1, max(oldest, item.age))
+    firing: dict[str, int] = {}
+    for alert in (await store.control.alerts()).values():
+        firing[alert["rule"]] = firing.get(alert["rule"], 0) + 1
+    gauges = dataclasses.replace(gauges, waiting=waiting, alerts_firing=firing)
     body, content_type = request.app[METRICS].exposition(gauges, request.headers.get("Accept"))
     return web.Response(
         body=body,
