@@ -23,6 +23,7 @@ from core import rollups
 from core.settings import HostPort
 from core.store import Store
 from gateway.stats import Query, buckets, rates_of
+from loadtests.fault_sink import FaultSink
 from loadtests.harness import PROJECT_ROOT, cart_reminder
 from mta.worker import Worker
 from tests.bounce_reports import YAHOO_ARF
@@ -312,3 +313,86 @@ def test_rates_name_their_denominators_and_flag_low_volume() -> None:
     assert found["denominators"]["delivery"] == {"of": "delivered+bounced", "messages": 1000}
     spans = buckets(Query("hour", 3600 * 5 + 10, 3600 * 7))
     assert [name for name, _ in spans] == ["1970010105", "1970010106", "1970010107"]
+
+
+@pytest.mark.slow
+async def test_against_a_real_serve_the_counts_are_what_the_fault_sink_answered(
+    serve_factory: Any,
+) -> None:
+    """The same kind of scenario, through ``sluice serve`` (API, workers, tracking, inbound
+    server in their own processes) and the fault sink's scripted answers: 4xx then OK,
+    5xx by class; /v1/stats and /metrics count exactly that."""
+    with FaultSink() as fault:
+        fault.script("bf0@gmail.com", ["550 5.1.1 <bf0@gmail.com>: User unknown"])
+        fault.script("bf0@yahoo.com", ["552 5.2.2 <bf0@yahoo.com>: Mailbox full"])
+        fault.script("bf1@yahoo.com", ["550 5.7.1 Message rejected as spam"])
+        fault.script("bf0@outlook.com", ["451 4.7.1 Try again later", "250 OK"])
+        served = serve_factory(relay=fault.relay, workers=1)
+        emails = [
+            f"bf{n}@{d}" for d in (*PROVIDERS.values(), "inbox.example.org") for n in range(3)
+        ]
+        async with aiohttp.ClientSession(headers=served.headers) as api:
+            async with api.post(
+                served.url + "/v1/messages", json=campaign_body("cyber", emails)
+            ) as r:
+                assert r.status == 202, await r.text()
+            for _ in range(300):  # up to a minute: the deferred one comes back after its retry
+                if len(fault.accepted()) >= 9:
+                    break
+                await asyncio.sleep(0.2)
+            delivered = {m.rcpt_tos[0]: m.message for m in fault.accepted()}
+            assert len(delivered) == 9, sorted(delivered)
+            html_of_gmail = str(delivered["bf1@gmail.com"].get_body(("html",)).get_content())
+            [pixel] = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', html_of_gmail)
+            async with aiohttp.ClientSession() as reader:
+                for agent in (BROWSER, BROWSER, APPLE_PROXY):
+                    async with reader.get(pixel, headers=agent) as r:
+                        assert r.status == 200
+            complained = str(delivered["bf2@gmail.com"]["Message-ID"]).strip().encode()
+            host, _, port = served.inbound.rpartition(":")
+            async with aiosmtplib.SMTP(hostname=host, port=int(port), timeout=30) as smtp:
+                await smtp.sendmail(
+                    "",
+                    ["fbl@shop.example.com"],
+                    YAHOO_ARF.replace(b"<01HZX3J6Q3ARF@sluice.test>", complained),
+                )
+
+            async def totals() -> dict[str, Any]:
+                async with api.get(served.url + "/v1/stats?resolution=day&group_by=provider") as r:
+                    return dict(await r.json())
+
+            deadline = time.monotonic() + 30
+            while True:
+                rows = {row["provider"]: row["counts"] for row in (await totals())["rows"]}
+                done = sum(c["complained"] + c["opened_machine"] for c in rows.values()) == 2
+                if done or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.3)
+            async with api.get(served.url + "/metrics") as r:
+                scraped = await r.text()
+    gmail, yahoo, microsoft = rows["gmail"], rows["yahoo"], rows["microsoft"]
+    assert (gmail["delivered"], gmail["bounced_hard"], gmail["bounced_class"]) == (
+        2,
+        1,
+        {"bad-mailbox": 1},
+    )
+    assert (gmail["opened"], gmail["opened_machine"], gmail["complained"]) == (1, 1, 1)
+    assert (yahoo["delivered"], yahoo["bounced"], yahoo["bounced_hard"]) == (1, 2, 0)
+    assert yahoo["bounced_class"] == {"quota": 1, "spam": 1}
+    assert (microsoft["delivered"], microsoft["deferred"]) == (3, 1)
+    assert sum(c["accepted"] for c in rows.values()) == 12
+    samples = [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(scraped)
+        for s in family.samples
+    ]
+
+    def metric(name: str, **labels: str) -> float:
+        return sum(v for n, found, v in samples if n == name and labels.items() <= found.items())
+
+    assert metric("sluice_messages_total", outcome="delivered") == 9
+    assert metric("sluice_messages_total", outcome="bounced") == 3
+    assert metric("sluice_messages_total", outcome="deferred", provider="microsoft") == 1
+    assert metric("sluice_bounces_total", provider="yahoo") == 2
+    assert metric("sluice_complaints_total", provider="gmail") == 1
+    assert metric("sluice_engagement_total", event="opened", agent="human", provider="gmail") == 2
