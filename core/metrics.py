@@ -15,6 +15,7 @@ workers count, and the one exposition ``GET /metrics`` serves.
 | ``sluice_queue_jobs``, ``sluice_queue_delayed`` | gauge | | Redis, read at each scrape |
 | ``sluice_queue_messages``, ``sluice_queue_oldest_age_seconds`` | gauge | ``state``, ``provider`` | what waits, read at each scrape (``gateway/queues.py``: up to 10,000 per place and shard) |
 | ``sluice_alerts_firing`` | gauge | ``rule`` | the alerts firing (``gateway/alerts.py``) |
+| ``sluice_warmup_budget_messages``, ``sluice_warmup_sent_messages`` | gauge | ``ip``, ``provider`` | warming IPs: today's budget and what was sent (``warmup/gate.py``) |
 | ``sluice_recorded_events_total`` | counter | ``event`` | Redis's counters per event type, read at each scrape: every process, since the data began |
 
 Labels are bounded: ``provider`` is the warmup provider group of the recipient's domain
@@ -275,6 +276,21 @@ class _QueueCollector:
             oldest.add_metric([state, provider], round(age, 3))
         yield waiting
         yield oldest
+        budget = GaugeMetricFamily(
+            "sluice_warmup_budget_messages",
+            "Today's warmup budget of a warming IP at a provider group.",
+            labels=["ip", "provider"],
+        )
+        sent = GaugeMetricFamily(
+            "sluice_warmup_sent_messages",
+            "Messages a warming IP sent to a provider group today (UTC).",
+            labels=["ip", "provider"],
+        )
+        for (ip, provider), (daily, today) in sorted(self.queue.warmup.items()):
+            budget.add_metric([ip, provider], daily)
+            sent.add_metric([ip, provider], today)
+        yield budget
+        yield sent
         firing = GaugeMetricFamily(
             "sluice_alerts_firing", "Alerts firing now, by rule.", labels=["rule"]
         )

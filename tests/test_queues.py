@@ -75,6 +75,8 @@ async def test_the_queue_explains_every_held_message_and_bulk_actions_act(
     scraped = await (await relay_api.get("/metrics")).text()
     assert 'sluice_queue_messages{provider="other",state="held_warmup"} 2.0' in scraped
     assert 'sluice_queue_messages{provider="other",state="held_quiet_hours"} 1.0' in scraped
+    assert 'sluice_warmup_budget_messages{ip="127.0.0.1",provider="other"} 1.0' in scraped
+    assert 'sluice_warmup_sent_messages{ip="127.0.0.1",provider="other"} 1.0' in scraped
     by_domain = await get(relay_api, "/v1/queues?group_by=domain&state=held_warmup")
     [group] = by_domain["groups"]
     assert (group["key"], group["count"]) == ("inbox.example.org", 2)

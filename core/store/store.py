@@ -103,6 +103,8 @@ class QueueGauges:
     # (state, provider) -> (messages, oldest age in seconds): what waits (gateway/queues.py)
     waiting: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     alerts_firing: dict[str, int] = field(default_factory=dict)  # rule -> alerts firing
+    # (ip, provider) -> (today's budget, sent today) of the warming IPs
+    warmup: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 # The cluster client's connections per node and process: it raises instead of waiting

@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway import queues
 from gateway.api.common import METRICS, STORE, json_response
 from gateway.api.openapi_parts import AUTH, error_responses
+from warmup import gate
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -31,7 +32,12 @@ async def metrics(request: web.Request) -> web.Response:
     firing: dict[str, int] = {}
     for alert in (await store.control.alerts()).values():
         firing[alert["rule"]] = firing.get(alert["rule"], 0) + 1
-    gauges = dataclasses.replace(gauges, waiting=waiting, alerts_firing=firing)
+    warming: dict[tuple[str, str], tuple[int, int]] = {}
+    for ip in (await gate.status(store))["ips"]:
+        for provider, state in ip["providers"].items():
+            if state["daily_budget"] is not None:
+                warming[(ip["ip"], provider)] = (state["daily_budget"], state["sent_today"])
+    gauges = dataclasses.replace(gauges, waiting=waiting, alerts_firing=firing, warmup=warming)
     body, content_type = request.app[METRICS].exposition(gauges, request.headers.get("Accept"))
     return web.Response(
         body=body,
