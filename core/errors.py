@@ -117,6 +117,11 @@ class WarmupDeferral(TransientDeliveryError):
     (not the retry schedule), then try again."""
 
 
+class SenderPaused(TransientDeliveryError):
+    """Every IP the message may leave from is paused at its provider (an alert, or a person):
+    wait ``retry_after``, then look again."""
+
+
 class PermanentDeliveryError(DeliveryError):
     """Do not try again: bounce."""
 

@@ -24,6 +24,7 @@ WEBHOOK_LEASE = PREFIX + "wh:lease"  # string: which gateway dispatches webhooks
 ROLLUP_LEASE = PREFIX + "roll:lease"  # string: which gateway counts events into rollups
 PAUSED = PREFIX + "paused"  # hash: paused campaign -> msgpack {since, reason}
 PARKED_CAMPAIGNS = PREFIX + "parked"  # set: campaigns that may hold jobs in some shard
+PAUSED_SENDERS = PREFIX + "paused-senders"  # hash: "ip:provider" -> msgpack {since, reason}
 ALERT_RULES = PREFIX + "alerts:rules"  # string: JSON of the alert rules (gateway/alerts.py)
 ALERTS = PREFIX + "alerts:active"  # hash: firing alert's key -> JSON of its state
 WEBHOOK_CURSOR = PREFIX + "wh:cursor"  # string: last event id delivered (or dead-lettered)

@@ -159,7 +159,7 @@ def metrics_of(event: dict[str, Any]) -> Iterator[str]:
     elif kind == "delivered":
         yield "delivered"
     elif kind == "deferred":
-        if event.get("held_by") == "paused":  # held, not an attempt
+        if event.get("held_by") in ("paused", "paused_sender"):  # held, not an attempt
             yield "held_paused"
             return
         yield "deferred"

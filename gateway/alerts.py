@@ -3,7 +3,9 @@ unsubscribes) over a window and a scope (campaign, provider, IP x provider), wit
 and critical thresholds and a minimum volume; firing and resolving emit ``alert_fired`` and
 ``alert_resolved`` events (so webhooks carry them), and a critical alert of a campaign
 whose rule says ``pause_campaign`` pauses it: its queued messages are held until a person
-resumes it (``POST /v1/campaigns/{campaign}/resume``).
+resumes it (``POST /v1/campaigns/{campaign}/resume``); one of an IP x provider whose rule
+says ``pause_ip_provider`` stops that IP sending to that provider (other IPs of the pool
+take over; with none left, messages wait) until ``POST /v1/senders/{ip}/{provider}/resume``.
 
 Evaluated by the rollup counter that holds the lease (``gateway/rollups.py``), every few
 seconds, from the hourly rollups: a window is rounded up to whole hours (the current one
@@ -41,7 +43,7 @@ SCOPES: dict[str, tuple[str, ...]] = {
     "provider": ("provider",),
     "ip_provider": ("ip", "provider"),
 }
-ACTIONS = ("notify", "pause_campaign")
+ACTIONS = ("notify", "pause_campaign", "pause_ip_provider")
 DEFAULT_RULES: list[dict[str, Any]] = [
     {
         "name": "complaint-rate",
@@ -124,6 +126,10 @@ def validate_rules(document: Any) -> list[dict[str, Any]]:
         if rule["action"] == "pause_campaign" and rule["scope"] != "campaign":
             raise ValidationError(
                 f"'{where}': pause_campaign needs scope campaign", field=f"{where}.action"
+            )
+        if rule["action"] == "pause_ip_provider" and rule["scope"] != "ip_provider":
+            raise ValidationError(
+                f"'{where}': pause_ip_provider needs scope ip_provider", field=f"{where}.action"
             )
         warn = _number(rule, "warn", where, low=0, high=1)
         critical = _number(rule, "critical", where, low=0, high=1)
@@ -209,11 +215,19 @@ async def _fire(
 ) -> dict[str, Any]:
     threshold = rule["critical"] if severity == "critical" else rule["warn"]
     acted = None
-    if severity == "critical" and rule["action"] == "pause_campaign":
-        reason = f"alert {rule['name']}: {rule['metric']} rate {rate:.4%} over {threshold:.4%}"
+    reason = f"alert {rule['name']}: {rule['metric']} rate {rate:.4%} over {threshold:.4%}"
+    critical = severity == "critical"
+    if critical and rule["action"] == "pause_campaign":
         if await store.control.pause(target["campaign"], reason):
             acted = "paused_campaign"
             log.warning("campaign %s paused by %s", target["campaign"], reason)
+    elif (
+        critical
+        and rule["action"] == "pause_ip_provider"
+        and await store.control.pause_sender(target["ip"], target["provider"], reason)
+    ):
+        acted = "paused_ip_provider"
+        log.warning("%s paused at %s by %s", target["ip"], target["provider"], reason)
     state = {
         "key": key,
         "rule": rule["name"],

@@ -11,7 +11,7 @@ Every waiting job gets a state, from where it is and its message's latest event:
 | ``held_quiet_hours``, ``held_cap`` | the delayed set, never attempted | the contact policy moved it |
 | ``retrying`` | the delayed set, attempted | a 4xx or a failed connection: ``next_attempt``, ``last_reply`` |
 | ``held_warmup`` | the delayed set, attempted | the sending IPs' warmup budget |
-| ``paused`` | a paused campaign's parked set | its campaign is paused |
+| ``paused`` | a paused campaign's parked set, or the delayed set | its campaign is paused, or every IP it may leave from is paused at its provider |
 
 Each job is read from Redis as it is when asked (up to ``MAX_SCANNED`` per place and shard;
 ``truncated`` says when there were more). Bulk actions take a filter on the same fields:
@@ -52,7 +52,7 @@ MAX_FILTER_CHARS = {"domain": 254}  # the others: 64
 FILTERS = ("state", "provider", "domain", "ip", "campaign")
 ACTIONS = {
     "release": ("scheduled", "held_quiet_hours", "held_cap", "held_warmup", "retrying"),
-    "retry_now": ("retrying", "held_warmup"),
+    "retry_now": ("retrying", "held_warmup", "paused"),
     "cancel": ("scheduled", "held_quiet_hours", "held_cap", "held_warmup", "retrying", "paused"),
 }
 
@@ -129,7 +129,8 @@ def _state(w: Waiting, event: dict[str, Any] | None) -> tuple[str, str | None, s
             return "held_cap", None, ""
         return "scheduled", None, ""
     reply = " ".join(str(p) for p in (event.get("smtp_code"), event.get("reason")) if p) or None
-    state = "held_warmup" if event.get("held_by") == "warmup" else "retrying"
+    held = event.get("held_by")
+    state = {"warmup": "held_warmup", "paused_sender": "paused"}.get(str(held), "retrying")
     return state, reply, str(event.get("ip") or "")
 
 

@@ -49,6 +49,7 @@ from core.addresses import domain_of
 from core.errors import (
     DeliveryError,
     PermanentDeliveryError,
+    SenderPaused,
     TransientDeliveryError,
     WarmupDeferral,
 )
@@ -82,6 +83,7 @@ STALE_AFTER_MS = 60_000
 RENDER_THREADS = 2
 KEPT_BATCHES = 512  # batch contents, builders and link tables kept per worker
 PAUSED_READ_SECONDS = 1.0  # how stale a worker's list of paused campaigns may be
+SENDER_PAUSED_RETRY_SECONDS = 300.0  # a message whose every IP is paused looks again then
 
 
 def _stop_if_cancelled() -> None:
@@ -145,6 +147,8 @@ class Worker:
         self.batches: _Memo[BatchContent | None] = _Memo(KEPT_BATCHES)
         self._paused: frozenset[str] = frozenset()
         self._paused_read = -PAUSED_READ_SECONDS
+        self._paused_pairs: frozenset[str] = frozenset()
+        self._senders_read = -PAUSED_READ_SECONDS
         self.templates = TemplateCache()
         self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
         self.outcomes = Outcomes(store)
@@ -330,6 +334,14 @@ class Worker:
         )
         entries = iter(found)
         return [(q, b, next(entries) if b is not None else None) for q, b in checked]
+
+    async def _paused_senders(self) -> frozenset[str]:
+        """The paused ``ip:provider`` pairs, read at most once a second."""
+        now = time.monotonic()
+        if now - self._senders_read > PAUSED_READ_SECONDS:
+            self._paused_pairs = frozenset(await self.store.control.paused_senders())
+            self._senders_read = now
+        return self._paused_pairs
 
     async def _paused_campaigns(self) -> frozenset[str]:
         """The paused campaigns, read at most once a second (a pause holds the next reads)."""
@@ -572,6 +584,14 @@ class Worker:
             return None, None  # no --ips: the system picks the source address
         mx = destinations[0].host if destinations and destinations[0].via == "mx" else None
         provider = provider_of(domain, mx)
+        paused = await self._paused_senders()
+        if paused:
+            members = [ip for ip in members if f"{ip}:{provider}" not in paused]
+            if not members:
+                raise SenderPaused(
+                    f"every IP of pool {name} is paused at {provider}",
+                    retry_after=SENDER_PAUSED_RETRY_SECONDS,
+                )
         choice = await self.warmup.choose(members, provider, time.time(), message_id)
         if choice.ip is None:
             raise WarmupDeferral(
@@ -690,6 +710,8 @@ class Worker:
         }
         if isinstance(exc, WarmupDeferral):
             fields["held_by"] = "warmup"
+        elif isinstance(exc, SenderPaused):
+            fields["held_by"] = "paused_sender"
         if now >= deadline:
             await self._finish(queued, batch, EventType.EXPIRED, **fields)
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -13,11 +14,12 @@ import pytest
 
 from core.errors import ValidationError
 from core.settings import HostPort
+from core.store import Store
 from gateway.alerts import DEFAULT_RULES, validate_rules
 from mta.worker import Worker
 from tests.bounce_reports import YAHOO_ARF
-from tests.conftest import Sink
-from tests.inprocess import Client, Webhooks, get, send
+from tests.conftest import Sink, gateway_settings
+from tests.inprocess import Client, Webhooks, get, running_worker, send
 from tests.test_stats import campaign_body
 
 RULE = {
@@ -113,3 +115,52 @@ def test_rules_are_checked_before_they_are_saved() -> None:
         assert raised.value.field == field, broken
     with pytest.raises(ValidationError):
         validate_rules({"rules": [RULE, RULE]})
+
+
+@pytest.mark.slow
+async def test_a_hard_bounce_rule_pauses_an_ip_at_a_provider_until_it_is_resumed(
+    relay_api: Client, store: Store, sink: Sink, tmp_path: Path
+) -> None:
+    rule = {**RULE, "name": "bounces", "metric": "hard_bounce", "scope": "ip_provider"}
+    rule |= {"warn": 0.1, "critical": 0.2, "action": "pause_ip_provider"}
+    saved = await relay_api.put("/v1/alerts/rules", json={"rules": [rule]})
+    assert saved.status == 200, await saved.text()
+    for n in range(3):  # 3 of 10 dead: 30%
+        sink.refuse[f"d{n}@gmail.com"] = f"550 5.1.1 <d{n}@gmail.com>: User unknown"
+    sending = gateway_settings(tmp_path, relay=sink.relay, ips="127.0.0.1")
+    emails = [f"d{n}@gmail.com" for n in range(10)]
+    await send(relay_api, campaign_body("winback", emails))
+    async with running_worker(sending, store) as worker:
+        await worker.run_until_idle()
+
+        async def firing() -> list[dict[str, Any]]:
+            return list((await get(relay_api, "/v1/alerts"))["alerts"])
+
+        [alert] = await until(firing)
+        assert alert["target"] == {"ip": "127.0.0.1", "provider": "gmail"}
+        assert (alert["severity"], alert["acted"]) == ("critical", "paused_ip_provider")
+        [paused] = (await get(relay_api, "/v1/senders/paused"))["paused"]
+        assert (paused["ip"], paused["provider"]) == ("127.0.0.1", "gmail")
+
+        before = len(sink.snapshot())
+        await send(
+            relay_api, campaign_body("winback", ["e0@gmail.com", "e1@gmail.com", "e2@outlook.com"])
+        )
+        await worker.run_until_idle()
+        assert [r.rcpt_tos[0] for r in sink.snapshot()[before:]] == ["e2@outlook.com"]
+        view = await get(relay_api, "/v1/queues?group_by=provider&state=paused")
+        assert [(g["key"], g["count"]) for g in view["groups"]] == [("gmail", 2)]
+
+        resumed = await (await relay_api.post("/v1/senders/127.0.0.1/gmail/resume")).json()
+        assert resumed["was_paused"] is True
+        moved = await relay_api.post(
+            "/v1/queues/actions", json={"filter": {"state": "paused"}, "action": "retry_now"}
+        )
+        assert (await moved.json())["changed"] == 2
+        await asyncio.sleep(1.1)  # the worker's view of paused pairs is a second old at most
+        await worker.run_until_idle()
+    assert sorted(r.rcpt_tos[0] for r in sink.snapshot()[before:]) == [
+        "e0@gmail.com",
+        "e1@gmail.com",
+        "e2@outlook.com",
+    ]

@@ -103,6 +103,21 @@ class ControlStore:
         per = len(self.shards.all)
         return {c: sum(counts[i * per : (i + 1) * per]) for i, c in enumerate(campaigns)}
 
+    # --- paused senders (IP x provider) -----------------------------------------------------
+
+    async def paused_senders(self) -> dict[str, dict[str, Any]]:
+        """Paused ``ip:provider`` pairs -> {since, reason}."""
+        found: dict[Any, Any] = await self.redis.hgetall(keys.PAUSED_SENDERS)
+        return {text(name): msgpack.unpackb(value) for name, value in found.items()}
+
+    async def pause_sender(self, ip: str, provider: str, reason: str) -> bool:
+        """Stop sending from ``ip`` to ``provider``; False if it was paused already."""
+        entry = msgpack.packb({"since": round(time.time(), 3), "reason": reason})
+        return bool(await self.redis.hsetnx(keys.PAUSED_SENDERS, f"{ip}:{provider}", entry))
+
+    async def resume_sender(self, ip: str, provider: str) -> bool:
+        return bool(await self.redis.hdel(keys.PAUSED_SENDERS, f"{ip}:{provider}"))
+
     # --- alerts ----------------------------------------------------------------------------
 
     async def alert_rules(self) -> list[dict[str, Any]] | None:

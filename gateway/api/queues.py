@@ -3,14 +3,17 @@ release, retry now, cancel, with a dry run): ``gateway/queues.py``."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
 from aiohttp import web
 
+from core.errors import ValidationError
 from gateway import queues
 from gateway.api.common import STORE, json_body, json_response, query
 from gateway.api.openapi_parts import AUTH, error_responses
+from warmup.schedules import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,51 @@ async def post_action(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
-ROUTES = [web.get("/v1/queues", get_queues), web.post("/v1/queues/actions", post_action)]
+def _sender(request: web.Request) -> tuple[str, str]:
+    ip, provider = request.match_info["ip"], request.match_info["provider"]
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValidationError(f"{ip[:45]!r} is not an IP address", field="ip") from None
+    if provider not in PROVIDERS:
+        raise ValidationError(f"'provider' must be one of {', '.join(PROVIDERS)}", field="provider")
+    return ip, provider
+
+
+async def pause_sender(request: web.Request) -> web.Response:
+    """Stop an IP sending to a provider group (the pool's other IPs take over)."""
+    query(request)
+    ip, provider = _sender(request)
+    fresh = await request.app[STORE].control.pause_sender(ip, provider, "paused through the API")
+    log.info("%s paused at %s", ip, provider)
+    return json_response({"ip": ip, "provider": provider, "paused": True, "was_paused": not fresh})
+
+
+async def resume_sender(request: web.Request) -> web.Response:
+    query(request)
+    ip, provider = _sender(request)
+    was = await request.app[STORE].control.resume_sender(ip, provider)
+    log.info("%s resumed at %s", ip, provider)
+    return json_response({"ip": ip, "provider": provider, "paused": False, "was_paused": was})
+
+
+async def get_paused_senders(request: web.Request) -> web.Response:
+    query(request)
+    paused = await request.app[STORE].control.paused_senders()
+    listed = []
+    for pair, state in sorted(paused.items()):
+        ip, _, provider = pair.rpartition(":")
+        listed.append({"ip": ip, "provider": provider, **state})
+    return json_response({"paused": listed})
+
+
+ROUTES = [
+    web.get("/v1/queues", get_queues),
+    web.post("/v1/queues/actions", post_action),
+    web.get("/v1/senders/paused", get_paused_senders),
+    web.post("/v1/senders/{ip}/{provider}/pause", pause_sender),
+    web.post("/v1/senders/{ip}/{provider}/resume", resume_sender),
+]
 
 _FILTER_PARAMS = [
     {
@@ -60,7 +107,44 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sender_action(summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": AUTH,
+            "parameters": [
+                {
+                    "name": "ip",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 45},
+                },
+                {
+                    "name": "provider",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": list(PROVIDERS)},
+                },
+            ],
+            "responses": _ok("Done", {"type": "object"}),
+        }
+    }
+
+
 PATHS: dict[str, Any] = {
+    "/v1/senders/paused": {
+        "get": {
+            "summary": "IP x provider pairs paused (by an alert or a person)",
+            "security": AUTH,
+            "responses": _ok("The paused pairs", {"type": "object"}),
+        }
+    },
+    "/v1/senders/{ip}/{provider}/pause": _sender_action(
+        "Stop an IP sending to a provider group (the pool's other IPs take over)"
+    ),
+    "/v1/senders/{ip}/{provider}/resume": _sender_action(
+        "Let an IP send to a provider group again"
+    ),
     "/v1/queues": {
         "get": {
             "summary": "What waits in the queue and why, grouped",
