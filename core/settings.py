@@ -378,6 +378,22 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StatsSettings:
+    hourly_days: int = option(
+        "stats_hourly_days",
+        casts.positive_int,
+        default=30,
+        help="days the hourly statistics rollups are kept (docs/insight.md)",
+    )
+    daily_days: int = option(
+        "stats_daily_days",
+        casts.positive_int,
+        default=400,
+        help="days the daily statistics rollups are kept",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrackingSettings:
     unsubscribe_scope: str = option(
         "unsubscribe_scope",
@@ -538,6 +554,7 @@ class Settings:
     redis: RedisSettings = section(RedisSettings)
     delivery: DeliverySettings = section(DeliverySettings)
     tracking: TrackingSettings = section(TrackingSettings)
+    stats: StatsSettings = section(StatsSettings)
     webhooks: WebhookSettings = section(WebhookSettings)
     warmup: WarmupSettings = section(WarmupSettings)
     submission: SubmissionSettings = section(SubmissionSettings)

@@ -63,7 +63,7 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _rollups_ctx(app: web.Application) -> AsyncIterator[None]:
     """The rollup counter (``gateway/rollups.py``): one per gateway, one of them counts."""
-    roller = Roller(app[STORE])
+    roller = Roller(app[STORE], app[SETTINGS].stats)
     task = asyncio.create_task(roller.run(), name="rollups")
     yield
     roller.stopping.set()

@@ -17,6 +17,7 @@ from typing import Any
 from core import rollups
 from core.addresses import domain_of
 from core.ids import split_message_id
+from core.settings import StatsSettings
 from core.shards import Shard
 from core.store import Store
 from core.store.rollups import Page
@@ -33,8 +34,11 @@ _AFTER_DELIVERY = frozenset({"opened", "clicked", "unsubscribed", "complained", 
 
 
 class Roller:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settings: StatsSettings | None = None) -> None:
         self.store = store
+        kept = settings or StatsSettings()
+        self.hourly_seconds = kept.hourly_days * 86400
+        self.daily_seconds = kept.daily_days * 86400
         self.owner = secrets.token_hex(8)
         self.stopping = asyncio.Event()
         # batch id -> (campaign, category, sending domain) from its content
@@ -69,7 +73,8 @@ class Roller:
             if not events:
                 continue
             page = await self._page(shard, cursor, events)
-            if await self.store.rollups.apply(page):
+            kept = {"hourly_seconds": self.hourly_seconds, "daily_seconds": self.daily_seconds}
+            if await self.store.rollups.apply(page, **kept):
                 counted += len(events)
         return counted
 

@@ -264,6 +264,7 @@ async def test_events_are_counted_once_whatever_the_counters(
 ) -> None:
     """Two counters on one page: the cursor they both began after lets one count it. The
     command line reads the same figures."""
+    started = time.time()
     await send(relay_api, campaign_body("spring", [f"s{n}@inbox.example.org" for n in range(30)]))
     await worker.run_until_idle()
     total = await settled(relay_api, lambda t: t["delivered"] == 30)
@@ -280,6 +281,13 @@ async def test_events_are_counted_once_whatever_the_counters(
         sluice, "campaign", "report", "autumn", "--redis-url", redis_url
     )
     assert missing.returncode == 2 and "no messages of campaign 'autumn'" in missing.stderr
+    hours = {rollups.hour_of(started), rollups.hour_of(time.time())}  # an hour may turn
+    ttls = [
+        await store.redis.ttl(shard.keys.rollup(rollups.HOURLY, hour))
+        for shard in store.shards.all
+        for hour in hours
+    ]
+    assert all(29 * 86400 < t <= 30 * 86400 for t in ttls if t > 0) and max(ttls) > 0, ttls
     for shard in store.shards.all:  # a page counted again from where it began: refused
         _, events = await store.rollups.events(shard, 10)
         assert events == [], "every event counted"

@@ -61,8 +61,15 @@ class RollupStore:
             replies = await pipe.execute() if message_ids else []
         return [(text(ip or b""), text(pool or b"")) for ip, pool in replies]
 
-    async def apply(self, page: Page) -> bool:
-        """Add a page's counts and move the cursor, unless another counter moved it first."""
+    async def apply(
+        self,
+        page: Page,
+        *,
+        hourly_seconds: int = rollups.HOURLY_SECONDS_KEPT,
+        daily_seconds: int = rollups.DAILY_SECONDS_KEPT,
+    ) -> bool:
+        """Add a page's counts and move the cursor, unless another counter moved it first;
+        the hourly and daily hashes it touches are kept that long."""
         where = page.shard.keys
         names: list[str] = []
         ttls: list[Arg] = []
@@ -81,13 +88,13 @@ class RollupStore:
                 number = key_number(where.rollup_totals(), 0)
             else:
                 hourly = resolution == rollups.HOURLY
-                kept = rollups.HOURLY_SECONDS_KEPT if hourly else rollups.DAILY_SECONDS_KEPT
+                kept = hourly_seconds if hourly else daily_seconds
                 number = key_number(where.rollup(resolution, bucket), kept)
             increments += [number, counter, n]
         samples: list[Arg] = []
         for campaign, bounce_class, reply in page.samples:
             sample_key = where.bounce_samples(campaign, bounce_class)
-            samples += [key_number(sample_key, rollups.HOURLY_SECONDS_KEPT), reply]
+            samples += [key_number(sample_key, hourly_seconds), reply]
         args: list[Arg] = [page.began_after, page.last, len(names), *ttls]
         args += [len(page.counts), *increments, *samples]
         return bool(await self._apply([where.rollup_cursor, *names], args))
