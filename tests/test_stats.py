@@ -327,9 +327,11 @@ def test_rates_name_their_denominators_and_flag_low_volume() -> None:
 async def test_against_a_real_serve_the_counts_are_what_the_fault_sink_answered(
     serve_factory: Any,
 ) -> None:
-    """The same kind of scenario, through ``sluice serve`` (API, workers, tracking, inbound
-    server in their own processes) and the fault sink's scripted answers: 4xx then OK,
-    5xx by class; /v1/stats and /metrics count exactly that."""
+    """The scenario through ``sluice serve`` (API, workers, tracking, inbound server in their
+    own processes) and the fault sink's scripted answers (4xx then OK, 5xx by class): two
+    campaigns to four providers, human and Apple-proxy opens, a scanner's and a person's
+    click, an ARF complaint, a one-click unsubscribe; /v1/stats, the campaign report and
+    /metrics count exactly that."""
     with FaultSink() as fault:
         fault.script("bf0@gmail.com", ["550 5.1.1 <bf0@gmail.com>: User unknown"])
         fault.script("bf0@yahoo.com", ["552 5.2.2 <bf0@yahoo.com>: Mailbox full"])
@@ -339,56 +341,74 @@ async def test_against_a_real_serve_the_counts_are_what_the_fault_sink_answered(
         emails = [
             f"bf{n}@{d}" for d in (*PROVIDERS.values(), "inbox.example.org") for n in range(3)
         ]
+        bodies = [
+            campaign_body("cyber", emails),
+            campaign_body("welcome", ["w0@gmail.com", "w1@outlook.com"]),
+        ]
         async with aiohttp.ClientSession(headers=served.headers) as api:
-            async with api.post(
-                served.url + "/v1/messages", json=campaign_body("cyber", emails)
-            ) as r:
-                assert r.status == 202, await r.text()
+            for body in bodies:
+                async with api.post(served.url + "/v1/messages", json=body) as r:
+                    assert r.status == 202, await r.text()
             for _ in range(300):  # up to a minute: the deferred one comes back after its retry
-                if len(fault.accepted()) >= 9:
+                if len(fault.accepted()) >= 11:
                     break
                 await asyncio.sleep(0.2)
             delivered = {m.rcpt_tos[0]: m.message for m in fault.accepted()}
-            assert len(delivered) == 9, sorted(delivered)
-            html_of_gmail = str(delivered["bf1@gmail.com"].get_body(("html",)).get_content())
-            [pixel] = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', html_of_gmail)
-            async with aiohttp.ClientSession() as reader:
-                for agent in (BROWSER, BROWSER, APPLE_PROXY):
-                    async with reader.get(pixel, headers=agent) as r:
-                        assert r.status == 200
-            complained = str(delivered["bf2@gmail.com"]["Message-ID"]).strip().encode()
-            host, _, port = served.inbound.rpartition(":")
-            async with aiosmtplib.SMTP(hostname=host, port=int(port), timeout=30) as smtp:
-                await smtp.sendmail(
-                    "",
-                    ["fbl@shop.example.com"],
-                    YAHOO_ARF.replace(b"<01HZX3J6Q3ARF@sluice.test>", complained),
-                )
+            assert len(delivered) == 11, sorted(delivered)
+            await _engage(delivered, served.inbound)
 
-            async def totals() -> dict[str, Any]:
-                async with api.get(served.url + "/v1/stats?resolution=day&group_by=provider") as r:
-                    return dict(await r.json())
+            async def by(group: str) -> dict[str, Any]:
+                async with api.get(f"{served.url}/v1/stats?resolution=day&group_by={group}") as r:
+                    return {row[group]: row for row in (await r.json())["rows"]}
 
-            deadline = time.monotonic() + 30
-            while True:
-                rows = {row["provider"]: row["counts"] for row in (await totals())["rows"]}
-                done = sum(c["complained"] + c["opened_machine"] for c in rows.values()) == 2
-                if done or time.monotonic() > deadline:
+            for _ in range(100):
+                rows = await by("provider")
+                if (
+                    sum(
+                        row["counts"]["complained"] + row["counts"]["unsubscribed"]
+                        for row in rows.values()
+                    )
+                    == 2
+                ):
                     break
                 await asyncio.sleep(0.3)
+            by_campaign = await by("campaign")
+            async with api.get(served.url + "/v1/campaigns/cyber") as r:
+                report = await r.json()
             async with api.get(served.url + "/metrics") as r:
                 scraped = await r.text()
-    gmail, yahoo, microsoft = rows["gmail"], rows["yahoo"], rows["microsoft"]
+    gmail, yahoo, microsoft = (rows[p]["counts"] for p in ("gmail", "yahoo", "microsoft"))
     assert (gmail["delivered"], gmail["bounced_hard"], gmail["bounced_class"]) == (
-        2,
+        3,
         1,
         {"bad-mailbox": 1},
     )
     assert (gmail["opened"], gmail["opened_machine"], gmail["complained"]) == (1, 1, 1)
-    assert (yahoo["delivered"], yahoo["bounced"], yahoo["bounced_hard"]) == (1, 2, 0)
+    assert (yahoo["delivered"], yahoo["bounced"], yahoo["bounced_hard"], yahoo["unsubscribed"]) == (
+        1,
+        2,
+        0,
+        1,
+    )
     assert yahoo["bounced_class"] == {"quota": 1, "spam": 1}
-    assert (microsoft["delivered"], microsoft["deferred"]) == (3, 1)
-    assert sum(c["accepted"] for c in rows.values()) == 12
+    assert (microsoft["delivered"], microsoft["deferred"]) == (4, 1)
+    assert (microsoft["clicked"], microsoft["clicked_machine"]) == (1, 1)
+    assert sum(row["counts"]["accepted"] for row in rows.values()) == 14
+    cyber, welcome = by_campaign["cyber"], by_campaign["welcome"]
+    assert (cyber["counts"]["delivered"], welcome["counts"]["delivered"]) == (9, 2)
+    assert cyber["rates"]["complaint"] == round(1 / 9, 6)
+    assert cyber["rates"]["delivery"] == round(9 / 12, 6)
+    assert cyber["rates"]["unsubscribe"] == round(1 / 9, 6)
+    assert [(s["step"], s["messages"]) for s in report["funnel"]] == [
+        ("accepted", 12),
+        ("delivered", 9),
+        ("opened", 1),
+        ("clicked", 1),
+    ]
+    classes = {c["class"]: c["count"] for c in report["bounce_classes"]}
+    assert classes == {"bad-mailbox": 1, "quota": 1, "spam": 1}
+    [link] = report["links"]
+    assert (link["human"], link["machine"]) == (1, 1)
     samples = [
         (s.name, s.labels, s.value)
         for family in text_string_to_metric_families(scraped)
@@ -398,9 +418,45 @@ async def test_against_a_real_serve_the_counts_are_what_the_fault_sink_answered(
     def metric(name: str, **labels: str) -> float:
         return sum(v for n, found, v in samples if n == name and labels.items() <= found.items())
 
-    assert metric("sluice_messages_total", outcome="delivered") == 9
+    assert metric("sluice_messages_total", outcome="delivered") == 11
     assert metric("sluice_messages_total", outcome="bounced") == 3
     assert metric("sluice_messages_total", outcome="deferred", provider="microsoft") == 1
     assert metric("sluice_bounces_total", provider="yahoo") == 2
     assert metric("sluice_complaints_total", provider="gmail") == 1
     assert metric("sluice_engagement_total", event="opened", agent="human", provider="gmail") == 2
+    assert metric("sluice_engagement_total", event="opened", agent="machine") == 1
+    assert metric("sluice_engagement_total", event="clicked", agent="machine") == 1
+    assert metric("sluice_engagement_total", event="clicked", agent="human") == 1
+    assert metric("sluice_engagement_total", event="unsubscribed") == 1
+
+
+async def _engage(delivered: dict[str, Any], inbound: str) -> None:
+    """As mail clients and people would: bf1@gmail.com opens twice and Apple's proxy fetches
+    its pixel; a scanner clicks bf1@outlook.com's first link at once and its reader later;
+    bf2@yahoo.com unsubscribes in one click; bf2@gmail.com reports spam (ARF)."""
+
+    def html(email: str) -> str:
+        return str(delivered[email].get_body(("html",)).get_content())
+
+    [pixel] = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', html("bf1@gmail.com"))
+    link = next(
+        u for u in re.findall(r'<a [^>]*href="([^"]+)"', html("bf1@outlook.com")) if "/t/c/" in u
+    )
+    one_click = re.findall(r"<([^>]+)>", delivered["bf2@yahoo.com"]["List-Unsubscribe"])[0]
+    async with aiohttp.ClientSession() as reader:
+        for agent in (BROWSER, BROWSER, APPLE_PROXY):
+            async with reader.get(pixel, headers=agent) as r:
+                assert r.status == 200
+        async with reader.get(link, headers=BROWSER, allow_redirects=False) as r:
+            assert r.status == 302  # at once: a scanner
+        await asyncio.sleep(CLICK_WINDOW_SECONDS + 0.5)
+        async with reader.get(link, headers=BROWSER, allow_redirects=False) as r:
+            assert r.status == 302  # later: a person
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with reader.post(one_click, data=b"List-Unsubscribe=One-Click", headers=form) as r:
+            assert r.status == 200
+    complained = str(delivered["bf2@gmail.com"]["Message-ID"]).strip().encode()
+    report = YAHOO_ARF.replace(b"<01HZX3J6Q3ARF@sluice.test>", complained)
+    host, _, port = inbound.rpartition(":")
+    async with aiosmtplib.SMTP(hostname=host, port=int(port), timeout=30) as smtp:
+        await smtp.sendmail("", ["fbl@shop.example.com"], report)
