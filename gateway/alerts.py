@@ -118,7 +118,7 @@ def validate_rules(document: Any) -> list[dict[str, Any]]:
             raise ValidationError(f"two rules are named {name!r}", field=f"{where}.name")
         names.add(name)
         for field, allowed in (("metric", METRICS), ("scope", SCOPES), ("action", ACTIONS)):
-            if rule.get(field) not in allowed:
+            if not isinstance(rule.get(field), str) or rule[field] not in allowed:
                 raise ValidationError(
                     f"'{where}.{field}' must be one of {', '.join(allowed)}",
                     field=f"{where}.{field}",

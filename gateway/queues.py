@@ -209,28 +209,29 @@ async def act(store: Store, body: Any) -> dict[str, Any]:
             delayed = [i for i in mine if i.waiting.place == "delayed"]
             moved = await store.queue.release(shard, [i.waiting.raw for i in delayed])
             for item in (i for i, ok in zip(delayed, moved, strict=True) if ok):
-                await _record(store, item, EventType.RELEASED, "", now, action=action)
+                await _record(store, item, EventType.RELEASED, now, action=action)
                 changed += 1
             continue
-        delayed = [i for i in mine if i.waiting.place == "delayed"]
-        taken = await store.queue.take_delayed(shard, [i.waiting.raw for i in delayed])
-        gone = [i for i, ok in zip(delayed, taken, strict=True) if ok]
-        for item in (i for i in mine if i.waiting.place == "parked"):
-            [ok] = await store.queue.take_parked(shard, item.campaign, [item.waiting.raw])
-            if ok:
-                gone.append(item)
-        for item in gone:
-            await _record(store, item, EventType.CANCELLED, "cancelled", now)
-        changed += len(gone)
+        by_set: dict[str, list[Item]] = {}
+        for item in mine:
+            held_in = (
+                shard.keys.delayed
+                if item.waiting.place == "delayed"
+                else shard.keys.parked(item.waiting.campaign)
+            )
+            by_set.setdefault(held_in, []).append(item)
+        for held_in, items_here in by_set.items():
+            jobs = [
+                (i.waiting.job, i.waiting.raw, _event(i, EventType.CANCELLED, now), i.domain)
+                for i in items_here
+            ]
+            changed += sum(await store.queue.cancel(shard, held_in, jobs))
     return {"action": action, "dry_run": False, "matched": len(chosen), "changed": changed}
 
 
-async def _record(
-    store: Store, item: Item, kind: EventType, status: str, now: float, **fields: Any
-) -> None:
-    """The event of a message a bulk action touched (and its final status, for a cancel)."""
+def _event(item: Item, kind: EventType, now: float, **fields: Any) -> bytes:
     job = item.waiting.job
-    event = pack_event(
+    return pack_event(
         kind,
         timestamp=now,
         message_id=job.message_id,
@@ -241,5 +242,9 @@ async def _record(
         state=item.state,
         **fields,
     )
-    final_domain = domain_of(job.email) if status else ""
-    await store.complete(Outcome("", job.message_id, status, event, domain=final_domain))
+
+
+async def _record(store: Store, item: Item, kind: EventType, now: float, **fields: Any) -> None:
+    """The event of a message a bulk action sent on."""
+    event = _event(item, kind, now, **fields)
+    await store.complete(Outcome("", item.waiting.job.message_id, "", event))

@@ -60,6 +60,15 @@ def parse_time(text: str, name: str) -> float:
     return moment.timestamp()
 
 
+LATEST = 32503680000.0  # 3000-01-01: times past it are refused (datetime ends at 9999)
+
+
+def _bounded(stamp: float, name: str) -> float:
+    if not 0 <= stamp <= LATEST:
+        raise ValidationError(f"'{name}' must be between 1970 and 3000", field=name)
+    return stamp
+
+
 def query_of(params: dict[str, str], *, default_resolution: str = "day") -> Query:
     """A query from request parameters (``ValidationError`` for what cannot be one)."""
     for name, value in params.items():
@@ -68,9 +77,13 @@ def query_of(params: dict[str, str], *, default_resolution: str = "day") -> Quer
     resolution = params.get("resolution") or default_resolution
     if resolution not in RESOLUTIONS:
         raise ValidationError("'resolution' must be hour or day", field="resolution")
-    end = parse_time(params["to"], "to") if params.get("to") else time.time()
+    end = _bounded(parse_time(params["to"], "to"), "to") if params.get("to") else time.time()
     span = 86400 if resolution == "hour" else 30 * 86400
-    start = parse_time(params["from"], "from") if params.get("from") else end - span + 1
+    start = (
+        _bounded(parse_time(params["from"], "from"), "from")
+        if params.get("from")
+        else max(0.0, end - span + 1)
+    )
     if start > end:
         raise ValidationError("'from' is after 'to'", field="from")
     limit = MAX_HOURS * 3600 if resolution == "hour" else MAX_DAYS * 86400

@@ -586,7 +586,14 @@ class Worker:
         provider = provider_of(domain, mx)
         paused = await self._paused_senders()
         if paused:
-            members = [ip for ip in members if f"{ip}:{provider}" not in paused]
+            # statistics (and so alerts) name the provider by the recipient's domain alone;
+            # routing may know it by its MX: a pause under either name holds
+            by_domain = provider_of(domain)
+            members = [
+                ip
+                for ip in members
+                if f"{ip}:{provider}" not in paused and f"{ip}:{by_domain}" not in paused
+            ]
             if not members:
                 raise SenderPaused(
                     f"every IP of pool {name} is paused at {provider}",

@@ -105,6 +105,8 @@ def test_rules_are_checked_before_they_are_saved() -> None:
     assert validate_rules({"rules": DEFAULT_RULES}) == DEFAULT_RULES
     for broken, field in (
         ({**RULE, "metric": "opens"}, "rules[0].metric"),
+        ({**RULE, "metric": []}, "rules[0].metric"),
+        ({**RULE, "scope": {"a": 1}}, "rules[0].scope"),
         ({**RULE, "warn": 0.2}, "rules[0].warn"),
         ({**RULE, "scope": "provider"}, "rules[0].action"),
         ({**RULE, "window_seconds": 60}, "rules[0].window_seconds"),

@@ -149,3 +149,19 @@ async def test_metrics_count_requests_and_queue(api: Client) -> None:
     assert 'sluice_http_requests_total{route="/v1/messages",status="202"} 1' in text
     assert 'sluice_api_recipients_total{status="queued"} 4' in text
     assert "sluice_queue_jobs 4" in text
+
+
+async def test_hostile_cursors_and_times_are_refused_not_failed(api: Client) -> None:
+    """A cursor of the form pages over shards use is read on one shard too; times outside
+    what a calendar holds are a 400."""
+    await api.post("/v1/messages", json=fixture_batch(2))
+    for cursor, status in (("v1.0.5-0", 200), ("v1.0.", 200), ("v1.99999999999999999999.0-0", 400)):
+        answer = await api.get("/v1/events", params={"after": cursor})
+        assert answer.status == status, (cursor, await answer.text())
+    for params in (
+        {"to": "9999-12-31T23:30:00Z", "resolution": "hour"},
+        {"from": "0001-01-01"},
+        {"to": "9" * 40},
+    ):
+        answer = await api.get("/v1/stats", params=params)
+        assert answer.status == 400, (params, await answer.text())

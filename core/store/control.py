@@ -78,6 +78,7 @@ class ControlStore:
         self, shard: Shard, campaign: str, held: Sequence[tuple[QueuedJob, bytes]]
     ) -> None:
         """Hold jobs of a paused campaign, all of one shard: (job as read, its event)."""
+        await self.redis.sadd(keys.PARKED_CAMPAIGNS, campaign)  # before: a sweep finds it
         where = shard.keys
         touched = [where.jobs, where.events, where.parked(campaign)]
         args: list[Arg] = [
@@ -90,8 +91,14 @@ class ControlStore:
             touched.append(where.message(queued.job.message_id))
             args += [queued.entry_id, queued.job.pack(), event]
         await self._park(touched, args)
-        # after parking, so a sweep that removed the campaign finds it again
+        # and after: a sweep that removed it meanwhile finds it again
         await self.redis.sadd(keys.PARKED_CAMPAIGNS, campaign)
+        # the batches' content must outlive the pause: a week from now at least
+        for batch_id in {queued.job.batch_id for queued, _ in held}:
+            home = self.shards.home(batch_id).keys
+            for key in (home.batch(batch_id), home.link_table(batch_id)):
+                if 0 <= int(await self.redis.ttl(key)) < RETENTION_SECONDS:
+                    await self.redis.expire(key, RETENTION_SECONDS)
 
     async def parked(self, campaigns: Sequence[str]) -> dict[str, int]:
         """Jobs each campaign holds, over every shard."""

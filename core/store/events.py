@@ -106,6 +106,17 @@ class EventLog:
                 events.append(event_of(event_id(text(entry_id), shard), fields))
         return events
 
+    async def tail(self) -> str | None:
+        """The cursor after the newest event of every shard: a reader from now on."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.shards.all:
+                pipe.xrevrange(shard.keys.events, "+", "-", count=1)
+            replies = await pipe.execute()
+        positions: list[str | None] = [text(r[0][0]) if r else None for r in replies]
+        if self.shards.count == 1:
+            return positions[0]
+        return encode_cursor(positions) if any(positions) else None
+
     async def latest(self, count: int) -> list[dict[str, Any]]:
         """The ``count`` most recent events over every shard, newest first."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -129,7 +140,8 @@ class EventLog:
         """Up to ``limit`` events after ``cursor`` (None: from the start), oldest first, and
         the cursor of the next page (``cursor`` itself when there is nothing new)."""
         if self.shards.count == 1:
-            start = after(cursor) if cursor else "-"
+            position = decode_cursor(cursor, 1)[0] if cursor else None  # a v1 cursor too
+            start = after(position) if position else "-"
             if start is None:
                 return [], cursor  # nothing can come after the largest id
             stream = self.shards.all[0].keys.events

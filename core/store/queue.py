@@ -5,6 +5,7 @@ jobs paused campaigns park."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from core import keys
 from core.events import event_of
 from core.jobs import Job
 from core.shards import Shard, Shards
-from core.store.base import Arg, Client, Script, text
+from core.store.base import EVENTS_MAXLEN, RETENTION_SECONDS, Arg, Client, Script, text
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class QueueStore:
         self.redis = client
         self.shards = shards
         self._release = Script(client, "release.lua")
+        self._cancel = Script(client, "cancel.lua", library="timeline.lua")
 
     async def waiting(self, limit: int) -> tuple[list[Waiting], bool]:
         """Up to ``limit`` waiting jobs of each place of each shard; (jobs, whether any place
@@ -108,17 +110,18 @@ class QueueStore:
         moved = await self._release([shard.keys.delayed, shard.keys.jobs], args)
         return [bool(flag) for flag in moved]
 
-    async def take_delayed(self, shard: Shard, delayed: Sequence[bytes]) -> list[bool]:
-        """Remove delayed jobs (a cancel); for each, whether it was still there."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for raw in delayed:
-                pipe.zrem(shard.keys.delayed, raw)
-            removed = await pipe.execute() if delayed else []
-        return [bool(n) for n in removed]
-
-    async def take_parked(self, shard: Shard, campaign: str, parked: Sequence[bytes]) -> list[bool]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for raw in parked:
-                pipe.zrem(shard.keys.parked(campaign), raw)
-            removed = await pipe.execute() if parked else []
-        return [bool(n) for n in removed]
+    async def cancel(
+        self, shard: Shard, held_in: str, jobs: Sequence[tuple[Job, bytes, bytes, str]]
+    ) -> list[bool]:
+        """Cancel waiting jobs of one shard that wait in one set (``held_in``: the delayed
+        set, or a parked set's key): (job, as stored, its event, recipient domain) each; for
+        each, whether it was still there (``core/lua/cancel.lua``)."""
+        if not jobs:
+            return []
+        where = shard.keys
+        touched = [where.events, where.stats, where.pending, held_in]
+        args: list[Arg] = [EVENTS_MAXLEN, f"{time.time():.3f}", RETENTION_SECONDS]
+        for job, raw, event, domain in jobs:
+            touched.append(where.message(job.message_id))
+            args += [raw, event, domain]
+        return [bool(flag) for flag in await self._cancel(touched, args)]

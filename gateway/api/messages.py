@@ -89,12 +89,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     if resume is not None and len(resume) > 4096:
         raise ValidationError("the cursor is too long", field="after")
     cursor = _cursor(request, resume)
-    if cursor is None:  # from now on: skip what is there already
-        while True:
-            events, moved = await store.events_after(cursor, 1000)
-            if not events:
-                break
-            cursor = moved
+    if cursor is None:  # from now on: after the newest event of every shard
+        cursor = await store.events.tail()
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
     )
