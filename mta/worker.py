@@ -40,7 +40,7 @@ import random
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -84,6 +84,26 @@ RENDER_THREADS = 2
 KEPT_BATCHES = 512  # batch contents, builders and link tables kept per worker
 PAUSED_READ_SECONDS = 1.0  # how stale a worker's list of paused campaigns may be
 SENDER_PAUSED_RETRY_SECONDS = 300.0  # a message whose every IP is paused looks again then
+
+
+class _Recent:
+    """The names of a Redis hash, read again once ``PAUSED_READ_SECONDS`` have passed."""
+
+    def __init__(self, read: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
+        self._read = read
+        self._names: frozenset[str] = frozenset()
+        self._at = -PAUSED_READ_SECONDS
+
+    async def get(self) -> frozenset[str]:
+        now = time.monotonic()
+        if now - self._at > PAUSED_READ_SECONDS:
+            self._names = frozenset(await self._read())
+            self._at = now
+        return self._names
+
+    def forget(self) -> None:
+        """Read it again next time."""
+        self._at = -PAUSED_READ_SECONDS
 
 
 def _stop_if_cancelled() -> None:
@@ -145,10 +165,10 @@ class Worker:
         self.name = name
         self.stopping = asyncio.Event()
         self.batches: _Memo[BatchContent | None] = _Memo(KEPT_BATCHES)
-        self._paused: frozenset[str] = frozenset()
-        self._paused_read = -PAUSED_READ_SECONDS
-        self._paused_pairs: frozenset[str] = frozenset()
-        self._senders_read = -PAUSED_READ_SECONDS
+        # what holds mail back on purpose, read at most once a second (a pause holds the
+        # next reads): paused campaigns, and paused "ip:provider" pairs
+        self.paused_campaigns = _Recent(store.control.paused)
+        self.paused_senders = _Recent(store.control.paused_senders)
         self.templates = TemplateCache()
         self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
         self.outcomes = Outcomes(store)
@@ -235,7 +255,7 @@ class Worker:
             while True:
                 await self._promote_due()
                 await self.store.control.release_resumed()
-                self._paused_read = -PAUSED_READ_SECONDS  # a burst run reads it fresh
+                self.paused_campaigns.forget()  # a burst run reads it fresh
                 free = max(1, self.limit - len(self.in_flight))
                 jobs = await self.store.read_jobs(self.name, count=free, block_ms=None)
                 _stop_if_cancelled()
@@ -323,7 +343,7 @@ class Worker:
                 batch_id, functools.partial(self.store.batch_content, batch_id)
             )
         checked = [(q, batches[q.job.batch_id]) for q in group]
-        paused = await self._paused_campaigns()
+        paused = await self.paused_campaigns.get()
         if paused:
             held = [(q, b) for q, b in checked if b is not None and campaign_of(b) in paused]
             if held:
@@ -334,22 +354,6 @@ class Worker:
         )
         entries = iter(found)
         return [(q, b, next(entries) if b is not None else None) for q, b in checked]
-
-    async def _paused_senders(self) -> frozenset[str]:
-        """The paused ``ip:provider`` pairs, read at most once a second."""
-        now = time.monotonic()
-        if now - self._senders_read > PAUSED_READ_SECONDS:
-            self._paused_pairs = frozenset(await self.store.control.paused_senders())
-            self._senders_read = now
-        return self._paused_pairs
-
-    async def _paused_campaigns(self) -> frozenset[str]:
-        """The paused campaigns, read at most once a second (a pause holds the next reads)."""
-        now = time.monotonic()
-        if now - self._paused_read > PAUSED_READ_SECONDS:
-            self._paused = frozenset(await self.store.control.paused())
-            self._paused_read = now
-        return self._paused
 
     async def _park(self, held: list[tuple[QueuedJob, BatchContent]]) -> None:
         """Hold jobs of paused campaigns until they are resumed (``ControlStore.park``)."""
@@ -584,7 +588,7 @@ class Worker:
             return None, None  # no --ips: the system picks the source address
         mx = destinations[0].host if destinations and destinations[0].via == "mx" else None
         provider = provider_of(domain, mx)
-        paused = await self._paused_senders()
+        paused = await self.paused_senders.get()
         if paused:
             # statistics (and so alerts) name the provider by the recipient's domain alone;
             # routing may know it by its MX: a pause under either name holds

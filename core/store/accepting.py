@@ -130,6 +130,10 @@ class Acceptor:
         digest: str,
         now: float | None = None,
     ) -> Accepted:
+        """Queue a batch: content, and per recipient the contact policy's decision, its
+        record, event and queue entry; one atomic script per shard. ``now`` defaults to the
+        clock (tests pass their own). ``OtherBatch``: another request with this key started
+        the batch, prepare it again with that batch id."""
         clock = time.time() if now is None else now
         retention = retention_for(entries, clock)
         tally = _Tally(self.min_replicas)

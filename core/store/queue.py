@@ -54,16 +54,13 @@ class QueueStore:
                 pipe.zrange(where.delayed, 0, limit, withscores=True)
                 for campaign in campaigns:
                     pipe.zrange(where.parked(campaign), 0, limit)
-                try:
-                    stream, pending, delayed, *parked = await pipe.execute()
-                except ResponseError:  # no group yet (no worker ever started): nothing in flight
-                    async with self.redis.pipeline(transaction=False) as retry:
-                        retry.xrange(where.jobs, "-", "+", count=limit + 1)
-                        retry.zrange(where.delayed, 0, limit, withscores=True)
-                        for campaign in campaigns:
-                            retry.zrange(where.parked(campaign), 0, limit)
-                        stream, delayed, *parked = await retry.execute()
-                    pending = []
+                replies = await pipe.execute(raise_on_error=False)
+            stream, pending, delayed, *parked = replies
+            if isinstance(pending, ResponseError):  # no group yet (no worker ever started)
+                pending = []
+            for reply in (stream, delayed, *parked):
+                if isinstance(reply, Exception):
+                    raise reply
             flying = {text(p["message_id"]) for p in pending}
             truncated |= len(stream) > limit or len(delayed) > limit
             for entry_id, fields in stream[:limit]:

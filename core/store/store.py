@@ -25,9 +25,9 @@ from redis.exceptions import RedisError, ResponseError
 from core import ids, keys
 from core.errors import ConfigurationError
 from core.events import CONTEXT_FIELDS
-from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput, QueuedJob
+from core.jobs import BatchContent, Job, QueuedJob
 from core.shards import Shard, Shards, valid_count
-from core.store.accepting import Accepted, Acceptor, Unfinished
+from core.store.accepting import Acceptor
 from core.store.base import (
     EVENTS_MAXLEN,
     REDIS_ERRORS,
@@ -127,6 +127,9 @@ class Store:
         self.shards = shards or Shards(1)
         self.min_replicas = min_replicas
         self.acceptor = Acceptor(client, self.shards, min_replicas)
+        # queue a batch, and the first answer to an Idempotency-Key (core/store/accepting.py)
+        self.accept = self.acceptor.accept
+        self.idempotent_response = self.acceptor.idempotent_response
         self.events = EventLog(client, self.shards)
         self._complete = Script(client, "complete.lua", library="timeline.lua")
         self._promote = Script(client, "promote.lua")
@@ -179,37 +182,6 @@ class Store:
         return groups
 
     # --- accept side --------------------------------------------------------
-
-    async def accept(
-        self,
-        *,
-        batch_id: str,
-        content: BatchContent,
-        entries: Sequence[AcceptEntry],
-        policy: PolicyInput,
-        response: str,
-        idempotency_key: str | None,
-        digest: str,
-        now: float | None = None,
-    ) -> Accepted:
-        """Queue a batch (``core/store/accepting.py``): content, and per recipient the contact
-        policy's decision, its record, event and queue entry; one atomic script per shard.
-        ``now`` defaults to the clock (tests pass their own). ``OtherBatch``: another request
-        with this key started the batch, prepare it again with that batch id."""
-        return await self.acceptor.accept(
-            batch_id=batch_id,
-            content=content,
-            entries=entries,
-            policy=policy,
-            response=response,
-            idempotency_key=idempotency_key,
-            digest=digest,
-            now=now,
-        )
-
-    async def idempotent_response(self, idempotency_key: str) -> Accepted | Unfinished | None:
-        """The first answer to an earlier request with this key (``Acceptor``)."""
-        return await self.acceptor.idempotent_response(idempotency_key)
 
     async def policy(self) -> bytes | None:
         blob: Any = await self.redis.get(keys.POLICY)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway import alerts
 from gateway.api.common import STORE, json_body, json_response, query
-from gateway.api.openapi_parts import AUTH, error_responses
+from gateway.api.openapi_parts import AUTH, answered
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +60,25 @@ _RULES = {
 }
 
 
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "200": {"description": description, "content": {"application/json": {"schema": schema}}},
-        **error_responses(400, 401),
-    }
-
-
 PATHS: dict[str, Any] = {
     "/v1/alerts/rules": {
         "get": {
             "summary": "The alert rules (the defaults until some are saved)",
             "security": AUTH,
-            "responses": _ok("The rules", _RULES),
+            "responses": answered("The rules", _RULES),
         },
         "put": {
             "summary": "Replace the alert rules",
             "security": AUTH,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _RULES}}},
-            "responses": _ok("The rules saved", _RULES),
+            "responses": answered("The rules saved", _RULES),
         },
     },
     "/v1/alerts": {
         "get": {
             "summary": "Alerts firing now, oldest first",
             "security": AUTH,
-            "responses": _ok(
+            "responses": answered(
                 "The alerts",
                 {
                     "type": "object",

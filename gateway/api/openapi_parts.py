@@ -42,6 +42,16 @@ def error_responses(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": _ERROR_TEXT[c], "content": json_of("Error")} for c in codes}
 
 
+def answered(
+    description: str, schema: dict[str, Any], errors: tuple[int, ...] = (400, 401)
+) -> dict[str, Any]:
+    """The responses of an operation: a 200 whose JSON body is ``schema``, and ``errors``."""
+    return {
+        "200": {"description": description, "content": {"application/json": {"schema": schema}}},
+        **error_responses(*errors),
+    }
+
+
 ERROR = {
     "type": "object",
     "required": ["error", "detail"],

@@ -12,7 +12,7 @@ from aiohttp import web
 from core.errors import ValidationError
 from gateway import queues
 from gateway.api.common import STORE, json_body, json_response, query
-from gateway.api.openapi_parts import AUTH, error_responses
+from gateway.api.openapi_parts import AUTH, answered
 from warmup.schedules import PROVIDERS
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,6 @@ _FILTER_PARAMS = [
 ] + [{"name": "state", "in": "query", "required": False, "schema": {"enum": list(queues.STATES)}}]
 
 
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "200": {"description": description, "content": {"application/json": {"schema": schema}}},
-        **error_responses(400, 401),
-    }
-
-
 def _sender_action(summary: str) -> dict[str, Any]:
     return {
         "post": {
@@ -126,7 +119,7 @@ def _sender_action(summary: str) -> dict[str, Any]:
                     "schema": {"enum": list(PROVIDERS)},
                 },
             ],
-            "responses": _ok("Done", {"type": "object"}),
+            "responses": answered("Done", {"type": "object"}),
         }
     }
 
@@ -136,7 +129,7 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "IP x provider pairs paused (by an alert or a person)",
             "security": AUTH,
-            "responses": _ok("The paused pairs", {"type": "object"}),
+            "responses": answered("The paused pairs", {"type": "object"}),
         }
     },
     "/v1/senders/{ip}/{provider}/pause": _sender_action(
@@ -158,7 +151,7 @@ PATHS: dict[str, Any] = {
                 },
                 *_FILTER_PARAMS,
             ],
-            "responses": _ok(
+            "responses": answered(
                 "Groups, biggest first",
                 {
                     "type": "object",
@@ -220,7 +213,7 @@ PATHS: dict[str, Any] = {
                     }
                 },
             },
-            "responses": _ok(
+            "responses": answered(
                 "How many matched, how many changed",
                 {
                     "type": "object",

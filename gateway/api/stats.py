@@ -4,6 +4,7 @@ the rollups (``gateway/stats.py``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -13,7 +14,7 @@ from core import rollups, validate
 from core.errors import NotFound, ValidationError
 from gateway import stats
 from gateway.api.common import STORE, json_body, json_response, query
-from gateway.api.openapi_parts import AUTH, error_responses
+from gateway.api.openapi_parts import AUTH, answered
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def _param(name: str, description: str, schema: dict[str, Any] | None = None) ->
 
 
 _TIME = "a date (2026-11-28), an ISO 8601 time or unix seconds"
+_ok = functools.partial(answered, errors=(400, 401, 404))
+
 _RANGE_PARAMS = [
     _param("from", f"start of the range, {_TIME}; default: 24 hours (hour) or 30 days back"),
     _param("to", f"end of the range, {_TIME}; default: now"),
@@ -127,13 +130,6 @@ _ROW = {
         **_RATES,
     },
 }
-
-
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "200": {"description": description, "content": {"application/json": {"schema": schema}}},
-        **error_responses(400, 401, 404),
-    }
 
 
 _CAMPAIGN = {
