@@ -63,6 +63,11 @@ class Unauthorized(ClientError):
     code = "unauthorized"
 
 
+class Forbidden(ClientError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ClientError):
     status = 404
     code = "not_found"

@@ -394,6 +394,24 @@ class StatsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SandboxSettings:
+    api_key: Secret | None = option(
+        "sandbox_api_key",
+        Secret,
+        default=None,
+        described="none",
+        help="a second bearer key whose messages always go to the sandbox's capture inbox "
+        '(for tools that cannot add "sandbox": true); it may only send, and read the inbox',
+    )
+    retention: float = option(
+        "sandbox_retention",
+        casts.parse_duration,
+        text="7d",
+        help="how long the sandbox keeps a captured message",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrackingSettings:
     unsubscribe_scope: str = option(
         "unsubscribe_scope",
@@ -555,6 +573,7 @@ class Settings:
     delivery: DeliverySettings = section(DeliverySettings)
     tracking: TrackingSettings = section(TrackingSettings)
     stats: StatsSettings = section(StatsSettings)
+    sandbox: SandboxSettings = section(SandboxSettings)
     webhooks: WebhookSettings = section(WebhookSettings)
     warmup: WarmupSettings = section(WarmupSettings)
     submission: SubmissionSettings = section(SubmissionSettings)

@@ -13,14 +13,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from core.datadir import load_or_create_secret
 from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
 from core.store import open_store
 from gateway import api
-from gateway.api.common import API_KEY, INTAKE, METRICS, PREPARE, REDIS_URL, SETTINGS, STORE
+from gateway.api.common import (
+    API_KEY,
+    INTAKE,
+    METRICS,
+    PREPARE,
+    REDIS_URL,
+    SANDBOX,
+    SETTINGS,
+    STORE,
+)
 from gateway.intake import Intake, Submitted
 from gateway.middleware import MIDDLEWARES, RUNNER_OPTIONS
 from gateway.rollups import Roller
+from gateway.sandbox import Sandbox
 from gateway.submission import start_submission, tls_context
 from tracking.endpoints import Tracking
 from tracking.tokens import Tokens, load_keys
@@ -57,7 +68,9 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
         def accepted(submitted: Submitted, seconds: float) -> None:
             metrics.accepted(submitted.counts, seconds)
 
-        app[INTAKE] = Intake(app[STORE], executor, accepted)
+        verp_key, _ = load_or_create_secret(app[SETTINGS].data_dir, "verp-key")
+        app[SANDBOX] = Sandbox(app[SETTINGS], app[STORE], verp_key, executor)
+        app[INTAKE] = Intake(app[STORE], executor, accepted, app[SANDBOX])
         yield
 
 

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from core import ids, suppressions
 from core.addresses import domain_of
@@ -71,6 +71,7 @@ class Prepared:
     policy: PolicyInput  # the cap rules that apply and the quiet windows of its time zones
     results: list[dict[str, Any]]  # the answer's results, for the 202 (made from them once)
     rejected: int
+    sandbox: bool = False  # to the capture inbox (gateway.sandbox), never queued
 
     def first_answer(self) -> str:
         """The answer before the contact policy (accepted recipients say "queued"), as JSON:
@@ -243,6 +244,7 @@ def prepare(
         policy=PolicyInput(tuple(rules), zones),
         results=results,
         rejected=rejected,
+        sandbox=req.sandbox,
     )
 
 
@@ -322,18 +324,27 @@ class Submitted:
 RejectIf = Literal["any", "all"]
 
 
+class Capture(Protocol):
+    """Where a sandbox request goes instead of the queue (``gateway.sandbox.Sandbox``)."""
+
+    async def capture(self, prepared: Prepared, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Intake:
-    """``submit`` is the sequence every ingress runs; ``executor`` is the prepare thread."""
+    """``submit`` is the sequence every ingress runs; ``executor`` is the prepare thread;
+    ``sandbox`` takes the requests marked ``"sandbox": true`` (none: they are refused)."""
 
     def __init__(
         self,
         store: Store,
         executor: Executor,
         on_accepted: Callable[[Submitted, float], None] | None = None,
+        sandbox: Capture | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
         self.on_accepted = on_accepted  # (what was accepted, seconds it took): for metrics
+        self.sandbox = sandbox
 
     async def off_loop(self, work: Callable[[], T]) -> T:
         """CPU work on the prepare thread, in arrival order."""
@@ -355,6 +366,8 @@ class Intake:
         ``ValidationError`` naming the first rejected recipient) when ``"any"`` or ``"all"``
         of its recipients are rejected, for doors that cannot answer per recipient."""
         started = time.monotonic()
+        if isinstance(body, dict) and body.get("sandbox") is True:
+            return await self._sandbox(body, reject_if)
         key_digest = None
         digest = ""
         resumed = None  # the batch an earlier request with this key began over shards
@@ -380,12 +393,7 @@ class Intake:
             return prepare(body, now=time.time(), policy=policy, shards=shards, batch_id=batch_id)
 
         prepared = await self.off_loop(lambda: prepare_batch(resumed))
-        refused = reject_if == "any" or (
-            reject_if == "all" and prepared.rejected == len(prepared.results)
-        )
-        if refused and prepared.rejected:
-            first = next(r for r in prepared.results if r["status"] == "rejected")
-            raise ValidationError(f"{first['email']}: {first['reason']}", field="recipients")
+        _refuse(prepared, reject_if)
         try:
             response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
         except OtherBatch as exc:  # the same request, begun at the same time over shards
@@ -396,3 +404,30 @@ class Intake:
         if not replayed and self.on_accepted is not None:
             self.on_accepted(submitted, time.monotonic() - started)
         return submitted
+
+    async def _sandbox(self, body: dict[str, Any], reject_if: RejectIf | None) -> Submitted:
+        """A sandbox request: prepared like any other, then captured instead of queued. An
+        ``Idempotency-Key`` is not kept (sending it again captures it again: nobody is
+        mailed twice)."""
+        if self.sandbox is None:
+            raise ValidationError("this gateway has no sandbox", field="sandbox")
+        policy = load_policy(await self.store.policy())
+        shards = self.store.shards
+        prepared = await self.off_loop(
+            lambda: prepare(body, now=time.time(), policy=policy, shards=shards)
+        )
+        _refuse(prepared, reject_if)
+        answer = await self.sandbox.capture(prepared, body)
+        counts = dict(Counter(r["status"] for r in answer["results"]))
+        response = json.dumps(answer, ensure_ascii=False)
+        return Submitted(prepared.batch_id, response, False, counts)
+
+
+def _refuse(prepared: Prepared, reject_if: RejectIf | None) -> None:
+    """``reject_if``: the whole request refused for its rejected recipients (see ``submit``)."""
+    refused = reject_if == "any" or (
+        reject_if == "all" and prepared.rejected == len(prepared.results)
+    )
+    if refused and prepared.rejected:
+        first = next(r for r in prepared.results if r["status"] == "rejected")
+        raise ValidationError(f"{first['email']}: {first['reason']}", field="recipients")

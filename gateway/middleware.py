@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from core.errors import ClientError, NotFound, Unauthorized, UnsupportedMedia
+from core.errors import ClientError, Forbidden, NotFound, Unauthorized, UnsupportedMedia
 from core.store import REDIS_ERRORS, ReplicasBehind, StoreError
-from gateway.api.common import API_KEY, INFLATE_WBITS, METRICS, SETTINGS, json_response
+from gateway.api.common import (
+    API_KEY,
+    INFLATE_WBITS,
+    METRICS,
+    SANDBOX_ONLY,
+    SETTINGS,
+    json_response,
+)
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1  # on a 503: Redis unreachable, or replicas behind, usually for seconds
@@ -101,11 +109,31 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith(("/v1/", "/v3/")) or request.path == "/metrics":
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
-        expected = request.app[API_KEY].reveal().encode()
         presented = token.strip().encode("utf-8", "surrogateescape")  # headers may carry any byte
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
+        expected = request.app[API_KEY].reveal().encode()
+        sandbox_key = request.app[SETTINGS].sandbox.api_key
+        if scheme.lower() == "bearer" and hmac.compare_digest(presented, expected):
+            pass
+        elif (
+            scheme.lower() == "bearer"
+            and sandbox_key is not None
+            and hmac.compare_digest(presented, sandbox_key.reveal().encode())
+        ):
+            if not _SANDBOX_KEY_ROUTES.fullmatch(f"{request.method} {request.path}"):
+                raise Forbidden(
+                    "the sandbox API key may only send (to the capture inbox) and read "
+                    "/v1/sandbox/messages"
+                )
+            request[SANDBOX_ONLY] = True
+        else:
             raise Unauthorized("send 'Authorization: Bearer <api key>'")
     return await handler(request)
+
+
+# what the sandbox key (SLUICE_SANDBOX_API_KEY) may do: send, always into the capture inbox
+_SANDBOX_KEY_ROUTES = re.compile(
+    r"POST /v1/messages|POST /v3/mail/send|GET /v1/sandbox/messages(/[^/]+)?"
+)
 
 
 @web.middleware

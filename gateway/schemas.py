@@ -23,6 +23,7 @@ from core.errors import ValidationError
 from core.jobs import BatchContent, Mailbox
 
 MAX_RECIPIENTS = 1000
+MAX_SANDBOX_RECIPIENTS = 100
 MAX_TEMPLATE_CHARS = 1024 * 1024
 MAX_NAME_CHARS = 256
 MAX_HEADERS = 50
@@ -89,6 +90,7 @@ class SendRequest:
     content: BatchContent
     send_at: float | None
     recipients: list[RecipientIn] = field(default_factory=list)
+    sandbox: bool = False  # to the capture inbox (gateway/sandbox.py), never the Internet
 
 
 def _fail(field: str, detail: str) -> ValidationError:
@@ -223,6 +225,7 @@ _TOP_LEVEL = frozenset(
         "send_at",
         "ip_pool",
         "recipients",
+        "sandbox",
     }
 )
 _RECIPIENT = frozenset({"email", "name", "contact_id", "timezone", "data", "metadata"})
@@ -291,7 +294,17 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
         track_clicks=clicks,
         ip_pool=ip_pool,
     )
-    return SendRequest(content, send_at, _recipients(body.get("recipients")))
+    sandbox = body.get("sandbox")
+    if sandbox is not None and not isinstance(sandbox, bool):
+        raise _fail("sandbox", "'sandbox' must be true or false")
+    recipients = _recipients(body.get("recipients"))
+    if sandbox and len(recipients) > MAX_SANDBOX_RECIPIENTS:
+        raise _fail(
+            "recipients",
+            f"a sandbox request takes at most {MAX_SANDBOX_RECIPIENTS} recipients "
+            "(it composes and signs every message before answering)",
+        )
+    return SendRequest(content, send_at, recipients, bool(sandbox))
 
 
 def _headers(value: object) -> dict[str, str]:

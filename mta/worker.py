@@ -39,11 +39,10 @@ import os
 import random
 import signal
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from core.addresses import domain_of
 from core.errors import (
@@ -54,25 +53,18 @@ from core.errors import (
     WarmupDeferral,
 )
 from core.events import EventType, pack_event
-from core.ids import split_message_id
 from core.jobs import BatchContent, Job, QueuedJob
 from core.metrics import DeliveryMetrics, use_directory
 from core.settings import DeliverySettings, Secret, Settings
-from core.store import RETENTION_SECONDS, Outcome, Store, open_store
+from core.store import Outcome, Store, open_store
 from core.suppressions import Suppression
-from mta.compose import Extras, MessageBuilder
-from mta.dkim import DkimSigner, DkimSignError
-from mta.dkimkeys import KeyStore
-from mta.message_ids import MessageIds
+from mta.composer import KEPT_BATCHES, Composer, Memo
+from mta.dkim import DkimSignError
 from mta.mime import MimeError
 from mta.outcomes import Outcomes
 from mta.pool import SmtpPool
-from mta.render import RenderError, TemplateCache, TemplateError
+from mta.render import RenderError, TemplateError
 from mta.routing import Destination, Router
-from mta.smtp import WireMessage
-from mta.verp import Verp
-from tracking.links import MessageLinks, static_links, url_indexes
-from tracking.tokens import Tokens, load_keys, unsubscribe_payload
 from warmup.gate import WarmupGate
 from warmup.providers import provider_of
 
@@ -81,7 +73,6 @@ T = TypeVar("T")
 
 STALE_AFTER_MS = 60_000
 RENDER_THREADS = 2
-KEPT_BATCHES = 512  # batch contents, builders and link tables kept per worker
 PAUSED_READ_SECONDS = 1.0  # how stale a worker's list of paused campaigns may be
 SENDER_PAUSED_RETRY_SECONDS = 300.0  # a message whose every IP is paused looks again then
 
@@ -125,33 +116,6 @@ FINAL_STATUSES = frozenset(
 )
 
 
-class _Memo(Generic[T]):
-    """Values by key (a batch's content, its builder, its link table), each made once even
-    when many deliveries ask for it at the same time: they share the one making. The
-    ``size`` most recently used are kept; a making that failed is forgotten."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[str, asyncio.Future[T]] = OrderedDict()
-
-    async def get(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
-        future = self.items.get(key)
-        if future is None:
-            future = self.items[key] = asyncio.ensure_future(make())
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
-        else:
-            self.items.move_to_end(key)
-            if future.done() and not future.cancelled() and future.exception() is None:
-                return future.result()
-        try:
-            return await asyncio.shield(future)  # a cancelled asker leaves the making going
-        except Exception:
-            if self.items.get(key) is future:
-                del self.items[key]
-            raise
-
-
 def retry_delay(schedule: tuple[float, ...], attempts: int) -> float:
     """Delay before attempt number ``attempts + 1`` (attempts >= 1 already made)."""
     return schedule[min(max(attempts, 1), len(schedule)) - 1]
@@ -164,30 +128,15 @@ class Worker:
         self.store = store
         self.name = name
         self.stopping = asyncio.Event()
-        self.batches: _Memo[BatchContent | None] = _Memo(KEPT_BATCHES)
+        self.batches: Memo[BatchContent | None] = Memo(KEPT_BATCHES)
         # what holds mail back on purpose, read at most once a second (a pause holds the
         # next reads): paused campaigns, and paused "ip:provider" pairs
         self.paused_campaigns = _Recent(store.control.paused)
         self.paused_senders = _Recent(store.control.paused_senders)
-        self.templates = TemplateCache()
-        self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
         self.outcomes = Outcomes(store)
         self.renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"{name}-render")
+        self.composer = Composer(settings, store, verp_key, self.renderer)
         self.router = Router(self.delivery)
-        self.verp = Verp(verp_key)
-        self.unsubscribe = Verp(verp_key, prefix="unsubscribe+")
-        self.message_ids = MessageIds(verp_key)  # signed: a complaint must name a real message
-        self.tokens = Tokens(
-            load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days
-        )
-        self.public_url = settings.http.public_url.rstrip("/")
-        self.link_tables: _Memo[dict[str, int]] = _Memo(KEPT_BATCHES)
-        # a batch's messages are built within its content's retention of being accepted, and
-        # each token lives max_age_days from the (whole) day it was sealed
-        self.link_table_ttl = (settings.tracking.token_max_age_days + 1) * 86400 + RETENTION_SECONDS
-        self.signer = DkimSigner(
-            KeyStore(settings.data_dir), signing_domain=self.delivery.dkim_domain
-        )
         workers = max(1, self.delivery.workers)  # each worker takes its share of the limits
         self.pool = SmtpPool(
             ehlo_name=self.delivery.ehlo_name,
@@ -212,7 +161,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.store.ensure_group()
-        self.signer.load()
+        self.composer.load()
         log.info(
             "worker %s ready (pid %d): up to %d deliveries at once",
             self.name,
@@ -529,11 +478,11 @@ class Worker:
     async def _send(self, batch: BatchContent, job: Job) -> tuple[str, int, str | None]:
         """Build and send one message; (destination, reply code, sending IP) or a
         DeliveryError (whose ``source_ip`` says the IP once one was chosen)."""
-        message = await self._compose(batch, job)
+        message = await self.composer.compose(batch, job)
         recipient = job.email
         domain = domain_of(recipient)
         sender_domain = self.delivery.bounce_domain or domain_of(batch.sender.email)
-        sender = self.verp.return_path(job.message_id, sender_domain)
+        sender = self.composer.verp.return_path(job.message_id, sender_domain)
         destinations = await self.router.destinations(domain)
         source_ip, provider = await self._source_ip(
             batch.ip_pool, domain, destinations, job.message_id
@@ -632,80 +581,6 @@ class Worker:
             outcome,
             seconds * 1000,
         )
-
-    async def _compose(self, batch: BatchContent, job: Job) -> WireMessage:
-        """One recipient's message, signed and ready for the wire (``mta.compose``). A plain
-        template (``mta.render._plain``: it only prints a few values of the recipient's
-        validated data, so it renders in microseconds and cannot spend a budget) is filled in
-        right here; any other renders on a render thread, within its budgets."""
-        builder = await self.builders.get(job.batch_id, functools.partial(self._builder, batch))
-        rendered = None
-        if not builder.fast:
-            loop = asyncio.get_running_loop()
-            rendered = await loop.run_in_executor(self.renderer, builder.templates.render, job.data)
-            html = rendered.html
-            table = await self._link_table(
-                batch, job, lambda: static_links(html or "", batch.html or "")
-            )
-        else:
-            table = await self._link_table(batch, job, lambda: list(builder.link_table))
-        links = MessageLinks(self.tokens, self.public_url, job.message_id, table)
-        sender_domain = domain_of(batch.sender.email)
-        extras = Extras(
-            self.message_ids.header_value(job.message_id, sender_domain),
-            {} if batch.transactional else self._unsubscribe_headers(job, batch, sender_domain),
-        )
-        keys = self.signer.signing_keys(sender_domain)
-        if rendered is None:
-            return builder.build(job, links, keys, extras)
-        return builder.build_reference(job, links, keys, extras, rendered)
-
-    async def _builder(self, batch: BatchContent) -> MessageBuilder:
-        """The batch's templates compiled and its messages planned, on a render thread."""
-
-        def make() -> MessageBuilder:
-            templates = self.templates.get(batch.subject, batch.html, batch.text)
-            return MessageBuilder(batch, templates, text_links=self.settings.tracking.text_links)
-
-        return await asyncio.get_running_loop().run_in_executor(self.renderer, make)
-
-    async def _link_table(
-        self, batch: BatchContent, job: Job, urls: Callable[[], list[str]]
-    ) -> dict[str, int]:
-        """The batch's link table (URL -> index), made once per batch from ``urls`` (the
-        links written out in its template, never recipient data), saved (the first worker's
-        wins) and read back, so every worker indexes the table that is stored. Empty (every
-        link sealed on its own) without click tracking, and for message 0 while no table is
-        known: a batch of one message keeps no table for the tokens' lifetime."""
-        if not batch.track_clicks:
-            return {}
-        known = self.link_tables.items.get(job.batch_id)
-        split = split_message_id(job.message_id)
-        if known is None and (split is None or split[1] == 0):
-            return {}
-
-        async def make() -> dict[str, int]:
-            candidates = urls()
-            if candidates:
-                await self.store.save_link_table(job.batch_id, candidates, self.link_table_ttl)
-            return url_indexes(await self.store.link_table(job.batch_id) or [])
-
-        return await self.link_tables.get(job.batch_id, make)
-
-    def _unsubscribe_headers(
-        self, job: Job, batch: BatchContent, sender_domain: str
-    ) -> dict[str, str]:
-        """RFC 8058 one-click (https) and, when bounces come back to us, a mailto."""
-        payload = unsubscribe_payload(job.email, batch.category)
-        token = self.tokens.seal("unsubscribe", job.message_id, payload)
-        targets = [f"<{self.public_url}/t/u/{token}>"]
-        if self.delivery.inbound is not None:
-            domain = self.delivery.bounce_domain or sender_domain
-            targets.append(f"<mailto:{self.unsubscribe.return_path(job.message_id, domain)}>")
-        return {
-            "List-Unsubscribe": ", ".join(targets),
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        }
 
     async def _defer(
         self, queued: QueuedJob, batch: BatchContent, exc: TransientDeliveryError

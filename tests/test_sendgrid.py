@@ -100,7 +100,6 @@ def test_mapping_and_refusals() -> None:
             "personalizations[0].cc",
         ),
         ({"content": [{"type": "text/calendar", "value": "x"}]}, "content[0]"),
-        ({"mail_settings": {"sandbox_mode": {"enable": True}}}, "mail_settings.sandbox_mode"),
         ({"frobnicate": 1}, "frobnicate"),
     ):
         with pytest.raises(Exception) as refused:

@@ -42,6 +42,7 @@ from core.store.control import ControlStore
 from core.store.events import EventLog, event_id
 from core.store.queue import QueueStore
 from core.store.rollups import RollupStore
+from core.store.sandbox import SandboxStore
 from core.store.suppressions import Suppressions
 from core.store.warmup import WarmupStore
 from core.store.webhooks import WebhookStore
@@ -139,6 +140,7 @@ class Store:
         self.rollups = RollupStore(client, self.shards)
         self.control = ControlStore(client, self.shards)
         self.queue = QueueStore(client, self.shards)
+        self.sandbox = SandboxStore(client)
         self.webhooks = WebhookStore(client)
         self.warmup = WarmupStore(client)
 

@@ -13,6 +13,7 @@ them, its part of the OpenAPI document (``PATHS``, ``SCHEMAS``); ``gateway.app``
 | ``stats`` | ``GET /v1/stats``, ``GET /v1/campaigns``, ``GET /v1/campaigns/{campaign}`` and its pause/resume |
 | ``alerts`` | ``GET|PUT /v1/alerts/rules``, ``GET /v1/alerts`` |
 | ``queues`` | ``GET /v1/queues``, ``POST /v1/queues/actions`` |
+| ``sandbox`` | ``GET /v1/sandbox/messages`` and one captured message (``gateway/sandbox.py``) |
 | ``system`` | ``GET /healthz``, ``GET /metrics`` |
 | ``openapi`` | ``GET /openapi.json`` (assembles every module's description) |
 | ``tracking`` | the description of ``/t/*`` (served by ``tracking.endpoints``) |
@@ -32,6 +33,7 @@ from gateway.api import (
     openapi,
     policy,
     queues,
+    sandbox,
     sendgrid,
     stats,
     suppressions,
@@ -57,6 +59,7 @@ def routes() -> list[web.RouteDef]:
         stats,
         alerts,
         queues,
+        sandbox,
         system,
         openapi,
     ):

@@ -18,6 +18,7 @@ from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
 from core.store import Store
 from gateway.intake import Intake, decode_json
+from gateway.sandbox import Sandbox
 
 STORE = web.AppKey("store", Store)
 SETTINGS = web.AppKey("settings", Settings)
@@ -26,6 +27,8 @@ METRICS = web.AppKey("metrics", ApiMetrics)
 PREPARE = web.AppKey("prepare", ThreadPoolExecutor)
 INTAKE = web.AppKey("intake", Intake)
 REDIS_URL = web.AppKey("redis_url", str)
+SANDBOX = web.AppKey("sandbox", Sandbox)
+SANDBOX_ONLY = web.RequestKey("sandbox_only", bool)  # sent with the sandbox API key
 
 _LIMIT = re.compile(r"[0-9]{1,4}")
 # gzip, or zlib-wrapped (or raw) deflate, as HTTP's Content-Encoding names them
@@ -116,6 +119,8 @@ __all__ = [
     "METRICS",
     "PREPARE",
     "REDIS_URL",
+    "SANDBOX",
+    "SANDBOX_ONLY",
     "SETTINGS",
     "STORE",
     "decode_json",

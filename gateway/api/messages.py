@@ -17,6 +17,7 @@ from core.store import BadCursor, Store, check_cursor
 from gateway import schemas
 from gateway.api.common import (
     INTAKE,
+    SANDBOX_ONLY,
     STORE,
     json_body,
     json_response,
@@ -38,6 +39,8 @@ async def post_messages(request: web.Request) -> web.Response:
             "Idempotency-Key must be 1-255 printable ASCII characters", field="Idempotency-Key"
         )
     body = await json_body(request)
+    if request.get(SANDBOX_ONLY) and isinstance(body, dict):
+        body["sandbox"] = True  # the sandbox key's mail never leaves
     submitted = await request.app[INTAKE].submit(body, idempotency_key=key)
     replayed = {"Idempotent-Replayed": "true"} if submitted.replayed else None
     return json_response(submitted.response, 202, replayed)
@@ -279,6 +282,12 @@ _SEND = _null_means_absent(
             },
             "send_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
             "ip_pool": TOKEN,
+            "sandbox": {
+                "type": "boolean",
+                "description": "true: run the whole path into the capture inbox "
+                f"(GET /v1/sandbox/messages), never the Internet; at most "
+                f"{schemas.MAX_SANDBOX_RECIPIENTS} recipients",
+            },
             "recipients": {
                 "type": "array",
                 "minItems": 1,
@@ -295,6 +304,7 @@ _RESULT = {
     "required": ["batch_id", "results"],
     "properties": {
         "batch_id": {"type": "string"},
+        "sandbox": {"type": "boolean", "description": "true: captured, not queued"},
         "results": {
             "type": "array",
             "items": {

@@ -15,6 +15,7 @@ from gateway.api import (
     messages,
     policy,
     queues,
+    sandbox,
     sendgrid,
     stats,
     suppressions,
@@ -37,6 +38,7 @@ DESCRIBED: tuple[ModuleType, ...] = (
     stats,
     alerts,
     queues,
+    sandbox,
     tracking,
     system,
 )

@@ -15,8 +15,10 @@ and ``subject``; ``categories`` -> ``category`` (the first) and ``tags`` (all);
 then leaves that group only); ``tracking_settings`` open and click tracking.
 Not supported, answered with a 400 naming the field (see the README's table):
 ``template_id`` (stored templates), ``cc``, ``bcc``, ``attachments``, ``batch_id``,
-``ip_pool_name``, ``mail_settings`` other than ``bypass_*`` and ``sandbox_mode``
-false, per-personalization ``from``, content types other than text/plain and text/html.
+``ip_pool_name``, ``mail_settings`` other than ``bypass_*`` and ``sandbox_mode``, per-
+personalization ``from``, content types other than text/plain and text/html.
+``mail_settings.sandbox_mode.enable`` captures the message in Sluice's sandbox
+(``gateway/sandbox.py``) where SendGrid would validate and drop it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import ClientError, TemplateTooExpensive, ValidationError
-from gateway.api.common import INTAKE, json_response, read_body
+from gateway.api.common import INTAKE, SANDBOX_ONLY, json_response, read_body
 from gateway.api.openapi_parts import AUTH
 from gateway.intake import decode_json
 
@@ -228,7 +230,7 @@ def to_sluice(body: Any) -> dict[str, Any]:
         }
     settings = body.get("mail_settings") or {}
     if (settings.get("sandbox_mode") or {}).get("enable"):
-        raise _fail("mail_settings.sandbox_mode", "sandbox_mode is not supported: Sluice sends")
+        out["sandbox"] = True  # SendGrid validates and drops; Sluice captures
     return out
 
 
@@ -251,6 +253,8 @@ async def sendgrid_send(request: web.Request) -> web.Response:
     try:
         raw = await read_body(request)
         translated = await intake.off_loop(lambda: to_sluice(decode_json(raw)))
+        if request.get(SANDBOX_ONLY):
+            translated["sandbox"] = True
         submitted = await intake.submit(translated, reject_if="any")
     except (ValidationError, TemplateTooExpensive) as exc:
         if exc.field == "recipients":  # the intake's name; SendGrid's is personalizations

@@ -21,6 +21,22 @@ from tracking.links import rewrite_links
 _IMG = re.compile(r"<img\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*>", re.IGNORECASE)
 _ALT = re.compile(r"\salt\s*=", re.IGNORECASE)
 GMAIL_CLIP_BYTES = 102 * 1024
+# Personalization that did not happen: template syntax left in the output (a typo such as
+# ``{ {first_name}}`` or ``{{first_name}`` renders as text; CSS braces do not count), or another tool's merge tags
+# pasted in (Mailchimp ``*|FNAME|*``, Salesforce/Braze ``%%name%%``, ``[[name]]``, ``${name}``).
+_MERGE_TAG = re.compile(
+    r"\{\s*\{[^{}\n]{0,60}\}\s*\}?|\{%[^\n]{0,60}?%\}|\*\|[A-Za-z0-9_:]{1,40}\|\*"
+    r"|%%[A-Za-z0-9_ .]{1,40}%%|\[\[[A-Za-z0-9_ .]{1,40}\]\]|\$\{[A-Za-z0-9_ .]{1,40}\}"
+)
+
+
+def merge_tags(text: str) -> list[str]:
+    """Merge tags and template syntax left in rendered output, each once, in order."""
+    found: list[str] = []
+    for match in _MERGE_TAG.finditer(text):
+        if match.group(0) not in found:
+            found.append(match.group(0))
+    return found
 
 
 def content_checks(domain: str, body: Any) -> list[Check]:
@@ -41,12 +57,15 @@ def content_checks(domain: str, body: Any) -> list[Check]:
         ]
     checks = [Check("content.request", "pass", f"{len(parsed.recipients)} sample recipient(s)")]
     html_sizes, unresolved, domains = [], [], set()
+    leftovers: list[str] = []
     for r in parsed.recipients:
         try:
             rendered = templates.render(r.data)
         except RenderError as exc:
             unresolved.append(f"{r.email}: {exc.field}: {exc.detail}")
             continue
+        output = " ".join(p for p in (rendered.subject, rendered.html, rendered.text) if p)
+        leftovers += [tag for tag in merge_tags(output) if tag not in leftovers]
         if rendered.html is not None:
             html_sizes.append(len(rendered.html.encode()))
             _, urls = rewrite_links(rendered.html, lambda url: url)
@@ -60,6 +79,20 @@ def content_checks(domain: str, body: Any) -> list[Check]:
             else "every template variable resolves for the sample data",
             "; ".join(unresolved[:3]),
             "give the missing data or a | default(...)",
+        )
+    )
+    checks.append(
+        Check(
+            "content.merge_tags",
+            "fail" if leftovers else "pass",
+            f"{len(leftovers)} merge tag(s) left unfilled in the rendered message"
+            if leftovers
+            else "no merge tags left unfilled",
+            ", ".join(leftovers[:5]),
+            "write personalization as {{ variable }} (Jinja2), with | default('...') "
+            "where data may be missing"
+            if leftovers
+            else "",
         )
     )
     checks.append(

@@ -1,0 +1,50 @@
+"""The sandbox's capture inbox, in Redis: what a ``"sandbox": true`` message would have sent,
+kept for ``SLUICE_SANDBOX_RETENTION`` and listed newest first. Sandbox messages never enter
+the queue, so nothing here can reach a delivery worker; the inbox is small (bounded by
+``MAX_CAPTURED``) and lives in shard 0."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+
+from core import keys
+
+MAX_CAPTURED = 10_000  # the oldest captures go first beyond this
+
+
+class SandboxStore:
+    def __init__(self, client: Any) -> None:
+        self.redis = client
+
+    async def capture(self, records: list[dict[str, Any]], retention: float) -> None:
+        """Keep captured messages (each a dict with ``message_id`` and ``captured_at``)."""
+        if not records:
+            return
+        now = time.time()
+        ttl_ms = max(1000, int(retention * 1000))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.set(
+                    keys.sandbox_message(record["message_id"]), msgpack.packb(record), px=ttl_ms
+                )
+            pipe.zadd(keys.SANDBOX_INDEX, {r["message_id"]: r["captured_at"] for r in records})
+            pipe.zremrangebyscore(keys.SANDBOX_INDEX, "-inf", now - retention)
+            pipe.zremrangebyrank(keys.SANDBOX_INDEX, 0, -MAX_CAPTURED - 1)
+            pipe.pexpire(keys.SANDBOX_INDEX, ttl_ms)
+            await pipe.execute()
+
+    async def recent(self, limit: int, before: float | None = None) -> list[dict[str, Any]]:
+        """The newest captures (captured before ``before``), newest first."""
+        high: float | str = f"({before}" if before is not None else "+inf"
+        names = await self.redis.zrevrangebyscore(keys.SANDBOX_INDEX, high, "-inf", 0, limit)
+        if not names:
+            return []
+        values = await self.redis.mget([keys.sandbox_message(n.decode()) for n in names])
+        return [msgpack.unpackb(v) for v in values if v is not None]
+
+    async def get(self, message_id: str) -> dict[str, Any] | None:
+        value = await self.redis.get(keys.sandbox_message(message_id))
+        return None if value is None else dict(msgpack.unpackb(value))

@@ -1,0 +1,176 @@
+"""``GET /v1/sandbox/messages`` (the capture inbox, newest first) and ``GET
+/v1/sandbox/messages/{message_id}`` (one captured message, inspected): ``gateway/sandbox.py``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from core.errors import NotFound, ValidationError
+from gateway.api.common import SANDBOX, json_response, limit_of, query
+from gateway.api.openapi_parts import AUTH, answered
+
+_BEFORE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    query(request, "limit", "before")
+    before = request.query.get("before")
+    if before is not None and not _BEFORE.fullmatch(before):
+        raise ValidationError("'before' must be a captured_at of an earlier page", field="before")
+    found = await request.app[SANDBOX].recent(
+        limit_of(request, 50), float(before) if before else None
+    )
+    following = str(found[-1]["captured_at"]) if found else None
+    return json_response({"messages": found, "next": following})
+
+
+async def get_message(request: web.Request) -> web.Response:
+    query(request)
+    message_id = request.match_info["message_id"]
+    found = await request.app[SANDBOX].inspect(message_id) if len(message_id) <= 200 else None
+    if found is None:
+        raise NotFound(
+            f"no captured message {message_id[:64]!r} (kept for SLUICE_SANDBOX_RETENTION)"
+        )
+    return json_response(found)
+
+
+ROUTES = [
+    web.get("/v1/sandbox/messages", list_messages),
+    web.get("/v1/sandbox/messages/{message_id}", get_message),
+]
+
+# --- OpenAPI ---------------------------------------------------------------------------------
+
+_CHECK = {
+    "type": "object",
+    "required": ["id", "status", "summary"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["pass", "warn", "fail", "error"]},
+        "summary": {"type": "string"},
+        "detail": {"type": "string"},
+        "fix": {"type": "string"},
+    },
+}
+_SUMMARY_PROPERTIES: dict[str, Any] = {
+    "message_id": {"type": "string"},
+    "batch_id": {"type": "string"},
+    "captured_at": {"type": "number"},
+    "email": {"type": "string"},
+    "from": {"type": "string"},
+    "subject": {"type": "string"},
+    "campaign": {"type": ["string", "null"]},
+    "category": {"type": ["string", "null"]},
+    "stream": {"type": ["string", "null"]},
+    "would_be": {
+        "type": "object",
+        "description": "what the contact policy would have done: status (queued, scheduled, "
+        "capped as deferred), reason, send_at",
+    },
+}
+_SUMMARY = {
+    "type": "object",
+    "required": ["message_id", "captured_at", "email", "subject"],
+    "properties": _SUMMARY_PROPERTIES,
+}
+_DETAIL = {
+    "type": "object",
+    "required": ["message_id", "headers", "raw", "dkim", "links", "checks"],
+    "properties": {
+        **_SUMMARY_PROPERTIES,
+        "headers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+            },
+        },
+        "html": {"type": ["string", "null"]},
+        "text": {"type": ["string", "null"]},
+        "raw": {"type": "string", "description": "the message as it would have gone out"},
+        "size": {"type": "integer"},
+        "dkim": {
+            "type": "array",
+            "description": "each signature verified against the key the domain publishes now",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "domain": {"type": "string"},
+                    "selector": {"type": "string"},
+                    "algorithm": {"type": "string"},
+                    "result": {"type": "string", "enum": ["pass", "fail"]},
+                    "detail": {"type": "string"},
+                    "record": {"type": "string"},
+                },
+            },
+        },
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string"},
+                    "tracked": {"type": "boolean"},
+                    "kind": {"type": "string"},
+                    "leads_to": {"type": ["string", "null"]},
+                    "problem": {"type": "string"},
+                },
+            },
+        },
+        "checks": {"type": "array", "items": _CHECK},
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/v1/sandbox/messages": {
+        "get": {
+            "summary": "The sandbox's capture inbox, newest first",
+            "security": AUTH,
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+                {
+                    "name": "before",
+                    "in": "query",
+                    "required": False,
+                    "description": "the `next` of an earlier page",
+                    "schema": {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"},
+                },
+            ],
+            "responses": answered(
+                "Captured messages",
+                {
+                    "type": "object",
+                    "required": ["messages", "next"],
+                    "properties": {
+                        "messages": {"type": "array", "items": _SUMMARY},
+                        "next": {"type": ["string", "null"]},
+                    },
+                },
+            ),
+        }
+    },
+    "/v1/sandbox/messages/{message_id}": {
+        "get": {
+            "summary": "One captured message: parts, headers, raw source, DKIM, links, checks",
+            "security": AUTH,
+            "parameters": [
+                {
+                    "name": "message_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 200},
+                }
+            ],
+            "responses": answered("The captured message", _DETAIL, (400, 401, 404)),
+        }
+    },
+}

@@ -1,0 +1,343 @@
+"""The sandbox: a message sent with ``"sandbox": true`` (or with the sandbox API key) runs the
+whole path up to the wire and lands in the capture inbox instead of anyone's mailbox.
+
+What runs: validation and rendering (the intake's ``prepare``), the contact policy read
+without writing (suppression, frequency caps, quiet hours and ``send_at`` say what would
+happen, nothing is counted), the tracking rewrite, the signed Return-Path and Message-ID, the
+unsubscribe headers and DKIM, by the composer the delivery workers use (``mta.composer``).
+What does not: the queue. A sandbox message never becomes a job, so no worker, warmup budget,
+cap window or statistic ever sees it, and nothing a mistake in this module could do sends it.
+
+A captured message is read back with what a marketer checks before launch
+(``Sandbox.inspect``): its parts and headers, the DKIM result against the key the domain
+publishes now, where each link leads, and the content checks of ``sluice preflight
+--message`` with the message-level ones (unsubscribe headers, leftover merge tags)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import re
+import time
+from concurrent.futures import Executor
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+import dkim
+import dns.exception
+import dns.resolver
+
+from core.addresses import domain_of
+from core.jobs import Job
+from core.settings import Secret, Settings
+from core.store import Store
+from gateway.intake import Prepared
+from gateway.preflight.content import content_checks, merge_tags
+from gateway.preflight.model import Check
+from mta.composer import Composer
+from tracking.links import rewrite_links
+from tracking.tokens import TokenError
+
+STATUS_QUEUED = "queued"
+_PIXEL_PATH = "/t/o/"
+_CLICK_PATH = "/t/c/"
+_UNSUBSCRIBE_PATH = "/t/u/"
+_HEADER_WORD = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def unstuff(wire: bytes) -> bytes:
+    """The message itself from what DATA carries (``mta.smtp.WireMessage``): no final dot, no
+    stuffed dots."""
+    body = wire[:-3] if wire.endswith(b"\r\n.\r\n") else wire
+    if body.startswith(b".."):
+        body = body[1:]
+    return body.replace(b"\r\n..", b"\r\n.")
+
+
+def _as_checks(checks: list[Check]) -> list[dict[str, str]]:
+    return [
+        {"id": c.id, "status": c.status, "summary": c.summary, "detail": c.detail, "fix": c.fix}
+        for c in checks
+    ]
+
+
+class Sandbox:
+    """Capture (``capture``, from the intake) and inspection (``inspect``, for the API and
+    the console). ``executor``: where composing and signing run, off the event loop."""
+
+    def __init__(
+        self, settings: Settings, store: Store, verp_key: Secret, executor: Executor
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.composer = Composer(settings, store, verp_key, executor, shared_links=False)
+        self.composer.load()
+        self.public_url = settings.http.public_url.rstrip("/")
+        self.retention = settings.sandbox.retention
+
+    async def capture(self, prepared: Prepared, body: dict[str, Any]) -> dict[str, Any]:
+        """Compose every recipient the policy would let through (``prepared``: the intake's
+        ``Prepared``), keep each in the capture inbox, and answer like ``POST /v1/messages``
+        would (with ``"sandbox": true``)."""
+        now = time.time()
+        content = prepared.content
+        fates = await self._policy(prepared, now)
+        sending_domain = domain_of(content.sender.email)
+        checks = _as_checks(await asyncio.to_thread(content_checks, sending_domain, body))
+        by_id = {r["message_id"]: r for r in prepared.results if r.get("message_id")}
+        records: list[dict[str, Any]] = []
+        for entry, fate in zip(prepared.entries, fates, strict=True):
+            result = by_id[entry.message_id]
+            result.update(fate)
+            if fate["status"] in ("suppressed", "capped"):
+                continue
+            job = Job.unpack(entry.job)
+            wire = await self.composer.compose(content, job)
+            await asyncio.sleep(0)  # signing is on the loop: let other requests through
+            records.append(
+                {
+                    "message_id": entry.message_id,
+                    "batch_id": prepared.batch_id,
+                    "captured_at": round(time.time(), 3),
+                    "email": job.email,
+                    "from": content.sender.email,
+                    "subject": "",  # read from the message when shown
+                    "campaign": content.campaign or content.category,
+                    "category": content.category,
+                    "stream": content.stream,
+                    "would_be": fate,
+                    "raw": unstuff(wire.data),
+                    "checks": checks,
+                }
+            )
+        for record in records:
+            record["subject"] = _subject(record["raw"])
+        await self.store.sandbox.capture(records, self.retention)
+        return {"batch_id": prepared.batch_id, "sandbox": True, "results": prepared.results}
+
+    async def _policy(self, prepared: Prepared, now: float) -> list[dict[str, Any]]:
+        """What the contact policy would say of each recipient, read without counting."""
+        content = prepared.content
+        entries = prepared.entries
+        stops = await self.store.suppressions.check_many(
+            [(e.suppression_field, content.category, e.transactional) for e in entries]
+        )
+        fates: list[dict[str, Any]] = []
+        for entry, stop in zip(entries, stops, strict=True):
+            if stop is not None:
+                scope = stop.category or "global"
+                reason = stop.reason if scope == "global" else f"{stop.reason} ({scope})"
+                fates.append({"status": "suppressed", "reason": reason})
+                continue
+            fate: dict[str, Any] = {"status": STATUS_QUEUED}
+            send_at = max(now, entry.due)
+            contact = entry.contact
+            for rule in prepared.policy.rules if contact is not None else ():
+                assert contact is not None
+                counted = await self.store.capped_now(
+                    rule.key, contact, entry.suppression_field, rule.window_seconds, now
+                )
+                if counted >= rule.limit:
+                    what = f"frequency cap: {counted} of at most {rule.limit} "
+                    what += f"{'' if rule.category == '*' else rule.category + ' '}messages "
+                    what += f"per {rule.window_seconds} seconds already sent"
+                    fate = {"status": "capped" if rule.action == "drop" else "scheduled"}
+                    fate["reason"] = what + ("" if rule.action == "drop" else "; deferred")
+                    break
+            if fate["status"] == "capped":
+                fates.append(fate)
+                continue
+            quiet = prepared.policy.zones.get(entry.timezone or "", [])
+            for start, end in zip(quiet[::2], quiet[1::2], strict=True):
+                if start <= send_at < end:
+                    send_at = end + entry.ramp_offset
+                    fate.setdefault("reason", f"quiet hours in {entry.timezone}")
+            if send_at > now + 1:
+                fate["status"] = "scheduled"
+                fate["send_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(send_at))
+            fates.append(fate)
+        return fates
+
+    # --- reading the inbox --------------------------------------------------------------
+
+    async def recent(self, limit: int, before: float | None = None) -> list[dict[str, Any]]:
+        """The newest captures, without their bodies."""
+        found = await self.store.sandbox.recent(limit, before)
+        return [_summary(r) for r in found]
+
+    async def inspect(self, message_id: str) -> dict[str, Any] | None:
+        record = await self.store.sandbox.get(message_id)
+        if record is None:
+            return None
+        return await asyncio.to_thread(self._inspect, record)
+
+    def _inspect(self, record: dict[str, Any]) -> dict[str, Any]:
+        raw: bytes = record["raw"]
+        message = BytesParser(policy=email.policy.default).parsebytes(raw)
+        assert isinstance(message, EmailMessage)
+        html_part = message.get_body(("html",))
+        text_part = message.get_body(("plain",))
+        html = html_part.get_content() if html_part is not None else None
+        text = text_part.get_content() if text_part is not None else None
+        headers = [(name, str(value)) for name, value in message.items()]
+        marketing = record.get("stream") != "transactional"
+        checks = list(record.get("checks", []))
+        checks += _as_checks(_message_checks(message, html, text, marketing, self.public_url))
+        return {
+            **_summary(record),
+            "headers": [{"name": n, "value": v} for n, v in headers],
+            "html": html,
+            "text": text,
+            "raw": raw.decode("utf-8", "replace"),
+            "size": len(raw),
+            "dkim": self._dkim(raw),
+            "links": self._links(html, text),
+            "checks": checks,
+        }
+
+    def _dkim(self, raw: bytes) -> list[dict[str, Any]]:
+        """Each DKIM signature verified against the key published now (dkimpy), through
+        ``SLUICE_NAMESERVER`` when set."""
+        resolver = dns.resolver.Resolver(configure=self.settings.delivery.nameserver is None)
+        nameserver = self.settings.delivery.nameserver
+        if nameserver is not None:
+            resolver.nameservers = [nameserver.host]
+            resolver.port = nameserver.port
+        resolver.lifetime = 5.0
+
+        def lookup(qname: bytes, timeout: float = 5) -> bytes:
+            try:
+                answer = resolver.resolve(qname.decode().rstrip("."), "TXT")
+            except (dns.exception.DNSException, UnicodeDecodeError):
+                return b""
+            return b"".join(b"".join(r.strings) for r in answer)
+
+        checker = dkim.DKIM(raw)
+        signatures = [v for k, v in checker.headers if k.lower() == b"dkim-signature"]
+        out: list[dict[str, Any]] = []
+        for index, value in enumerate(signatures):
+            tags = dict(
+                (k.strip(), v.strip())
+                for k, _, v in (p.partition(b"=") for p in value.split(b";"))
+                if k.strip()
+            )
+            domain = tags.get(b"d", b"").decode("ascii", "replace")
+            selector = tags.get(b"s", b"").decode("ascii", "replace")
+            algorithm = tags.get(b"a", b"").decode("ascii", "replace")
+            try:
+                good = bool(checker.verify(idx=index, dnsfunc=lookup))
+                detail = "" if good else "the signature does not verify with the published key"
+            except dkim.DKIMException as exc:
+                good, detail = False, str(exc)
+            out.append(
+                {
+                    "domain": domain,
+                    "selector": selector,
+                    "algorithm": algorithm,
+                    "result": "pass" if good else "fail",
+                    "detail": detail,
+                    "record": f"{selector}._domainkey.{domain}",
+                }
+            )
+        return out
+
+    def _links(self, html: str | None, text: str | None) -> list[dict[str, Any]]:
+        """Every link of the message, with where it leads once Sluice's redirect is read."""
+        urls: list[str] = []
+        if html:
+            _, found = rewrite_links(html, lambda url: url)
+            urls += found
+        for match in re.finditer(r"https?://[^\s<>\"']+", text or ""):
+            if match.group(0) not in urls:
+                urls.append(match.group(0))
+        out = []
+        for url in urls:
+            out.append({"url": url, **self._leads_to(url)})
+        return out
+
+    def _leads_to(self, url: str) -> dict[str, Any]:
+        if not url.startswith(self.public_url + "/t/"):
+            return {"tracked": False, "leads_to": url}
+        path = url[len(self.public_url) :]
+        token = path[5:].split("?", 1)[0]
+        tokens = self.composer.tokens
+        if path.startswith(_CLICK_PATH):
+            try:
+                opened = tokens.open(token, expect="click")
+            except TokenError as exc:
+                return {"tracked": True, "leads_to": None, "problem": str(exc)}
+            return {"tracked": True, "kind": "click", "leads_to": opened.url}
+        if path.startswith(_UNSUBSCRIBE_PATH):
+            return {"tracked": True, "kind": "unsubscribe", "leads_to": url}
+        if path.startswith(_PIXEL_PATH):
+            return {"tracked": True, "kind": "open", "leads_to": None}
+        return {"tracked": True, "leads_to": url}
+
+
+def _subject(raw: bytes) -> str:
+    message = BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
+    return str(message.get("Subject", ""))
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "message_id": record["message_id"],
+        "batch_id": record["batch_id"],
+        "captured_at": record["captured_at"],
+        "email": record["email"],
+        "from": record["from"],
+        "subject": record["subject"],
+        "campaign": record.get("campaign"),
+        "category": record.get("category"),
+        "stream": record.get("stream"),
+        "would_be": record.get("would_be", {}),
+    }
+
+
+def _message_checks(
+    message: EmailMessage, html: str | None, text: str | None, marketing: bool, public_url: str
+) -> list[Check]:
+    """What only the composed message shows: its unsubscribe headers and leftover merge tags."""
+    checks = []
+    unsubscribe = str(message.get("List-Unsubscribe", ""))
+    one_click = str(message.get("List-Unsubscribe-Post", ""))
+    has_https = "<https://" in unsubscribe or "<http://" in unsubscribe
+    if not marketing:
+        checks.append(
+            Check("message.unsubscribe", "pass", "transactional: no unsubscribe headers needed")
+        )
+    elif has_https and one_click.strip() == "List-Unsubscribe=One-Click":
+        checks.append(
+            Check(
+                "message.unsubscribe",
+                "pass",
+                "List-Unsubscribe with one-click (RFC 8058)",
+                unsubscribe[:300],
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "message.unsubscribe",
+                "fail",
+                "no one-click List-Unsubscribe header",
+                unsubscribe[:300],
+                "Gmail and Yahoo require one-click unsubscribe from bulk senders",
+            )
+        )
+    leftovers = merge_tags(" ".join(p for p in (str(message.get("Subject", "")), html, text) if p))
+    checks.append(
+        Check(
+            "message.merge_tags",
+            "fail" if leftovers else "pass",
+            f"{len(leftovers)} unfilled merge tag(s) in the message"
+            if leftovers
+            else "no unfilled merge tags",
+            ", ".join(leftovers[:5]),
+            "use {{ variable }} with the recipient's data (or | default('...'))"
+            if leftovers
+            else "",
+        )
+    )
+    return checks

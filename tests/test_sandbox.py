@@ -1,0 +1,210 @@
+"""The sandbox: ``"sandbox": true`` (or the sandbox API key) runs the whole path into the
+capture inbox. The real app against the real Redis, DKIM checked against a key served by a
+real DNS server on loopback; nothing is queued, counted or sent."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from core.store import Store
+from loadtests.harness import cart_reminder
+from mta.dkimkeys import KeyStore
+from tests.conftest import Sink, gateway_settings
+from tests.dnsserver import DNSServer
+from tests.inprocess import running_api, running_worker
+
+Client = TestClient[Any, Any]
+SANDBOX_KEY = "sandbox-key-for-tests-0123456789"
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DNSServer]:
+    with DNSServer({"shop.example.com": "@ IN A 192.0.2.1"}) as server:
+        yield server
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path, redis_url: str, store: Store, dns_server: DNSServer, sink: Sink
+) -> AsyncIterator[tuple[Client, Any]]:
+    """A gateway relaying into the sink, with a DKIM key for shop.example.com published."""
+    settings = gateway_settings(
+        tmp_path,
+        relay=sink.relay,
+        nameserver=dns_server.nameserver,
+        sandbox_api_key=SANDBOX_KEY,
+    )
+    key = KeyStore(settings.data_dir).generate("shop.example.com", "s1", "rsa", 2048)
+    dns_server.add(key.record_name, "TXT", " ".join(f'"{s}"' for s in key.txt_strings()))
+    async with (
+        running_api(settings, redis_url) as client,
+        running_worker(settings, store) as worker,
+    ):
+        yield client, worker
+
+
+def fixture(**change: Any) -> dict[str, Any]:
+    body = cart_reminder()
+    body.update(change)
+    return body
+
+
+async def post(client: Client, body: dict[str, Any], key: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    response = await client.post("/v1/messages", json=body, headers=headers)
+    return response.status, await response.json()
+
+
+async def test_a_sandbox_message_is_composed_signed_and_captured_not_sent(
+    gateway: tuple[Client, Any], store: Store, sink: Sink
+) -> None:
+    client, worker = gateway
+    status, answer = await post(client, fixture(sandbox=True))
+    assert status == 202, answer
+    assert answer["sandbox"] is True
+    (result,) = answer["results"]
+    assert result["status"] in ("queued", "scheduled")  # quiet hours in Istanbul may apply
+    message_id = result["message_id"]
+
+    listed = await (await client.get("/v1/sandbox/messages")).json()
+    assert [m["message_id"] for m in listed["messages"]] == [message_id]
+    assert listed["messages"][0]["subject"] == "Aryan, your Noise-cancelling headphones is waiting"
+
+    detail = await (await client.get(f"/v1/sandbox/messages/{message_id}")).json()
+    assert [d["result"] for d in detail["dkim"]] == ["pass"], detail["dkim"]
+    assert detail["dkim"][0]["domain"] == "shop.example.com"
+    names = {h["name"].lower() for h in detail["headers"]}
+    assert {"list-unsubscribe", "list-unsubscribe-post", "dkim-signature"} <= names
+    assert "Aryan" in detail["html"] and "Aryan" in detail["text"]
+    clicks = [link for link in detail["links"] if link.get("kind") == "click"]
+    assert "https://shop.example.com/cart/8f3a2c" in {link["leads_to"] for link in clicks}
+    assert all(link["url"].startswith("http://127.0.0.1:") for link in clicks)  # rewritten
+    checks = {c["id"]: c["status"] for c in detail["checks"]}
+    assert checks["message.unsubscribe"] == "pass"
+    assert checks["message.merge_tags"] == "pass"
+    assert checks["content.text_part"] == "pass"
+
+    # nothing queued, nothing sent, no event
+    await worker.run_until_idle()
+    assert sink.messages == []
+    events = await (await client.get("/v1/events")).json()
+    assert events["events"] == []
+    assert (await client.get(f"/v1/messages/{message_id}")).status == 404
+
+
+async def test_sandbox_messages_count_toward_no_cap(gateway: tuple[Client, Any]) -> None:
+    client, _ = gateway
+    policy = {
+        "frequency_caps": [{"category": "*", "limit": 1, "window_seconds": 86400, "action": "drop"}]
+    }
+    assert (await client.put("/v1/policy", json=policy)).status == 200
+    now = fixture(sandbox=True)
+    now["recipients"][0].pop("timezone")
+    for _ in range(3):
+        status, answer = await post(client, now)
+        assert status == 202 and answer["results"][0]["status"] == "queued", answer
+    real = copy.deepcopy(now)
+    real.pop("sandbox")
+    _, first = await post(client, real)
+    assert first["results"][0]["status"] == "queued"  # the sandbox runs counted nothing
+    _, again = await post(client, now)
+    assert again["results"][0]["status"] == "capped"  # the sandbox reads the real count
+    assert "frequency cap" in again["results"][0]["reason"]
+
+
+async def test_the_policy_is_read_suppressed_recipients_are_not_captured(
+    gateway: tuple[Client, Any],
+) -> None:
+    client, _ = gateway
+    assert (await client.put("/v1/suppressions/aryan@inbox.example.org", json={})).status in (
+        200,
+        201,
+    )
+    _, answer = await post(client, fixture(sandbox=True))
+    assert answer["results"][0]["status"] == "suppressed"
+    listed = await (await client.get("/v1/sandbox/messages")).json()
+    assert listed["messages"] == []
+
+
+async def test_a_merge_tag_left_unfilled_is_flagged(gateway: tuple[Client, Any]) -> None:
+    client, _ = gateway
+    _, answer = await post(client, fixture(sandbox=True, subject="*|FNAME|*, your cart misses you"))
+    message_id = answer["results"][0]["message_id"]
+    detail = await (await client.get(f"/v1/sandbox/messages/{message_id}")).json()
+    checks = {c["id"]: c for c in detail["checks"]}
+    assert checks["content.merge_tags"]["status"] == "fail"
+    assert "*|FNAME|*" in checks["content.merge_tags"]["detail"]
+    assert checks["message.merge_tags"]["status"] == "fail"
+
+
+async def test_the_sandbox_key_only_sends_into_the_sandbox(
+    gateway: tuple[Client, Any], sink: Sink
+) -> None:
+    client, worker = gateway
+    status, answer = await post(client, fixture(), key=SANDBOX_KEY)  # no "sandbox" field
+    assert status == 202 and answer["sandbox"] is True
+    status, answer = await post(client, fixture(sandbox=False), key=SANDBOX_KEY)
+    assert status == 202 and answer["sandbox"] is True, "the key wins over the field"
+    headers = {"Authorization": f"Bearer {SANDBOX_KEY}"}
+    listed = await client.get("/v1/sandbox/messages", headers=headers)
+    assert listed.status == 200 and len((await listed.json())["messages"]) == 2
+    for method, path in (
+        ("GET", "/v1/stats"),
+        ("GET", "/v1/suppressions"),
+        ("PUT", "/v1/policy"),
+        ("POST", "/v1/queues/actions"),
+        ("GET", "/metrics"),
+    ):
+        refused = await client.request(method, path, headers=headers)
+        assert refused.status == 403, (method, path)
+        assert (await refused.json())["error"] == "forbidden"
+    sendgrid = {
+        "personalizations": [{"to": [{"email": "a@inbox.example.org"}]}],
+        "from": {"email": "news@shop.example.com"},
+        "subject": "hello",
+        "content": [{"type": "text/plain", "value": "hi"}],
+    }
+    assert (await client.post("/v3/mail/send", json=sendgrid, headers=headers)).status == 202
+    sendgrid["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    assert (await client.post("/v3/mail/send", json=sendgrid)).status == 202
+    await worker.run_until_idle()
+    assert sink.messages == []
+    listed = await (await client.get("/v1/sandbox/messages")).json()
+    assert len(listed["messages"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"sandbox": "yes"}, "sandbox"),
+        ({"sandbox": 1}, "sandbox"),
+        (
+            {
+                "sandbox": True,
+                "recipients": [{"email": f"u{i}@inbox.example.org"} for i in range(101)],
+            },
+            "recipients",
+        ),
+    ],
+)
+async def test_bad_sandbox_requests_get_a_400(
+    gateway: tuple[Client, Any], change: dict[str, Any], field: str
+) -> None:
+    client, _ = gateway
+    status, answer = await post(client, fixture(**change))
+    assert status == 400 and answer["field"] == field, answer
+
+
+async def test_an_unknown_or_hostile_capture_id_is_a_404(gateway: tuple[Client, Any]) -> None:
+    client, _ = gateway
+    for name in ("nope", "x" * 300, "%0d%0aSet-Cookie:%20a=b", "..%2f..%2fetc"):
+        response = await client.get(f"/v1/sandbox/messages/{name}")
+        assert response.status == 404, name
+    assert (await client.get("/v1/sandbox/messages?before=abc")).status == 400
+    assert (await client.get("/v1/sandbox/messages?limit=0")).status == 400
