@@ -17,7 +17,7 @@ from core.datadir import load_or_create_secret
 from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
 from core.store import open_store
-from gateway import api
+from gateway import api, console
 from gateway.api.common import (
     API_KEY,
     INTAKE,
@@ -109,7 +109,10 @@ async def _submission_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Application:
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.http.max_body_bytes)
+    app = web.Application(
+        middlewares=[*MIDDLEWARES, console.console_middleware],
+        client_max_size=settings.http.max_body_bytes,
+    )
     app[SETTINGS] = settings
     app[API_KEY] = api_key
     app[REDIS_URL] = redis_url
@@ -119,6 +122,7 @@ def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Appli
     app.cleanup_ctx.append(_submission_ctx)
     app.cleanup_ctx.append(_rollups_ctx)
     app.router.add_routes(api.routes())
+    console.install(app, api_key)
     tracking = Tracking(
         lambda request: request.app[STORE],
         Tokens(load_keys(settings.data_dir), max_age_days=settings.tracking.token_max_age_days),
