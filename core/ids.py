@@ -23,6 +23,21 @@ def new_batch_id() -> str:
     return base64.b32encode(raw).decode().translate(_ALPHABET).lower()
 
 
+# A sandbox batch's id begins with "z" where a real one begins with "a": its first character
+# is the top 5 bits of a 48-bit millisecond clock, "a" until 2248 and "z" only after the year
+# 8900. Tracking links of a sandbox message record nothing (``tracking.endpoints``).
+SANDBOX_MARK = "z"
+
+
+def new_sandbox_batch_id() -> str:
+    """A batch id no real batch has: the sandbox's (``gateway.sandbox``)."""
+    return SANDBOX_MARK + new_batch_id()[1:]
+
+
+def is_sandbox(message_id: str) -> bool:
+    return message_id.startswith(SANDBOX_MARK)
+
+
 def message_id(batch_id: str, index: int, shard: int = 0) -> str:
     return f"{batch_id}-{index}.{shard}" if shard else f"{batch_id}-{index}"
 

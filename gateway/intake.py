@@ -413,8 +413,9 @@ class Intake:
             raise ValidationError("this gateway has no sandbox", field="sandbox")
         policy = load_policy(await self.store.policy())
         shards = self.store.shards
+        batch_id = ids.new_sandbox_batch_id()
         prepared = await self.off_loop(
-            lambda: prepare(body, now=time.time(), policy=policy, shards=shards)
+            lambda: prepare(body, now=time.time(), policy=policy, shards=shards, batch_id=batch_id)
         )
         _refuse(prepared, reject_if)
         answer = await self.sandbox.capture(prepared, body)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import html as html_lib
 import re
 import time
 from concurrent.futures import Executor
@@ -243,7 +244,8 @@ class Sandbox:
         return out
 
     def _links(self, html: str | None, text: str | None) -> list[dict[str, Any]]:
-        """Every link of the message, with where it leads once Sluice's redirect is read."""
+        """Every link of the message (and its open pixel), with where it leads once Sluice's
+        redirect is read."""
         urls: list[str] = []
         if html:
             _, found = rewrite_links(html, lambda url: url)
@@ -251,6 +253,9 @@ class Sandbox:
         for match in re.finditer(r"https?://[^\s<>\"']+", text or ""):
             if match.group(0) not in urls:
                 urls.append(match.group(0))
+        pixel = re.search(re.escape(self.public_url + _PIXEL_PATH) + r"[^\"'\s>]+", html or "")
+        if pixel is not None:
+            urls.append(html_lib.unescape(pixel.group(0)))
         out = []
         for url in urls:
             out.append({"url": url, **self._leads_to(url)})

@@ -60,12 +60,11 @@ def dns_server() -> Iterator[DNSServer]:
 
 
 @pytest.fixture
-async def scenario(
+async def gateway(
     tmp_path: Path, redis_url: str, store: Store, sink: Sink, dns_server: DNSServer
-) -> AsyncIterator[tuple[Client, Any, str]]:
-    """A gateway with a warming IP, a contact policy, two campaigns (one hard bounce with a
-    hostile reply, one deferral, one held for quiet hours), hostile names, subjects,
-    metadata and links, and a captured sandbox message."""
+) -> AsyncIterator[tuple[Client, Any]]:
+    """A gateway relaying into the sink from a warming IP, with a DKIM key for
+    shop.example.com published on the DNS server it asks."""
     settings = gateway_settings(
         tmp_path, relay=sink.relay, nameserver=dns_server.nameserver, ips=f"{IP}@default"
     )
@@ -73,47 +72,69 @@ async def scenario(
     dns_server.add(key.record_name, "TXT", " ".join(f'"{s}"' for s in key.txt_strings()))
     async with running_api(settings, redis_url) as api, running_worker(settings, store) as worker:
         assert (
-            await api.put(f"/v1/warmup/ips/{IP}", json={"schedule": [50, 100, 200]})
+            await api.put(f"/v1/warmup/ips/{IP}", json={"schedule": [5000, 10000, 20000]})
         ).status == 200
-        now = time.gmtime()
-        quiet = {
-            "start": f"{(now.tm_hour - 1) % 24:02d}:00",
-            "end": f"{(now.tm_hour + 2) % 24:02d}:00",
-            "default_timezone": "UTC",
-        }
-        policy = {
-            "frequency_caps": [
-                {"category": "*", "limit": 5, "window_seconds": 86400, "action": "drop"}
-            ],
-            "quiet_hours": quiet,
-        }
-        assert (await api.put("/v1/policy", json=policy)).status == 200
-        sink.refuse["gone@gmail.com"] = HOSTILE_REPLY
-        sink.refuse["later@outlook.com"] = "451 4.7.1 Try again later, <b>busy</b>"
-        body = cart_reminder()
-        body["campaign"] = "black-friday"
-        body["subject"] = HOSTILE_SUBJECT
-        body["stream"] = "transactional"  # not held by quiet hours
-        body["category"] = None
-        body["metadata"] = {"note": HOSTILE_META}
-        body["html"] = body["html"].replace("</body>", f'<a href="{HOSTILE_LINK}">x</a></body>')
-        template = body["recipients"][0]
-        body["recipients"] = [
-            {**template, "email": email, "name": HOSTILE_NAME, "timezone": None}
-            for email in ("ann@gmail.com", "gone@gmail.com", "later@outlook.com", "bo@yahoo.com")
-        ]
-        await send(api, body)
-        held = cart_reminder()  # marketing, in quiet hours: held
-        held["campaign"] = "welcome"
-        held["recipients"] = [
-            {**held["recipients"][0], "email": "held@inbox.example.org", "timezone": None}
-        ]
-        await send(api, held)
-        await worker.run_until_idle()
-        sandbox = cart_reminder()
-        sandbox["sandbox"] = True
-        answer = await (await api.post("/v1/messages", json=sandbox)).json()
-        yield api, worker, answer["results"][0]["message_id"]
+        yield api, worker
+
+
+@pytest.fixture
+async def scenario(
+    gateway: tuple[Client, Any], sink: Sink
+) -> AsyncIterator[tuple[Client, Any, str]]:
+    """A contact policy, two campaigns (one hard bounce with a hostile reply, one deferral,
+    one held for quiet hours), hostile names, subjects, metadata and links, and a captured
+    sandbox message."""
+    api, worker = gateway
+    now = time.gmtime()
+    quiet = {
+        "start": f"{(now.tm_hour - 1) % 24:02d}:00",
+        "end": f"{(now.tm_hour + 2) % 24:02d}:00",
+        "default_timezone": "UTC",
+    }
+    policy = {
+        "frequency_caps": [
+            {"category": "*", "limit": 5, "window_seconds": 86400, "action": "drop"}
+        ],
+        "quiet_hours": quiet,
+    }
+    assert (await api.put("/v1/policy", json=policy)).status == 200
+    sink.refuse["gone@gmail.com"] = HOSTILE_REPLY
+    sink.refuse["later@outlook.com"] = "451 4.7.1 Try again later, <b>busy</b>"
+    body = cart_reminder()
+    body["campaign"] = "black-friday"
+    body["subject"] = HOSTILE_SUBJECT
+    body["stream"] = "transactional"  # not held by quiet hours
+    body["category"] = None
+    body["metadata"] = {"note": HOSTILE_META}
+    body["html"] = body["html"].replace("</body>", f'<a href="{HOSTILE_LINK}">x</a></body>')
+    template = body["recipients"][0]
+    body["recipients"] = [
+        {**template, "email": email, "name": HOSTILE_NAME, "timezone": None}
+        for email in ("ann@gmail.com", "gone@gmail.com", "later@outlook.com", "bo@yahoo.com")
+    ]
+    await send(api, body)
+    # enough gmail volume for its rates to be judged: 4 more unknown users in 120
+    bulk = cart_reminder()
+    bulk["campaign"] = "black-friday"
+    bulk["stream"] = "transactional"
+    bulk["category"] = None
+    bulk["recipients"] = [
+        {**template, "email": f"bulk{n}@gmail.com", "timezone": None} for n in range(120)
+    ]
+    for n in range(4):
+        sink.refuse[f"bulk{n}@gmail.com"] = f"550 5.1.1 <bulk{n}@gmail.com>: User unknown"
+    await send(api, bulk)
+    held = cart_reminder()  # marketing, in quiet hours: held
+    held["campaign"] = "welcome"
+    held["recipients"] = [
+        {**held["recipients"][0], "email": "held@inbox.example.org", "timezone": None}
+    ]
+    await send(api, held)
+    await worker.run_until_idle()
+    sandbox = cart_reminder()
+    sandbox["sandbox"] = True
+    answer = await (await api.post("/v1/messages", json=sandbox)).json()
+    yield api, worker, answer["results"][0]["message_id"]
 
 
 class Browser:
@@ -145,8 +166,8 @@ class Browser:
 
 
 @pytest.fixture
-async def browser(scenario: tuple[Client, Any, str]) -> AsyncIterator[Browser]:
-    api, _, _ = scenario
+async def browser(gateway: tuple[Client, Any]) -> AsyncIterator[Browser]:
+    api, _ = gateway
     shots_dir = os.environ.get("SLUICE_CONSOLE_SCREENSHOTS")
     shots = Path(shots_dir) if shots_dir else None
     if shots is not None:
@@ -178,6 +199,7 @@ async def test_every_page_with_live_data_and_its_actions(
     await browser.open("/ui/", "overview")
     overview = await browser.text()
     assert "gmail" in overview and "microsoft" in overview and "yahoo" in overview
+    assert "4.10% warning" in overview  # gmail: 5 unknown users in 122, over the 2% rule
     await browser.open("/ui/providers?provider=gmail", "providers")
     assert "<script>alert('reply')</script>" in await browser.text()  # shown as text
     await browser.open("/ui/campaigns", "campaigns")
@@ -227,6 +249,24 @@ async def test_every_page_with_live_data_and_its_actions(
     await page.get_by_role("button", name="Remove", exact=True).click()
     await page.wait_for_selector("text=someone@inbox.example.org removed")
     assert (await api.get("/v1/suppressions/someone@inbox.example.org")).status == 404
+    await page.set_input_files(
+        "#s-file",
+        files=[
+            {
+                "name": "list.csv",
+                "mimeType": "text/csv",
+                "buffer": b"email\na@x.example\nnot-an-address\n",
+            }
+        ],
+    )
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await page.wait_for_selector("text=imported 1 (1 new), skipped 1")
+    async with page.expect_download() as download:
+        await page.click("text=Export as CSV")
+    saved = Path(await (await download.value).path())
+    exported = await asyncio.to_thread(saved.read_text)
+    assert exported.startswith("email,category,reason,created_at,source\n")
+    assert "a@x.example,,manual," in exported
 
     # policy: a bad cap is refused with the reason, a good one saved
     await browser.open("/ui/policy", "policy")
@@ -243,8 +283,13 @@ async def test_every_page_with_live_data_and_its_actions(
     await browser.open("/ui/sandbox", "sandbox")
     await page.click("text=your Noise-cancelling headphones is waiting")
     await page.wait_for_selector("#dkim")
+    await page.frame_locator("iframe.preview").locator("table").first.wait_for()
     if browser.shots is not None:
         await page.screenshot(path=str(browser.shots / "sandbox-message.png"), full_page=True)
+        # a full-page capture leaves frames blank: the preview on its own
+        await page.locator("iframe.preview").screenshot(
+            path=str(browser.shots / "sandbox-preview.png")
+        )
     assert (await page.inner_text("#dkim")).startswith("pass: d=shop.example.com s=s1")
     links = await page.inner_text("#links")
     assert "https://shop.example.com/cart/8f3a2c" in links
@@ -381,3 +426,53 @@ async def test_signed_out_browsers_and_forged_actions_are_refused(
         await runner.cleanup()
     assert (await api.get("/v1/suppressions/victim@y.example")).status == 404
     await asyncio.sleep(0)
+
+
+async def test_a_marketers_prelaunch_run(
+    browser: Browser, gateway: tuple[Client, Any], sink: Sink
+) -> None:
+    """As a marketer would: send the message to the sandbox, read it in the console, find
+    the unsubscribe header and the personalization the checks flag, fix it, send to the
+    sandbox again, then for real."""
+    api, worker = gateway
+    page = browser.page
+    draft = cart_reminder()
+    draft["subject"] = "*|FNAME|*, your {{ product_name }} is waiting"  # pasted from another tool
+    draft["sandbox"] = True
+    first = await (await api.post("/v1/messages", json=draft)).json()
+    assert first["sandbox"] is True
+
+    await sign_in(browser)
+    await browser.open("/ui/sandbox")
+    await page.get_by_role(
+        "link", name="*|FNAME|*, your Noise-cancelling headphones is waiting"
+    ).click()
+    await page.wait_for_selector("#headers")
+    await page.frame_locator("iframe.preview").locator("table").first.wait_for()
+    headers = await page.inner_text("#headers")
+    assert "List-Unsubscribe-Post\tList-Unsubscribe=One-Click" in headers
+    checks = await page.inner_text(".checks")
+    assert "fail content.merge_tags" in checks and "*|FNAME|*" in checks
+    assert "pass message.unsubscribe" in checks
+    if browser.shots is not None:
+        await page.screenshot(path=str(browser.shots / "sandbox-flagged.png"), full_page=True)
+
+    fixed = cart_reminder()  # the fixture's own subject: {{ first_name | default('Hi') }}
+    fixed["sandbox"] = True
+    await api.post("/v1/messages", json=fixed)
+    await browser.open("/ui/sandbox")
+    await page.get_by_role(
+        "link", name="Aryan, your Noise-cancelling headphones is waiting"
+    ).click()
+    await page.wait_for_selector("#h-checks")
+    assert "all pass" in await page.inner_text("#h-checks")
+    assert (await page.inner_text("#dkim")).startswith("pass")
+    assert sink.messages == [], "nothing left for real yet"
+
+    real = cart_reminder()
+    real["recipients"][0]["timezone"] = None  # no quiet hours configured: sent now
+    await send(api, real)
+    await worker.run_until_idle()
+    (received,) = sink.snapshot()
+    assert received.message["Subject"] == "Aryan, your Noise-cancelling headphones is waiting"
+    assert browser.alerts == []

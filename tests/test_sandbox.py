@@ -208,3 +208,26 @@ async def test_an_unknown_or_hostile_capture_id_is_a_404(gateway: tuple[Client, 
         assert response.status == 404, name
     assert (await client.get("/v1/sandbox/messages?before=abc")).status == 400
     assert (await client.get("/v1/sandbox/messages?limit=0")).status == 400
+
+
+async def test_a_sandbox_messages_links_record_nothing(gateway: tuple[Client, Any]) -> None:
+    """Its click redirects, its pixel answers, its one-click unsubscribe changes nothing: a
+    marketer may click everything in a sandbox message."""
+    client, _ = gateway
+    _, answer = await post(client, fixture(sandbox=True))
+    message_id = answer["results"][0]["message_id"]
+    assert message_id.startswith("z")  # a sandbox batch id
+    detail = await (await client.get(f"/v1/sandbox/messages/{message_id}")).json()
+    by_kind = {link.get("kind"): link for link in detail["links"]}
+    path = by_kind["click"]["url"].split("/", 3)[3]
+    clicked = await client.get("/" + path, allow_redirects=False)
+    assert clicked.status == 302
+    assert clicked.headers["Location"] == by_kind["click"]["leads_to"]
+    pixel = by_kind["open"]["url"].split("/", 3)[3]
+    assert (await client.get("/" + pixel)).status == 200
+    unsubscribe = next(h["value"] for h in detail["headers"] if h["name"] == "List-Unsubscribe")
+    one_click = unsubscribe.split("<", 1)[1].split(">", 1)[0].split("/", 3)[3]
+    posted = await client.post("/" + one_click, data={"List-Unsubscribe": "One-Click"})
+    assert posted.status == 200 and "nothing was unsubscribed" in await posted.text()
+    assert (await client.get("/v1/suppressions/aryan@inbox.example.org")).status == 404
+    assert (await (await client.get("/v1/events")).json())["events"] == []

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import msgpack
 from aiohttp import web
 
-from core.ids import split_message_id
+from core.ids import is_sandbox, split_message_id
 from core.logs import address
 from core.settings import TrustedProxies
 from core.store import Store
@@ -190,8 +190,9 @@ class Tracking:
             return _not_found()
         if found.kind not in ("message", "open"):
             return _not_found()
-        event = self._event(request, "opened", found.message_id)
-        await self.events.record(self.store_of(request), found.message_id, event, 0.0)
+        if not is_sandbox(found.message_id):  # a sandbox message's opens count nowhere
+            event = self._event(request, "opened", found.message_id)
+            await self.events.record(self.store_of(request), found.message_id, event, 0.0)
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
 
     async def clicked(self, request: web.Request) -> web.Response:
@@ -209,8 +210,9 @@ class Tracking:
         location = _location(url or "")
         if not location:
             return _not_found()
-        event = self._event(request, "clicked", found.message_id, url=url)
-        await self.events.record(store, found.message_id, event, CLICK_WINDOW_SECONDS)
+        if not is_sandbox(found.message_id):
+            event = self._event(request, "clicked", found.message_id, url=url)
+            await self.events.record(store, found.message_id, event, CLICK_WINDOW_SECONDS)
         return web.Response(status=302, headers={"Location": location, **NO_STORE})
 
     async def _link_url(self, store: Store, message_id: str, index: int) -> str | None:
@@ -260,6 +262,11 @@ class Tracking:
         if form.get("List-Unsubscribe") != "One-Click":
             return _page("Unsubscribe", "<p>Send <code>List-Unsubscribe=One-Click</code>.</p>", 400)
         message_id, email, category = target
+        if is_sandbox(message_id):
+            return _page(
+                "Unsubscribe",
+                "<p>This link is from a sandbox test message: nothing was unsubscribed.</p>",
+            )
         scope = category if self.unsubscribe_scope == "category" else None
         store = self.store_of(request)
         existing = await store.suppressions.check(email, scope)

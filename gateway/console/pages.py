@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from core import suppressions as suppression_entries
 from core.errors import NotFound, ValidationError
+from core.events import iso_time
 from core.ids import split_message_id
 from gateway import alerts, queues, stats
 from gateway.api import messages as messages_api
@@ -39,10 +41,15 @@ def _thresholds(rules: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     return found
 
 
-def _level(metric: str, value: float | None, thresholds: dict[str, tuple[float, float]]) -> str:
-    """ok, warn or bad: delivery is bad when low, every other rate when high."""
+def _level(
+    metric: str, value: float | None, thresholds: dict[str, tuple[float, float]], few: bool
+) -> str:
+    """ok, warn or bad: delivery is bad when low, every other rate when high; "few" under
+    ``stats.MIN_VOLUME`` messages, where a rate says little (as the alert rules' min_volume)."""
     if value is None or metric not in thresholds:
         return ""
+    if few:
+        return "few"
     warn, bad = thresholds[metric]
     if metric == "delivery":
         return "bad" if value < bad else "warn" if value < warn else "ok"
@@ -52,14 +59,18 @@ def _level(metric: str, value: float | None, thresholds: dict[str, tuple[float, 
 def _row(
     name: str, counts: dict[str, Any], thresholds: dict[str, tuple[float, float]]
 ) -> dict[str, Any]:
-    rates = stats.rates_of(counts)["rates"]
+    judged = stats.rates_of(counts)
+    rates = judged["rates"]
     attempts = counts["delivered"] + counts["bounced"] + counts["deferred"]
     rates["deferral"] = counts["deferred"] / attempts if attempts else None
     return {
         "name": name,
         "counts": counts,
         "rates": {
-            metric: (rates.get(metric), _level(metric, rates.get(metric), thresholds))
+            metric: (
+                rates.get(metric),
+                _level(metric, rates.get(metric), thresholds, judged["low_volume"]),
+            )
             for metric in ("delivery", "deferral", "hard_bounce", "complaint")
         },
     }
@@ -73,7 +84,10 @@ async def _per(
     query = stats.Query("hour", now - seconds + 1, now, (group,), tuple(filters.items()))
     found = await stats.totals(store, query)
     thresholds = _thresholds(await alerts.rules_of(store))
-    return [_row(key[0] or "(none)", counts, thresholds) for key, counts in sorted(found.items())]
+    return [
+        _row(key[0] or "(not sent yet)", counts, thresholds)
+        for key, counts in sorted(found.items())
+    ]
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -166,18 +180,35 @@ async def campaign(request: web.Request) -> web.Response:
         raise NotFound(f"no messages of campaign {name[:64]!r} in the last 30 days")
     paused = (await store.control.paused()).get(name)
     held = (await store.control.parked([name]))[name]
-    timeline = report["timeline"]
-    labels = [row["start"][11:16] for row in timeline]
+    hours = _every_hour(report["timeline"])
     chart = line_chart(
-        f"{name}: messages per hour",
-        labels,
+        f"{name}: messages per hour (UTC)",
+        [start[11:16] for start in hours],
         [
-            Series(step, [float(row["counts"][step]) for row in timeline])
+            Series(step, [float(hours[start].get(step, 0)) for start in hours])
             for step in ("accepted", "delivered", "opened", "clicked")
         ],
         unit="messages per hour",
+        bars=len(hours) <= 3,
     )
     return render(request, "campaign.html", report=report, paused=paused, held=held, chart=chart)
+
+
+def _every_hour(timeline: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The report's hourly rows (only hours that counted something), with the hours between
+    them filled with zeros: a chart's x axis is time."""
+    if not timeline:
+        return {}
+    counted = {row["start"]: row["counts"] for row in timeline}
+    first = datetime.fromisoformat(timeline[0]["start"])
+    last = datetime.fromisoformat(timeline[-1]["start"])
+    out: dict[str, dict[str, int]] = {}
+    moment = first
+    while moment <= last:
+        stamp = iso_time(moment.timestamp())
+        out[stamp] = counted.get(stamp, {})
+        moment += timedelta(hours=1)
+    return out
 
 
 async def queue(request: web.Request) -> web.Response:
