@@ -8,16 +8,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from core.clock import Clock
 from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
 from core.store import open_store
 from gateway import api
-from gateway.api.common import API_KEY, INTAKE, METRICS, PREPARE, REDIS_URL, SETTINGS, STORE
+from gateway.api.common import (
+    API_KEY,
+    CLOCK,
+    INTAKE,
+    METRICS,
+    PREPARE,
+    REDIS_URL,
+    SETTINGS,
+    STORE,
+)
 from gateway.intake import Intake, Submitted
 from gateway.middleware import MIDDLEWARES, RUNNER_OPTIONS
 from gateway.rollups import Roller
@@ -57,7 +68,7 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
         def accepted(submitted: Submitted, seconds: float) -> None:
             metrics.accepted(submitted.counts, seconds)
 
-        app[INTAKE] = Intake(app[STORE], executor, accepted)
+        app[INTAKE] = Intake(app[STORE], executor, accepted, app[CLOCK])
         yield
 
 
@@ -95,9 +106,13 @@ async def _submission_ctx(app: web.Application) -> AsyncIterator[None]:
         await server.wait_closed()
 
 
-def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Application:
+def create_app(
+    settings: Settings, redis_url: str, api_key: Secret, *, clock: Clock = time.time
+) -> web.Application:
+    """``clock``: the time of day batches are accepted at (``core.clock``)."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.http.max_body_bytes)
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app[API_KEY] = api_key
     app[REDIS_URL] = redis_url
     app[METRICS] = ApiMetrics()  # in files when serve chose multiprocess mode (core.metrics)

@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar
 
 from core import ids, suppressions
 from core.addresses import domain_of
+from core.clock import Clock
 from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationError
 from core.events import EventType, iso_time, pack_event
 from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput
@@ -330,10 +331,12 @@ class Intake:
         store: Store,
         executor: Executor,
         on_accepted: Callable[[Submitted, float], None] | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.store = store
         self.executor = executor
         self.on_accepted = on_accepted  # (what was accepted, seconds it took): for metrics
+        self.clock = clock  # the time of day of send_at, caps and quiet hours (core.clock)
 
     async def off_loop(self, work: Callable[[], T]) -> T:
         """CPU work on the prepare thread, in arrival order."""
@@ -375,9 +378,10 @@ class Intake:
                 resumed = earlier.batch_id
         policy = load_policy(await self.store.policy())
         shards = self.store.shards
+        now = self.clock()
 
         def prepare_batch(batch_id: str | None) -> Prepared:
-            return prepare(body, now=time.time(), policy=policy, shards=shards, batch_id=batch_id)
+            return prepare(body, now=now, policy=policy, shards=shards, batch_id=batch_id)
 
         prepared = await self.off_loop(lambda: prepare_batch(resumed))
         refused = reject_if == "any" or (
@@ -387,11 +391,15 @@ class Intake:
             first = next(r for r in prepared.results if r["status"] == "rejected")
             raise ValidationError(f"{first['email']}: {first['reason']}", field="recipients")
         try:
-            response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
+            response, replayed, counts = await accept(
+                self.store, prepared, digest, key_digest, now=now
+            )
         except OtherBatch as exc:  # the same request, begun at the same time over shards
             other = exc.batch_id
             prepared = await self.off_loop(lambda: prepare_batch(other))
-            response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
+            response, replayed, counts = await accept(
+                self.store, prepared, digest, key_digest, now=now
+            )
         submitted = Submitted(prepared.batch_id, response, replayed, counts)
         if not replayed and self.on_accepted is not None:
             self.on_accepted(submitted, time.monotonic() - started)

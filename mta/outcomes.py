@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
+from core.clock import Clock
 from core.store import Outcome, Store
 
 MAX_GROUP = 256  # outcomes per script call: bounds the script's run, Redis serves others between
@@ -30,8 +32,9 @@ MAX_GROUP = 256  # outcomes per script call: bounds the script's run, Redis serv
 class Outcomes:
     """Group commit of delivery outcomes into a ``Store``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = time.time) -> None:
         self.store = store
+        self.clock = clock  # the time each group is recorded at
         self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._committing: asyncio.Task[None] | None = None
 
@@ -51,7 +54,9 @@ class Outcomes:
             while self._waiting:
                 group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
                 try:
-                    await self.store.complete_many([outcome for outcome, _ in group])
+                    await self.store.complete_many(
+                        [outcome for outcome, _ in group], now=self.clock()
+                    )
                 except Exception as exc:
                     for _, future in group:
                         future.set_exception(exc)

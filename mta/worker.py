@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from core.addresses import domain_of
+from core.clock import Clock
 from core.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -158,8 +159,19 @@ def retry_delay(schedule: tuple[float, ...], attempts: int) -> float:
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store, name: str, verp_key: Secret) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        name: str,
+        verp_key: Secret,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        """``clock``: the time of day of retries, expiry and what is recorded
+        (``core.clock``; tests pass a ``ManualClock``)."""
         self.settings = settings
+        self.clock = clock
         self.delivery: DeliverySettings = settings.delivery
         self.store = store
         self.name = name
@@ -171,7 +183,7 @@ class Worker:
         self.paused_senders = _Recent(store.control.paused_senders)
         self.templates = TemplateCache()
         self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
-        self.outcomes = Outcomes(store)
+        self.outcomes = Outcomes(store, clock)
         self.renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"{name}-render")
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
@@ -362,7 +374,7 @@ class Worker:
             campaign = campaign_of(batch)
             event = pack_event(
                 EventType.DEFERRED,
-                timestamp=time.time(),
+                timestamp=self.clock(),
                 message_id=queued.job.message_id,
                 email=queued.job.email,
                 contact_id=queued.job.contact_id,
@@ -404,7 +416,7 @@ class Worker:
 
     async def _promote_due(self) -> None:
         """Move the delayed jobs that are due into the stream (500 a call)."""
-        now = time.time()
+        now = self.clock()
         while await self.store.promote_due(now=now) >= 500:
             pass
 
@@ -568,11 +580,11 @@ class Worker:
             return
         configs = await self.warmup.configs()
         config = configs.get(ip)
-        if config is None or self.warmup.budget_of(config, provider, time.time()).warm:
+        if config is None or self.warmup.budget_of(config, provider, self.clock()).warm:
             return
         if message_id is not None:
             await self.store.remember_sender(message_id, ip, provider)
-        changed = await self.warmup.record(ip, provider, outcome, time.time())
+        changed = await self.warmup.record(ip, provider, outcome, self.clock())
         if changed:
             log.warning("warmup of %s for %s %s", ip, provider, changed)
 
@@ -603,7 +615,7 @@ class Worker:
                     f"every IP of pool {name} is paused at {provider}",
                     retry_after=SENDER_PAUSED_RETRY_SECONDS,
                 )
-        choice = await self.warmup.choose(members, provider, time.time(), message_id)
+        choice = await self.warmup.choose(members, provider, self.clock(), message_id)
         if choice.ip is None:
             raise WarmupDeferral(
                 f"warmup: every IP of pool {name} has used its {provider} budget for now; "
@@ -711,7 +723,7 @@ class Worker:
         self, queued: QueuedJob, batch: BatchContent, exc: TransientDeliveryError
     ) -> None:
         job = queued.job.next_attempt()
-        now = time.time()
+        now = self.clock()
         deadline = job.accepted_at + self.delivery.max_deferral
         fields: dict[str, Any] = {
             "smtp_code": exc.smtp_code,
@@ -756,7 +768,7 @@ class Worker:
         metadata = {**(batch.metadata if batch else {}), **job.metadata}
         event = pack_event(
             kind,
-            timestamp=time.time(),
+            timestamp=self.clock(),
             message_id=job.message_id,
             email=job.email,
             contact_id=job.contact_id,

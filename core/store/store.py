@@ -288,32 +288,33 @@ class Store:
                 pipe.xdel(shard.keys.jobs, *entry_ids)
             await pipe.execute()
 
-    async def complete(self, outcome: Outcome) -> None:
+    async def complete(self, outcome: Outcome, *, now: float | None = None) -> None:
         """Record one outcome (``complete_many`` of one)."""
-        await self.complete_many([outcome])
+        await self.complete_many([outcome], now=now)
 
-    async def complete_many(self, outcomes: Sequence[Outcome]) -> None:
+    async def complete_many(self, outcomes: Sequence[Outcome], *, now: float | None = None) -> None:
         """Record a group of outcomes in one atomic script call per shard
-        (``core/lua/complete.lua``)."""
+        (``core/lua/complete.lua``), at ``now`` (default: the clock)."""
+        at = time.time() if now is None else now
         groups = self._by_shard([outcome.message_id for outcome in outcomes])
         if len(groups) == 1:
             [shard] = groups
-            await self._complete_shard(shard, outcomes)
+            await self._complete_shard(shard, outcomes, at)
             return
         await asyncio.gather(
             *(
-                self._complete_shard(shard, [outcomes[p] for p in positions])
+                self._complete_shard(shard, [outcomes[p] for p in positions], at)
                 for shard, positions in groups.items()
             )
         )
 
-    async def _complete_shard(self, shard: Shard, outcomes: Sequence[Outcome]) -> None:
+    async def _complete_shard(self, shard: Shard, outcomes: Sequence[Outcome], now: float) -> None:
         where = shard.keys
         touched = [where.jobs, where.delayed, where.events, where.stats, where.pending]
         args: list[Arg] = [
             keys.DELIVERY_GROUP,
             EVENTS_MAXLEN,
-            f"{time.time():.3f}",
+            f"{now:.3f}",
             RETENTION_SECONDS,
         ]
         for outcome in outcomes:
