@@ -71,6 +71,7 @@ from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateCache, TemplateError
 from mta.routing import Destination, Router
 from mta.smtp import WireMessage
+from mta.soft_bounces import bounce_is_soft, expiry_is_soft
 from mta.verp import Verp
 from tracking.links import MessageLinks, static_links, url_indexes
 from tracking.tokens import Tokens, load_keys, unsubscribe_payload
@@ -183,7 +184,7 @@ class Worker:
         self.paused_senders = _Recent(store.control.paused_senders)
         self.templates = TemplateCache()
         self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
-        self.outcomes = Outcomes(store, clock)
+        self.outcomes = Outcomes(store, clock, self.delivery.soft_bounce_limit)
         self.renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"{name}-render")
         self.router = Router(self.delivery)
         self.verp = Verp(verp_key)
@@ -509,6 +510,7 @@ class Worker:
                 hard=exc.hard,
                 reason=exc.detail,
                 attempt=attempt,
+                soft_bounced=bounce_is_soft(exc.bounce_class, exc.hard),
                 **self._sent_from(exc.source_ip, batch, provider),
             )
         except TransientDeliveryError as exc:
@@ -736,7 +738,9 @@ class Worker:
         elif isinstance(exc, SenderPaused):
             fields["held_by"] = "paused_sender"
         if now >= deadline:
-            await self._finish(queued, batch, EventType.EXPIRED, **fields)
+            await self._finish(
+                queued, batch, EventType.EXPIRED, soft_bounced=expiry_is_soft(exc), **fields
+            )
             return
         delay = retry_delay(self.delivery.retry_schedule, job.attempts) * random.uniform(0.9, 1.1)
         if isinstance(exc, WarmupDeferral):
@@ -761,22 +765,26 @@ class Worker:
         *,
         retry_job: Job | None = None,
         retry_at: float = 0.0,
+        soft_bounced: bool = False,
         **fields: Any,
     ) -> None:
-        """Record an outcome (``batch`` None: its content expired)."""
+        """Record an outcome (``batch`` None: its content expired). ``soft_bounced``: the
+        message ended soft-bounced (``mta.soft_bounces``): it counts toward its address's
+        soft-bounce limit."""
         job = queued.job
-        metadata = {**(batch.metadata if batch else {}), **job.metadata}
-        event = pack_event(
-            kind,
-            timestamp=self.clock(),
-            message_id=job.message_id,
-            email=job.email,
-            contact_id=job.contact_id,
-            category=batch.category if batch else None,
-            campaign=batch.campaign if batch else None,
-            metadata=metadata,
-            **fields,
-        )
+        if kind in (EventType.EXPIRED, EventType.BOUNCED):
+            fields["soft_bounce"] = soft_bounced
+        event = self._event(kind, job, batch, **fields)
+        suppressed = b""
+        if soft_bounced:  # recorded only if this message takes its address to the limit
+            suppressed = self._event(
+                EventType.SUPPRESSED,
+                job,
+                batch,
+                reason="soft_bounce_limit",
+                scope="global",
+                stage="outcome",  # the address, suppressed by this message's outcome
+            )
         await self.outcomes.record(
             Outcome(
                 queued.entry_id,
@@ -786,10 +794,25 @@ class Worker:
                 retry_job,
                 retry_at,
                 "" if retry_job is not None else domain_of(job.email),
+                recipient=job.email,
+                soft_bounced=suppressed,
             )
         )
         provider = fields.get("provider") or provider_of(domain_of(job.email))
         self.metrics.outcome(kind.value, provider, fields.get("ip") or "", fields.get("pool") or "")
+
+    def _event(self, kind: EventType, job: Job, batch: BatchContent | None, **fields: Any) -> bytes:
+        return pack_event(
+            kind,
+            timestamp=self.clock(),
+            message_id=job.message_id,
+            email=job.email,
+            contact_id=job.contact_id,
+            category=batch.category if batch else None,
+            campaign=batch.campaign if batch else None,
+            metadata={**(batch.metadata if batch else {}), **job.metadata},
+            **fields,
+        )
 
 
 async def _worker_main(settings: Settings, redis_url: str, name: str, verp_key: Secret) -> None:

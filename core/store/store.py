@@ -45,7 +45,7 @@ from core.store.rollups import RollupStore
 from core.store.suppressions import Suppressions
 from core.store.warmup import WarmupStore
 from core.store.webhooks import WebhookStore
-from core.suppressions import canonical, pack_entry
+from core.suppressions import SoftBounceLimit, canonical, pack_entry, soft_bounce_source
 from core.suppressions import field as suppression_field
 
 UNVERIFIED_KEPT = 1000  # unverified inbound reports kept to look at; the counter counts them all
@@ -90,6 +90,10 @@ class Outcome(NamedTuple):
     retry_job: Job | None = None  # a deferral: the job to try again at ``retry_at``
     retry_at: float = 0.0
     domain: str = ""  # the message became final: drop its domain's pending count
+    recipient: str = ""  # its address: a delivery resets the address's run of soft bounces
+    # the message ended soft-bounced: the ``suppressed`` event its address gets should this
+    # reach the soft-bounce limit (b"": it did not)
+    soft_bounced: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -292,30 +296,55 @@ class Store:
         """Record one outcome (``complete_many`` of one)."""
         await self.complete_many([outcome], now=now)
 
-    async def complete_many(self, outcomes: Sequence[Outcome], *, now: float | None = None) -> None:
+    async def complete_many(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float | None = None,
+        soft_bounce: SoftBounceLimit | None = None,
+    ) -> None:
         """Record a group of outcomes in one atomic script call per shard
-        (``core/lua/complete.lua``), at ``now`` (default: the clock)."""
+        (``core/lua/complete.lua``), at ``now`` (default: the clock). With ``soft_bounce``, a
+        delivery resets its address's run of soft bounces and a soft-bounced message extends
+        it, suppressing the address at the limit (without: runs are only reset)."""
         at = time.time() if now is None else now
         groups = self._by_shard([outcome.message_id for outcome in outcomes])
         if len(groups) == 1:
             [shard] = groups
-            await self._complete_shard(shard, outcomes, at)
+            await self._complete_shard(shard, outcomes, at, soft_bounce)
             return
         await asyncio.gather(
             *(
-                self._complete_shard(shard, [outcomes[p] for p in positions], at)
+                self._complete_shard(shard, [outcomes[p] for p in positions], at, soft_bounce)
                 for shard, positions in groups.items()
             )
         )
 
-    async def _complete_shard(self, shard: Shard, outcomes: Sequence[Outcome], now: float) -> None:
+    async def _complete_shard(
+        self,
+        shard: Shard,
+        outcomes: Sequence[Outcome],
+        now: float,
+        limit: SoftBounceLimit | None,
+    ) -> None:
         where = shard.keys
-        touched = [where.jobs, where.delayed, where.events, where.stats, where.pending]
+        touched = [
+            where.jobs,
+            where.delayed,
+            where.events,
+            where.stats,
+            where.pending,
+            where.suppression_count,
+        ]
+        counting = limit is not None and limit.enabled
         args: list[Arg] = [
             keys.DELIVERY_GROUP,
             EVENTS_MAXLEN,
             f"{now:.3f}",
             RETENTION_SECONDS,
+            limit.messages if limit is not None and counting else 0,
+            limit.seconds if limit is not None else 0,
+            limit.forget_seconds if limit is not None else 0,
         ]
         for outcome in outcomes:
             touched.append(where.message(outcome.message_id))
@@ -328,6 +357,19 @@ class Store:
                 f"{outcome.retry_at:.3f}",
                 outcome.domain,
             )
+            address = canonical(outcome.recipient)
+            # a message's recipient lives in the message's shard (a message id names it)
+            if not address or self.shards.of_address(address) != shard:
+                args += ("", "", "", "")
+            elif outcome.status == "delivered":
+                touched.append(where.soft_bounces(address))
+                args += ("reset", "", "", "")
+            elif outcome.soft_bounced and counting:
+                touched += (where.soft_bounces(address), self.shards.bucket_key(address))
+                entry = pack_entry("soft_bounce_limit", now, soft_bounce_source(outcome.message_id))
+                args += ("count", suppression_field(address), entry, outcome.soft_bounced)
+            else:
+                args += ("", "", "", "")
         await self._complete(touched, args)
 
     async def remember_sender(self, message_id: str, ip: str, provider: str) -> None:

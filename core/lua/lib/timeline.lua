@@ -1,7 +1,16 @@
 -- Prepended to the scripts that record an outcome about a message (complete.lua, report.lua):
--- append an event to the events stream and its id to the message's timeline.
-local function append_event(stream, maxlen, event, record, now, ttl)
-  local event_id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', event)
+-- append an event to the events stream and its id to the message's timeline, and count a
+-- message that ended soft-bounced toward its address's soft-bounce limit.
+
+-- ``extra``: what the script decided after the event was packed (msgpack; nil for none),
+-- merged into the event when it is read (core/events.py unpack_event).
+local function append_event(stream, maxlen, event, record, now, ttl, extra)
+  local event_id
+  if extra then
+    event_id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', event, 'x', extra)
+  else
+    event_id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', event)
+  end
   local prior = redis.call('HGET', record, 'ev')
   local events = event_id
   if prior then
@@ -12,3 +21,28 @@ local function append_event(stream, maxlen, event, record, now, ttl)
   return event_id
 end
 
+-- A message that ended soft-bounced, counted once (the message record's 'sb' flag) in its
+-- address's run (hash: n soft-bounced messages, first = when the first of them ended),
+-- which a delivery deletes. At ``limit.messages`` or more, the first at least
+-- ``limit.seconds`` before now, the address is suppressed (unless it has a global entry
+-- already) and the message's timeline gets the ``suppressed`` event. Returns true when it
+-- suppressed the address.
+-- limit = {messages, seconds, forget (the run's time to live), stream, maxlen, ttl,
+--          count (the shard's suppression count key)}
+-- suppression = {bucket, field, entry, event}
+local function count_soft_bounce(limit, record, run, suppression, now)
+  if redis.call('HSETNX', record, 'sb', now) == 0 then return false end
+  local n = redis.call('HINCRBY', run, 'n', 1)
+  redis.call('HSETNX', run, 'first', now)
+  redis.call('EXPIRE', run, limit.forget)
+  local first = tonumber(redis.call('HGET', run, 'first'))
+  if n < limit.messages or tonumber(now) - first < limit.seconds then return false end
+  redis.call('DEL', run)
+  if redis.call('HSETNX', suppression.bucket, suppression.field, suppression.entry) == 0 then
+    return false  -- suppressed already, for another reason: that entry stays
+  end
+  redis.call('INCR', limit.count)
+  local extra = cmsgpack.pack({soft_bounces = n, first_soft_bounce_ts = first})
+  append_event(limit.stream, limit.maxlen, suppression.event, record, now, limit.ttl, extra)
+  return true
+end
