@@ -87,9 +87,11 @@ async def running_worker(
 
 
 @asynccontextmanager
-async def running_inbound(settings: Settings, store: Store) -> AsyncIterator[HostPort]:
+async def running_inbound(
+    settings: Settings, store: Store, *, clock: Clock = time.time
+) -> AsyncIterator[HostPort]:
     """The inbound SMTP server (bounces, complaints) on ``settings.delivery.inbound``, set up
-    as ``sluice serve`` does."""
+    as ``sluice serve`` does; ``clock``: the time of day it records reports at."""
     listen = settings.delivery.inbound
     assert listen is not None, "the settings turn the inbound server off"
     key = verp_key(settings)
@@ -101,6 +103,8 @@ async def running_inbound(settings: Settings, store: Store) -> AsyncIterator[Hos
         Verp(key, prefix="unsubscribe+"),
         MessageIds(key),
         settings.warmup,
+        settings.delivery.soft_bounce_limit,
+        clock,
     )
     try:
         yield listen

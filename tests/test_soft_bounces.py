@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 
+from core import rollups
 from core.clock import ManualClock
 from core.events import iso_time
-from core.settings import Settings
+from core.settings import HostPort, Settings
 from core.store import Store
 from loadtests.fault_sink import FaultSink
 from loadtests.harness import fixture_batch
@@ -26,6 +28,7 @@ from tests.inprocess import (
     Webhooks,
     message,
     running_api,
+    running_inbound,
     running_worker,
     send,
     suppressions,
@@ -57,11 +60,19 @@ def fault() -> AsyncIterator[FaultSink]:
 
 
 class Gateway:
-    """The API and a worker of one gateway on a ``ManualClock``."""
+    """The API, a worker and the inbound server of one gateway on a ``ManualClock``."""
 
-    def __init__(self, api: Client, worker: Worker, clock: ManualClock, settings: Settings):
+    def __init__(
+        self,
+        api: Client,
+        worker: Worker,
+        inbound: HostPort,
+        clock: ManualClock,
+        settings: Settings,
+    ) -> None:
         self.api = api
         self.worker = worker
+        self.inbound = inbound
         self.clock = clock
         self.settings = settings
 
@@ -93,8 +104,9 @@ async def gateway(
     async with (
         running_api(settings, redis_url, clock=clock) as api,
         running_worker(settings, store, clock=clock) as worker,
+        running_inbound(settings, store, clock=clock) as inbound,
     ):
-        yield Gateway(api, worker, clock, settings)
+        yield Gateway(api, worker, inbound, clock, settings)
 
 
 async def test_an_address_that_soft_bounces_for_a_week_is_suppressed_and_one_that_recovers_is_not(
@@ -141,6 +153,9 @@ async def test_an_address_that_soft_bounces_for_a_week_is_suppressed_and_one_tha
         "outcome",
     )
     assert suppressed["soft_bounces"] == 4
+    # statistics count the message once, as expired: its address's suppression is no message's
+    counted = [metric for event in found["events"] for metric in rollups.metrics_of(event)]
+    assert sorted(counted) == ["accepted", "deferred", "expired"]
     first_ended = start + gateway.settings.delivery.max_deferral + 1
     assert suppressed["first_soft_bounce_at"] == iso_time(first_ended)
 
@@ -162,3 +177,85 @@ async def test_an_address_that_soft_bounces_for_a_week_is_suppressed_and_one_tha
     assert by_stage["outcome"]["reason"] == "soft_bounce_limit"
     assert by_stage["outcome"]["message_id"] == fourth[FULL]["message_id"]
     assert by_stage[None]["message_id"] == fifth[FULL]["message_id"]  # refused at accept
+
+
+def failure_report(email: str, status: str, diagnostic: str) -> bytes:
+    """An RFC 3464 report that a relay could not deliver to ``email`` after accepting it."""
+    text = f"""From: MAILER-DAEMON@mx.example.net
+Subject: Undelivered Mail Returned to Sender
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="report"
+
+--report
+Content-Type: text/plain
+
+Your message could not be delivered.
+
+--report
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; {email}
+Action: failed
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+
+--report--
+"""
+    return text.replace("\n", "\r\n").encode()
+
+
+MAILBOX_FULL = ("5.2.2", "552 5.2.2 Mailbox full")
+BLOCKLISTED = ("5.7.1", "550 5.7.1 Service unavailable, client host blocked using zen.spamhaus.org")
+
+
+async def test_reports_after_acceptance_count_as_the_soft_bounces_they_are(
+    gateway: Gateway, fault: FaultSink
+) -> None:
+    """A relay accepts every message and mails a failure report later: a report that the
+    mailbox was full makes its message a soft bounce, and its delivery no delivery; a report
+    that blames the sender counts for nothing either way."""
+    full, recovers, blamed = (f"{name}@relayed.example.org" for name in ("full", "ok", "blamed"))
+    script = {  # day -> the report each address's message comes back with (None: delivered)
+        0: {full: MAILBOX_FULL, recovers: MAILBOX_FULL, blamed: MAILBOX_FULL},
+        2: {full: MAILBOX_FULL, recovers: MAILBOX_FULL, blamed: MAILBOX_FULL},
+        4: {full: MAILBOX_FULL, recovers: None, blamed: BLOCKLISTED},
+        8: {full: MAILBOX_FULL, recovers: MAILBOX_FULL, blamed: MAILBOX_FULL},
+    }
+    start = gateway.clock()
+    sent: dict[int, dict[str, dict[str, Any]]] = {}
+    for day, reports in script.items():
+        gateway.clock.advance(start + day * DAY - gateway.clock())
+        before = len(fault.accepted())
+        sent[day] = await gateway.send_all(*reports)
+        return_paths = {m.rcpt_tos[0]: m.mail_from for m in fault.accepted()[before:]}
+        assert sorted(return_paths) == sorted(reports), "the relay accepted every message"
+        for email, report in reports.items():
+            if report is not None:
+                raw = failure_report(email, *report)
+                async with aiosmtplib.SMTP(
+                    hostname=gateway.inbound.host, port=gateway.inbound.port, timeout=30
+                ) as smtp:
+                    await smtp.sendmail("", [return_paths[email]], raw)
+                assert await gateway.status(sent[day][email]) == "bounced"
+        if day == 4:  # three soft bounces to full, over four days: not yet
+            assert await suppressions(gateway.api, full) == []
+
+    [entry] = await suppressions(gateway.api, full)
+    assert (entry["reason"], entry["source"]) == (
+        "soft_bounce_limit",
+        f"soft-bounce:{sent[8][full]['message_id']}",
+    )
+    found = await message(gateway.api, sent[8][full]["message_id"])
+    assert [e["type"] for e in found["events"]] == ["queued", "delivered", "bounced", "suppressed"]
+    assert found["events"][2]["soft_bounce"] is True and found["events"][2]["source"] == "dsn"
+    assert found["events"][-1]["soft_bounces"] == 4
+    # delivered on day 4, and no report came back: a delivery between its soft bounces
+    assert await suppressions(gateway.api, recovers) == []
+    # bounced on day 4 for the sender's listing: neither a soft bounce nor a delivery
+    [entry] = await suppressions(gateway.api, blamed)
+    assert entry["reason"] == "soft_bounce_limit"
+    found = await message(gateway.api, sent[8][blamed]["message_id"])
+    assert found["events"][-1]["soft_bounces"] == 3
