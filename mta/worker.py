@@ -73,6 +73,8 @@ from mta.routing import Destination, Router
 from mta.smtp import WireMessage
 from mta.soft_bounces import bounce_is_soft, expiry_is_soft
 from mta.verp import Verp
+from suppression.policy import Policy, load_policy
+from suppression.quiet_hours import after_quiet_hours, intervals_from, ramp_offset
 from tracking.links import MessageLinks, static_links, url_indexes
 from tracking.tokens import Tokens, load_keys, unsubscribe_payload
 from warmup.gate import WarmupGate
@@ -84,28 +86,32 @@ T = TypeVar("T")
 STALE_AFTER_MS = 60_000
 RENDER_THREADS = 2
 KEPT_BATCHES = 512  # batch contents, builders and link tables kept per worker
-PAUSED_READ_SECONDS = 1.0  # how stale a worker's list of paused campaigns may be
+RECENT_SECONDS = 1.0  # how stale a worker's paused campaigns and senders and policy may be
 SENDER_PAUSED_RETRY_SECONDS = 300.0  # a message whose every IP is paused looks again then
 
 
-class _Recent:
-    """The names of a Redis hash, read again once ``PAUSED_READ_SECONDS`` have passed."""
+class _Recent(Generic[T]):
+    """A value read from Redis, read again once ``RECENT_SECONDS`` have passed."""
 
-    def __init__(self, read: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
+    def __init__(self, read: Callable[[], Awaitable[T]], empty: T) -> None:
         self._read = read
-        self._names: frozenset[str] = frozenset()
-        self._at = -PAUSED_READ_SECONDS
+        self._value = empty
+        self._at = -RECENT_SECONDS
 
-    async def get(self) -> frozenset[str]:
+    async def get(self) -> T:
         now = time.monotonic()
-        if now - self._at > PAUSED_READ_SECONDS:
-            self._names = frozenset(await self._read())
+        if now - self._at > RECENT_SECONDS:
+            self._value = await self._read()
             self._at = now
-        return self._names
+        return self._value
 
     def forget(self) -> None:
         """Read it again next time."""
-        self._at = -PAUSED_READ_SECONDS
+        self._at = -RECENT_SECONDS
+
+
+async def _names(read: Callable[[], Awaitable[Mapping[str, Any]]]) -> frozenset[str]:
+    return frozenset(await read())
 
 
 def _stop_if_cancelled() -> None:
@@ -180,8 +186,13 @@ class Worker:
         self.batches: _Memo[BatchContent | None] = _Memo(KEPT_BATCHES)
         # what holds mail back on purpose, read at most once a second (a pause holds the
         # next reads): paused campaigns, and paused "ip:provider" pairs
-        self.paused_campaigns = _Recent(store.control.paused)
-        self.paused_senders = _Recent(store.control.paused_senders)
+        self.paused_campaigns: _Recent[frozenset[str]] = _Recent(
+            functools.partial(_names, store.control.paused), frozenset()
+        )
+        self.paused_senders: _Recent[frozenset[str]] = _Recent(
+            functools.partial(_names, store.control.paused_senders), frozenset()
+        )
+        self.policy = _Recent(self._read_policy, Policy())  # quiet hours hold retries too
         self.templates = TemplateCache()
         self.builders: _Memo[MessageBuilder] = _Memo(KEPT_BATCHES)
         self.outcomes = Outcomes(store, clock, self.delivery.soft_bounce_limit)
@@ -268,7 +279,8 @@ class Worker:
             while True:
                 await self._promote_due()
                 await self.store.control.release_resumed()
-                self.paused_campaigns.forget()  # a burst run reads it fresh
+                self.paused_campaigns.forget()  # a burst run reads them fresh
+                self.policy.forget()
                 free = max(1, self.limit - len(self.in_flight))
                 jobs = await self.store.read_jobs(self.name, count=free, block_ms=None)
                 _stop_if_cancelled()
@@ -747,6 +759,10 @@ class Worker:
             # the next window, spread over its first minutes: budgets open on the hour
             delay = (exc.retry_after or 0.0) + random.uniform(0.0, 120.0)
         retry_at = min(now + max(delay, exc.retry_after or 0.0), deadline)
+        after_quiet = await self._after_quiet_hours(batch, job, retry_at)
+        if after_quiet > retry_at:  # even past the deadline: the last try, in the morning
+            retry_at = after_quiet
+            fields["next_attempt_held_by"] = "quiet_hours"
         await self._finish(
             queued,
             batch,
@@ -756,6 +772,20 @@ class Worker:
             next_attempt_at=round(retry_at, 3),
             **fields,
         )
+
+    async def _after_quiet_hours(self, batch: BatchContent, job: Job, at: float) -> float:
+        """``at``, or, for marketing mail due inside the recipient's quiet hours, the window's
+        end plus the message's place in the ramp: a retry waits for the morning as the first
+        attempt did (``suppression.quiet_hours``, the rule ``accept.lua`` applies)."""
+        quiet = (await self.policy.get()).quiet_hours
+        if quiet is None or batch.transactional:
+            return at
+        zone = job.timezone or quiet.default_timezone
+        offset = ramp_offset(quiet, job.message_id)
+        return after_quiet_hours(intervals_from(quiet, zone, at), at, offset)
+
+    async def _read_policy(self) -> Policy:
+        return load_policy(await self.store.policy())
 
     async def _finish(
         self,
