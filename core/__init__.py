@@ -13,6 +13,7 @@
 | ``embedded_redis``, ``datadir`` | the embedded Redis and the private data dir |
 | ``metrics`` | Prometheus metrics, shared by the API and the workers (multiprocess) |
 | ``ids``, ``addresses``, ``logs`` | batch and message ids, address normalization, logging |
+| ``clock`` | the time of day as a parameter (``ManualClock`` for tests) |
 """
 
 from core.errors import (

@@ -71,13 +71,18 @@ def pack_event(
 CONTEXT_FIELDS = ("email", "contact_id", "category", "campaign", "metadata")
 
 
+# times a script adds in unix seconds, shown as ISO times
+_SCRIPT_TIMES = (("send_at_ts", "send_at"), ("first_soft_bounce_ts", "first_soft_bounce_at"))
+
+
 def unpack_event(
     event_id: str, blob: bytes, changes: bytes | None = None, context: bytes | None = None
 ) -> dict[str, Any]:
     """The event from its stream entry: ``e`` the event; ``x`` (``changes``) what a script
     decided after the event was packed: the contact policy's other type (``suppressed``,
     ``capped``) with its reason, or a later ``send_at`` (``send_at_ts``, unix seconds) and
-    why (``held_by``), or a machine flag; ``c`` (``context``) the message's first event,
+    why (``held_by``), or a machine flag, or the run of soft bounces that suppressed an
+    address (``soft_bounces``, ``first_soft_bounce_ts``); ``c`` (``context``) the message's first event,
     whose email, contact, category and metadata an engagement event shares."""
     body: dict[str, Any] = msgpack.unpackb(blob)
     if context:
@@ -86,8 +91,9 @@ def unpack_event(
             body.setdefault(name, first.get(name))
     if changes:
         extra: dict[str, Any] = msgpack.unpackb(changes)
-        stamp = extra.pop("send_at_ts", None)
-        if stamp is not None:
-            extra["send_at"] = iso_time(float(stamp))
+        for stamped, shown in _SCRIPT_TIMES:
+            stamp = extra.pop(stamped, None)
+            if stamp is not None:
+                extra[shown] = iso_time(float(stamp))
         body.update(extra)
     return {"id": event_id, **body}

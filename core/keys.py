@@ -1,6 +1,7 @@
 """Every Redis key Sluice uses, in one place: constants for the fixed ones, and ``ShardKeys``
 for the families that live in each logical shard (``core.shards``): the queue, message
-records, events, batch content, idempotency records, suppression buckets and cap windows.
+records, events, batch content, idempotency records, suppression buckets, cap windows and
+runs of soft bounces.
 
 Each key carries a hash tag, so every atomic script touches one hash slot. Shard 0's tag
 is ``sluice``, which is also the tag of every key that is not sharded (the contact
@@ -86,6 +87,7 @@ class ShardKeys:
             prefix + "sup:"
         )  # its share of the 65,536 buckets (core/suppressions.py)
         self._cap = prefix + "cap:"  # zset per (rule, contact): counted message ids by send time
+        self._soft = prefix + "sb:"  # hash per address: its run of soft-bounced messages
         self._message = prefix + "msg:"  # hash per message: status, event ids
         self._batch = prefix + "batch:"  # string per batch: msgpack of the shared content
         self._links = prefix + "links:"  # string per batch: msgpack list of its tracked URLs
@@ -103,6 +105,12 @@ class ShardKeys:
     def cap(self, rule_key: str, contact: str) -> str:
         """The counted send times of one frequency-cap rule for one contact."""
         return f"{self._cap}{rule_key}:{contact}"
+
+    def soft_bounces(self, address: str) -> str:
+        """An address's run of soft-bounced messages since its last delivery (``n``, ``first``:
+        when the first of them ended): the soft-bounce limit (``core.suppressions``). The
+        address in canonical form, and in its own shard."""
+        return self._soft + address
 
     def message(self, message_id: str) -> str:
         return self._message + message_id

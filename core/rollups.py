@@ -150,7 +150,10 @@ def metrics_of(event: dict[str, Any]) -> Iterator[str]:
         elif held == "frequency_cap":
             yield "held_cap"
     elif kind == "suppressed":
-        if event.get("stage") != "delivery":  # suppressed at accept: a recipient accepted
+        stage = event.get("stage")
+        if stage == "outcome":  # the address, after this message's outcome (counted as that)
+            return
+        if stage != "delivery":  # suppressed at accept: a recipient accepted
             yield "accepted"
         yield "suppressed"
     elif kind == "capped":

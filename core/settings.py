@@ -71,6 +71,7 @@ from core.options import (
     table,
     warn_about_unknown_variables,
 )
+from core.suppressions import SoftBounceLimit
 
 __all__ = [
     "DeliverySettings",
@@ -358,6 +359,21 @@ class DeliverySettings:
         described="the From domain",
         help="DKIM signing domain (d=) for every message",
     )
+    soft_bounce_messages: int = option(
+        "soft_bounce_messages",
+        casts.non_negative_int,
+        default=3,
+        help="an address whose last this many messages all ended soft-bounced (expired "
+        "or bounced, not hard), with no delivery in between, is suppressed "
+        "(soft_bounce_limit); 0 never (docs/bounces.md)",
+    )
+    soft_bounce_days: int = option(
+        "soft_bounce_days",
+        casts.non_negative_int,
+        default=7,
+        help="and only once the first of those soft bounces is at least this many days "
+        "older than the last",
+    )
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -370,6 +386,10 @@ class DeliverySettings:
             (r for r in self.transport if r.domain != "*"), key=lambda r: -len(r.domain)
         )
         return (*specific, catch_all)
+
+    @property
+    def soft_bounce_limit(self) -> SoftBounceLimit:
+        return SoftBounceLimit(self.soft_bounce_messages, self.soft_bounce_days)
 
     @property
     def relay(self) -> HostPort | None:

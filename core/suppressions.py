@@ -24,7 +24,14 @@ import msgpack
 
 BUCKETS = 1 << 16
 MAX_SOURCE_CHARS = 48  # longer values would push the small hash out of its compact encoding
-REASONS = {"unsubscribe": "u", "hard_bounce": "b", "complaint": "c", "manual": "m"}
+SOFT_BOUNCE_MEMORY_DAYS = 90  # a run of soft bounces with none newer is forgotten after this
+REASONS = {
+    "unsubscribe": "u",
+    "hard_bounce": "b",
+    "complaint": "c",
+    "manual": "m",
+    "soft_bounce_limit": "s",  # soft bounces that never end (``SoftBounceLimit``)
+}
 _REASON_OF = {code: reason for reason, code in REASONS.items()}
 
 
@@ -63,6 +70,37 @@ class Suppression:
             "created_at": int(self.at),
             "source": self.source,
         }
+
+
+@dataclass(frozen=True)
+class SoftBounceLimit:
+    """When an address that keeps soft-bouncing is suppressed (reason ``soft_bounce_limit``):
+    once ``messages`` in a row to it ended soft-bounced with no delivery in between, and the
+    first of them ended at least ``days`` before the last (``docs/bounces.md``). A run of
+    soft bounces is kept in the address's shard (``core.keys.ShardKeys.soft_bounces``) and
+    forgotten ``forget_seconds`` after its latest one. ``messages`` 0: never."""
+
+    messages: int
+    days: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.messages > 0
+
+    @property
+    def seconds(self) -> int:
+        return self.days * 86400
+
+    @property
+    def forget_seconds(self) -> int:
+        """A soft bounce a season old says nothing about the mailbox today; and an address
+        never mailed again must not keep its run for ever."""
+        return max(SOFT_BOUNCE_MEMORY_DAYS * 86400, 2 * self.seconds)
+
+
+def soft_bounce_source(message_id: str) -> str:
+    """The ``source`` of a ``soft_bounce_limit`` entry: the message that reached the limit."""
+    return f"soft-bounce:{message_id}"
 
 
 def decode_entry(field_name: bytes | str, value: Any) -> Suppression:

@@ -8,7 +8,7 @@ things with the same words.
 | input | rule |
 |---|---|
 | category, pool, tag-like names | 1-64 of letters, digits, ``_ . : -``; starts with a letter or digit |
-| suppression reason | ``unsubscribe``, ``hard_bounce``, ``complaint``, ``manual`` |
+| suppression reason | ``unsubscribe``, ``hard_bounce``, ``complaint``, ``manual``, ``soft_bounce_limit`` |
 | suppression source | 1-48 printable ASCII characters (it is kept in a small Redis hash) |
 | sending IP | an IPv4 or IPv6 address, returned in its canonical form |
 """

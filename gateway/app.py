@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from core.clock import Clock
 from core.datadir import load_or_create_secret
 from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
@@ -20,6 +22,7 @@ from core.store import open_store
 from gateway import api, console
 from gateway.api.common import (
     API_KEY,
+    CLOCK,
     INTAKE,
     METRICS,
     PREPARE,
@@ -70,7 +73,7 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
 
         verp_key, _ = load_or_create_secret(app[SETTINGS].data_dir, "verp-key")
         app[SANDBOX] = Sandbox(app[SETTINGS], app[STORE], verp_key, executor)
-        app[INTAKE] = Intake(app[STORE], executor, accepted, app[SANDBOX])
+        app[INTAKE] = Intake(app[STORE], executor, accepted, app[CLOCK], app[SANDBOX])
         yield
 
 
@@ -108,12 +111,16 @@ async def _submission_ctx(app: web.Application) -> AsyncIterator[None]:
         await server.wait_closed()
 
 
-def create_app(settings: Settings, redis_url: str, api_key: Secret) -> web.Application:
+def create_app(
+    settings: Settings, redis_url: str, api_key: Secret, *, clock: Clock = time.time
+) -> web.Application:
+    """``clock``: the time of day batches are accepted at (``core.clock``)."""
     app = web.Application(
         middlewares=[*MIDDLEWARES, console.console_middleware],
         client_max_size=settings.http.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app[API_KEY] = api_key
     app[REDIS_URL] = redis_url
     app[METRICS] = ApiMetrics()  # in files when serve chose multiprocess mode (core.metrics)

@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from core import ids, suppressions
 from core.addresses import domain_of
+from core.clock import Clock
 from core.errors import IdempotencyConflict, TemplateTooExpensive, ValidationError
 from core.events import EventType, iso_time, pack_event
 from core.jobs import AcceptEntry, BatchContent, Job, PolicyInput
@@ -339,11 +340,13 @@ class Intake:
         store: Store,
         executor: Executor,
         on_accepted: Callable[[Submitted, float], None] | None = None,
+        clock: Clock = time.time,
         sandbox: Capture | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
         self.on_accepted = on_accepted  # (what was accepted, seconds it took): for metrics
+        self.clock = clock  # the time of day of send_at, caps and quiet hours (core.clock)
         self.sandbox = sandbox
 
     async def off_loop(self, work: Callable[[], T]) -> T:
@@ -388,18 +391,23 @@ class Intake:
                 resumed = earlier.batch_id
         policy = load_policy(await self.store.policy())
         shards = self.store.shards
+        now = self.clock()
 
         def prepare_batch(batch_id: str | None) -> Prepared:
-            return prepare(body, now=time.time(), policy=policy, shards=shards, batch_id=batch_id)
+            return prepare(body, now=now, policy=policy, shards=shards, batch_id=batch_id)
 
         prepared = await self.off_loop(lambda: prepare_batch(resumed))
         _refuse(prepared, reject_if)
         try:
-            response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
+            response, replayed, counts = await accept(
+                self.store, prepared, digest, key_digest, now=now
+            )
         except OtherBatch as exc:  # the same request, begun at the same time over shards
             other = exc.batch_id
             prepared = await self.off_loop(lambda: prepare_batch(other))
-            response, replayed, counts = await accept(self.store, prepared, digest, key_digest)
+            response, replayed, counts = await accept(
+                self.store, prepared, digest, key_digest, now=now
+            )
         submitted = Submitted(prepared.batch_id, response, replayed, counts)
         if not replayed and self.on_accepted is not None:
             self.on_accepted(submitted, time.monotonic() - started)
@@ -415,7 +423,7 @@ class Intake:
         shards = self.store.shards
         batch_id = ids.new_sandbox_batch_id()
         prepared = await self.off_loop(
-            lambda: prepare(body, now=time.time(), policy=policy, shards=shards, batch_id=batch_id)
+            lambda: prepare(body, now=self.clock(), policy=policy, shards=shards, batch_id=batch_id)
         )
         _refuse(prepared, reject_if)
         answer = await self.sandbox.capture(prepared, body)

@@ -150,6 +150,7 @@ async def _run(
                     Verp(verp_key, prefix="unsubscribe+"),
                     MessageIds(verp_key),
                     settings.warmup,
+                    settings.delivery.soft_bounce_limit,
                 )
                 resources.push_async_callback(inbound.wait_closed)
                 resources.callback(inbound.close)

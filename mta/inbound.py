@@ -50,13 +50,16 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from core.clock import Clock
 from core.events import EventType, pack_event
 from core.logs import address
 from core.settings import HostPort, WarmupSettings
 from core.store import Outcome, Store, UnverifiedReport
+from core.suppressions import SoftBounceLimit
 from mta.bounces import Report, parse_report
 from mta.inbound_server import protocol_factory
 from mta.message_ids import MessageIds
+from mta.soft_bounces import bounce_is_soft
 from mta.verp import Verp
 from warmup.gate import WarmupGate
 
@@ -124,12 +127,16 @@ class InboundHandler:
         unsubscribe: Verp,
         message_ids: MessageIds,
         warmup: WarmupGate | None = None,
+        soft_bounce: SoftBounceLimit | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.verp = verp
         self.unsubscribe = unsubscribe
         self.message_ids = message_ids
         self.warmup = warmup  # complaints about mail from a warming IP count against it
+        self.soft_bounce = soft_bounce  # soft bounces reported count toward it (None: not)
         self.parses = asyncio.Semaphore(MAX_PARSES)
 
     async def handle_RCPT(
@@ -194,7 +201,7 @@ class InboundHandler:
     ) -> None:
         claimed = claimed or report.original_message_id or ""
         await self.store.record_unverified(
-            UnverifiedReport(report.kind, claimed, peer, time.time(), reason)
+            UnverifiedReport(report.kind, claimed, peer, self.clock(), reason)
         )
         log.info(
             "unverified %s report from %s (%s: %r) changed nothing",
@@ -217,11 +224,28 @@ class InboundHandler:
         await self.store.suppressions.add(
             email, reason="unsubscribe", source=f"mailto:{message_id}", category=category
         )
-        event = _event(
+        event = self._event(
             message_id, context, EventType.UNSUBSCRIBED, scope=category or "global", method="mailto"
         )
-        await self.store.complete(Outcome("", message_id, "", event))
+        await self.store.complete(Outcome("", message_id, "", event), now=self.clock())
         log.info("message=%s %s unsubscribed by mail", message_id, address(email))
+
+    def _event(
+        self, message_id: str, context: dict[str, Any], kind: EventType, **fields: Any
+    ) -> bytes:
+        """An event about a message; ``fields`` are the event's own (``status`` there is an
+        RFC 3463 code)."""
+        return pack_event(
+            kind,
+            timestamp=self.clock(),
+            message_id=message_id,
+            email=context["email"],
+            contact_id=context["contact_id"],
+            category=context["category"],
+            metadata=context["metadata"],
+            campaign=context.get("campaign"),
+            **fields,
+        )
 
     async def _record(self, message_id: str, report: Report) -> bool:
         """Act on a report about one of our messages; False if that message is unknown."""
@@ -242,18 +266,20 @@ class InboundHandler:
 
     async def _complaint(self, message_id: str, context: dict[str, Any], report: Report) -> None:
         email = context["email"]
-        event = _event(
+        event = self._event(
             message_id, context, EventType.COMPLAINED, feedback_type=report.feedback_type
         )
         suppress = (email, "complaint", f"arf:{message_id}")
-        first = await self.store.record_report(message_id, "complained", event, suppress=suppress)
+        first = await self.store.record_report(
+            message_id, "complained", event, suppress=suppress, now=self.clock()
+        )
         if first is None:
             log.info(
                 "message=%s complaint (%s) again: counted once", message_id, report.feedback_type
             )
             return
         if self.warmup is not None and first.ip is not None and first.provider is not None:
-            await self.warmup.record(first.ip, first.provider, "complained", time.time())
+            await self.warmup.record(first.ip, first.provider, "complained", self.clock())
         log.info(
             "message=%s complaint (%s) from %s", message_id, report.feedback_type, address(email)
         )
@@ -271,20 +297,41 @@ class InboundHandler:
         # a VERP message has one recipient: the report's line about it, else its only failure
         rcpt = next((r for r in failed if r.email.lower() == email.lower()), failed[0])
         hard = rcpt.verdict.hard
-        event = _event(
+        bounce_class = rcpt.verdict.bounce_class or "other"
+        soft = bounce_is_soft(bounce_class, hard)
+        event = self._event(
             message_id,
             context,
             EventType.BOUNCED,
             smtp_code=rcpt.smtp_code,
             status=rcpt.status,
-            bounce_class=rcpt.verdict.bounce_class or "other",
+            bounce_class=bounce_class,
             hard=hard,
+            soft_bounce=soft,
             reason=rcpt.diagnostic[:500],
             source="dsn",
         )
         suppress = (email, "hard_bounce", f"dsn:{message_id}") if hard else None
+        suppressed = b""  # recorded only if this message takes its address to the limit
+        if soft:
+            suppressed = self._event(
+                message_id,
+                context,
+                EventType.SUPPRESSED,
+                reason="soft_bounce_limit",
+                scope="global",
+                stage="outcome",  # the address, suppressed by this message's outcome
+            )
         first = await self.store.record_report(
-            message_id, "bounced", event, status="bounced", suppress=suppress
+            message_id,
+            "bounced",
+            event,
+            status="bounced",
+            suppress=suppress,
+            recipient=email,
+            soft_bounced=suppressed,
+            soft_bounce=self.soft_bounce,
+            now=self.clock(),
         )
         if first is None:
             log.info("message=%s bounce report again: counted once", message_id)
@@ -297,22 +344,6 @@ class InboundHandler:
             rcpt.verdict.bounce_class,
             ", hard: suppressed" if hard else "",
         )
-
-
-def _event(message_id: str, context: dict[str, Any], kind: EventType, **fields: Any) -> bytes:
-    """An event about a message; ``fields`` are the event's own (``status`` there is an
-    RFC 3463 code)."""
-    return pack_event(
-        kind,
-        timestamp=time.time(),
-        message_id=message_id,
-        email=context["email"],
-        contact_id=context["contact_id"],
-        category=context["category"],
-        metadata=context["metadata"],
-        campaign=context.get("campaign"),
-        **fields,
-    )
 
 
 def _unique(message_ids: Iterable[str | None]) -> list[str]:
@@ -333,9 +364,13 @@ async def start_inbound(
     unsubscribe: Verp,
     message_ids: MessageIds,
     warmup: WarmupSettings | None = None,
+    soft_bounce: SoftBounceLimit | None = None,
+    clock: Clock = time.time,
 ) -> asyncio.Server:
+    """``soft_bounce``: reported soft bounces count toward it (``mta.soft_bounces``);
+    ``clock``: the time of day reports are recorded at (``core.clock``)."""
     gate = WarmupGate(store, warmup) if warmup is not None else None
-    handler = InboundHandler(store, verp, unsubscribe, message_ids, gate)
+    handler = InboundHandler(store, verp, unsubscribe, message_ids, gate, soft_bounce, clock)
     protocol = protocol_factory(
         handler,
         max_connections=MAX_CONNECTIONS,

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
+from core.clock import Clock
 from core.store import Outcome, Store
+from core.suppressions import SoftBounceLimit
 
 MAX_GROUP = 256  # outcomes per script call: bounds the script's run, Redis serves others between
 
@@ -30,8 +33,15 @@ MAX_GROUP = 256  # outcomes per script call: bounds the script's run, Redis serv
 class Outcomes:
     """Group commit of delivery outcomes into a ``Store``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock = time.time,
+        soft_bounce: SoftBounceLimit | None = None,
+    ) -> None:
         self.store = store
+        self.clock = clock  # the time each group is recorded at
+        self.soft_bounce = soft_bounce  # when soft-bounced messages suppress their address
         self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._committing: asyncio.Task[None] | None = None
 
@@ -51,7 +61,11 @@ class Outcomes:
             while self._waiting:
                 group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
                 try:
-                    await self.store.complete_many([outcome for outcome, _ in group])
+                    await self.store.complete_many(
+                        [outcome for outcome, _ in group],
+                        now=self.clock(),
+                        soft_bounce=self.soft_bounce,
+                    )
                 except Exception as exc:
                     for _, future in group:
                         future.set_exception(exc)

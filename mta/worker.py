@@ -42,9 +42,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from core.addresses import domain_of
+from core.clock import Clock
 from core.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -65,6 +66,9 @@ from mta.outcomes import Outcomes
 from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateError
 from mta.routing import Destination, Router
+from mta.soft_bounces import bounce_is_soft, expiry_is_soft
+from suppression.policy import Policy, load_policy
+from suppression.quiet_hours import after_quiet_hours, intervals_from, ramp_offset
 from warmup.gate import WarmupGate
 from warmup.providers import provider_of
 
@@ -73,28 +77,32 @@ T = TypeVar("T")
 
 STALE_AFTER_MS = 60_000
 RENDER_THREADS = 2
-PAUSED_READ_SECONDS = 1.0  # how stale a worker's list of paused campaigns may be
+RECENT_SECONDS = 1.0  # how stale a worker's paused campaigns and senders and policy may be
 SENDER_PAUSED_RETRY_SECONDS = 300.0  # a message whose every IP is paused looks again then
 
 
-class _Recent:
-    """The names of a Redis hash, read again once ``PAUSED_READ_SECONDS`` have passed."""
+class _Recent(Generic[T]):
+    """A value read from Redis, read again once ``RECENT_SECONDS`` have passed."""
 
-    def __init__(self, read: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
+    def __init__(self, read: Callable[[], Awaitable[T]], empty: T) -> None:
         self._read = read
-        self._names: frozenset[str] = frozenset()
-        self._at = -PAUSED_READ_SECONDS
+        self._value = empty
+        self._at = -RECENT_SECONDS
 
-    async def get(self) -> frozenset[str]:
+    async def get(self) -> T:
         now = time.monotonic()
-        if now - self._at > PAUSED_READ_SECONDS:
-            self._names = frozenset(await self._read())
+        if now - self._at > RECENT_SECONDS:
+            self._value = await self._read()
             self._at = now
-        return self._names
+        return self._value
 
     def forget(self) -> None:
         """Read it again next time."""
-        self._at = -PAUSED_READ_SECONDS
+        self._at = -RECENT_SECONDS
+
+
+async def _names(read: Callable[[], Awaitable[Mapping[str, Any]]]) -> frozenset[str]:
+    return frozenset(await read())
 
 
 def _stop_if_cancelled() -> None:
@@ -122,8 +130,19 @@ def retry_delay(schedule: tuple[float, ...], attempts: int) -> float:
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store, name: str, verp_key: Secret) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        name: str,
+        verp_key: Secret,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        """``clock``: the time of day of retries, expiry and what is recorded
+        (``core.clock``; tests pass a ``ManualClock``)."""
         self.settings = settings
+        self.clock = clock
         self.delivery: DeliverySettings = settings.delivery
         self.store = store
         self.name = name
@@ -131,9 +150,14 @@ class Worker:
         self.batches: Memo[BatchContent | None] = Memo(KEPT_BATCHES)
         # what holds mail back on purpose, read at most once a second (a pause holds the
         # next reads): paused campaigns, and paused "ip:provider" pairs
-        self.paused_campaigns = _Recent(store.control.paused)
-        self.paused_senders = _Recent(store.control.paused_senders)
-        self.outcomes = Outcomes(store)
+        self.paused_campaigns: _Recent[frozenset[str]] = _Recent(
+            functools.partial(_names, store.control.paused), frozenset()
+        )
+        self.paused_senders: _Recent[frozenset[str]] = _Recent(
+            functools.partial(_names, store.control.paused_senders), frozenset()
+        )
+        self.policy = _Recent(self._read_policy, Policy())  # quiet hours hold retries too
+        self.outcomes = Outcomes(store, clock, self.delivery.soft_bounce_limit)
         self.renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"{name}-render")
         self.composer = Composer(settings, store, verp_key, self.renderer)
         self.router = Router(self.delivery)
@@ -204,7 +228,8 @@ class Worker:
             while True:
                 await self._promote_due()
                 await self.store.control.release_resumed()
-                self.paused_campaigns.forget()  # a burst run reads it fresh
+                self.paused_campaigns.forget()  # a burst run reads them fresh
+                self.policy.forget()
                 free = max(1, self.limit - len(self.in_flight))
                 jobs = await self.store.read_jobs(self.name, count=free, block_ms=None)
                 _stop_if_cancelled()
@@ -311,7 +336,7 @@ class Worker:
             campaign = campaign_of(batch)
             event = pack_event(
                 EventType.DEFERRED,
-                timestamp=time.time(),
+                timestamp=self.clock(),
                 message_id=queued.job.message_id,
                 email=queued.job.email,
                 contact_id=queued.job.contact_id,
@@ -353,7 +378,7 @@ class Worker:
 
     async def _promote_due(self) -> None:
         """Move the delayed jobs that are due into the stream (500 a call)."""
-        now = time.time()
+        now = self.clock()
         while await self.store.promote_due(now=now) >= 500:
             pass
 
@@ -446,6 +471,7 @@ class Worker:
                 hard=exc.hard,
                 reason=exc.detail,
                 attempt=attempt,
+                soft_bounced=bounce_is_soft(exc.bounce_class, exc.hard),
                 **self._sent_from(exc.source_ip, batch, provider),
             )
         except TransientDeliveryError as exc:
@@ -517,11 +543,11 @@ class Worker:
             return
         configs = await self.warmup.configs()
         config = configs.get(ip)
-        if config is None or self.warmup.budget_of(config, provider, time.time()).warm:
+        if config is None or self.warmup.budget_of(config, provider, self.clock()).warm:
             return
         if message_id is not None:
             await self.store.remember_sender(message_id, ip, provider)
-        changed = await self.warmup.record(ip, provider, outcome, time.time())
+        changed = await self.warmup.record(ip, provider, outcome, self.clock())
         if changed:
             log.warning("warmup of %s for %s %s", ip, provider, changed)
 
@@ -552,7 +578,7 @@ class Worker:
                     f"every IP of pool {name} is paused at {provider}",
                     retry_after=SENDER_PAUSED_RETRY_SECONDS,
                 )
-        choice = await self.warmup.choose(members, provider, time.time(), message_id)
+        choice = await self.warmup.choose(members, provider, self.clock(), message_id)
         if choice.ip is None:
             raise WarmupDeferral(
                 f"warmup: every IP of pool {name} has used its {provider} budget for now; "
@@ -586,7 +612,7 @@ class Worker:
         self, queued: QueuedJob, batch: BatchContent, exc: TransientDeliveryError
     ) -> None:
         job = queued.job.next_attempt()
-        now = time.time()
+        now = self.clock()
         deadline = job.accepted_at + self.delivery.max_deferral
         fields: dict[str, Any] = {
             "smtp_code": exc.smtp_code,
@@ -599,13 +625,19 @@ class Worker:
         elif isinstance(exc, SenderPaused):
             fields["held_by"] = "paused_sender"
         if now >= deadline:
-            await self._finish(queued, batch, EventType.EXPIRED, **fields)
+            await self._finish(
+                queued, batch, EventType.EXPIRED, soft_bounced=expiry_is_soft(exc), **fields
+            )
             return
         delay = retry_delay(self.delivery.retry_schedule, job.attempts) * random.uniform(0.9, 1.1)
         if isinstance(exc, WarmupDeferral):
             # the next window, spread over its first minutes: budgets open on the hour
             delay = (exc.retry_after or 0.0) + random.uniform(0.0, 120.0)
         retry_at = min(now + max(delay, exc.retry_after or 0.0), deadline)
+        after_quiet = await self._after_quiet_hours(batch, job, retry_at)
+        if after_quiet > retry_at:  # even past the deadline: the last try, in the morning
+            retry_at = after_quiet
+            fields["next_attempt_held_by"] = "quiet_hours"
         await self._finish(
             queued,
             batch,
@@ -616,6 +648,20 @@ class Worker:
             **fields,
         )
 
+    async def _after_quiet_hours(self, batch: BatchContent, job: Job, at: float) -> float:
+        """``at``, or, for marketing mail due inside the recipient's quiet hours, the window's
+        end plus the message's place in the ramp: a retry waits for the morning as the first
+        attempt did (``suppression.quiet_hours``, the rule ``accept.lua`` applies)."""
+        quiet = (await self.policy.get()).quiet_hours
+        if quiet is None or batch.transactional:
+            return at
+        zone = job.timezone or quiet.default_timezone
+        offset = ramp_offset(quiet, job.message_id)
+        return after_quiet_hours(intervals_from(quiet, zone, at), at, offset)
+
+    async def _read_policy(self) -> Policy:
+        return load_policy(await self.store.policy())
+
     async def _finish(
         self,
         queued: QueuedJob,
@@ -624,22 +670,26 @@ class Worker:
         *,
         retry_job: Job | None = None,
         retry_at: float = 0.0,
+        soft_bounced: bool = False,
         **fields: Any,
     ) -> None:
-        """Record an outcome (``batch`` None: its content expired)."""
+        """Record an outcome (``batch`` None: its content expired). ``soft_bounced``: the
+        message ended soft-bounced (``mta.soft_bounces``): it counts toward its address's
+        soft-bounce limit."""
         job = queued.job
-        metadata = {**(batch.metadata if batch else {}), **job.metadata}
-        event = pack_event(
-            kind,
-            timestamp=time.time(),
-            message_id=job.message_id,
-            email=job.email,
-            contact_id=job.contact_id,
-            category=batch.category if batch else None,
-            campaign=batch.campaign if batch else None,
-            metadata=metadata,
-            **fields,
-        )
+        if kind in (EventType.EXPIRED, EventType.BOUNCED):
+            fields["soft_bounce"] = soft_bounced
+        event = self._event(kind, job, batch, **fields)
+        suppressed = b""
+        if soft_bounced:  # recorded only if this message takes its address to the limit
+            suppressed = self._event(
+                EventType.SUPPRESSED,
+                job,
+                batch,
+                reason="soft_bounce_limit",
+                scope="global",
+                stage="outcome",  # the address, suppressed by this message's outcome
+            )
         await self.outcomes.record(
             Outcome(
                 queued.entry_id,
@@ -649,10 +699,25 @@ class Worker:
                 retry_job,
                 retry_at,
                 "" if retry_job is not None else domain_of(job.email),
+                recipient=job.email,
+                soft_bounced=suppressed,
             )
         )
         provider = fields.get("provider") or provider_of(domain_of(job.email))
         self.metrics.outcome(kind.value, provider, fields.get("ip") or "", fields.get("pool") or "")
+
+    def _event(self, kind: EventType, job: Job, batch: BatchContent | None, **fields: Any) -> bytes:
+        return pack_event(
+            kind,
+            timestamp=self.clock(),
+            message_id=job.message_id,
+            email=job.email,
+            contact_id=job.contact_id,
+            category=batch.category if batch else None,
+            campaign=batch.campaign if batch else None,
+            metadata={**(batch.metadata if batch else {}), **job.metadata},
+            **fields,
+        )
 
 
 async def _worker_main(settings: Settings, redis_url: str, name: str, verp_key: Secret) -> None:

@@ -10,7 +10,8 @@ with ``zoneinfo``, so a window on a DST-change day has its real length.
 Enforced with the caps in ``core/lua/accept.lua``: Python computes each time zone's
 windows as UTC intervals for the coming ``QUIET_HORIZON_DAYS`` (``zoneinfo`` knows DST;
 cached per zone and day) and the script moves a due time out of them
-(``after_quiet_hours`` is the same rule in Python).
+(``after_quiet_hours`` is the same rule in Python). A retry after a temporary failure is
+held the same way: the delivery worker moves its due time with ``after_quiet_hours``.
 """
 
 from __future__ import annotations

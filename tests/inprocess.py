@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from core.clock import Clock
 from core.datadir import load_or_create_secret
 from core.settings import HostPort, Secret, Settings, WebhookSettings
 from core.store import Store
@@ -47,11 +48,12 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef"
 
 @asynccontextmanager
 async def running_api(
-    settings: Settings, redis_url: str, *, port: int | None = None
+    settings: Settings, redis_url: str, *, port: int | None = None, clock: Clock = time.time
 ) -> AsyncIterator[Client]:
     """The real aiohttp app on ``port`` (0: any free one; by default the port of
-    ``settings.http.listen``, where tracking links point), sending the test API key."""
-    app = create_app(settings, redis_url, Secret(API_KEY))
+    ``settings.http.listen``, where tracking links point), sending the test API key;
+    ``clock``: the time of day it accepts at."""
+    app = create_app(settings, redis_url, Secret(API_KEY), clock=clock)
     listen = settings.http.listen
     server = TestServer(
         app, host=listen.host, port=listen.port if port is None else port, **RUNNER_OPTIONS
@@ -73,10 +75,11 @@ def verp_key(settings: Settings) -> Secret:
 
 @asynccontextmanager
 async def running_worker(
-    settings: Settings, store: Store, name: str = "w0"
+    settings: Settings, store: Store, name: str = "w0", *, clock: Clock = time.time
 ) -> AsyncIterator[Worker]:
-    """A delivery worker on ``store``; deliver with ``await worker.run_until_idle()``."""
-    worker = Worker(settings, store, name, verp_key(settings))
+    """A delivery worker on ``store``; deliver with ``await worker.run_until_idle()``.
+    ``clock``: the time of day it delivers at."""
+    worker = Worker(settings, store, name, verp_key(settings), clock=clock)
     try:
         yield worker
     finally:
@@ -84,9 +87,11 @@ async def running_worker(
 
 
 @asynccontextmanager
-async def running_inbound(settings: Settings, store: Store) -> AsyncIterator[HostPort]:
+async def running_inbound(
+    settings: Settings, store: Store, *, clock: Clock = time.time
+) -> AsyncIterator[HostPort]:
     """The inbound SMTP server (bounces, complaints) on ``settings.delivery.inbound``, set up
-    as ``sluice serve`` does."""
+    as ``sluice serve`` does; ``clock``: the time of day it records reports at."""
     listen = settings.delivery.inbound
     assert listen is not None, "the settings turn the inbound server off"
     key = verp_key(settings)
@@ -98,6 +103,8 @@ async def running_inbound(settings: Settings, store: Store) -> AsyncIterator[Hos
         Verp(key, prefix="unsubscribe+"),
         MessageIds(key),
         settings.warmup,
+        settings.delivery.soft_bounce_limit,
+        clock,
     )
     try:
         yield listen

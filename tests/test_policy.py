@@ -327,9 +327,11 @@ async def test_suppressed_addresses_are_not_queued(store: Store) -> None:
     await s.add("user0@inbox.example.org", reason="hard_bounce", source="dsn:x")
     await s.add("user1@inbox.example.org", reason="unsubscribe", category="cart_abandonment")
     await s.add("user2@inbox.example.org", reason="unsubscribe")
-    results = await send(store, body_for(4, contact=None), now, Policy())
-    assert [r["status"] for r in results] == ["suppressed", "suppressed", "suppressed", "queued"]
+    await s.add("user4@inbox.example.org", reason="soft_bounce_limit", source="soft-bounce:x")
+    results = await send(store, body_for(5, contact=None), now, Policy())
+    assert [r["status"] for r in results] == ["suppressed"] * 3 + ["queued", "suppressed"]
     assert results[0]["reason"] == "hard_bounce"
+    assert results[4]["reason"] == "soft_bounce_limit"
     assert results[1]["reason"] == "unsubscribe (cart_abandonment)"
     found = await store.message(results[1]["message_id"])
     assert found is not None and found["status"] == "suppressed"
@@ -339,12 +341,14 @@ async def test_suppressed_addresses_are_not_queued(store: Store) -> None:
         "reason": "unsubscribe",
         "scope": "cart_abandonment",
     }
-    # transactional mail ignores unsubscribes, never hard bounces
-    results = await send(store, body_for(4, contact=None, stream="transactional"), now, Policy())
-    assert [r["status"] for r in results] == ["suppressed", "queued", "queued", "queued"]
+    # transactional mail ignores unsubscribes, never hard bounces nor soft ones that never end
+    results = await send(store, body_for(5, contact=None, stream="transactional"), now, Policy())
+    statuses = [r["status"] for r in results]
+    assert statuses == ["suppressed", "queued", "queued", "queued", "suppressed"]
     # another category: only the global entries apply
-    results = await send(store, body_for(4, contact=None, category="newsletter"), now, Policy())
-    assert [r["status"] for r in results] == ["suppressed", "queued", "suppressed", "queued"]
+    results = await send(store, body_for(5, contact=None, category="newsletter"), now, Policy())
+    statuses = [r["status"] for r in results]
+    assert statuses == ["suppressed", "queued", "suppressed", "queued", "suppressed"]
 
 
 # --- the HTTP routes -----------------------------------------------------------------------

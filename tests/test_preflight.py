@@ -198,8 +198,8 @@ BROKEN: list[tuple[str, Callable[[DNSServer, Path], None], dict[str, str], str, 
         ),
         {},
         "dmarc.rua_authorized:elsewhere.example",
-        "fail",
-        2,
+        "warn",  # the reports are lost, not the mail
+        1,
     ),
     (
         "authorized external rua",

@@ -37,7 +37,8 @@ if idempotent then
   end
 end
 
-local REASONS = {u = 'unsubscribe', b = 'hard_bounce', c = 'complaint', m = 'manual'}
+local REASONS = {u = 'unsubscribe', b = 'hard_bounce', c = 'complaint', m = 'manual',
+                 s = 'soft_bounce_limit'}
 local ttl = tonumber(ARGV[2])
 local now = tonumber(ARGV[7])
 local policy = cmsgpack.unpack(ARGV[8])

@@ -46,7 +46,7 @@ from core.store.sandbox import SandboxStore
 from core.store.suppressions import Suppressions
 from core.store.warmup import WarmupStore
 from core.store.webhooks import WebhookStore
-from core.suppressions import canonical, pack_entry
+from core.suppressions import SoftBounceLimit, canonical, pack_entry, soft_bounce_source
 from core.suppressions import field as suppression_field
 
 UNVERIFIED_KEPT = 1000  # unverified inbound reports kept to look at; the counter counts them all
@@ -91,6 +91,10 @@ class Outcome(NamedTuple):
     retry_job: Job | None = None  # a deferral: the job to try again at ``retry_at``
     retry_at: float = 0.0
     domain: str = ""  # the message became final: drop its domain's pending count
+    recipient: str = ""  # its address: a delivery resets the address's run of soft bounces
+    # the message ended soft-bounced: the ``suppressed`` event its address gets should this
+    # reach the soft-bounce limit (b"": it did not)
+    soft_bounced: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -290,33 +294,59 @@ class Store:
                 pipe.xdel(shard.keys.jobs, *entry_ids)
             await pipe.execute()
 
-    async def complete(self, outcome: Outcome) -> None:
+    async def complete(self, outcome: Outcome, *, now: float | None = None) -> None:
         """Record one outcome (``complete_many`` of one)."""
-        await self.complete_many([outcome])
+        await self.complete_many([outcome], now=now)
 
-    async def complete_many(self, outcomes: Sequence[Outcome]) -> None:
+    async def complete_many(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float | None = None,
+        soft_bounce: SoftBounceLimit | None = None,
+    ) -> None:
         """Record a group of outcomes in one atomic script call per shard
-        (``core/lua/complete.lua``)."""
+        (``core/lua/complete.lua``), at ``now`` (default: the clock). With ``soft_bounce``, a
+        delivery resets its address's run of soft bounces and a soft-bounced message extends
+        it, suppressing the address at the limit (without: runs are only reset)."""
+        at = time.time() if now is None else now
         groups = self._by_shard([outcome.message_id for outcome in outcomes])
         if len(groups) == 1:
             [shard] = groups
-            await self._complete_shard(shard, outcomes)
+            await self._complete_shard(shard, outcomes, at, soft_bounce)
             return
         await asyncio.gather(
             *(
-                self._complete_shard(shard, [outcomes[p] for p in positions])
+                self._complete_shard(shard, [outcomes[p] for p in positions], at, soft_bounce)
                 for shard, positions in groups.items()
             )
         )
 
-    async def _complete_shard(self, shard: Shard, outcomes: Sequence[Outcome]) -> None:
+    async def _complete_shard(
+        self,
+        shard: Shard,
+        outcomes: Sequence[Outcome],
+        now: float,
+        limit: SoftBounceLimit | None,
+    ) -> None:
         where = shard.keys
-        touched = [where.jobs, where.delayed, where.events, where.stats, where.pending]
+        touched = [
+            where.jobs,
+            where.delayed,
+            where.events,
+            where.stats,
+            where.pending,
+            where.suppression_count,
+        ]
+        counting = limit is not None and limit.enabled
         args: list[Arg] = [
             keys.DELIVERY_GROUP,
             EVENTS_MAXLEN,
-            f"{time.time():.3f}",
+            f"{now:.3f}",
             RETENTION_SECONDS,
+            limit.messages if limit is not None and counting else 0,
+            limit.seconds if limit is not None else 0,
+            limit.forget_seconds if limit is not None else 0,
         ]
         for outcome in outcomes:
             touched.append(where.message(outcome.message_id))
@@ -329,6 +359,26 @@ class Store:
                 f"{outcome.retry_at:.3f}",
                 outcome.domain,
             )
+            address = canonical(outcome.recipient)
+            message_id = outcome.message_id
+            # a message's recipient lives in the message's shard (a message id names it)
+            if not address or self.shards.of_address(address) != shard:
+                args += ("", message_id, "", "", "")
+            elif outcome.status == "delivered":
+                touched.append(where.soft_bounces(address))
+                args += ("delivered", message_id, "", "", "")
+            elif outcome.soft_bounced and counting:
+                touched += (where.soft_bounces(address), self.shards.bucket_key(address))
+                entry = pack_entry("soft_bounce_limit", now, soft_bounce_source(message_id))
+                args += (
+                    "count",
+                    message_id,
+                    suppression_field(address),
+                    entry,
+                    outcome.soft_bounced,
+                )
+            else:
+                args += ("", message_id, "", "", "")
         await self._complete(touched, args)
 
     async def remember_sender(self, message_id: str, ip: str, provider: str) -> None:
@@ -344,33 +394,63 @@ class Store:
         *,
         status: str = "",
         suppress: tuple[str, str, str] | None = None,
+        recipient: str = "",
+        soft_bounced: bytes = b"",
+        soft_bounce: SoftBounceLimit | None = None,
+        now: float | None = None,
     ) -> FirstReport | None:
         """Record a bounce or complaint report about a message once (``core/lua/report.lua``):
         its event, its new ``status`` ("" keeps it) and a global suppression ``suppress`` =
-        (address, reason, source). ``None``: the message is unknown, or a report of this kind
-        was recorded before, and nothing changed."""
-        now = time.time()
+        (address, reason, source). A bounce that suppresses nothing keeps ``recipient``'s run
+        of soft bounces, as ``complete_many`` does: with ``soft_bounced`` (the ``suppressed``
+        event its address gets at the limit) and ``soft_bounce``, the message counts toward
+        the limit; else its delivery ends no run. ``None``: the message is unknown, or a
+        report of this kind was recorded before, and nothing changed."""
+        at = time.time() if now is None else now
         shard = self.shard_of(message_id)
-        address = canonical(suppress[0]) if suppress is not None else ""
-        elsewhere = bool(address) and self.shards.of_address(address) != shard
-        entry = pack_entry(suppress[1], now, suppress[2]) if suppress is not None else b""
         where = shard.keys
+        # untouched unless there is an entry to write: a name in this shard's slot
+        bucket, entry_field, entry = where.suppression_bucket(0), "", b""
+        run: list[str] = []
+        changes: list[Arg] = ["", message_id, 0, 0, 0, ""]
+        elsewhere = ""  # an address of another shard, suppressed apart
+        address = canonical(suppress[0] if suppress is not None else recipient)
+        mine = bool(address) and self.shards.of_address(address) == shard  # its recipient
+        if suppress is not None:
+            if mine:
+                bucket, entry_field = self.shards.bucket_key(address), suppression_field(address)
+                entry = pack_entry(suppress[1], at, suppress[2])
+            else:
+                elsewhere = address
+        elif kind == "bounced" and mine:
+            run = [where.soft_bounces(address)]
+            changes[0] = "undelivered"
+            if soft_bounced and soft_bounce is not None and soft_bounce.enabled:
+                bucket, entry_field = self.shards.bucket_key(address), suppression_field(address)
+                entry = pack_entry("soft_bounce_limit", at, soft_bounce_source(message_id))
+                changes = [
+                    "count",
+                    message_id,
+                    soft_bounce.messages,
+                    soft_bounce.seconds,
+                    soft_bounce.forget_seconds,
+                    soft_bounced,
+                ]
         touched = [
             where.message(message_id),
             where.events,
             where.stats,
-            # a message's recipient lives in its shard; another address is suppressed apart
-            where.suppression_bucket(0) if elsewhere else self.shards.bucket_key(address),
+            bucket,
             where.suppression_count,
+            *run,
         ]
         flag = _REPORT_FLAGS[kind]
-        entry_field = suppression_field(address) if address and not elsewhere else ""
-        args: list[Arg] = [flag, event, status, EVENTS_MAXLEN, f"{now:.3f}", RETENTION_SECONDS]
-        result = await self._report(touched, [*args, entry_field, entry])
+        args: list[Arg] = [flag, event, status, EVENTS_MAXLEN, f"{at:.3f}", RETENTION_SECONDS]
+        result = await self._report(touched, [*args, entry_field, entry, *changes])
         if not result:
             return None
         if elsewhere and suppress is not None:
-            await self.suppressions.add(address, reason=suppress[1], source=suppress[2])
+            await self.suppressions.add(elsewhere, reason=suppress[1], source=suppress[2])
         entry_id, ip, provider = (text(value) for value in result)
         return FirstReport(event_id(entry_id, shard), ip or None, provider or None)
 

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from core.clock import Clock
 from core.errors import PayloadTooLarge, UnsupportedMedia, ValidationError
 from core.metrics import ApiMetrics
 from core.settings import Secret, Settings
@@ -29,6 +30,7 @@ INTAKE = web.AppKey("intake", Intake)
 REDIS_URL = web.AppKey("redis_url", str)
 SANDBOX = web.AppKey("sandbox", Sandbox)
 SANDBOX_ONLY = web.RequestKey("sandbox_only", bool)  # sent with the sandbox API key
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # the time of day accepts run at (core.clock)
 
 _LIMIT = re.compile(r"[0-9]{1,4}")
 # gzip, or zlib-wrapped (or raw) deflate, as HTTP's Content-Encoding names them

@@ -209,6 +209,33 @@ _EVENT = {
         "mx": {"type": "string"},
         "send_at": {"type": "string"},
         "attempt": {"type": "integer"},
+        "next_attempt_at": {"type": "number", "description": "deferred: when it is tried again"},
+        "next_attempt_held_by": {
+            "type": "string",
+            "enum": ["quiet_hours"],
+            "description": "deferred: the retry waits for the end of the recipient's quiet hours",
+        },
+        "soft_bounce": {
+            "type": "boolean",
+            "description": "expired, bounced: the message counts toward its address's "
+            "soft-bounce limit (docs/bounces.md)",
+        },
+        "scope": {"type": "string", "description": "suppressed: global, or the category"},
+        "stage": {
+            "type": "string",
+            "enum": ["delivery", "outcome"],
+            "description": "suppressed: absent at accept; delivery: found suppressed just "
+            "before delivery, nothing sent; outcome: this message's outcome suppressed its "
+            "address (reason soft_bounce_limit), the message itself keeps its status",
+        },
+        "soft_bounces": {
+            "type": "integer",
+            "description": "suppressed (soft_bounce_limit): messages in the run",
+        },
+        "first_soft_bounce_at": {
+            "type": "string",
+            "description": "suppressed (soft_bounce_limit): when the run's first message ended",
+        },
     },
 }
 

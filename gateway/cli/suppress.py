@@ -76,7 +76,7 @@ def _source(value: str | None, default: str) -> str:
 def _line(entry: Suppression) -> str:
     scope = entry.category or "(all)"
     stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.at))
-    return f"{entry.email:<40} {scope:<20} {entry.reason:<12} {stamp}  {entry.source or ''}"
+    return f"{entry.email:<40} {scope:<20} {entry.reason:<17} {stamp}  {entry.source or ''}"
 
 
 def run(args: argparse.Namespace) -> int:

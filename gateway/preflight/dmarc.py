@@ -1,7 +1,8 @@
 """DMARC checks (``dmarc.*``): one record at ``_dmarc`` of the domain or of its
 organizational domain, its policy (``p=``, or ``sp=`` when the record is the parent's),
 aggregate report addresses (``rua``) and, for those in another organization, their
-authorization record (RFC 7489 7.1), and whether Sluice's DKIM signature and return path
+authorization record (RFC 7489 7.1: without it the reports are lost, not the mail, so a
+warning), and whether Sluice's DKIM signature and return path
 align with the From domain (relaxed or strict, as ``adkim``/``aspf`` say).
 
 Parsed here rather than with checkdmarc: it cannot be pointed at a nameserver on another
@@ -86,11 +87,15 @@ def dmarc_checks(
             continue
         grant = f"{domain}._report._dmarc.{target}"
         ok = any(t.upper().startswith("V=DMARC1") for t in resolver.txt(grant))
+        # Without the grant, receivers send no aggregate reports to that address (RFC 7489
+        # 7.1): the reports are lost, the mail is not (DMARC itself still applies), so a
+        # warning, not a failure.
         checks.append(
             Check(
                 f"dmarc.rua_authorized:{target}",
-                "pass" if ok else "fail",
-                f"external report address at {target}" + ("" if ok else " is not authorized"),
+                "pass" if ok else "warn",
+                f"external report address at {target}"
+                + ("" if ok else " is not authorized: receivers send it no reports"),
                 grant,
                 "" if ok else f'{target} must publish TXT "v=DMARC1" at {grant}',
             )
