@@ -37,7 +37,8 @@ HOSTILE_NAME = '"><img src=x onerror=alert("name")>'
 HOSTILE_META = "<script>alert('metadata')</script>"
 HOSTILE_REPLY = "550 5.1.1 <script>alert('reply')</script> \"><img src=x onerror=alert(1)> unknown"
 HOSTILE_LINK = "javascript:alert('link')"
-IP = "127.0.0.1"
+IP = "127.0.0.1"  # warming up
+WARM_IP = "127.0.0.2"  # warm: the bulk of the scenario goes out from it (pool "bulk")
 
 
 def chromium() -> str:
@@ -63,10 +64,13 @@ def dns_server() -> Iterator[DNSServer]:
 async def gateway(
     tmp_path: Path, redis_url: str, store: Store, sink: Sink, dns_server: DNSServer
 ) -> AsyncIterator[tuple[Client, Any]]:
-    """A gateway relaying into the sink from a warming IP, with a DKIM key for
+    """A gateway relaying into the sink from a warming IP (and a warm one, pool "bulk"), with a DKIM key for
     shop.example.com published on the DNS server it asks."""
     settings = gateway_settings(
-        tmp_path, relay=sink.relay, nameserver=dns_server.nameserver, ips=f"{IP}@default"
+        tmp_path,
+        relay=sink.relay,
+        nameserver=dns_server.nameserver,
+        ips=f"{IP}@default,{WARM_IP}@bulk",
     )
     key = KeyStore(settings.data_dir).generate("shop.example.com", "s1", "rsa", 2048)
     dns_server.add(key.record_name, "TXT", " ".join(f'"{s}"' for s in key.txt_strings()))
@@ -118,6 +122,7 @@ async def scenario(
     bulk["campaign"] = "black-friday"
     bulk["stream"] = "transactional"
     bulk["category"] = None
+    bulk["ip_pool"] = "bulk"  # not through the warming IP, whose adaptive hold would stop it
     bulk["recipients"] = [
         {**template, "email": f"bulk{n}@gmail.com", "timezone": None} for n in range(120)
     ]
@@ -305,6 +310,12 @@ async def test_every_page_with_live_data_and_its_actions(
     await page.wait_for_selector("#events li >> text=live@yahoo.com", timeout=15000)
     if browser.shots is not None:
         await page.screenshot(path=str(browser.shots / "live.png"), full_page=True)
+
+    # a phone: the same page, the navigation wrapped, wide tables scrolling in place
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await browser.open("/ui/", "overview-phone")
+    width = await page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 390, "the page itself must not scroll sideways on a phone"
 
     assert browser.alerts == [], "hostile data ran in the page"
     assert await page.locator("img[src=x]").count() == 0

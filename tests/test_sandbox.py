@@ -4,6 +4,7 @@ real DNS server on loopback; nothing is queued, counted or sent."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -231,3 +232,17 @@ async def test_a_sandbox_messages_links_record_nothing(gateway: tuple[Client, An
     assert posted.status == 200 and "nothing was unsubscribed" in await posted.text()
     assert (await client.get("/v1/suppressions/aryan@inbox.example.org")).status == 404
     assert (await (await client.get("/v1/events")).json())["events"] == []
+
+
+async def test_captures_are_kept_for_the_configured_time(
+    tmp_path: Path, redis_url: str, store: Store, sink: Sink
+) -> None:
+    settings = gateway_settings(tmp_path, relay=sink.relay, sandbox_retention="1s")
+    async with running_api(settings, redis_url) as client:
+        _, answer = await post(client, fixture(sandbox=True))
+        message_id = answer["results"][0]["message_id"]
+        assert (await client.get(f"/v1/sandbox/messages/{message_id}")).status == 200
+        await asyncio.sleep(1.3)
+        assert (await client.get(f"/v1/sandbox/messages/{message_id}")).status == 404
+        listed = await (await client.get("/v1/sandbox/messages")).json()
+        assert listed["messages"] == []
