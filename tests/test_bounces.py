@@ -3,7 +3,8 @@ garbage, and the 375-message real-world corpus of shared/corpora/bounces measure
 Sisimai (tests/bounce_corpus.py).
 
 Run with ``-s`` to see the corpus agreement table: per MTA family, per half of a fixed split of
-the files, in total, and the class confusion matrix.
+the files, per side of the family split (develop, holdout), in total, and the class confusion
+matrix. ``python -m tests.bounce_corpus develop`` prints the figures and one side's misses.
 """
 
 from __future__ import annotations
@@ -284,11 +285,29 @@ def test_corpus_agreement_with_sisimai(corpus: bounce_corpus.Measured) -> None:
     print("\n" + bounce_corpus.render(corpus))
     assert corpus.total.files == 375
     assert set(corpus.halves) == {"A", "B"}
-    for name, tally in [*corpus.halves.items(), ("total", corpus.total)]:
+    assert set(corpus.sides) == {"develop", "holdout"}
+    tallies = [*corpus.halves.items(), *corpus.sides.items(), ("total", corpus.total)]
+    for name, tally in tallies:
         for what, threshold in THRESHOLDS.items():
             assert tally.ratio(what) >= threshold, (name, what, tally.misses)
     for what, floor in TOTAL_FLOORS.items():
         assert corpus.total.ratio(what) >= floor, (what, corpus.total.misses)
+
+
+@needs_corpus
+def test_the_family_split_keeps_each_vendor_on_one_side() -> None:
+    """All the files of one vendor's layouts are on one side; each side has 45-55% of the
+    recipients (what chose ``SPLIT_SALT``)."""
+    sides: dict[str, set[str]] = {}
+    recipients: Counter[str] = Counter()
+    for name, entries in bounce_corpus.expected().items():
+        sides.setdefault(bounce_corpus.vendor(name), set()).add(bounce_corpus.side(name))
+        recipients[bounce_corpus.side(name)] += len(entries)
+    assert all(len(found) == 1 for found in sides.values()), sides
+    assert {side for found in sides.values() for side in found} == {"develop", "holdout"}
+    assert sides["microsoft"] == sides["lhost-postfix"] == {"develop"}
+    share = recipients["develop"] / recipients.total()
+    assert 0.45 <= share <= 0.55, recipients
 
 
 @needs_corpus
