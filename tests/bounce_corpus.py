@@ -308,9 +308,11 @@ def main(argv: list[str]) -> None:
     """``python -m tests.bounce_corpus [develop|holdout|all]``: the figures of the family split
     and of the whole corpus, then the misses of the side named (none by default)."""
     measured = measure()
-    for name, tally in [*measured.sides.items(), ("all", measured.total)]:
-        print(f"{name:8} {tally.files:3d} files  {figures(tally)}")
     shown = argv[0] if argv else None
+    rows = [*measured.sides.items(), ("all", measured.total)]
+    for name, tally in rows:
+        if shown in (None, name):  # one side's figures alone, when one side is asked for
+            print(f"{name:8} {tally.files:3d} files  {figures(tally)}")
     tallies = [measured.total] if shown == "all" else [measured.sides[shown]] if shown else []
     for tally in tallies:
         print("\n".join(["", "hard:", *tally.misses, "", "class:", *tally.class_misses]))
