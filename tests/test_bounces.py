@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mta.bounces import LAYOUTS, Report, parse_report
+from mta.bounces.parts import smtp_command
 from mta.replies import Verdict
 from tests import bounce_corpus
 from tests.bounce_corpus import CORPUS, REASON_CLASS, UNCLASSED
@@ -365,6 +366,26 @@ def test_verdicts_that_did_not_carry_over(
         for r in report.recipients
     ]
     assert (report.kind, found) == (kind, expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("(in reply to RCPT TO command)", "RCPT"),
+        ("(in reply to end of DATA command)", "DOT"),
+        ("SMTP error from remote mail server after end of data:", "DOT"),
+        ("SMTP error from remote mail server after initial connection:", "CONN"),
+        (">>> DATA\n<<< 354 go ahead\n>>> .\n<<< 554 5.7.1 rejected as spam", "DOT"),
+        (">>> RCPT To:<a@example.org>\n<<< 550 5.1.1 User unknown", "RCPT"),
+        ("host mx.example.org[192.0.2.1] refused to talk to me: 554 5.7.1 go away", "CONN"),
+        ("Connected to 192.0.2.7 but my name was rejected.", "HELO"),
+        ("Connected to 192.0.2.7 but sender was rejected.", "MAIL"),
+        ("192.0.2.7 failed after I sent the message.", "DOT"),
+        ("550 5.1.1 User unknown", None),
+    ],
+)
+def test_the_command_a_report_names(text: str, command: str | None) -> None:
+    assert smtp_command(text) == command
 
 
 # --- the real-world corpus ----------------------------------------------------------------
