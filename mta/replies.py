@@ -554,10 +554,14 @@ def _about_us(meaning: _Meaning, code: int, text: str, command: str | None) -> _
     return meaning if takes_no_mail else _REFUSES_US
 
 
-def _proven(text: str, enhanced: str | None, command: str | None, quoted: bool) -> bool:
+def _proven(
+    text: str, enhanced: str | None, command: str | None, quoted: bool, recipient: str | None
+) -> bool:
     """Whether a borrowed "no such user" wording is about the address (see _PROVES_DEAD)."""
     if command == "RCPT" or _PROVES_DEAD.search(text):
         return True
+    if recipient and command not in _AFTER_RCPT and recipient.lower() in text.lower():
+        return True  # the server names the very address it does not know
     if enhanced is not None and enhanced[2] == "1":
         return True  # the server's own classification: bad destination mailbox
     if command in _AFTER_RCPT:
@@ -572,6 +576,7 @@ def classify(
     command: Command | None = None,
     quoted: bool = False,
     gave_up: bool = False,
+    recipient: str | None = None,
 ) -> Verdict:
     """Classify one SMTP reply (``code`` and its text, multi-line or not). Never raises.
 
@@ -609,6 +614,6 @@ def classify(
     hard = (
         meaning.hard
         and meaning.bounce_class in _HARD_CLASSES
-        and not (borrowed and not _proven(text, enhanced, answered, quoted))
+        and not (borrowed and not _proven(text, enhanced, answered, quoted, recipient))
     )
     return Verdict("permanent", meaning.bounce_class, enhanced, throttle=throttle, hard=hard)

@@ -1011,3 +1011,31 @@ From: news@sluice.test
 To: eva@example.net
 Subject: Summer catalogue
 """)
+
+# A gateway's DSN: the remote MTA it names refused the very address, with no enhanced code
+GATEWAY_REMOTE_NAMES_ADDRESS = _crlf("""
+From: Mail Delivery Subsystem <postmaster@gw.example.net>
+To: bounces+b20@sluice.test
+Subject: Delivery Status
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="gw20"
+
+--gw20
+Content-Type: text/plain
+
+Your message could not be delivered.
+<hanako@example.net>   (Unknown user hanako@example.net)
+
+--gw20
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; gw.example.net
+
+Final-Recipient: rfc822; hanako@example.net
+Action: failed
+Status: 5.0.0
+Diagnostic-Code: smtp; 550 Unknown user hanako@example.net
+Remote-MTA: 198.51.100.25
+
+--gw20--
+""")

@@ -32,6 +32,7 @@ from tests.bounce_reports import (
     EXIM_DOMAIN_NOT_EXIST_AFTER_DATA,
     GATEWAY_FILTERED_500,
     GATEWAY_HAS_MOVED,
+    GATEWAY_REMOTE_NAMES_ADDRESS,
     GATEWAY_SENDER_DOMAIN_500,
     GMAIL_DELAYED_QUOTA,
     GMAIL_SPAM_BLOCK,
@@ -292,6 +293,11 @@ OUT_OF_CORPUS = [
     (GATEWAY_HAS_MOVED, "dsn", [("paul@example.com", "permanent", "bad-mailbox", True)]),
     (IMAIL_UNKNOWN_USER, "dsn", [("taro.yamada@example.co.jp", "permanent", "bad-mailbox", True)]),
     (
+        GATEWAY_REMOTE_NAMES_ADDRESS,
+        "dsn",
+        [("hanako@example.net", "permanent", "bad-mailbox", True)],
+    ),
+    (
         CARRIER_UNKNOWN_USER,
         "dsn",
         [("hanako-0901@mms.carrier.example", "permanent", "bad-mailbox", True)],
@@ -341,6 +347,7 @@ OUT_OF_CORPUS = [
         "user-not-local-551",
         "has-moved",
         "imail-unknown-user",
+        "gateway-remote-names-address",
         "carrier-unknown-user",
         "exchange-mailbox-unavailable-550-5.5.0",
         "user-unknown-5.7.1-at-rcpt",
@@ -403,7 +410,7 @@ THRESHOLDS = {"found": 0.98, "hard": 0.95, "status": 0.90, "class": 0.85, "notic
 # the rules for the command answered, first-hand notices and 5.7.1/551/"mailbox unavailable"
 # at RCPT TO: on the four recipients lost Sisimai's verdict is its own per-layout fallback
 # (docs/bounces.md lists them).
-TOTAL_FLOORS = {"found": 0.99, "hard": 0.96, "status": 0.98, "class": 0.96}
+TOTAL_FLOORS = {"found": 0.99, "hard": 0.965, "status": 0.98, "class": 0.96}
 # Each side of the family split (develop, holdout): what it reaches today. The holdout
 # measures how the rules carry over to layouts they were not written for; it is a floor
 # against regressions, not a target to fit.

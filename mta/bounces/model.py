@@ -144,7 +144,14 @@ def make_recipient(
     else:
         code = _basic_code(act, status, smtp_code)
         text = diagnostic if status is None or status in diagnostic else f"{status} {diagnostic}"
-        verdict = classify(code, text, command=command, quoted=quoted, gave_up=act == "failed")
+        verdict = classify(
+            code,
+            text,
+            command=command,
+            quoted=quoted,
+            gave_up=act == "failed",
+            recipient=email if remote_mta else None,
+        )
         if act == "failed" and verdict.outcome != "permanent":  # a 2xx reply, or no code
             verdict = dataclasses.replace(
                 verdict,
