@@ -40,7 +40,8 @@ gateways answer filtered mail "550 User unknown"), so it is hard only with proof
 about: the reply answered ``RCPT TO`` (said by the session or the report, or implied by the
 reply: RFC 5321 gives ``551`` and the text "Requested action not taken: mailbox unavailable"
 to RCPT TO alone), an ``x.1.x`` code (the server's own classification, at any step after the
-greeting), or a wording only a directory or an RCPT reply uses (``_PROVES_DEAD``). In reply to
+greeting), a wording only a directory or an RCPT reply uses (``_PROVES_DEAD``), or, in a report
+naming the remote MTA, a reply that names the very address it refuses (``recipient``). In reply to
 ``DATA`` or the message the address had been accepted, so a filter is talking; in a bounce
 *report* (``quoted``: another system relays the reply) without the command, it may be a
 filter's too (Sisimai's "filtered"). Words that say the address *was* there and is gone
@@ -583,6 +584,8 @@ def classify(
     ``command``: the step the reply answered (``CONN``, ``HELO``, ``MAIL``, ``RCPT``,
     ``DATA``, ``DOT``), when known; Sluice's own sessions always know it.
     ``quoted``: the reply comes second-hand, in a bounce report, not from our own session.
+    ``recipient``: the failed address, when the reply is a named remote MTA's (a report's
+    ``Remote-MTA``): a "no such user" that names it is about it.
     ``gave_up``: the sending MTA gave up after this reply (a report's ``Action: failed``): a
     4xx is then permanent, and hard when it proves the address dead (Postfix bouncing after
     days of "450 4.1.1 ... User unknown in virtual alias table").
