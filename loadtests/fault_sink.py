@@ -23,6 +23,8 @@ rule in force). The first recipient's rule decides for the whole message.
   the ``"*"`` rule. A stalled connection lasts until the client closes it,
   ``idle_timeout`` or ``stop()``.
 - ``rcpt_reply``: refuse RCPT TO with this reply, e.g. ``"550 5.1.1 User unknown"``.
+- ``helo_reply``, ``mail_reply``: refuse EHLO and HELO, or MAIL FROM, with this reply (from
+  the ``"*"`` rule, like the stalls before RCPT).
 
 Any reply starting with 421 closes the connection once sent (RFC 5321 3.8).
 ``script(address, [...])`` queues the outcomes of the next transactions to one
@@ -71,7 +73,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
 from typing import Any, NoReturn
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 STALL_POINTS = ("connect", "ehlo", "mail", "rcpt", "data", "dot")
 DROP, STALL = "drop", "stall"
@@ -86,6 +88,8 @@ class Rule:
     latency: float = 0.0
     stall: str | None = None
     rcpt_reply: str | None = None
+    helo_reply: str | None = None
+    mail_reply: str | None = None
     reply_ok: str = "250 2.0.0 OK"
     reply_4xx: str = "451 4.3.0 Temporary failure"
     reply_5xx: str = "550 5.1.1 No such user"
@@ -225,10 +229,23 @@ class _Handler:
     async def handle_EHLO(
         self, server: _Connection, session: Session, envelope: Envelope, name: str, _: list[str]
     ) -> list[str]:
-        if self.sink.rule_for(None).stall == "ehlo":
+        rule = self.sink.rule_for(None)
+        if rule.stall == "ehlo":
             await server.stall("ehlo")
+        if rule.helo_reply:
+            self.sink._count("helo_rejected")
+            return [await server.answer(rule.helo_reply)]
         session.host_name = name
         return self.sink._ehlo_lines(server)
+
+    async def handle_HELO(
+        self, server: _Connection, session: Session, envelope: Envelope, name: str
+    ) -> Any:
+        reply = self.sink.rule_for(None).helo_reply
+        if reply:
+            self.sink._count("helo_rejected")
+            return await server.answer(reply)
+        return MISSING  # aiosmtpd's own answer
 
     async def handle_MAIL(
         self,
@@ -238,8 +255,12 @@ class _Handler:
         address: str,
         options: list[str],
     ) -> str:
-        if self.sink.rule_for(None).stall == "mail":
+        rule = self.sink.rule_for(None)
+        if rule.stall == "mail":
             await server.stall("mail")
+        if rule.mail_reply:
+            self.sink._count("mail_rejected")
+            return await server.answer(rule.mail_reply)
         if "BODY=8BITMIME" in options and not self.sink.extensions.eightbitmime:
             return "555 5.5.4 BODY=8BITMIME not supported"
         envelope.mail_from = address
@@ -583,6 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=0.0)
     parser.add_argument("--stall", choices=STALL_POINTS)
     parser.add_argument("--rcpt-reply")
+    parser.add_argument("--helo-reply")
+    parser.add_argument("--mail-reply")
     parser.add_argument("--rule", action="append", default=[], type=_parse_rule, metavar="SPEC")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--max-connections", type=int)
@@ -590,7 +613,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report-every", type=float, default=0.0, help="seconds")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    names = ("p_4xx", "p_5xx", "p_421", "p_drop", "latency", "stall", "rcpt_reply")
+    names = (
+        "p_4xx",
+        "p_5xx",
+        "p_421",
+        "p_drop",
+        "latency",
+        "stall",
+        "rcpt_reply",
+        "helo_reply",
+        "mail_reply",
+    )
     default = Rule(**{name: getattr(args, name) for name in names})
     options = {"seed": args.seed, "max_connections": args.max_connections}
     sink = FaultSink(host or "127.0.0.1", int(port), extra_hosts=args.extra_host, **options)

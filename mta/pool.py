@@ -14,7 +14,10 @@ back by one for every ``limit`` successful deliveries (AIMD, as TCP does).
 
 The SMTP conversation itself is ``mta.smtp`` (PIPELINING when offered); its
 errors are translated here into Sluice's delivery errors, carrying the verdict
-of ``mta.replies.classify``.
+of ``mta.replies.classify`` for the reply and the step it answered: a "550 User
+unknown" to RCPT TO is a dead address, the same words after the message are a
+filter's, and a refusal of our greeting, HELO name or sender says nothing about
+the recipient.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from mta.replies import classify
+from mta.replies import Command, classify
 from mta.routing import Destination
 from mta.smtp import (
     Reply,
@@ -36,12 +39,21 @@ from mta.smtp import (
     SmtpReplyError,
     SmtpTlsUnavailable,
     SmtpUnsupported,
+    Stage,
     WireMessage,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 900.0
+_COMMANDS: dict[Stage, Command] = {
+    "greeting": "CONN",
+    "helo": "HELO",
+    "mail": "MAIL",
+    "rcpt": "RCPT",
+    "data": "DATA",
+    "dot": "DOT",
+}
 
 
 @dataclass
@@ -236,7 +248,7 @@ class SmtpPool:
                 pipelining=self.pipelining,
             )
         except SmtpReplyError as exc:  # greeting or HELO refused: 421 here is a push-back too
-            raise self._failed(host, exc.reply.code, exc.reply.text, dest) from exc
+            raise self._failed(host, exc.reply, exc.stage, dest) from exc
         except SmtpTlsUnavailable as exc:
             raise TransientDeliveryError(
                 f"{exc}; the route to {dest.host} requires TLS", host=str(dest)
@@ -267,9 +279,8 @@ class SmtpPool:
                 host.recent.append((time.time(), reply.code, reply.text[:200]))
                 return reply
             except SmtpReplyError as exc:
-                code, text = exc.reply.code, exc.reply.text
-                keep = code != 421 and await conn.smtp.reset()
-                raise self._failed(host, code, text, dest) from exc
+                keep = exc.reply.code != 421 and await conn.smtp.reset()
+                raise self._failed(host, exc.reply, exc.stage, dest) from exc
             except SmtpUnsupported as exc:
                 keep = True  # nothing was written
                 raise PermanentDeliveryError(
@@ -291,9 +302,12 @@ class SmtpPool:
                 await self._checkin(host, conn, keep)
         raise AssertionError("unreachable")
 
-    def _failed(self, host: HostState, code: int, text: str, dest: Destination) -> DeliveryError:
+    def _failed(
+        self, host: HostState, reply: Reply, stage: Stage, dest: Destination
+    ) -> DeliveryError:
+        code, text = reply.code, reply.text
         host.recent.append((time.time(), code, text[:200]))
-        error = self._error(code, text, dest)
+        error = self._error(code, text, _COMMANDS[stage], dest)
         if error.throttle:
             host.throttled(self.throttle_backoff)
             error.retry_after = host.backoff
@@ -308,8 +322,8 @@ class SmtpPool:
         return error
 
     @staticmethod
-    def _error(code: int, text: str, dest: Destination) -> DeliveryError:
-        verdict = classify(code, text)
+    def _error(code: int, text: str, command: Command, dest: Destination) -> DeliveryError:
+        verdict = classify(code, text, command=command)
         kind: Callable[..., DeliveryError] = (
             PermanentDeliveryError if verdict.outcome == "permanent" else TransientDeliveryError
         )

@@ -1,34 +1,53 @@
 """What an SMTP reply means: delivered or not, retry or not, is the address dead, slow down?
 
-Pure logic, no I/O. ``classify(code, text)`` looks at, in order:
+Pure logic, no I/O. ``classify(code, text, command=...)`` looks at structure first, words
+second:
 
 1. the basic reply code, which alone decides the *outcome*: 2xx delivered, 4xx transient
-   (never permanent, never hard), 5xx permanent; anything else is a transient "other";
-2. the RFC 3463 enhanced status code found in the text (``5.1.1``, ``4.7.650``...), which
+   (never permanent, never hard, unless the sender gave up after it: ``gave_up``), 5xx
+   permanent; anything else is a transient "other";
+2. the SMTP command the reply answered (``command``): a reply to the greeting (``CONN``),
+   ``HELO``/``EHLO`` or ``MAIL FROM`` is about the sending side (our IP, our name, our sender),
+   never about the recipient, so never hard, whatever it says ("Host not found" about our HELO
+   name is not the recipient's domain); only a greeting saying the host takes no mail at all
+   (RFC 7504 ``521``/``556``, a null MX) is about the destination. A reply to ``RCPT TO`` is about
+   that recipient; a reply to ``DATA`` or to the message (``DOT``, the final dot) comes after
+   the recipient was accepted and applies to all recipients, often from a content filter;
+3. the RFC 3463 enhanced status code found in the text (``5.1.1``, ``4.7.650``...), which
    decides the *bounce class* when it is specific (``x.1.1`` bad mailbox, ``x.2.2`` quota,
    ``x.7.26`` policy...);
-3. well-known phrases of the big providers and MTAs (Gmail, Microsoft, Yahoo, Apple, Postfix,
+4. well-known phrases of the big providers and MTAs (Gmail, Microsoft, Yahoo, Apple, Postfix,
    Exim, Exchange, Mimecast, Proofpoint, Barracuda...), which decide the class when the code is
    generic (``5.0.0``, ``5.5.0``, ``5.7.1``, none) and *veto* a hard verdict when a code that
    looks like "no such user" comes with a text about blocklists, spam, quota or rate limits;
-4. the basic code again as the last resort (``552`` storage, ``551``/``553`` mailbox...).
+5. the basic code again as the last resort (``552`` storage, ``551``/``553`` mailbox...).
 
 ``hard`` means the **address** is dead and should not be mailed again: unknown user, unknown
 or mail-less domain, closed account. Policy and reputation blocks (``x.7.x``, whatever their
-text says), blocklistings, full mailboxes, spam and content rejections and routing trouble are
+text says, but for a recipient refused at ``RCPT TO`` as unknown, below), blocklistings, full mailboxes, spam and content rejections and routing trouble are
 never hard: the address is fine, the message or the sender is not. A *disabled* or suspended
 mailbox (``x.2.1``) is not hard either: it exists and may be enabled again (RFC 3463). A few
 texts do beat an ``x.4.x`` routing code, because they prove the address dead: a domain that
-does not exist ("Host or domain name not found", ``NonExistentDomain``, no MX) and a recipient
-refused by the receiver's access map ("Recipient address rejected: Access denied", Microsoft's
-directory-based edge blocking, which also beats ``x.7.x``, as does a null MX). ``521``/``556``
-(RFC 7504: the host or domain accepts no mail) are hard unless the text says policy.
+does not exist ("Host or domain name not found", ``NonExistentDomain``, no MX, RFC 3463's own
+"unable to route") and a recipient refused by the receiver's access map ("Recipient address
+rejected: Access denied", Microsoft's directory-based edge blocking; under ``x.7.x`` it is a
+refusal unless it answered ``RCPT TO``). A null MX beats ``x.7.x`` too. ``521``/``556`` (RFC
+7504: the host or domain accepts no mail) are hard unless the text says policy. A name service
+that failed only for now ("Host not found, try again": TRY_AGAIN, SERVFAIL) says nothing.
 
-A "no such user" is hard only with proof of the step it answered (``command``): in reply to
-``DATA`` the address had been accepted, so a filter is talking; and in a bounce *report*
-(``quoted``), where another system relays the reply, a bare "user unknown" without the command
-is often a filter's too (Sisimai calls it "filtered"). Proof is ``RCPT``, an ``x.1.x`` code,
-or a wording only a directory or an RCPT reply uses (``_PROVES_DEAD``).
+A "no such user" is the wording filters borrow to hide a refusal (au, docomo and many
+gateways answer filtered mail "550 User unknown"), so it is hard only with proof of what it is
+about: the reply answered ``RCPT TO`` (said by the session or the report, or implied by the
+reply: RFC 5321 gives ``551`` and the text "Requested action not taken: mailbox unavailable"
+to RCPT TO alone), an ``x.1.x`` code (the server's own classification, at any step after the
+greeting), a wording only a directory or an RCPT reply uses (``_PROVES_DEAD``), or, in a report
+naming the remote MTA, a reply that names the very address it refuses (``recipient``). In reply to
+``DATA`` or the message the address had been accepted, so a filter is talking; in a bounce
+*report* (``quoted``: another system relays the reply) without the command, it may be a
+filter's too (Sisimai's "filtered"). Words that say the address *was* there and is gone
+("has moved", "account closed") and a domain that does not exist are no filter's disguise:
+they need no such proof. At ``RCPT TO`` such a text also beats an ``x.7.x`` code (Postfix
+access maps answer "5.7.1 ... user unknown"); without the command ``x.7.x`` stays a refusal.
 
 Adding a rule: put a ``_rule(regex, class, ...)`` line in ``_RULES`` before any broader rule
 it must win over (first match wins), with a real reply in ``tests/test_replies.py``.
@@ -44,9 +63,22 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BOUNCE_CLASSES", "BounceClass", "Outcome", "Verdict", "classify", "find_enhanced"]
+__all__ = [
+    "BOUNCE_CLASSES",
+    "BounceClass",
+    "Command",
+    "Outcome",
+    "Verdict",
+    "classify",
+    "find_enhanced",
+]
 
 Outcome = Literal["delivered", "transient", "permanent"]
+# The step of the SMTP session a reply answered: the greeting, HELO/EHLO, MAIL FROM, RCPT TO,
+# the DATA command, and the message itself (its final dot, or BDAT LAST).
+Command = Literal["CONN", "HELO", "MAIL", "RCPT", "DATA", "DOT"]
+_ABOUT_US: frozenset[str | None] = frozenset({"CONN", "HELO", "MAIL"})
+_AFTER_RCPT: frozenset[str | None] = frozenset({"DATA", "DOT"})
 BounceClass = Literal[
     "bad-mailbox", "bad-domain", "quota", "policy", "spam", "content", "routing", "other"
 ]
@@ -172,6 +204,8 @@ class _Rule:
     throttle: bool = False
     beats_routing: bool = False  # the text proves the address dead despite an x.4.x code
     beats_policy: bool = False  # ... and despite an x.7.x code
+    borrowed: bool = False  # a "no such user" wording filters borrow: hard only with proof
+    gone: bool = False  # the address or domain does not exist: beats x.7.x at RCPT TO
 
 
 def _rule(
@@ -183,6 +217,8 @@ def _rule(
     throttle: bool = False,
     beats_routing: bool = False,
     beats_policy: bool = False,
+    borrowed: bool = False,
+    gone: bool = False,
 ) -> _Rule:
     return _Rule(
         re.compile(regex, re.IGNORECASE),
@@ -191,6 +227,8 @@ def _rule(
         throttle=throttle,
         beats_routing=beats_routing or beats_policy,
         beats_policy=beats_policy,
+        borrowed=borrowed,
+        gone=gone or borrowed,
     )
 
 
@@ -251,6 +289,12 @@ _RULES: tuple[_Rule, ...] = (
         "content",
         strong=True,
     ),
+    _rule(  # a filter says so: whatever else the reply says, it is the filter's verdict
+        r"\bfiltered\b|(?:recipient'?s?|personal|mail|header|body|incoming) filter"
+        r"|filter(?:ing)? (?:rules?|settings?|polic)|\bheader checks?\b",
+        "policy",
+        strong=True,
+    ),
     _rule(
         r"over ?quota|quota (?:exceeded|exceeds|full|limit)|exceeded (?:\w+ )?quota"
         r"|(?:mailbox|inbox|mail ?box|account|folder) (?:is )?(?:\w+ )?full|full mailbox"
@@ -295,6 +339,8 @@ _RULES: tuple[_Rule, ...] = (
     _rule(
         r"sender (?:address |domain )?(?:rejected|denied|blocked|verify|unknown|not|does not)"
         r"|\bsender\b.{0,40}\b(?:rejected|refused|denied|invalid|not allowed)"
+        r"|\b(?:sender|reply-?to)(?:'s)?\b.{0,20}\b(?:domain|address)\b.{0,20}"
+        r"(?:does not|doesn't) exist|reply-?to (?:domain|address)"
         r"|mail ?from\b|valid from\b|from:? (?:header|domain)|from address|envelope (?:sender|from)"
         r"|return[- ]path|bad outbound",
         "policy",
@@ -310,9 +356,17 @@ _RULES: tuple[_Rule, ...] = (
     _rule(
         r"(?:account|mailbox|user|address|recipient)\b.{0,40}\b(?:discontinued|closed"
         r"|terminated|deleted|no longer (?:active|available|in use|valid))"
-        r"|closed (?:account|mailbox)",
+        r"|closed (?:account|mailbox)|has moved|no longer (?:valid|exists?|here)"
+        r"|user not local",  # RFC 5321 551: the user is elsewhere
         "bad-mailbox",
         hard=True,
+        gone=True,
+    ),
+    _rule(  # the name service failed for now (h_errno TRY_AGAIN, SERVFAIL): nothing is known
+        r"not found, try again|name ?server failure|\bSERVFAIL\b|lookup failed temporarily"
+        r"|temporary (?:dns|lookup|name ?service|resolver) (?:failure|error)",
+        "routing",
+        strong=True,
     ),
     _rule(  # RFC 7504/7505: a null MX; Sendmail sends it with the sender's code 5.7.27
         r"(?:host|domain)(?: [\w.-]+)? does not accept (?:e-?)?mail\b(?! from)|\bnull ?mx\b",
@@ -323,6 +377,8 @@ _RULES: tuple[_Rule, ...] = (
     _rule(
         r"host (?:or domain name )?not found|domain (?:name )?not found|no such domain"
         r"|unknown domain|domain (?:does not|doesn't|not) exist|nonexistent domain"
+        r"|(?<!client )(?<!your )(?:host|domain)(?: name)?(?: [\w-]+\.[\w.-]+)? (?:does not|doesn't"
+        r"|did not) exist|unable to route\b"  # RFC 3463 X.4.4: no route to the domain at all
         r"|non-existent domain|NonExistentDomain|NXDOMAIN|unrouteable|unroutable"
         r"|no (?:valid )?mx|null mx|bad destination system|(?:domain|host) (?:is )?invalid"
         r"|invalid domain|domain .{0,60}(?:is not|isn't) (?:valid|configured|hosted)"
@@ -332,12 +388,14 @@ _RULES: tuple[_Rule, ...] = (
         "bad-domain",
         hard=True,
         beats_routing=True,
+        gone=True,
     ),
-    _rule(  # Microsoft's directory-based edge blocking, Postfix recipient access maps
-        r"recipient address rejected: access denied",
+    _rule(  # Microsoft's directory-based edge blocking (5.4.1), a recipient access map at RCPT
+        r"recipient address rejected: access denied",  # TO; quoted under x.7.x, a refusal
         "bad-mailbox",
         hard=True,
-        beats_policy=True,
+        beats_routing=True,
+        gone=True,
     ),
     _rule(  # refused at RCPT TO with no reason at all (no Postfix wording: it always says why)
         r"recipient address rejected\.?\s*(?:$|\(in reply to rcpt)",
@@ -358,13 +416,14 @@ _RULES: tuple[_Rule, ...] = (
         r"|unknown)|(?:invalid|bad|unknown|illegal) (?:recipient|mailbox|user|address|account)"
         r"|not a valid (?:mailbox|user|recipient|address)|RecipNotFound|RecipientNotFound"
         r"|no mailbox|no (?:such )?account|doesn't have an? .{0,30}account|\bdd This user"
-        r"|not our customer|no longer (?:valid|exists?|here)|has moved|addressee unknown"
+        r"|not our customer|addressee unknown"
         r"|not listed in|unknown or illegal"
-        r"|no valid recipients|not a known user|user not local|undeliverable address"
+        r"|no valid recipients|not a known user|undeliverable address"
         r"|recipient name is not recognized|name is not recognized"
         r"|mailbox not available|mailbox unavailable|account (?:unavailable|not available)",
         "bad-mailbox",
         hard=True,
+        borrowed=True,
     ),
     _rule(r"access denied", "policy", strong=True),
     _rule(
@@ -390,6 +449,7 @@ _NO_ADDRESS = "<@>"  # what an address becomes before matching: no word a rule c
 # x.1.x code, or in one of these wordings. In reply to DATA it comes from a filter (the
 # address was accepted at RCPT TO); quoted in a report without the command it answered, it
 # may be a filter's too (Sisimai's "filtered"). Either way it is not hard without proof.
+# These are wordings only a directory, a mailbox store or an RCPT TO reply uses:
 _PROVES_DEAD = re.compile(
     r"recipient address rejected"  # Postfix: an RCPT reply, read after DATA when pipelining
     r"|\bdd This user doesn't have"  # Yahoo checks its recipients at the end of DATA
@@ -398,6 +458,15 @@ _PROVES_DEAD = re.compile(
     r"|ディレクトリ(?:には見つかりません|のリストにありません)"  # the same, in Japanese
     r"|mail\.local: unknown user"  # Sendmail's local delivery agent: the mailbox store itself
     r"|no valid recipients",
+    re.IGNORECASE,
+)
+# RFC 5321 4.2.2, 4.3.2: 551 answers RCPT TO only, and this is its text for 550 at RCPT TO
+_RCPT_TEXT = re.compile(r"requested action not taken:? mailbox unavailable", re.IGNORECASE)
+_REFUSES_US = _Meaning("policy", specific=False)
+# RFC 5321 3.1 "554 No SMTP service here", RFC 7504/7505: a host or domain that takes no mail
+_TAKES_NO_MAIL = re.compile(
+    r"no smtp service|does not accept (?:e-?)?mail\b(?! from)|not accepting (?:e-?)?mail\b(?! from)"
+    r"|\bnull ?mx\b",
     re.IGNORECASE,
 )
 _MAX_TEXT = 4096  # an SMTP reply is a few lines; a longer text is truncated before matching
@@ -421,7 +490,7 @@ def _basic_meaning(code: int) -> _Meaning:
     return _GENERIC_OTHER
 
 
-def _meaning(code: int, enhanced: str | None, rule: _Rule | None) -> _Meaning:
+def _meaning(code: int, enhanced: str | None, rule: _Rule | None, command: str | None) -> _Meaning:
     if (
         code in (521, 556)
         and (enhanced is None or enhanced[2] != "7")
@@ -453,28 +522,73 @@ def _meaning(code: int, enhanced: str | None, rule: _Rule | None) -> _Meaning:
             and enhanced[2] == "7"
             and rule.meaning.hard
             and not rule.beats_policy
+            and not (command == "RCPT" and rule.gone)
         ):
-            return by_code or _GENERIC_POLICY  # x.7.x is policy: never hard, whatever the text
+            # x.7.x is a refusal: not hard, whatever the text, except at RCPT TO a text that
+            # only says the address or domain does not exist (access maps answer 5.7.1)
+            return by_code or _GENERIC_POLICY
         return rule.meaning
     if by_code is not None and by_code is not _GENERIC_OTHER:
         return by_code
     return _basic_meaning(code)
 
 
-def _proves_dead(text: str, enhanced: str | None, command: str | None, quoted: bool) -> bool:
-    """Whether a "no such user" verdict holds, given the step it answered (see _PROVES_DEAD)."""
+def _implied_command(code: int, text: str, enhanced: str | None) -> str | None:
+    """The command a reply can only have answered, when nobody said (RFC 5321 4.3.2)."""
+    if code == 551:
+        return "RCPT"
+    if code == 550 and (enhanced is None or enhanced[2] != "7") and _RCPT_TEXT.search(text):
+        return "RCPT"
+    return None
+
+
+def _about_us(meaning: _Meaning, code: int, text: str, command: str | None) -> _Meaning:
+    """A reply to the greeting, HELO or MAIL FROM is about our IP, name or sender: a refusal,
+    never a dead recipient; except a greeting saying the host takes no mail (RFC 7504)."""
+    if meaning.bounce_class not in _HARD_CLASSES:
+        return meaning
+    takes_no_mail = (
+        command == "CONN"
+        and meaning.bounce_class == "bad-domain"
+        and (code in (521, 556) or _TAKES_NO_MAIL.search(text) is not None)
+    )
+    return meaning if takes_no_mail else _REFUSES_US
+
+
+def _proven(
+    text: str, enhanced: str | None, command: str | None, quoted: bool, recipient: str | None
+) -> bool:
+    """Whether a borrowed "no such user" wording is about the address (see _PROVES_DEAD)."""
     if command == "RCPT" or _PROVES_DEAD.search(text):
         return True
-    if command == "DATA":
+    if recipient and command not in _AFTER_RCPT and recipient.lower() in text.lower():
+        return True  # the server names the very address it does not know
+    if enhanced is not None and enhanced[2] == "1":
+        return True  # the server's own classification: bad destination mailbox
+    if command in _AFTER_RCPT:
         return False
-    return not quoted or (enhanced is not None and enhanced[2] == "1")
+    return not quoted
 
 
-def classify(code: int, text: str, *, command: str | None = None, quoted: bool = False) -> Verdict:
+def classify(
+    code: int,
+    text: str,
+    *,
+    command: Command | None = None,
+    quoted: bool = False,
+    gave_up: bool = False,
+    recipient: str | None = None,
+) -> Verdict:
     """Classify one SMTP reply (``code`` and its text, multi-line or not). Never raises.
 
-    ``command``: the SMTP command the reply answered, when known (``RCPT``, ``DATA``...).
+    ``command``: the step the reply answered (``CONN``, ``HELO``, ``MAIL``, ``RCPT``,
+    ``DATA``, ``DOT``), when known; Sluice's own sessions always know it.
     ``quoted``: the reply comes second-hand, in a bounce report, not from our own session.
+    ``recipient``: the failed address, when the reply is a named remote MTA's (a report's
+    ``Remote-MTA``): a "no such user" that names it is about it.
+    ``gave_up``: the sending MTA gave up after this reply (a report's ``Action: failed``): a
+    4xx is then permanent, and hard when it proves the address dead (Postfix bouncing after
+    days of "450 4.1.1 ... User unknown in virtual alias table").
     """
     text = (text if isinstance(text, str) else str(text))[:_MAX_TEXT]
     enhanced = find_enhanced(text, code)
@@ -488,16 +602,21 @@ def classify(code: int, text: str, *, command: str | None = None, quoted: bool =
     ) and not _THROTTLE_EXEMPT.search(text)
     if not 400 <= code <= 599:
         return Verdict("transient", "other", enhanced, throttle=throttle, hard=False)
-    meaning = _meaning(code, enhanced, rule)
-    if code >= 500:
-        filtered = meaning.bounce_class == "bad-mailbox" and not _proves_dead(
-            text, enhanced, command, quoted
-        )
-        return Verdict(
-            "permanent",
-            meaning.bounce_class,
-            enhanced,
-            throttle=throttle,
-            hard=meaning.hard and meaning.bounce_class in _HARD_CLASSES and not filtered,
-        )
-    return Verdict("transient", meaning.bounce_class, enhanced, throttle=throttle, hard=False)
+    answered = command or _implied_command(code, text, enhanced)
+    meaning = _meaning(code, enhanced, rule, answered)
+    if answered in _ABOUT_US:
+        meaning = _about_us(meaning, code, text, answered)
+    if code < 500 and not gave_up:
+        return Verdict("transient", meaning.bounce_class, enhanced, throttle=throttle, hard=False)
+    borrowed = (
+        meaning.bounce_class == "bad-mailbox"
+        and rule is not None
+        and rule.borrowed
+        and meaning is rule.meaning
+    )
+    hard = (
+        meaning.hard
+        and meaning.bounce_class in _HARD_CLASSES
+        and not (borrowed and not _proven(text, enhanced, answered, quoted, recipient))
+    )
+    return Verdict("permanent", meaning.bounce_class, enhanced, throttle=throttle, hard=hard)

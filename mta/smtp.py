@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 TlsMode = Literal["opportunistic", "required"]
+# The step a reply answered: the greeting, EHLO/HELO, MAIL FROM, RCPT TO, DATA, the final dot
+Stage = Literal["greeting", "helo", "mail", "rcpt", "data", "dot"]
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
@@ -67,7 +69,7 @@ class SmtpTlsUnavailable(SmtpError):
 class SmtpReplyError(Exception):
     """The server answered a step of the conversation with a non-success reply."""
 
-    def __init__(self, reply: Reply, stage: str) -> None:
+    def __init__(self, reply: Reply, stage: Stage) -> None:
         super().__init__(f"{stage}: {reply.code} {reply.text}")
         self.reply = reply
         self.stage = stage
@@ -370,14 +372,11 @@ class SmtpConnection:
                 if not replies[-1].ok:
                     break
         mail_reply, rcpt_reply, data_reply = [*replies, None, None][:3]
-        refused = next(
-            (
-                (r, stage)
-                for r, stage in ((mail_reply, "mail"), (rcpt_reply, "rcpt"))
-                if r is not None and not r.ok
-            ),
-            None,
+        envelope: tuple[tuple[Reply | None, Stage], ...] = (
+            (mail_reply, "mail"),
+            (rcpt_reply, "rcpt"),
         )
+        refused = next(((r, stage) for r, stage in envelope if r is not None and not r.ok), None)
         if refused is not None:
             if data_reply is not None and data_reply.code == 354:
                 # RFC 2920 3.1: DATA accepted with no valid recipient; end it empty.

@@ -3,7 +3,8 @@ garbage, and the 375-message real-world corpus of shared/corpora/bounces measure
 Sisimai (tests/bounce_corpus.py).
 
 Run with ``-s`` to see the corpus agreement table: per MTA family, per half of a fixed split of
-the files, in total, and the class confusion matrix.
+the files, per side of the family split (develop, holdout), in total, and the class confusion
+matrix. ``python -m tests.bounce_corpus develop`` prints the figures and one side's misses.
 """
 
 from __future__ import annotations
@@ -17,24 +18,43 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mta.bounces import LAYOUTS, Report, parse_report
+from mta.bounces.parts import smtp_command
 from mta.replies import Verdict
 from tests import bounce_corpus
 from tests.bounce_corpus import CORPUS, REASON_CLASS, UNCLASSED
 from tests.bounce_reports import (
+    CARRIER_UNKNOWN_USER,
     EXCHANGE_EXPIRED,
+    EXCHANGE_MAILBOX_UNAVAILABLE,
     EXCHANGE_POLICY_BLOCK,
+    EXCHANGE_RELAYED,
     EXIM_BLOCKLISTED,
+    EXIM_DOMAIN_NOT_EXIST_AFTER_DATA,
+    GATEWAY_FILTERED_500,
+    GATEWAY_HAS_MOVED,
+    GATEWAY_REMOTE_NAMES_ADDRESS,
+    GATEWAY_SENDER_DOMAIN_500,
     GMAIL_DELAYED_QUOTA,
     GMAIL_SPAM_BLOCK,
+    IMAIL_UNKNOWN_USER,
     LOCAL_MAILER_ERROR,
+    NOTICE_TWO_RECIPIENTS,
     OFFICE365_MAILBOX_FULL,
     OUT_OF_OFFICE,
+    PLAIN_DELIVERED,
     POSTFIX_DELIVERED,
     POSTFIX_NO_SUCH_DOMAIN,
     POSTFIX_USER_UNKNOWN,
+    POSTFIX_USER_UNKNOWN_571,
+    POSTFIX_VIRTUAL_ALIAS_450,
+    QMAIL_HELO_REJECTED,
     QMAIL_NO_MAILBOX,
+    RELAY_DNS_TRY_AGAIN,
     RELAYED_USER_UNKNOWN,
     SENDMAIL_TOO_BIG,
+    SENDMAIL_USER_NOT_LOCAL,
+    SES_SECURITY_REFUSAL,
+    SMARTHOST_UNABLE_TO_ROUTE,
     YAHOO_ARF,
 )
 
@@ -149,10 +169,14 @@ def test_user_unknown_after_data_is_a_filter_not_a_dead_address() -> None:
     raw = POSTFIX_USER_UNKNOWN.replace(b"RCPT TO command", b"end of DATA command").replace(
         b"Recipient address\r\n    rejected: User unknown in virtual mailbox table", b"User unknown"
     )
+    filtered = raw.replace(b"5.1.1", b"5.0.0")
+    rcpt = _only(parse_report(filtered))
+    assert rcpt.command == "DOT"
+    assert (rcpt.verdict.bounce_class, rcpt.verdict.hard) == ("bad-mailbox", False)
+    # with the server's own x.1.1 classification it is about the address, whatever the step
     rcpt = _only(parse_report(raw))
-    assert rcpt.command == "DATA"
-    assert rcpt.verdict.bounce_class == "bad-mailbox"
-    assert not rcpt.verdict.hard
+    assert (rcpt.command, rcpt.status) == ("DOT", "5.1.1")
+    assert (rcpt.verdict.bounce_class, rcpt.verdict.hard) == ("bad-mailbox", True)
 
 
 @pytest.mark.parametrize(
@@ -259,6 +283,118 @@ def test_powermta_bounce_category_decides() -> None:
     assert (verdict.bounce_class, verdict.hard) == ("spam", False)
 
 
+# --- verdicts that did not carry over outside the corpus -------------------------------------
+
+# (report, kind, [(email, outcome, class, hard) per recipient]): one hand-written report per kind
+# of disagreement with Sisimai seen on real bounces outside the corpus (tests/bounce_reports.py)
+OUT_OF_CORPUS = [
+    # a dead address read as soft
+    (SENDMAIL_USER_NOT_LOCAL, "dsn", [("mia@example.org", "permanent", "bad-mailbox", True)]),
+    (GATEWAY_HAS_MOVED, "dsn", [("paul@example.com", "permanent", "bad-mailbox", True)]),
+    (IMAIL_UNKNOWN_USER, "dsn", [("taro.yamada@example.co.jp", "permanent", "bad-mailbox", True)]),
+    (
+        GATEWAY_REMOTE_NAMES_ADDRESS,
+        "dsn",
+        [("hanako@example.net", "permanent", "bad-mailbox", True)],
+    ),
+    (
+        CARRIER_UNKNOWN_USER,
+        "dsn",
+        [("hanako-0901@mms.carrier.example", "permanent", "bad-mailbox", True)],
+    ),
+    (
+        EXCHANGE_MAILBOX_UNAVAILABLE,
+        "dsn",
+        [("lena@outlook.example", "permanent", "bad-mailbox", True)],
+    ),
+    (POSTFIX_USER_UNKNOWN_571, "dsn", [("olga@example.net", "permanent", "bad-mailbox", True)]),
+    (POSTFIX_VIRTUAL_ALIAS_450, "dsn", [("ines@example.org", "permanent", "bad-mailbox", True)]),
+    (
+        EXIM_DOMAIN_NOT_EXIST_AFTER_DATA,
+        "dsn",
+        [("jan@old-company.example", "permanent", "bad-domain", True)],
+    ),
+    (
+        SMARTHOST_UNABLE_TO_ROUTE,
+        "dsn",
+        [("kai@gone-domain.example", "permanent", "bad-domain", True)],
+    ),
+    # a live address read as hard
+    (GATEWAY_FILTERED_500, "dsn", [("yuki@isp.example.jp", "permanent", "policy", False)]),
+    (GATEWAY_SENDER_DOMAIN_500, "dsn", [("rosa@example.com", "permanent", "policy", False)]),
+    (SES_SECURITY_REFUSAL, "dsn", [("tom@example.ch", "permanent", "policy", False)]),
+    (RELAY_DNS_TRY_AGAIN, "dsn", [("lea@example.com", "permanent", "routing", False)]),
+    (QMAIL_HELO_REJECTED, "dsn", [("sam@example.net", "permanent", "policy", False)]),
+    # several recipients in one report
+    (
+        NOTICE_TWO_RECIPIENTS,
+        "dsn",
+        [
+            ("ana@example.org", "permanent", "bad-mailbox", True),
+            ("bob@example.org", "permanent", "quota", False),
+        ],
+    ),
+    # delivery notices
+    (EXCHANGE_RELAYED, "delivered", [("dora@contoso.example", "delivered", None, False)]),
+    (PLAIN_DELIVERED, "delivered", [("eva@example.net", "delivered", None, False)]),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "expected"),
+    OUT_OF_CORPUS,
+    ids=[
+        "user-not-local-551",
+        "has-moved",
+        "imail-unknown-user",
+        "gateway-remote-names-address",
+        "carrier-unknown-user",
+        "exchange-mailbox-unavailable-550-5.5.0",
+        "user-unknown-5.7.1-at-rcpt",
+        "virtual-alias-450-4.1.1-given-up",
+        "domain-does-not-exist-after-end-of-data",
+        "5.4.4-unable-to-route",
+        "filtered-5.0.0-reply-to-domain",
+        "refused-5.0.0-sender-domain",
+        "ses-5.7.1-security-refusal",
+        "dns-try-again",
+        "our-helo-name-rejected",
+        "user-unknown-and-mailbox-full-in-one-report",
+        "relayed-2.6.0-without-action",
+        "plain-text-delivered",
+    ],
+)
+def test_verdicts_that_did_not_carry_over(
+    raw: bytes, kind: str, expected: list[tuple[str, str, str | None, bool]]
+) -> None:
+    report = parse_report(raw)
+    found = [
+        (r.email, r.verdict.outcome, r.verdict.bounce_class, r.verdict.hard)
+        for r in report.recipients
+    ]
+    assert (report.kind, found) == (kind, expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("(in reply to RCPT TO command)", "RCPT"),
+        ("(in reply to end of DATA command)", "DOT"),
+        ("SMTP error from remote mail server after end of data:", "DOT"),
+        ("SMTP error from remote mail server after initial connection:", "CONN"),
+        (">>> DATA\n<<< 354 go ahead\n>>> .\n<<< 554 5.7.1 rejected as spam", "DOT"),
+        (">>> RCPT To:<a@example.org>\n<<< 550 5.1.1 User unknown", "RCPT"),
+        ("host mx.example.org[192.0.2.1] refused to talk to me: 554 5.7.1 go away", "CONN"),
+        ("Connected to 192.0.2.7 but my name was rejected.", "HELO"),
+        ("Connected to 192.0.2.7 but sender was rejected.", "MAIL"),
+        ("192.0.2.7 failed after I sent the message.", "DOT"),
+        ("550 5.1.1 User unknown", None),
+    ],
+)
+def test_the_command_a_report_names(text: str, command: str | None) -> None:
+    assert smtp_command(text) == command
+
+
 # --- the real-world corpus ----------------------------------------------------------------
 
 needs_corpus = pytest.mark.skipif(
@@ -270,8 +406,15 @@ needs_corpus = pytest.mark.skipif(
 # (where Sisimai's reason maps onto one of our classes: REASON_CLASS; the rest, UNCLASSED, are
 # left out and the table says how many).
 THRESHOLDS = {"found": 0.98, "hard": 0.95, "status": 0.90, "class": 0.85, "notice": 1.0}
-# What the whole corpus reaches today, to catch regressions.
+# What the whole corpus reaches today, to catch regressions. Hard went from 97.0% to 96.0% with
+# the rules for the command answered, first-hand notices and 5.7.1/551/"mailbox unavailable"
+# at RCPT TO: on the four recipients lost Sisimai's verdict is its own per-layout fallback
+# (docs/bounces.md lists them).
 TOTAL_FLOORS = {"found": 0.99, "hard": 0.965, "status": 0.98, "class": 0.96}
+# Each side of the family split (develop, holdout): what it reaches today. The holdout
+# measures how the rules carry over to layouts they were not written for; it is a floor
+# against regressions, not a target to fit.
+SIDE_FLOORS = {"found": 0.98, "hard": 0.94, "status": 0.90, "class": 0.95, "notice": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -284,11 +427,31 @@ def test_corpus_agreement_with_sisimai(corpus: bounce_corpus.Measured) -> None:
     print("\n" + bounce_corpus.render(corpus))
     assert corpus.total.files == 375
     assert set(corpus.halves) == {"A", "B"}
+    assert set(corpus.sides) == {"develop", "holdout"}
     for name, tally in [*corpus.halves.items(), ("total", corpus.total)]:
         for what, threshold in THRESHOLDS.items():
             assert tally.ratio(what) >= threshold, (name, what, tally.misses)
+    for name, tally in corpus.sides.items():
+        for what, floor in SIDE_FLOORS.items():
+            assert tally.ratio(what) >= floor, (name, what, tally.misses)
     for what, floor in TOTAL_FLOORS.items():
         assert corpus.total.ratio(what) >= floor, (what, corpus.total.misses)
+
+
+@needs_corpus
+def test_the_family_split_keeps_each_vendor_on_one_side() -> None:
+    """All the files of one vendor's layouts are on one side; each side has 45-55% of the
+    recipients (what chose ``SPLIT_SALT``)."""
+    sides: dict[str, set[str]] = {}
+    recipients: Counter[str] = Counter()
+    for name, entries in bounce_corpus.expected().items():
+        sides.setdefault(bounce_corpus.vendor(name), set()).add(bounce_corpus.side(name))
+        recipients[bounce_corpus.side(name)] += len(entries)
+    assert all(len(found) == 1 for found in sides.values()), sides
+    assert {side for found in sides.values() for side in found} == {"develop", "holdout"}
+    assert sides["microsoft"] == sides["lhost-postfix"] == {"develop"}
+    share = recipients["develop"] / recipients.total()
+    assert 0.45 <= share <= 0.55, recipients
 
 
 @needs_corpus
@@ -316,7 +479,7 @@ def test_every_sisimai_reason_is_classed_or_left_out_on_purpose() -> None:
     ("family", "found_floor", "hard_floor"),
     [  # what this parser achieves today; the misses are listed on failure
         ("lhost-postfix", 1.0, 1.0),
-        ("lhost-sendmail", 1.0, 1.0),
+        ("lhost-sendmail", 1.0, 0.97),  # a pipelined RCPT TO reply under 5.7.1: Sisimai, DATA
         ("lhost-exim", 1.0, 0.96),
         ("lhost-qmail", 1.0, 1.0),
         ("lhost-gmail", 1.0, 1.0),

@@ -124,6 +124,20 @@ def test_rcpt_rejection_by_domain_and_by_address(fault_sink: FaultSink) -> None:
     assert fault_sink.counts == {"rcpt_rejected": 2, "accepted": 1}
 
 
+def test_helo_and_mail_refusals(fault_sink: FaultSink) -> None:
+    fault_sink.set_rule("*", mail_reply="553 5.1.8 <a@sender.test>: Sender address rejected")
+    with pytest.raises(smtplib.SMTPSenderRefused) as sender:
+        send(fault_sink)
+    assert sender.value.smtp_code == 553
+    fault_sink.set_rule("*", helo_reply="550 5.7.1 <client.test>: Helo command rejected")
+    with client(fault_sink) as smtp:
+        assert smtp.ehlo()[0] == 550
+        assert smtp.helo()[0] == 550
+    fault_sink.set_rule("*")
+    assert send(fault_sink) == {}
+    assert fault_sink.counts == {"mail_rejected": 1, "helo_rejected": 2, "accepted": 1}
+
+
 def test_latency_delays_the_data_reply(fault_sink: FaultSink) -> None:
     fault_sink.set_rule("slow.test", latency=0.3)
     with client(fault_sink) as smtp:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mta.replies import BOUNCE_CLASSES, Verdict, classify, find_enhanced
+from mta.replies import BOUNCE_CLASSES, Command, Verdict, classify, find_enhanced
 
 # --- properties ---------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ REAL_REPLIES = [
     (550, "5.4.316 Message expired, connection refused(Socket error code 10061)", "permanent", "routing", False, False),
     (550, "5.4.1 Relay Access Denied", "permanent", "policy", False, False),
     (550, "5.4.1 All recipient addresses rejected : Access denied [AM4PEPF00025F97.EURPRD83.prod.outlook.com]", "permanent", "policy", False, False),
-    (554, "5.4.4 Unable to route due to invalid recipient address", "permanent", "routing", False, False),
+    (554, "5.4.4 Unable to route due to invalid recipient address", "permanent", "bad-domain", True, False),  # X.4.4: no route at all
     (550, "5.4.6 Routing loop detected", "permanent", "routing", False, False),
     (550, "5.7.1 Message rejected as spam by Content Filtering.", "permanent", "spam", False, False),
     # Yahoo / AOL
@@ -178,7 +178,7 @@ REAL_REPLIES = [
     (556, "5.1.10 <someone@example.com>: Recipient address rejected: Domain example.com does not accept mail (nullMX)", "permanent", "bad-domain", True, False),
     (550, "5.7.27 Host does not accept mail", "permanent", "bad-domain", True, False),
     (550, "5.7.1 This host does not accept mail from 192.0.2.1", "permanent", "policy", False, False),
-    (554, "5.7.1 <someone@example.ch>: Recipient address rejected: Access denied", "permanent", "bad-mailbox", True, False),
+    (554, "5.7.1 <someone@example.ch>: Recipient address rejected: Access denied", "permanent", "policy", False, False),  # an access map's refusal
     (550, "<someone@example.jp>: Recipient address rejected.", "permanent", "bad-mailbox", True, False),
     (500, "Line limit exceeded", "permanent", "content", False, False),
     (552, "5.2.3 Message length exceeds limit set by recipient", "permanent", "quota", False, False),
@@ -214,3 +214,84 @@ def test_real_replies(
 
 def test_table_is_large_enough() -> None:
     assert len(REAL_REPLIES) >= 40
+
+
+# --- the SMTP command a reply answered ------------------------------------------------------
+
+# (code, text, command, quoted, gave_up, outcome, bounce_class, hard): the same words mean
+# different things at different steps of the session.
+# fmt: off
+PHASE_REPLIES = [
+    # at RCPT TO a "no such user" is about the recipient; after DATA a filter may be speaking
+    (550, "User unknown", "RCPT", False, False, "permanent", "bad-mailbox", True),
+    (550, "User unknown", "DOT", False, False, "permanent", "bad-mailbox", False),
+    (550, "User unknown", "DATA", False, False, "permanent", "bad-mailbox", False),
+    (550, "5.1.1 User unknown", "DOT", False, False, "permanent", "bad-mailbox", True),  # the code says so
+    (550, "5.7.1 <a@example.net>: Recipient address rejected: user unknown", "RCPT", True, False, "permanent", "bad-mailbox", True),
+    (550, "5.7.1 <a@example.net>: Recipient address rejected: user unknown", "DOT", True, False, "permanent", "policy", False),
+    # at MAIL FROM, HELO or the greeting the reply is about us, not the recipient
+    (550, "5.1.1 User unknown", "MAIL", False, False, "permanent", "policy", False),
+    (550, "5.1.2 <mail.sluice.test>... Host unknown (Name server: mail.sluice.test: host not found)", "HELO", False, False, "permanent", "policy", False),
+    (554, "Host not found in DNS", "CONN", False, False, "permanent", "policy", False),
+    (521, "5.3.2 mx.example.net does not accept mail", "CONN", False, False, "permanent", "bad-domain", True),
+    (554, "mx.example.net ESMTP No SMTP service here", "CONN", False, False, "permanent", "bad-domain", True),
+    # a domain that does not exist is no filter's disguise, whenever it is said
+    (550, "Domain old-company.example does not exist", "DOT", True, False, "permanent", "bad-domain", True),
+    (550, "5.0.0 Message refused: the sender's domain does not exist", None, True, False, "permanent", "policy", False),
+    (550, "5.0.0 Message filtered: Reply-To domain does not exist", None, True, False, "permanent", "policy", False),
+    # RFC 5321: 551 answers RCPT TO only; "mailbox unavailable" is its 550 reply to RCPT TO
+    (551, "User not local; please try <a@new.example>", None, True, False, "permanent", "bad-mailbox", True),
+    (550, "5.5.0 Requested action not taken: mailbox unavailable (S2017062302)", None, True, False, "permanent", "bad-mailbox", True),
+    (550, "The mailbox of this user has moved; no forwarding address", None, True, False, "permanent", "bad-mailbox", True),
+    # the sending MTA gave up after a temporary "user unknown" at RCPT TO (a report's "failed")
+    (450, "4.1.1 <a@example.org>: Recipient address rejected: User unknown in virtual alias table", "RCPT", True, True, "permanent", "bad-mailbox", True),
+    (450, "4.1.1 <a@example.org>: Recipient address rejected: User unknown in virtual alias table", "RCPT", False, False, "transient", "bad-mailbox", False),
+    (451, "4.3.0 Temporary local problem", None, True, True, "permanent", "other", False),
+    # RFC 3463 X.4.4 "unable to route": no route to the domain at all, unless the name service
+    # only failed for now ("try again")
+    (554, "5.4.4 Unable to route to gone-domain.example", None, True, False, "permanent", "bad-domain", True),
+    (550, "5.4.4 Host not found, try again", None, True, False, "permanent", "routing", False),
+    (450, "4.4.3 Host or domain name not found. Name service error for name=example.com type=MX: Host not found, try again", None, True, True, "permanent", "routing", False),
+    # x.7.1 is a refusal: Postfix's access map "Access denied" is not Microsoft's 5.4.1 directory
+    (554, "5.7.1 <a@example.ch>: Recipient address rejected: Access denied", None, True, False, "permanent", "policy", False),
+    (554, "5.7.1 <a@example.ch>: Recipient address rejected: Access denied", "RCPT", True, False, "permanent", "bad-mailbox", True),
+    (550, "5.4.1 Recipient address rejected: Access denied. AS(201806281)", None, True, False, "permanent", "bad-mailbox", True),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "command", "quoted", "gave_up", "outcome", "bounce_class", "hard"),
+    PHASE_REPLIES,
+    ids=[f"{i:02d}-{r[0]}-{r[2]}" for i, r in enumerate(PHASE_REPLIES)],
+)
+def test_the_command_answered_decides(
+    code: int,
+    text: str,
+    command: Command | None,
+    quoted: bool,
+    gave_up: bool,
+    outcome: str,
+    bounce_class: str,
+    hard: bool,
+) -> None:
+    verdict = classify(code, text, command=command, quoted=quoted, gave_up=gave_up)
+    assert (verdict.outcome, verdict.bounce_class, verdict.hard) == (outcome, bounce_class, hard)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    code=st.integers(400, 599),
+    text=texts,
+    command=st.sampled_from(["CONN", "HELO", "MAIL"]),
+    gave_up=st.booleans(),
+)
+def test_replies_about_us_are_never_hard_unless_the_domain_takes_no_mail(
+    code: int, text: str, command: Command, gave_up: bool
+) -> None:
+    """A refusal of our connection, HELO name or sender says nothing about the recipient;
+    only a greeting saying the host takes no mail at all (RFC 7504) is about the domain."""
+    verdict = classify(code, text, command=command, gave_up=gave_up)
+    if verdict.hard:
+        assert command == "CONN"
+        assert verdict.bounce_class == "bad-domain"

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.errors import PermanentDeliveryError
 from loadtests.fault_sink import FaultSink
 from mta.pool import HostState, SmtpPool
 from mta.routing import Destination
@@ -472,6 +473,41 @@ async def test_deliveries_queued_for_a_host_each_get_a_connection_even_when_some
         assert all(code == 250 or isinstance(code, asyncio.CancelledError) for code in done)
         assert len(delivered) == len(sink.accepted()) >= 60 - len(given_up)
         assert sink.max_concurrent <= 2 and sink.connections_total == 2
+
+
+async def test_the_step_a_reply_answered_decides_the_verdict() -> None:
+    """The same "550 User unknown" is a dead address at RCPT TO and a filter's word after the
+    message; "Host not found" about our HELO name and "User unknown" about our sender say
+    nothing about the recipient."""
+
+    async def verdict(sink: FaultSink, rcpt: str) -> tuple[str, bool]:
+        pool = SmtpPool(
+            ehlo_name="mta.sluice.test",
+            timeout=5,
+            per_host=2,
+            per_domain=20,
+            messages_per_connection=100,
+        )
+        dest = Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
+        try:
+            with pytest.raises(PermanentDeliveryError) as refused:
+                await pool.send(dest, "inbox.test", "a@shop.test", rcpt, MESSAGE)
+        finally:
+            await pool.aclose()
+        return refused.value.bounce_class, refused.value.hard
+
+    with FaultSink() as sink:
+        sink.set_rule("gone@inbox.test", rcpt_reply="550 User unknown")
+        sink.script("filtered@inbox.test", ["550 User unknown"])  # after the final dot
+        assert await verdict(sink, "gone@inbox.test") == ("bad-mailbox", True)
+        assert await verdict(sink, "filtered@inbox.test") == ("bad-mailbox", False)
+        assert len(sink.received()) == 1  # the filtered one: the other never got past RCPT
+
+        sink.set_rule("*", mail_reply="550 5.1.1 <a@shop.test>: User unknown")
+        assert await verdict(sink, "someone@inbox.test") == ("policy", False)
+        sink.set_rule("*", helo_reply="550 5.1.2 <mta.sluice.test>: Host not found")
+        assert await verdict(sink, "someone@inbox.test") == ("policy", False)
+        assert sink.counts["mail_rejected"] == 1 and sink.counts["helo_rejected"] == 2
 
 
 async def test_a_wake_is_passed_on_by_a_waiter_cancelled_before_it_could_use_it() -> None:

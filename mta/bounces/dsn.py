@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from mta.bounces.model import Kind, Recipient, Report, make_recipient
+from mta.bounces.model import Recipient, Report, make_recipient, report_kind
 from mta.bounces.parts import (
     MAX_RECIPIENTS,
     address_from_field,
@@ -61,6 +61,7 @@ _CATEGORY_FIELDS = ("x-powermta-bouncecategory",)
 _DSN_HINT = re.compile(r"^(?:Final-Recipient|Original-Recipient)\s*:", re.IGNORECASE | re.MULTILINE)
 _DIAG_TYPE = re.compile(r"^\s*(?:smtp|x-[\w-]+|dns|rfc\d+|unix|local)\s*;\s*", re.IGNORECASE)
 _PROGRAM = re.compile(r"^\s*(?:x-unix|unix|x-local|local)\s*;", re.IGNORECASE)  # an exit status
+_SMTP_TYPE = re.compile(r"^\s*smtp\s*;", re.IGNORECASE)  # a remote SMTP server's reply
 
 
 def _records(groups: list[list[tuple[str, str]]]) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -156,16 +157,10 @@ def recipients_from_fields(text: str, human: str = "") -> tuple[dict[str, str], 
                 remote_mta=_DIAG_TYPE.sub("", remote).strip() or None,
                 command=command,
                 reported=MTA_CATEGORIES.get(category.strip().lower()),
+                quoted=True if _SMTP_TYPE.match(record.get("diagnostic-code", "")) else None,
             )
         )
     return per_message, recipients
-
-
-def _kind(recipients: list[Recipient]) -> Kind:
-    """``delivered`` when every recipient was delivered, relayed or expanded; else ``dsn``."""
-    if recipients and all(r.action in ("delivered", "relayed", "expanded") for r in recipients):
-        return "delivered"
-    return "dsn"
 
 
 def parse_dsn(msg: Message) -> Report | None:
@@ -197,7 +192,7 @@ def _report(layout: str, per_message: dict[str, str], recipients: list[Recipient
     if not recipients:
         return None
     return Report(
-        kind=_kind(recipients),
+        kind=report_kind(recipients),
         recipients=tuple(recipients),
         layout=layout,
         reporting_mta=_DIAG_TYPE.sub("", per_message.get("reporting-mta", "")).strip() or None,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mta.replies import BounceClass, Verdict, classify, find_enhanced
+from mta.replies import BounceClass, Command, Verdict, classify, find_enhanced
 
 Kind = Literal["dsn", "arf", "autoreply", "delivered", "unknown"]
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
@@ -29,8 +30,8 @@ class Recipient:
     ``status``: the RFC 3463 code (``"5.1.1"``) or ``None``; ``smtp_code``: the reply code.
     ``diagnostic``: the reply text or the MTA's explanation, unfolded.
     ``remote_mta``: the host that gave the reply, when known.
-    ``command``: the SMTP command the reply answered (``RCPT``, ``DATA``, ``MAIL``, ``HELO``,
-    ``CONN``), when the report says.
+    ``command``: the SMTP command the reply answered (``CONN``, ``HELO``, ``MAIL``, ``RCPT``,
+    ``DATA``, or ``DOT`` for the message itself), when the report says.
     ``verdict``: ``mta.replies.classify`` of the code and diagnostic; ``delivered`` for
     complaints and auto-replies (the message did arrive).
     """
@@ -43,7 +44,7 @@ class Recipient:
     verdict: Verdict
     original_recipient: str | None = None
     remote_mta: str | None = None
-    command: str | None = None
+    command: Command | None = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,9 @@ def make_recipient(
     diagnostic: str = "",
     original_recipient: str | None = None,
     remote_mta: str | None = None,
-    command: str | None = None,
+    command: Command | None = None,
     reported: tuple[BounceClass, bool] | None = None,
+    quoted: bool | None = None,
 ) -> Recipient:
     """Build a recipient, choosing the best status and classifying its reply.
 
@@ -116,10 +118,16 @@ def make_recipient(
     ``5.0.0`` or ``4.4.7`` there and the receiver's real code in the diagnostic). The verdict's
     outcome follows the action: a ``failed`` recipient is permanent even after 4xx replies (the
     message was given up on; not hard: the last reply was only temporary), a
-    ``delivered``/``relayed``/``expanded`` one is delivered.
+    ``delivered``/``relayed``/``expanded`` one is delivered. A ``failed`` recipient's last reply
+    is read knowing the sender gave up (``classify(..., gave_up=True)``): after days of "450
+    4.1.1 user unknown" at RCPT TO the address is dead.
 
-    The reply is classified as quoted (``classify(..., quoted=True)``): a "no such user" is hard
-    only with proof (answered to ``RCPT TO``, an x.1.x code, a directory's wording).
+    ``quoted``: the reply is another system's, relayed by the reporting MTA (``classify``'s
+    ``quoted``: a "no such user" is then hard only with proof: answered to ``RCPT TO``, an
+    x.1.x code, a directory's wording). By default a reply is quoted when it names a remote MTA
+    or is in an SMTP reply's terms (a reply code or an enhanced status code in the diagnostic);
+    a reason in plain words is the reporting MTA's own about its own mailboxes (IMail's
+    "Unknown user: ...", a carrier's own notice): first-hand, as a directory would say it.
     ``reported``: the reporting MTA's own reading (class, address dead), such as PowerMTA's
     bounce category; it decides the class of a permanent failure, and proves a dead address
     when it agrees with the text's class.
@@ -129,13 +137,22 @@ def make_recipient(
     in_text = find_enhanced(diagnostic, smtp_code)
     if in_text is not None and (status is None or in_text[0] == status[0] or act == "failed"):
         status = in_text
+    if quoted is None:
+        quoted = smtp_code is not None or remote_mta is not None or in_text is not None
     if act in ("delivered", "relayed", "expanded"):
         verdict = classify(250, f"{status or ''} {diagnostic}".strip())
     else:
         code = _basic_code(act, status, smtp_code)
         text = diagnostic if status is None or status in diagnostic else f"{status} {diagnostic}"
-        verdict = classify(code, text, command=command, quoted=True)
-        if act == "failed" and verdict.outcome != "permanent":
+        verdict = classify(
+            code,
+            text,
+            command=command,
+            quoted=quoted,
+            gave_up=act == "failed",
+            recipient=email if remote_mta else None,
+        )
+        if act == "failed" and verdict.outcome != "permanent":  # a 2xx reply, or no code
             verdict = dataclasses.replace(
                 verdict,
                 outcome="permanent",
@@ -163,6 +180,18 @@ def make_recipient(
         remote_mta=remote_mta,
         command=command,
     )
+
+
+def report_kind(recipients: Sequence[Recipient]) -> Kind:
+    """``delivered`` when every recipient was delivered, relayed or expanded (by its action,
+    or, without one, by a 2.x.x status or a 2xx reply); else ``dsn``."""
+    if recipients and all(
+        r.action in ("delivered", "relayed", "expanded")
+        or (r.action is None and r.verdict.outcome == "delivered")
+        for r in recipients
+    ):
+        return "delivered"
+    return "dsn"
 
 
 def reached(email: str) -> Recipient:

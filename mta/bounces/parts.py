@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterator
 from email.message import Message
 
+from mta.replies import Command
+
 __all__ = [
     "MAX_RECIPIENTS",
     "MAX_TEXT",
@@ -48,7 +50,8 @@ _ADDRESS = re.compile(
     r"(?<![\w.+=/-])([\w.!#$%&'*+/=?^`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}"
     r"(?:\.[A-Za-z0-9-]{1,63})*)?)(?![\w@-])"
 )
-_SMTP_CODE = re.compile(r"(?:^|[\s:;(\[<\"'=])([245][0-5]\d)(?:[ \t-]|$|\]|\))", re.MULTILINE)
+# A reply code: "550 ...", "550-...", "(550)", Yahoo's "550: ...", Zoho's "ERROR_CODE :550,"
+_SMTP_CODE = re.compile(r"(?:^|[\s:;(\[<\"'=])([245][0-5]\d)(?:[ \t\-:,]|$|\]|\))", re.MULTILINE)
 _MBOX_FROM = re.compile(rb"\AFrom [^\r\n]*\r?\n")
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
 
@@ -393,12 +396,13 @@ def message_id(headers: dict[str, str]) -> str | None:
     return f"<{value.strip('<>')}>" if value and " " not in value else None
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Command] = {
     "DATA": "DATA",
-    "END OF DATA": "DATA",
-    "FINAL DATA": "DATA",
+    "END OF DATA": "DOT",
+    "FINAL DATA": "DOT",
     "TEXT": "DATA",
-    "BDAT": "DATA",
+    "BDAT": "DOT",
+    ".": "DOT",
     "RCPT TO": "RCPT",
     "RCPT": "RCPT",
     "MAIL FROM": "MAIL",
@@ -407,6 +411,7 @@ _COMMANDS = {
     "EHLO": "HELO",
     "STARTTLS": "HELO",
     "INITIAL CONNECTION": "CONN",
+    "GREETING": "CONN",
 }
 _COMMAND = re.compile(
     r"in reply to (?:the )?(end of data|data|rcpt to|mail from|helo|ehlo|starttls|bdat)\b"
@@ -420,17 +425,21 @@ _COMMAND = re.compile(
     r"|\[(rcpt_to|mail_from|data)\]",  # Yahoo
     re.IGNORECASE,
 )
-_PHASES = (  # wordings that name no command but say which step failed
-    ("failed after i sent the message", "DATA"),  # qmail
+_PHASES: tuple[tuple[str, Command], ...] = (  # wordings that say which step failed
+    ("failed after i sent the message", "DOT"),  # qmail
     ("does not like recipient", "RCPT"),  # qmail
     ("sender was rejected", "MAIL"),  # qmail
+    ("my name was rejected", "HELO"),  # qmail
+    ("but greeting failed", "CONN"),  # qmail
+    ("refused to talk to me", "CONN"),  # Postfix: the greeting was a refusal
     ("remote smtp server has rejected address", "RCPT"),  # Oracle Messaging Server
 )
 _PIPELINED = re.compile(
     r"no valid recipients|need rcpt|^\d{3} [45]\.1\.\d+ .{0,200}user unknown", re.I | re.M
 )
 _TRANSCRIPT = re.compile(
-    r"(?:^|\s)>>>\s*(DATA|RCPT TO|MAIL FROM|HELO|EHLO)\b|(?:^|\s)<<<\s*[45]\d\d", re.I | re.M
+    r"(?:^|\s)>>>\s*(DATA|RCPT TO|MAIL FROM|HELO|EHLO|\.(?=\s|$))|(?:^|\s)<<<\s*[45]\d\d",
+    re.I | re.M,
 )
 
 
@@ -465,8 +474,9 @@ def transcript_context(text: str, email: str) -> str:
     return ""
 
 
-def smtp_command(text: str) -> str | None:
-    """The SMTP command a failure replied to: ``DATA``, ``RCPT``, ``MAIL``, ``HELO``, ``CONN``."""
+def smtp_command(text: str) -> Command | None:
+    """The SMTP command a failure replied to: ``CONN``, ``HELO``, ``MAIL``, ``RCPT``, ``DATA``
+    or ``DOT`` (the message: end of data)."""
     match = _COMMAND.search(text)
     if match is not None:
         phrase = next(g for g in match.groups() if g)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from email.message import Message
 
 from mta.bounces.autoreply import is_daemon
-from mta.bounces.model import Recipient, Report, make_recipient
+from mta.bounces.model import Recipient, Report, make_recipient, report_kind
 from mta.bounces.parts import (
     MAX_RECIPIENTS,
     address_from_field,
@@ -34,7 +34,7 @@ from mta.bounces.parts import (
     transcript_context,
     unfold,
 )
-from mta.replies import find_enhanced
+from mta.replies import Command, find_enhanced
 
 __all__ = ["parse_exim", "parse_gmail_text", "parse_qmail", "parse_text"]
 
@@ -58,6 +58,12 @@ _BOUNCE_SUBJECT = re.compile(
 
 
 _MAX_NOTICE = 64 * 1024
+# The reason is another server's, relayed: "host mx.example.com said:", "Remote host said:"...
+_REMOTE = re.compile(
+    r"\b(?:host|server|mailer|mta|system)\b[^\n]{0,80}\b(?:said|says|replied|answered|returned"
+    r"|responded)\b|\bremote (?:host|server|mta|system|mail)",
+    re.IGNORECASE,
+)
 
 
 def _notice(msg: Message) -> str:
@@ -69,8 +75,23 @@ def _notice(msg: Message) -> str:
     return text[:_MAX_NOTICE]
 
 
+_DELIVERED = re.compile(
+    r"(?:successfully|has been|was) delivered|delivery (?:to [^\n]{0,80})?(?:is |was )?"
+    r"(?:complete|successful)|(?:has been|was) relayed",
+    re.IGNORECASE,
+)
+_FAILED = re.compile(
+    r"could not|couldn't|not (?:be )?delivered|undeliverable|fail|error|reject|unable|refused",
+    re.IGNORECASE,
+)
+
+
 def _action(text: str) -> str:
-    return "delayed" if _DELAYED.search(text) else "failed"
+    if _DELAYED.search(text):
+        return "delayed"
+    if _DELIVERED.search(text) and not _FAILED.search(text):
+        return "delivered"  # a success notice: "Your message has been delivered to ..."
+    return "failed"
 
 
 def _own_addresses(msg: Message) -> set[str]:
@@ -94,7 +115,7 @@ def _make(
     action: str,
     fallback: str = "",
     *,
-    command: str | None = None,
+    command: Command | None = None,
     status: str | None = None,
 ) -> Recipient:
     """A recipient from its lines; ``fallback`` (the whole notice) fills in a missing reason."""
@@ -107,13 +128,17 @@ def _make(
         elif find_enhanced(diagnostic) is None:
             diagnostic = unfold(f"{diagnostic} {fallback}")[:1000]
         command = command or smtp_command(fallback)
+    code = smtp_code_in(diagnostic)
+    if code is not None and 200 <= code <= 299 and action == "failed":
+        action = "delivered"  # the recipient's own reply says so, whatever the notice's words
     return make_recipient(
         email,
         action=action,
         status=status,
-        smtp_code=smtp_code_in(diagnostic),
+        smtp_code=code,
         diagnostic=diagnostic,
         command=command,
+        quoted=True if code is not None or _REMOTE.search(diagnostic) else None,
     )
 
 
@@ -144,7 +169,7 @@ def _report(layout: str, recipients: Iterable[Recipient]) -> Report | None:
     found = tuple(recipients)
     if not found:
         return None
-    return Report(kind="dsn", recipients=found, layout=layout)
+    return Report(kind=report_kind(found), recipients=found, layout=layout)
 
 
 # --- qmail ------------------------------------------------------------------------------
@@ -302,6 +327,7 @@ def parse_text(msg: Message) -> Report | None:
     lines = [_QUOTE.sub("", line) for line in notice.split("\n")]
     seen: dict[str, tuple[str, int]] = {}  # lowercased address -> (address, line index)
     leading: list[tuple[str, int]] = []  # addresses that begin a line: the usual listing
+    mentions: dict[str, list[int]] = {}  # lowercased address -> every line naming it
     for index, line in enumerate(lines):
         if _NOT_RECIPIENT_LINE.match(line) or len(seen) >= MAX_RECIPIENTS:
             continue
@@ -311,6 +337,7 @@ def parse_text(msg: Message) -> Report | None:
                 continue
             if not failed and (lowered in own or lowered.startswith("mailer-daemon@")):
                 continue
+            mentions.setdefault(lowered, []).append(index)
             if lowered not in seen:
                 seen[lowered] = (address, index)
                 if _LEADING.match(line) and line.lstrip(_LEAD_CHARS).lower().startswith(lowered):
@@ -324,22 +351,46 @@ def parse_text(msg: Message) -> Report | None:
         found = [(a, -1) for a in addresses_in(original_to) if a.lower() not in own][:5]
     if not found:
         return None
-    starts = {index for _, index in found}
+    named = {a.lower() for a, _ in found}
     action = _action(notice)
     recipients = []
     for address, index in found:
+        # what is said about the others is not about this one: a summary listing two
+        # recipients then "a: 550 5.1.1 ..." and "b: 552 5.2.2 ..." gives each its own reply
+        others = named - {address.lower()}
+        starts = {i for other in others for i in mentions.get(other, [])}  # others' lines
+        own_notice = "\n".join(
+            line for line in lines if not any(other in line.lower() for other in others)
+        )
         if index < 0:
-            recipients.append(_make(address, "", action, fallback=notice))
+            recipients.append(_make(address, "", action, fallback=own_notice))
             continue
         transcript = transcript_context(notice, address)
         if transcript:
-            recipients.append(_make(address, transcript, action, fallback=notice))
+            recipients.append(_make(address, transcript, action, fallback=own_notice))
             continue
-        chunk = [re.sub(re.escape(address), " ", lines[index], flags=re.IGNORECASE)]
-        for offset in range(index + 1, min(len(lines), index + 12)):
-            if offset in starts or len(chunk) > 6:
-                break
-            if lines[offset].strip():
-                chunk.append(lines[offset])
-        recipients.append(_make(address, " ".join(chunk), action, fallback=notice))
+        chunks = [_lines_from(lines, at, address, starts) for at in mentions[address.lower()]]
+        chunk = next((c for c in chunks if _has_reason(c)), chunks[0])
+        recipients.append(_make(address, chunk, action, fallback=own_notice))
     return _report("text", recipients)
+
+
+def _lines_from(lines: list[str], index: int, address: str, starts: set[int]) -> str:
+    """The line at ``index`` without ``address``, and the lines after it up to one about
+    another recipient (``starts``)."""
+    chunk = [re.sub(re.escape(address), " ", lines[index], flags=re.IGNORECASE)]
+    for offset in range(index + 1, min(len(lines), index + 12)):
+        if offset in starts or len(chunk) > 6:
+            break
+        if lines[offset].strip():
+            chunk.append(lines[offset])
+    return " ".join(chunk)
+
+
+def _has_reason(chunk: str) -> bool:
+    """A reply code, an enhanced status code or a few words, not just the address."""
+    return (
+        smtp_code_in(chunk) is not None
+        or find_enhanced(chunk) is not None
+        or len(re.findall(r"[^\W\d_]{3,}", chunk)) >= 2
+    )
