@@ -64,8 +64,8 @@ def dns_server() -> Iterator[DNSServer]:
 async def gateway(
     tmp_path: Path, redis_url: str, store: Store, sink: Sink, dns_server: DNSServer
 ) -> AsyncIterator[tuple[Client, Any]]:
-    """A gateway relaying into the sink from a warming IP (and a warm one, pool "bulk"), with a DKIM key for
-    shop.example.com published on the DNS server it asks."""
+    """A gateway relaying into the sink from a warming IP (and a warm one, pool "bulk"), with
+    a DKIM key for shop.example.com published on the DNS server it asks."""
     settings = gateway_settings(
         tmp_path,
         relay=sink.relay,
