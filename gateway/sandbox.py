@@ -30,11 +30,11 @@ import dns.exception
 import dns.resolver
 
 from core.addresses import domain_of
-from core.jobs import Job
+from core.jobs import AcceptEntry, CapRule, Job
 from core.settings import Secret, Settings
 from core.store import Store
 from gateway.intake import Prepared
-from gateway.preflight.content import content_checks, merge_tags
+from gateway.preflight.content import content_checks, merge_tag_check, merge_tags
 from gateway.preflight.model import Check
 from mta.composer import Composer
 from tracking.links import rewrite_links
@@ -133,19 +133,14 @@ class Sandbox:
                 continue
             fate: dict[str, Any] = {"status": STATUS_QUEUED}
             send_at = max(now, entry.due)
-            contact = entry.contact
-            for rule in prepared.policy.rules if contact is not None else ():
-                assert contact is not None
-                counted = await self.store.capped_now(
-                    rule.key, contact, entry.suppression_field, rule.window_seconds, now
-                )
-                if counted >= rule.limit:
-                    what = f"frequency cap: {counted} of at most {rule.limit} "
-                    what += f"{'' if rule.category == '*' else rule.category + ' '}messages "
-                    what += f"per {rule.window_seconds} seconds already sent"
-                    fate = {"status": "capped" if rule.action == "drop" else "scheduled"}
-                    fate["reason"] = what + ("" if rule.action == "drop" else "; deferred")
-                    break
+            broken = await self._cap_broken(prepared, entry, now)
+            if broken is not None:
+                rule, counted = broken
+                what = f"frequency cap: {counted} of at most {rule.limit} "
+                what += f"{'' if rule.category == '*' else rule.category + ' '}messages "
+                what += f"per {rule.window_seconds} seconds already sent"
+                fate = {"status": "capped" if rule.action == "drop" else "scheduled"}
+                fate["reason"] = what + ("" if rule.action == "drop" else "; deferred")
             if fate["status"] == "capped":
                 fates.append(fate)
                 continue
@@ -159,6 +154,21 @@ class Sandbox:
                 fate["send_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(send_at))
             fates.append(fate)
         return fates
+
+    async def _cap_broken(
+        self, prepared: Prepared, entry: AcceptEntry, now: float
+    ) -> tuple[CapRule, int] | None:
+        """The first cap rule the recipient's contact has used up, with its count, read (the
+        sandbox counts nothing)."""
+        if entry.contact is None:
+            return None
+        for rule in prepared.policy.rules:
+            counted = await self.store.capped_now(
+                rule.key, entry.contact, entry.suppression_field, rule.window_seconds, now
+            )
+            if counted >= rule.limit:
+                return rule, counted
+        return None
 
     # --- reading the inbox --------------------------------------------------------------
 
@@ -332,17 +342,5 @@ def _message_checks(
             )
         )
     leftovers = merge_tags(" ".join(p for p in (str(message.get("Subject", "")), html, text) if p))
-    checks.append(
-        Check(
-            "message.merge_tags",
-            "fail" if leftovers else "pass",
-            f"{len(leftovers)} unfilled merge tag(s) in the message"
-            if leftovers
-            else "no unfilled merge tags",
-            ", ".join(leftovers[:5]),
-            "use {{ variable }} with the recipient's data (or | default('...'))"
-            if leftovers
-            else "",
-        )
-    )
+    checks.append(merge_tag_check("message.merge_tags", leftovers))
     return checks

@@ -11,12 +11,13 @@ from typing import Any
 import msgpack
 
 from core import keys
+from core.store.base import Client, text
 
 MAX_CAPTURED = 10_000  # the oldest captures go first beyond this
 
 
 class SandboxStore:
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Client) -> None:
         self.redis = client
 
     async def capture(self, records: list[dict[str, Any]], retention: float) -> None:
@@ -39,10 +40,10 @@ class SandboxStore:
     async def recent(self, limit: int, before: float | None = None) -> list[dict[str, Any]]:
         """The newest captures (captured before ``before``), newest first."""
         high: float | str = f"({before}" if before is not None else "+inf"
-        names = await self.redis.zrevrangebyscore(keys.SANDBOX_INDEX, high, "-inf", 0, limit)
+        names: Any = await self.redis.zrevrangebyscore(keys.SANDBOX_INDEX, high, "-inf", 0, limit)
         if not names:
             return []
-        values = await self.redis.mget([keys.sandbox_message(n.decode()) for n in names])
+        values = await self.redis.mget([keys.sandbox_message(text(n)) for n in names])
         return [msgpack.unpackb(v) for v in values if v is not None]
 
     async def get(self, message_id: str) -> dict[str, Any] | None:

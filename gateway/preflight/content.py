@@ -30,6 +30,22 @@ _MERGE_TAG = re.compile(
 )
 
 
+def merge_tag_check(check_id: str, leftovers: list[str]) -> Check:
+    """The check of merge tags left unfilled in a rendered (or composed) message."""
+    return Check(
+        check_id,
+        "fail" if leftovers else "pass",
+        f"{len(leftovers)} merge tag(s) left unfilled"
+        if leftovers
+        else "no merge tag left unfilled",
+        ", ".join(leftovers[:5]),
+        "write personalization as {{ variable }} (Jinja2), with | default('...') where data "
+        "may be missing"
+        if leftovers
+        else "",
+    )
+
+
 def merge_tags(text: str) -> list[str]:
     """Merge tags and template syntax left in rendered output, each once, in order."""
     found: list[str] = []
@@ -81,20 +97,7 @@ def content_checks(domain: str, body: Any) -> list[Check]:
             "give the missing data or a | default(...)",
         )
     )
-    checks.append(
-        Check(
-            "content.merge_tags",
-            "fail" if leftovers else "pass",
-            f"{len(leftovers)} merge tag(s) left unfilled in the rendered message"
-            if leftovers
-            else "no merge tags left unfilled",
-            ", ".join(leftovers[:5]),
-            "write personalization as {{ variable }} (Jinja2), with | default('...') "
-            "where data may be missing"
-            if leftovers
-            else "",
-        )
-    )
+    checks.append(merge_tag_check("content.merge_tags", leftovers))
     checks.append(
         Check(
             "content.text_part",
