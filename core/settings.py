@@ -429,6 +429,13 @@ class SandboxSettings:
         text="7d",
         help="how long the sandbox keeps a captured message",
     )
+    follow_private: bool = option(
+        "sandbox_follow_private",
+        casts.boolean,
+        default=False,
+        help="true lets the sandbox follow a message's links to loopback, private or "
+        "link-local addresses (by default only public ones are asked)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,9 @@ from concurrent.futures import Executor
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
+import aiohttp
 import dkim
 import dns.exception
 import dns.resolver
@@ -36,11 +38,15 @@ from core.store import Store
 from gateway.intake import Prepared
 from gateway.preflight.content import content_checks, merge_tag_check, merge_tags
 from gateway.preflight.model import Check
+from gateway.webhooks import GlobalOnlyResolver, RefusedTarget, check_literal
 from mta.composer import Composer
 from tracking.links import rewrite_links
 from tracking.tokens import TokenError
 
 STATUS_QUEUED = "queued"
+MAX_HOPS = 5  # redirects followed per link
+MAX_FOLLOWED = 50  # links followed per message
+FOLLOW_SECONDS = 8.0  # for all of a message's links together
 _PIXEL_PATH = "/t/o/"
 _CLICK_PATH = "/t/c/"
 _UNSUBSCRIBE_PATH = "/t/u/"
@@ -177,11 +183,50 @@ class Sandbox:
         found = await self.store.sandbox.recent(limit, before)
         return [_summary(r) for r in found]
 
-    async def inspect(self, message_id: str) -> dict[str, Any] | None:
+    async def inspect(self, message_id: str, *, follow: bool = False) -> dict[str, Any] | None:
+        """One capture, read back; ``follow``: each link's redirects are followed too."""
         record = await self.store.sandbox.get(message_id)
         if record is None:
             return None
-        return await asyncio.to_thread(self._inspect, record)
+        found = await asyncio.to_thread(self._inspect, record)
+        if follow:
+            await self._follow(found["links"])
+        return found
+
+    async def _follow(self, links: list[dict[str, Any]]) -> None:
+        """Where each link finally leads: its destination asked with HEAD (GET where HEAD is
+        refused), redirects followed up to ``MAX_HOPS``, public addresses only (unless
+        ``SLUICE_SANDBOX_FOLLOW_PRIVATE``). Adds ``final`` ({url, status} or {problem}) and
+        ``hops`` to each link that has a destination."""
+        private = self.settings.sandbox.follow_private
+        connector = aiohttp.TCPConnector(resolver=None if private else GlobalOnlyResolver())
+        timeout = aiohttp.ClientTimeout(total=FOLLOW_SECONDS)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            wanted = [link for link in links if link.get("leads_to")][:MAX_FOLLOWED]
+            await asyncio.gather(*(self._follow_one(session, link, private) for link in wanted))
+
+    async def _follow_one(
+        self, session: aiohttp.ClientSession, link: dict[str, Any], private: bool
+    ) -> None:
+        url: str = link["leads_to"]
+        hops: list[dict[str, Any]] = []
+        link["hops"] = hops
+        try:
+            for _ in range(MAX_HOPS + 1):
+                if urlsplit(url).scheme not in ("http", "https"):
+                    link["final"] = {"url": url, "status": None}
+                    return
+                if not private:
+                    check_literal(url)
+                status, location = await _ask(session, url)
+                hops.append({"url": url, "status": status})
+                if location is None or not 300 <= status < 400:
+                    link["final"] = {"url": url, "status": status}
+                    return
+                url = urljoin(url, location)
+            link["final"] = {"problem": f"more than {MAX_HOPS} redirects"}
+        except (aiohttp.ClientError, TimeoutError, RefusedTarget, ValueError) as exc:
+            link["final"] = {"problem": str(exc) or exc.__class__.__name__}
 
     def _inspect(self, record: dict[str, Any]) -> dict[str, Any]:
         raw: bytes = record["raw"]
@@ -288,6 +333,16 @@ class Sandbox:
         if path.startswith(_PIXEL_PATH):
             return {"tracked": True, "kind": "open", "leads_to": None}
         return {"tracked": True, "leads_to": url}
+
+
+async def _ask(session: aiohttp.ClientSession, url: str) -> tuple[int, str | None]:
+    """(status, Location) of ``url``, without following: HEAD, or GET where HEAD is refused."""
+    headers = {"User-Agent": "Sluice-Sandbox/1 (link check)"}
+    async with session.head(url, allow_redirects=False, headers=headers) as answer:
+        if answer.status not in (405, 501):
+            return answer.status, answer.headers.get("Location")
+    async with session.get(url, allow_redirects=False, headers=headers) as answer:
+        return answer.status, answer.headers.get("Location")
 
 
 def _subject(raw: bytes) -> str:

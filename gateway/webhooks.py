@@ -59,6 +59,18 @@ class RefusedTarget(Exception):
     """The webhook URL points at an address the SSRF guard refuses."""
 
 
+def check_literal(url: str) -> None:
+    """``RefusedTarget`` for a URL whose host is a private or reserved IP address literal (a
+    name is checked when it is resolved: ``GlobalOnlyResolver``)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return
+    if not is_allowed(str(literal)):
+        raise RefusedTarget(f"{host} is a private or reserved address")
+
+
 def is_allowed(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -141,13 +153,8 @@ class WebhookDispatcher:
         return batch
 
     async def _post(self, session: aiohttp.ClientSession, batch: WebhookBatch) -> tuple[int, str]:
-        host = urlsplit(self.url).hostname or ""
-        try:
-            literal = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            literal = None
-        if literal is not None and not self.settings.allow_private and not is_allowed(str(literal)):
-            raise RefusedTarget(f"{host} is a private or reserved address")
+        if not self.settings.allow_private:
+            check_literal(self.url)
         stamp = int(time.time())
         headers = {
             "Content-Type": "application/json",

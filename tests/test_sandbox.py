@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.store import Store
@@ -246,3 +247,57 @@ async def test_captures_are_kept_for_the_configured_time(
         assert (await client.get(f"/v1/sandbox/messages/{message_id}")).status == 404
         listed = await (await client.get("/v1/sandbox/messages")).json()
         assert listed["messages"] == []
+
+
+@pytest.fixture
+async def redirecting() -> AsyncIterator[str]:
+    """A web server on loopback: /go redirects twice, then lands on /landing (200)."""
+
+    async def go(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/step")
+
+    async def step(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/landing?utm_source=email")
+
+    async def landing(request: web.Request) -> web.Response:
+        return web.Response(text="the shop")
+
+    app = web.Application()
+    app.router.add_get("/go", go)
+    app.router.add_get("/step", step)
+    app.router.add_get("/landing", landing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["allowed", "refused"])
+async def test_links_are_followed_to_where_they_finally_lead(
+    tmp_path: Path, redis_url: str, store: Store, sink: Sink, redirecting: str, private: bool
+) -> None:
+    settings = gateway_settings(
+        tmp_path, relay=sink.relay, sandbox_follow_private="true" if private else "false"
+    )
+    body = fixture(sandbox=True)
+    body["html"] = body["html"].replace("</body>", f'<a href="{redirecting}/go">x</a></body>')
+    async with running_api(settings, redis_url) as client:
+        _, answer = await post(client, body)
+        message_id = answer["results"][0]["message_id"]
+        path = f"/v1/sandbox/messages/{message_id}"
+        plain = await (await client.get(path)).json()
+        assert all("final" not in link for link in plain["links"])  # only when asked
+        followed = await (await client.get(path + "?follow=true")).json()
+        (link,) = [x for x in followed["links"] if x.get("leads_to") == f"{redirecting}/go"]
+        if private:
+            assert link["final"] == {
+                "url": f"{redirecting}/landing?utm_source=email",
+                "status": 200,
+            }
+            assert [hop["status"] for hop in link["hops"]] == [302, 301, 200]
+        else:
+            assert "private or reserved" in link["final"]["problem"]
+        assert (await client.get(path + "?follow=yes")).status == 400

@@ -28,9 +28,16 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 async def get_message(request: web.Request) -> web.Response:
-    query(request)
+    follow = query(request, "follow").get("follow", "false")
+    if follow not in ("true", "false"):
+        raise ValidationError("'follow' must be true or false", field="follow")
     message_id = request.match_info["message_id"]
-    found = await request.app[SANDBOX].inspect(message_id) if len(message_id) <= 200 else None
+    sandbox = request.app[SANDBOX]
+    found = (
+        await sandbox.inspect(message_id, follow=follow == "true")
+        if len(message_id) <= 200
+        else None
+    )
     if found is None:
         raise NotFound(
             f"no captured message {message_id[:64]!r} (kept for SLUICE_SANDBOX_RETENTION)"
@@ -118,6 +125,16 @@ _DETAIL = {
                     "kind": {"type": "string"},
                     "leads_to": {"type": ["string", "null"]},
                     "problem": {"type": "string"},
+                    "hops": {
+                        "type": "array",
+                        "description": "with follow=true: each URL asked and its status",
+                        "items": {"type": "object"},
+                    },
+                    "final": {
+                        "type": "object",
+                        "description": "with follow=true: where the link finally leads "
+                        "({url, status}), or why that is unknown ({problem})",
+                    },
                 },
             },
         },
@@ -168,7 +185,15 @@ PATHS: dict[str, Any] = {
                     "in": "path",
                     "required": True,
                     "schema": {"type": "string", "maxLength": 200},
-                }
+                },
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "required": False,
+                    "description": "true: follow each link's redirects to where it finally "
+                    "leads (public addresses only, unless SLUICE_SANDBOX_FOLLOW_PRIVATE)",
+                    "schema": {"type": "string", "enum": ["true", "false"]},
+                },
             ],
             "responses": answered("The captured message", _DETAIL, (400, 401, 404)),
         }

@@ -324,11 +324,16 @@ async def sandbox_list(request: web.Request) -> web.Response:
 
 async def sandbox_message(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
-    found = await request.app[SANDBOX].inspect(message_id) if len(message_id) <= 200 else None
+    follow = request.query.get("follow") == "1"
+    found = (
+        await request.app[SANDBOX].inspect(message_id, follow=follow)
+        if len(message_id) <= 200
+        else None
+    )
     if found is None:
         raise NotFound("no such captured message (kept for SLUICE_SANDBOX_RETENTION)")
     images = request.query.get("images") == "1"
-    return render(request, "sandbox_message.html", m=found, images=images)
+    return render(request, "sandbox_message.html", m=found, images=images, follow=follow)
 
 
 # the frame a captured message's HTML is shown in: no script, no form, no other origin, and
