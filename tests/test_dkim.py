@@ -72,6 +72,7 @@ def keygen(data_dir: Path, selector: str, algorithm: str = "rsa") -> tuple[str, 
 # --- keys and the command line --------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI as processes
 def test_keygen_prints_the_record_and_keeps_keys_private(tmp_path: Path) -> None:
     data = tmp_path / "data"
     name, rdata = keygen(data, "s2026")

@@ -216,6 +216,7 @@ def put(served: Any, path: str, body: Any) -> Any:
         return json.loads(answer.read())
 
 
+@pytest.mark.slow  # runs the CLI as processes
 def test_warmup_commands(tmp_path: Path) -> None:
     def sluice(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
