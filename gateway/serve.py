@@ -182,7 +182,11 @@ async def _run(
                 settings.delivery.workers,
                 f"relay {settings.delivery.relay}" if settings.delivery.relay else "delivery by MX",
             )
-            print(f"sluice: ready on http://{settings.http.listen}", flush=True)
+            print(
+                f"sluice: ready on http://{settings.http.listen} "
+                f"(console: http://{settings.http.listen}/ui/)",
+                flush=True,
+            )
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
