@@ -21,8 +21,9 @@ from core.settings import HostPort, Settings
 from core.store import Store
 from loadtests.fault_sink import FaultSink
 from loadtests.harness import fixture_batch
+from loadtests.redis_cluster import LocalCluster
 from mta.worker import Worker
-from tests.conftest import fresh_store, gateway_settings
+from tests.conftest import CLUSTER_SHARDS, fresh_store, gateway_settings, need_tools
 from tests.inprocess import (
     Client,
     Webhooks,
@@ -40,9 +41,26 @@ RECOVERS = "recovers@inbox.example.org"  # full too, but one message gets throug
 BLOCKED = "blocked@inbox.example.org"  # deferred for the sender's reputation, not the address
 
 
-@pytest.fixture(params=[1, 8], ids=["one-shard", "eight-shards"])
-async def store(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    async with fresh_store(redis_url, request.param) as opened:
+@pytest.fixture(
+    params=[
+        pytest.param(1, id="one-shard"),
+        pytest.param(8, id="eight-shards"),
+        # the scripts' keys must share one slot per shard: a real cluster refuses otherwise
+        pytest.param(CLUSTER_SHARDS, id="cluster", marks=pytest.mark.slow),
+    ]
+)
+def backend(redis_url: str, request: pytest.FixtureRequest) -> tuple[str, int]:
+    """(Redis URL, shards): one Redis in one or eight shards, or a Redis Cluster."""
+    if request.param == CLUSTER_SHARDS:
+        need_tools("redis-server")
+        cluster: LocalCluster = request.getfixturevalue("cluster")
+        return cluster.url, CLUSTER_SHARDS
+    return redis_url, int(request.param)
+
+
+@pytest.fixture
+async def store(backend: tuple[str, int]) -> AsyncIterator[Store]:
+    async with fresh_store(*backend) as opened:
         yield opened
 
 
@@ -95,8 +113,9 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(
-    redis_url: str, store: Store, fault: FaultSink, tmp_path: Path
+    backend: tuple[str, int], store: Store, fault: FaultSink, tmp_path: Path
 ) -> AsyncIterator[Gateway]:
+    redis_url = backend[0]
     clock = ManualClock(float(int(time.time())))  # whole seconds: times compare exactly
     settings = gateway_settings(tmp_path, relay=fault.relay)
     assert settings.delivery.soft_bounce_limit.messages == 3  # the defaults
