@@ -4,6 +4,7 @@ origin, error pages, and the filters pages use to show numbers."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ import jinja2
 from aiohttp import web
 
 from core.errors import ClientError
+from core.store import REDIS_ERRORS, StoreError
 from gateway.console.session import (
     COOKIE,
     CSRF_FIELD,
@@ -23,6 +25,7 @@ from gateway.console.session import (
     secure_headers,
 )
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SESSIONS = web.AppKey("console_sessions", Sessions)
 NONCE = web.RequestKey("console_nonce", str)
@@ -104,8 +107,9 @@ def see_other(location: str) -> web.Response:
 @web.middleware
 async def console_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """On ``/ui/``: signed out, every page is the sign-in page (a redirect, or 401 for an
-    action); every POST checks its CSRF token and origin; a ``ClientError`` becomes an error
-    page; every answer gets the console's security headers."""
+    action); every POST checks its CSRF token and origin; a refusal, Redis being away or an
+    unexpected failure becomes an error page (logged); every answer gets the console's
+    security headers."""
     if not request.path.startswith("/ui"):
         return await handler(request)
     if request.path == "/ui":
@@ -134,6 +138,12 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = _error(request, exc.status, exc.reason, "")
     except ClientError as exc:
         response = _error(request, exc.status, exc.detail, "")
+    except (StoreError, *REDIS_ERRORS) as exc:
+        log.error("console: store unavailable: %s", exc)
+        response = _error(request, 503, "Redis is unavailable", "reload in a few seconds")
+    except Exception:
+        log.exception("console: unexpected error on %s %s", request.method, request.path)
+        response = _error(request, 500, "Unexpected error", "it was logged")
     if "Content-Security-Policy" not in response.headers:
         secure_headers(response)
     return response
