@@ -341,6 +341,7 @@ _RULES: tuple[_Rule, ...] = (
         r"|\bsender\b.{0,40}\b(?:rejected|refused|denied|invalid|not allowed)"
         r"|\b(?:sender|reply-?to)(?:'s)?\b.{0,20}\b(?:domain|address)\b.{0,20}"
         r"(?:does not|doesn't) exist|reply-?to (?:domain|address)"
+        r"|\byour (?:sending |sender |mail )?domain\b.{0,30}\b(?:does not|doesn't|not|is not)\b"
         r"|mail ?from\b|valid from\b|from:? (?:header|domain)|from address|envelope (?:sender|from)"
         r"|return[- ]path|bad outbound",
         "policy",
@@ -490,7 +491,16 @@ def _basic_meaning(code: int) -> _Meaning:
     return _GENERIC_OTHER
 
 
-def _meaning(code: int, enhanced: str | None, rule: _Rule | None, command: str | None) -> _Meaning:
+# Under x.7.x at RCPT TO, words that make a "does not exist" about us or a policy, not the
+# recipient: "Your domain does not exist", "mailbox unavailable. Reject due to policy"
+_NOT_THE_RECIPIENT = re.compile(
+    r"\b(?:your|sender|sending|client|polic(?:y|ies)|due to)\b", re.IGNORECASE
+)
+
+
+def _meaning(
+    code: int, enhanced: str | None, rule: _Rule | None, command: str | None, reply: str
+) -> _Meaning:
     if (
         code in (521, 556)
         and (enhanced is None or enhanced[2] != "7")
@@ -522,10 +532,11 @@ def _meaning(code: int, enhanced: str | None, rule: _Rule | None, command: str |
             and enhanced[2] == "7"
             and rule.meaning.hard
             and not rule.beats_policy
-            and not (command == "RCPT" and rule.gone)
+            and not (command == "RCPT" and rule.gone and not _NOT_THE_RECIPIENT.search(reply))
         ):
             # x.7.x is a refusal: not hard, whatever the text, except at RCPT TO a text that
-            # only says the address or domain does not exist (access maps answer 5.7.1)
+            # only says the address or domain does not exist (access maps answer 5.7.1), and
+            # says nothing of the sender or of a policy
             return by_code or _GENERIC_POLICY
         return rule.meaning
     if by_code is not None and by_code is not _GENERIC_OTHER:
@@ -603,7 +614,7 @@ def classify(
     if not 400 <= code <= 599:
         return Verdict("transient", "other", enhanced, throttle=throttle, hard=False)
     answered = command or _implied_command(code, text, enhanced)
-    meaning = _meaning(code, enhanced, rule, answered)
+    meaning = _meaning(code, enhanced, rule, answered, text)
     if answered in _ABOUT_US:
         meaning = _about_us(meaning, code, text, answered)
     if code < 500 and not gave_up:

@@ -229,6 +229,10 @@ PHASE_REPLIES = [
     (550, "5.1.1 User unknown", "DOT", False, False, "permanent", "bad-mailbox", True),  # the code says so
     (550, "5.7.1 <a@example.net>: Recipient address rejected: user unknown", "RCPT", True, False, "permanent", "bad-mailbox", True),
     (550, "5.7.1 <a@example.net>: Recipient address rejected: user unknown", "DOT", True, False, "permanent", "policy", False),
+    # ... unless the text is about us or a policy: Postfix checks the sender at RCPT TO too
+    (550, "5.7.1 Your domain does not exist", "RCPT", False, False, "permanent", "policy", False),
+    (550, "Your sending domain does not exist", "RCPT", False, False, "permanent", "policy", False),
+    (550, "5.7.1 Requested action not taken: mailbox unavailable. Reject due to policy restrictions", "RCPT", False, False, "permanent", "policy", False),
     # at MAIL FROM, HELO or the greeting the reply is about us, not the recipient
     (550, "5.1.1 User unknown", "MAIL", False, False, "permanent", "policy", False),
     (550, "5.1.2 <mail.sluice.test>... Host unknown (Name server: mail.sluice.test: host not found)", "HELO", False, False, "permanent", "policy", False),
