@@ -21,6 +21,8 @@ import html as html_lib
 import re
 import time
 from concurrent.futures import Executor
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
@@ -47,6 +49,7 @@ STATUS_QUEUED = "queued"
 MAX_HOPS = 5  # redirects followed per link
 MAX_FOLLOWED = 50  # links followed per message
 FOLLOW_SECONDS = 8.0  # for all of a message's links together
+ASK_SECONDS = 4.0  # for one request
 _PIXEL_PATH = "/t/o/"
 _CLICK_PATH = "/t/c/"
 _UNSUBSCRIBE_PATH = "/t/u/"
@@ -106,7 +109,7 @@ class Sandbox:
                 {
                     "message_id": entry.message_id,
                     "batch_id": prepared.batch_id,
-                    "captured_at": round(time.time(), 3),
+                    "captured_at": round(time.time(), 6),
                     "email": job.email,
                     "from": content.sender.email,
                     "subject": "",  # read from the message when shown
@@ -178,7 +181,9 @@ class Sandbox:
 
     # --- reading the inbox --------------------------------------------------------------
 
-    async def recent(self, limit: int, before: float | None = None) -> list[dict[str, Any]]:
+    async def recent(
+        self, limit: int, before: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
         """The newest captures, without their bodies."""
         found = await self.store.sandbox.recent(limit, before)
         return [_summary(r) for r in found]
@@ -199,11 +204,21 @@ class Sandbox:
         ``SLUICE_SANDBOX_FOLLOW_PRIVATE``). Adds ``final`` ({url, status} or {problem}) and
         ``hops`` to each link that has a destination."""
         private = self.settings.sandbox.follow_private
-        connector = aiohttp.TCPConnector(resolver=None if private else GlobalOnlyResolver())
-        timeout = aiohttp.ClientTimeout(total=FOLLOW_SECONDS)
+        resolver = None if private else GlobalOnlyResolver("SLUICE_SANDBOX_FOLLOW_PRIVATE")
+        connector = aiohttp.TCPConnector(resolver=resolver)
+        timeout = aiohttp.ClientTimeout(total=ASK_SECONDS)
+        wanted = [link for link in links if link.get("leads_to")][:MAX_FOLLOWED]
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            wanted = [link for link in links if link.get("leads_to")][:MAX_FOLLOWED]
-            await asyncio.gather(*(self._follow_one(session, link, private) for link in wanted))
+            try:
+                async with asyncio.timeout(FOLLOW_SECONDS):
+                    await asyncio.gather(
+                        *(self._follow_one(session, link, private) for link in wanted)
+                    )
+            except TimeoutError:
+                for link in wanted:
+                    link.setdefault(
+                        "final", {"problem": f"no answer within {FOLLOW_SECONDS:.0f} s"}
+                    )
 
     async def _follow_one(
         self, session: aiohttp.ClientSession, link: dict[str, Any], private: bool
@@ -236,7 +251,7 @@ class Sandbox:
         text_part = message.get_body(("plain",))
         html = html_part.get_content() if html_part is not None else None
         text = text_part.get_content() if text_part is not None else None
-        headers = [(name, str(value)) for name, value in message.items()]
+        headers = [(name, _shown(value)) for name, value in message.raw_items()]
         marketing = record.get("stream") != "transactional"
         checks = list(record.get("checks", []))
         checks += _as_checks(_message_checks(message, html, text, marketing, self.public_url))
@@ -343,6 +358,16 @@ async def _ask(session: aiohttp.ClientSession, url: str) -> tuple[int, str | Non
             return answer.status, answer.headers.get("Location")
     async with session.get(url, allow_redirects=False, headers=headers) as answer:
         return answer.status, answer.headers.get("Location")
+
+
+def _shown(raw_value: str) -> str:
+    """A header field's value as a person reads it: unfolded, RFC 2047 words decoded where
+    they decode (a custom header is shown as written when they do not)."""
+    unfolded = re.sub(r"\r?\n(?=[ \t])", "", raw_value).strip()
+    try:
+        return str(make_header(decode_header(unfolded)))
+    except (ValueError, LookupError, UnicodeDecodeError, HeaderParseError):
+        return unfolded
 
 
 def _subject(raw: bytes) -> str:

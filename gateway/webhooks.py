@@ -81,8 +81,9 @@ def is_allowed(address: str) -> bool:
 class GlobalOnlyResolver(AbstractResolver):
     """Resolves like aiohttp does, then keeps only global addresses (none: refused)."""
 
-    def __init__(self) -> None:
+    def __init__(self, setting: str = "SLUICE_WEBHOOK_ALLOW_PRIVATE") -> None:
         self._inner = DefaultResolver()
+        self._setting = setting  # what lifts the refusal, for the message
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -92,8 +93,7 @@ class GlobalOnlyResolver(AbstractResolver):
         if not allowed:
             raise RefusedTarget(
                 f"{host} resolves only to private or reserved addresses "
-                f"({', '.join(r['host'] for r in found)}); set SLUICE_WEBHOOK_ALLOW_PRIVATE=true "
-                "to allow them"
+                f"({', '.join(r['host'] for r in found)}); set {self._setting}=true to allow them"
             )
         return allowed
 

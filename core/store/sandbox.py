@@ -37,13 +37,27 @@ class SandboxStore:
             pipe.pexpire(keys.SANDBOX_INDEX, ttl_ms)
             await pipe.execute()
 
-    async def recent(self, limit: int, before: float | None = None) -> list[dict[str, Any]]:
-        """The newest captures (captured before ``before``), newest first."""
-        high: float | str = f"({before}" if before is not None else "+inf"
-        names: Any = await self.redis.zrevrangebyscore(keys.SANDBOX_INDEX, high, "-inf", 0, limit)
+    async def recent(
+        self, limit: int, before: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest captures, newest first; ``before``: the (captured_at, message_id) of the
+        last one of the page before (several captures may share a time)."""
+        names: list[str] = []
+        high = "+inf"
+        if before is not None:
+            score, last = before
+            same: Any = await self.redis.zrangebyscore(keys.SANDBOX_INDEX, score, score)
+            # a reverse range orders captures of one time by id, descending: go on from there
+            names = sorted((n for n in map(text, same) if n < last), reverse=True)[:limit]
+            high = f"({score!r}"
+        if len(names) < limit:
+            older: Any = await self.redis.zrevrangebyscore(
+                keys.SANDBOX_INDEX, high, "-inf", 0, limit - len(names)
+            )
+            names += [text(n) for n in older]
         if not names:
             return []
-        values = await self.redis.mget([keys.sandbox_message(text(n)) for n in names])
+        values = await self.redis.mget([keys.sandbox_message(n) for n in names])
         return [msgpack.unpackb(v) for v in values if v is not None]
 
     async def get(self, message_id: str) -> dict[str, Any] | None:

@@ -12,18 +12,19 @@ from core.errors import NotFound, ValidationError
 from gateway.api.common import SANDBOX, json_response, limit_of, query
 from gateway.api.openapi_parts import AUTH, answered
 
-_BEFORE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
+_BEFORE = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?):([a-z0-9.-]{1,64})")
 
 
 async def list_messages(request: web.Request) -> web.Response:
     query(request, "limit", "before")
-    before = request.query.get("before")
-    if before is not None and not _BEFORE.fullmatch(before):
-        raise ValidationError("'before' must be a captured_at of an earlier page", field="before")
-    found = await request.app[SANDBOX].recent(
-        limit_of(request, 50), float(before) if before else None
-    )
-    following = str(found[-1]["captured_at"]) if found else None
+    given = request.query.get("before")
+    cursor = _BEFORE.fullmatch(given) if given is not None else None
+    if given is not None and cursor is None:
+        raise ValidationError("'before' must be the 'next' of an earlier page", field="before")
+    before = (float(cursor.group(1)), cursor.group(2)) if cursor is not None else None
+    found = await request.app[SANDBOX].recent(limit_of(request, 50), before)
+    last = found[-1] if found else None
+    following = f"{last['captured_at']!r}:{last['message_id']}" if last else None
     return json_response({"messages": found, "next": following})
 
 
@@ -159,7 +160,10 @@ PATHS: dict[str, Any] = {
                     "in": "query",
                     "required": False,
                     "description": "the `next` of an earlier page",
-                    "schema": {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"},
+                    "schema": {
+                        "type": "string",
+                        "pattern": r"^[0-9]{1,12}(\.[0-9]{1,9})?:[a-z0-9.-]{1,64}$",
+                    },
                 },
             ],
             "responses": answered(

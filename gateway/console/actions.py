@@ -206,6 +206,9 @@ async def policy_save(request: web.Request) -> web.StreamResponse:
             "end": _field(form, "quiet_end", 10),
             "default_timezone": _field(form, "quiet_timezone", 64) or "UTC",
         }
+        ramp = _field(form, "quiet_ramp", 10)
+        if ramp:
+            document["quiet_hours"]["ramp_seconds"] = _number(ramp, "quiet hours ramp")
     try:
         policy = parse_policy(document)
     except ClientError as exc:

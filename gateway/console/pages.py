@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from core import suppressions as suppression_entries
+from core.addresses import AddressError, normalize_domain
 from core.errors import NotFound, ValidationError
 from core.events import iso_time
 from core.ids import split_message_id
@@ -309,6 +310,10 @@ async def checklist(request: web.Request) -> web.Response:
     asked = (request.query.get("domain") or (domains[0] if domains else "")).strip().lower()[:253]
     checks = []
     if asked:
+        try:
+            asked = normalize_domain(asked)
+        except AddressError as exc:
+            raise ValidationError(f"not a domain: {exc}", field="domain") from exc
         ips = [s.ip for s in settings.delivery.ips]
         found = await asyncio.to_thread(
             run_checks, settings, asked, [], ips, settings.delivery.nameserver

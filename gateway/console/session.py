@@ -61,9 +61,9 @@ class Sessions:
             return None
         expires, _, rest = cookie.partition(".")
         nonce, _, mac = rest.partition(".")
-        if not (expires.isdigit() and nonce and mac):
+        if not (cookie.isascii() and expires.isdigit() and nonce and mac):
             return None
-        if not hmac.compare_digest(mac, self._mac(f"{expires}.{nonce}")):
+        if not hmac.compare_digest(mac.encode(), self._mac(f"{expires}.{nonce}").encode()):
             return None
         if int(expires) < (time.time() if now is None else now):
             return None
@@ -104,7 +104,8 @@ def check_action(
     """An action's CSRF token and origin, or ``Forbidden``."""
     if not same_origin(request):
         raise Forbidden("refused: this action did not come from the console's own pages")
-    if form_token is None or not hmac.compare_digest(form_token, sessions.csrf(nonce)):
+    given = (form_token or "").encode("utf-8", "surrogateescape")
+    if not given or not hmac.compare_digest(given, sessions.csrf(nonce).encode()):
         raise Forbidden("refused: the form's CSRF token is missing or wrong; reload the page")
 
 
