@@ -249,6 +249,18 @@ def prepare(
     )
 
 
+def suppressed_reason(reason: str, scope: str) -> str:
+    """A suppressed recipient's reason as answers say it: ``unsubscribe (newsletter)``."""
+    return reason if scope == "global" else f"{reason} ({scope})"
+
+
+def cap_rule_text(category: str, limit: object, window: object) -> str:
+    """A frequency-cap rule in words: ``at most 3 promo messages per 86400 seconds``."""
+    return (
+        f"at most {limit} {'' if category == '*' else category + ' '}messages per {window} seconds"
+    )
+
+
 def final_response(
     response: str | dict[str, Any], outcomes: list[str]
 ) -> tuple[str, dict[str, int]]:
@@ -267,14 +279,11 @@ def final_response(
         elif kind == "x":
             reason, _, scope = rest.partition("|")
             result["status"] = "suppressed"
-            result["reason"] = reason if scope == "global" else f"{reason} ({scope})"
+            result["reason"] = suppressed_reason(reason, scope)
         elif kind == "c":
             category, limit, window = rest.split("|")
             result["status"] = "capped"
-            result["reason"] = (
-                f"frequency cap: at most {limit} {'' if category == '*' else category + ' '}"
-                f"messages per {window} seconds"
-            )
+            result["reason"] = f"frequency cap: {cap_rule_text(category, limit, window)}"
     counts = Counter(r["status"] for r in results)
     return json.dumps(answer, ensure_ascii=False), dict(counts)
 
@@ -390,21 +399,15 @@ class Intake:
             if isinstance(earlier, Unfinished):
                 resumed = earlier.batch_id
         policy = load_policy(await self.store.policy())
-        shards = self.store.shards
         now = self.clock()
-
-        def prepare_batch(batch_id: str | None) -> Prepared:
-            return prepare(body, now=now, policy=policy, shards=shards, batch_id=batch_id)
-
-        prepared = await self.off_loop(lambda: prepare_batch(resumed))
+        prepared = await self._prepare(body, now, policy, resumed)
         _refuse(prepared, reject_if)
         try:
             response, replayed, counts = await accept(
                 self.store, prepared, digest, key_digest, now=now
             )
         except OtherBatch as exc:  # the same request, begun at the same time over shards
-            other = exc.batch_id
-            prepared = await self.off_loop(lambda: prepare_batch(other))
+            prepared = await self._prepare(body, now, policy, exc.batch_id)
             response, replayed, counts = await accept(
                 self.store, prepared, digest, key_digest, now=now
             )
@@ -413,6 +416,15 @@ class Intake:
             self.on_accepted(submitted, time.monotonic() - started)
         return submitted
 
+    async def _prepare(
+        self, body: Any, now: float, policy: Policy, batch_id: str | None
+    ) -> Prepared:
+        """``prepare`` on the prepare thread, for this deployment's shards."""
+        shards = self.store.shards
+        return await self.off_loop(
+            lambda: prepare(body, now=now, policy=policy, shards=shards, batch_id=batch_id)
+        )
+
     async def _sandbox(self, body: dict[str, Any], reject_if: RejectIf | None) -> Submitted:
         """A sandbox request: prepared like any other, then captured instead of queued. An
         ``Idempotency-Key`` is not kept (sending it again captures it again: nobody is
@@ -420,11 +432,7 @@ class Intake:
         if self.sandbox is None:
             raise ValidationError("this gateway has no sandbox", field="sandbox")
         policy = load_policy(await self.store.policy())
-        shards = self.store.shards
-        batch_id = ids.new_sandbox_batch_id()
-        prepared = await self.off_loop(
-            lambda: prepare(body, now=self.clock(), policy=policy, shards=shards, batch_id=batch_id)
-        )
+        prepared = await self._prepare(body, self.clock(), policy, ids.new_sandbox_batch_id())
         _refuse(prepared, reject_if)
         answer = await self.sandbox.capture(prepared, body)
         counts = dict(Counter(r["status"] for r in answer["results"]))

@@ -21,6 +21,7 @@ import html as html_lib
 import re
 import time
 from concurrent.futures import Executor
+from dataclasses import asdict
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -30,18 +31,19 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import dkim
-import dns.exception
-import dns.resolver
+from dkim.util import parse_tag_value
 
 from core.addresses import domain_of
+from core.events import iso_time
 from core.jobs import AcceptEntry, CapRule, Job
 from core.settings import Secret, Settings
 from core.store import Store
-from gateway.intake import Prepared
+from gateway.intake import Prepared, cap_rule_text, suppressed_reason
 from gateway.preflight.content import content_checks, merge_tag_check, merge_tags
-from gateway.preflight.model import Check
+from gateway.preflight.model import Check, Dns, DnsFailure
 from gateway.webhooks import GlobalOnlyResolver, RefusedTarget, check_literal
 from mta.composer import Composer
+from suppression.quiet_hours import after_quiet_hours
 from tracking.links import rewrite_links
 from tracking.tokens import TokenError
 
@@ -50,6 +52,7 @@ MAX_HOPS = 5  # redirects followed per link
 MAX_FOLLOWED = 50  # links followed per message
 FOLLOW_SECONDS = 8.0  # for all of a message's links together
 ASK_SECONDS = 4.0  # for one request
+MAX_ID_CHARS = 200
 _PIXEL_PATH = "/t/o/"
 _CLICK_PATH = "/t/c/"
 _UNSUBSCRIBE_PATH = "/t/u/"
@@ -65,11 +68,8 @@ def unstuff(wire: bytes) -> bytes:
     return body.replace(b"\r\n..", b"\r\n.")
 
 
-def _as_checks(checks: list[Check]) -> list[dict[str, str]]:
-    return [
-        {"id": c.id, "status": c.status, "summary": c.summary, "detail": c.detail, "fix": c.fix}
-        for c in checks
-    ]
+def _checks_json(checks: list[Check]) -> list[dict[str, Any]]:
+    return [asdict(c) for c in checks]
 
 
 class Sandbox:
@@ -94,7 +94,7 @@ class Sandbox:
         content = prepared.content
         fates = await self._policy(prepared, now)
         sending_domain = domain_of(content.sender.email)
-        checks = _as_checks(await asyncio.to_thread(content_checks, sending_domain, body))
+        checks = _checks_json(await asyncio.to_thread(content_checks, sending_domain, body))
         by_id = {r["message_id"]: r for r in prepared.results if r.get("message_id")}
         records: list[dict[str, Any]] = []
         for entry, fate in zip(prepared.entries, fates, strict=True):
@@ -105,6 +105,7 @@ class Sandbox:
             job = Job.unpack(entry.job)
             wire = await self.composer.compose(content, job)
             await asyncio.sleep(0)  # signing is on the loop: let other requests through
+            raw = unstuff(wire.data)
             records.append(
                 {
                     "message_id": entry.message_id,
@@ -112,17 +113,15 @@ class Sandbox:
                     "captured_at": round(time.time(), 6),
                     "email": job.email,
                     "from": content.sender.email,
-                    "subject": "",  # read from the message when shown
+                    "subject": _subject(raw),
                     "campaign": content.campaign or content.category,
                     "category": content.category,
                     "stream": content.stream,
                     "would_be": fate,
-                    "raw": unstuff(wire.data),
+                    "raw": raw,
                     "checks": checks,
                 }
             )
-        for record in records:
-            record["subject"] = _subject(record["raw"])
         await self.store.sandbox.capture(records, self.retention)
         return {"batch_id": prepared.batch_id, "sandbox": True, "results": prepared.results}
 
@@ -136,8 +135,7 @@ class Sandbox:
         fates: list[dict[str, Any]] = []
         for entry, stop in zip(entries, stops, strict=True):
             if stop is not None:
-                scope = stop.category or "global"
-                reason = stop.reason if scope == "global" else f"{stop.reason} ({scope})"
+                reason = suppressed_reason(stop.reason, stop.category or "global")
                 fates.append({"status": "suppressed", "reason": reason})
                 continue
             fate: dict[str, Any] = {"status": STATUS_QUEUED}
@@ -145,22 +143,22 @@ class Sandbox:
             broken = await self._cap_broken(prepared, entry, now)
             if broken is not None:
                 rule, counted = broken
-                what = f"frequency cap: {counted} of at most {rule.limit} "
-                what += f"{'' if rule.category == '*' else rule.category + ' '}messages "
-                what += f"per {rule.window_seconds} seconds already sent"
+                rule_text = cap_rule_text(rule.category, rule.limit, rule.window_seconds)
+                what = f"frequency cap: {counted} of {rule_text} already sent"
                 fate = {"status": "capped" if rule.action == "drop" else "scheduled"}
                 fate["reason"] = what + ("" if rule.action == "drop" else "; deferred")
             if fate["status"] == "capped":
                 fates.append(fate)
                 continue
             quiet = prepared.policy.zones.get(entry.timezone or "", [])
-            for start, end in zip(quiet[::2], quiet[1::2], strict=True):
-                if start <= send_at < end:
-                    send_at = end + entry.ramp_offset
-                    fate.setdefault("reason", f"quiet hours in {entry.timezone}")
+            windows = tuple(zip(quiet[::2], quiet[1::2], strict=True))
+            held_until = after_quiet_hours(windows, send_at, entry.ramp_offset)
+            if held_until != send_at:
+                fate.setdefault("reason", f"quiet hours in {entry.timezone}")
+                send_at = held_until
             if send_at > now + 1:
                 fate["status"] = "scheduled"
-                fate["send_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(send_at))
+                fate["send_at"] = iso_time(send_at)
             fates.append(fate)
         return fates
 
@@ -190,13 +188,26 @@ class Sandbox:
 
     async def inspect(self, message_id: str, *, follow: bool = False) -> dict[str, Any] | None:
         """One capture, read back; ``follow``: each link's redirects are followed too."""
-        record = await self.store.sandbox.get(message_id)
+        record = await self._record(message_id)
         if record is None:
             return None
         found = await asyncio.to_thread(self._inspect, record)
         if follow:
             await self._follow(found["links"])
         return found
+
+    async def html(self, message_id: str) -> str | None:
+        """A capture's HTML part alone (the console's preview frame): no DKIM, no links."""
+        record = await self._record(message_id)
+        if record is None:
+            return None
+        part = _parsed(record["raw"]).get_body(("html",))
+        return None if part is None else str(part.get_content())
+
+    async def _record(self, message_id: str) -> dict[str, Any] | None:
+        if len(message_id) > MAX_ID_CHARS:  # no message id is this long: nothing to ask
+            return None
+        return await self.store.sandbox.get(message_id)
 
     async def _follow(self, links: list[dict[str, Any]]) -> None:
         """Where each link finally leads: its destination asked with HEAD (GET where HEAD is
@@ -245,8 +256,7 @@ class Sandbox:
 
     def _inspect(self, record: dict[str, Any]) -> dict[str, Any]:
         raw: bytes = record["raw"]
-        message = BytesParser(policy=email.policy.default).parsebytes(raw)
-        assert isinstance(message, EmailMessage)
+        message = _parsed(raw)
         html_part = message.get_body(("html",))
         text_part = message.get_body(("plain",))
         html = html_part.get_content() if html_part is not None else None
@@ -254,7 +264,7 @@ class Sandbox:
         headers = [(name, _shown(value)) for name, value in message.raw_items()]
         marketing = record.get("stream") != "transactional"
         checks = list(record.get("checks", []))
-        checks += _as_checks(_message_checks(message, html, text, marketing, self.public_url))
+        checks += _checks_json(_message_checks(message, html, text, marketing, self.public_url))
         return {
             **_summary(record),
             "headers": [{"name": n, "value": v} for n, v in headers],
@@ -270,29 +280,22 @@ class Sandbox:
     def _dkim(self, raw: bytes) -> list[dict[str, Any]]:
         """Each DKIM signature verified against the key published now (dkimpy), through
         ``SLUICE_NAMESERVER`` when set."""
-        resolver = dns.resolver.Resolver(configure=self.settings.delivery.nameserver is None)
-        nameserver = self.settings.delivery.nameserver
-        if nameserver is not None:
-            resolver.nameservers = [nameserver.host]
-            resolver.port = nameserver.port
-        resolver.lifetime = 5.0
+        resolver = Dns(self.settings.delivery.nameserver)
 
         def lookup(qname: bytes, timeout: float = 5) -> bytes:
             try:
-                answer = resolver.resolve(qname.decode().rstrip("."), "TXT")
-            except (dns.exception.DNSException, UnicodeDecodeError):
+                return "".join(resolver.txt(qname.decode().rstrip("."))).encode()
+            except (DnsFailure, UnicodeDecodeError):
                 return b""
-            return b"".join(b"".join(r.strings) for r in answer)
 
         checker = dkim.DKIM(raw)
         signatures = [v for k, v in checker.headers if k.lower() == b"dkim-signature"]
         out: list[dict[str, Any]] = []
         for index, value in enumerate(signatures):
-            tags = dict(
-                (k.strip(), v.strip())
-                for k, _, v in (p.partition(b"=") for p in value.split(b";"))
-                if k.strip()
-            )
+            try:
+                tags = parse_tag_value(value)
+            except dkim.InvalidTagValueList:
+                tags = {}
             domain = tags.get(b"d", b"").decode("ascii", "replace")
             selector = tags.get(b"s", b"").decode("ascii", "replace")
             algorithm = tags.get(b"a", b"").decode("ascii", "replace")
@@ -368,6 +371,12 @@ def _shown(raw_value: str) -> str:
         return str(make_header(decode_header(unfolded)))
     except (ValueError, LookupError, UnicodeDecodeError, HeaderParseError):
         return unfolded
+
+
+def _parsed(raw: bytes) -> EmailMessage:
+    message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return message
 
 
 def _subject(raw: bytes) -> str:

@@ -19,7 +19,7 @@ from core import validate
 from core.addresses import AddressError, normalize_address
 from core.errors import ValidationError
 from core.store import Store
-from core.suppressions import MAX_SOURCE_CHARS
+from core.suppressions import MAX_SOURCE_CHARS, Suppression
 
 BATCH = 5000
 MAX_REPORTED = 10
@@ -82,14 +82,17 @@ async def import_csv(
     return report
 
 
+def export_row(entry: Suppression) -> list[str | int]:
+    """One entry as a row under ``EXPORT_HEADER``."""
+    return [entry.email, entry.category or "", entry.reason, int(entry.at), entry.source or ""]
+
+
 async def export_csv(store: Store, handle: TextIO) -> int:
     """Write every entry (the header first); returns how many."""
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(EXPORT_HEADER)
     count = 0
     async for entry in store.suppressions.all():
-        writer.writerow(
-            [entry.email, entry.category or "", entry.reason, int(entry.at), entry.source or ""]
-        )
+        writer.writerow(export_row(entry))
         count += 1
     return count

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from core.store import Store
 from loadtests.harness import API_KEY, cart_reminder
@@ -423,20 +424,12 @@ async def test_signed_out_browsers_and_forged_actions_are_refused(
 
     evil_app = web.Application()
     evil_app.router.add_get("/", attacker)
-    runner = web.AppRunner(evil_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        await page.goto(f"http://127.0.0.1:{port}/")
+    async with TestServer(evil_app, host="127.0.0.1") as evil:  # another origin: another port
+        await page.goto(str(evil.make_url("/")))
         await page.click("text=win")
         await page.wait_for_load_state()
         assert "refused" in (await page.content()).lower()
-    finally:
-        await runner.cleanup()
     assert (await api.get("/v1/suppressions/victim@y.example")).status == 404
-    await asyncio.sleep(0)
 
 
 async def test_a_marketers_prelaunch_run(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from core.store import Store
 from loadtests.harness import cart_reminder
@@ -266,13 +266,8 @@ async def redirecting() -> AsyncIterator[str]:
     app.router.add_get("/go", go)
     app.router.add_get("/step", step)
     app.router.add_get("/landing", landing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield str(server.make_url("")).rstrip("/")
 
 
 @pytest.mark.parametrize("private", [True, False], ids=["allowed", "refused"])

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from core.errors import NotFound, ValidationError
 from gateway.api.common import SANDBOX, json_response, limit_of, query
-from gateway.api.openapi_parts import AUTH, answered
+from gateway.api.openapi_parts import AUTH, LIMIT_QUERY, answered
 
 _BEFORE = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?):([a-z0-9.-]{1,64})")
 
@@ -33,12 +33,7 @@ async def get_message(request: web.Request) -> web.Response:
     if follow not in ("true", "false"):
         raise ValidationError("'follow' must be true or false", field="follow")
     message_id = request.match_info["message_id"]
-    sandbox = request.app[SANDBOX]
-    found = (
-        await sandbox.inspect(message_id, follow=follow == "true")
-        if len(message_id) <= 200
-        else None
-    )
+    found = await request.app[SANDBOX].inspect(message_id, follow=follow == "true")
     if found is None:
         raise NotFound(
             f"no captured message {message_id[:64]!r} (kept for SLUICE_SANDBOX_RETENTION)"
@@ -149,12 +144,7 @@ PATHS: dict[str, Any] = {
             "summary": "The sandbox's capture inbox, newest first",
             "security": AUTH,
             "parameters": [
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                },
+                LIMIT_QUERY,
                 {
                     "name": "before",
                     "in": "query",

@@ -22,6 +22,7 @@ from core.addresses import AddressError, normalize_address
 from core.errors import ClientError, ValidationError
 from gateway import queues
 from gateway.api.common import STORE
+from gateway.console import pages
 from gateway.console.common import SESSIONS, local_path, render, see_other
 from gateway.console.session import COOKIE, same_origin, set_cookie
 from suppression import transfer
@@ -98,17 +99,7 @@ async def queue_action(request: web.Request) -> web.Response:
     )
     if confirmed:
         log.info("console: queue %s %s: %d changed", action, given, outcome["changed"])
-    store = request.app[STORE]
-    return render(
-        request,
-        "queue.html",
-        by_state=await queues.view(store, "state", {}),
-        by_provider=await queues.view(store, "provider", {}),
-        actions=queues.ACTIONS,
-        filters=queues.FILTERS,
-        states=queues.STATES,
-        outcome={**outcome, "filter": given},
-    )
+    return await pages.queue_page(request, {**outcome, "filter": given})
 
 
 async def suppression_add(request: web.Request) -> web.StreamResponse:
@@ -168,9 +159,7 @@ async def suppression_export(request: web.Request) -> web.StreamResponse:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(transfer.EXPORT_HEADER)
     async for entry in request.app[STORE].suppressions.all():
-        writer.writerow(
-            [entry.email, entry.category or "", entry.reason, int(entry.at), entry.source or ""]
-        )
+        writer.writerow(transfer.export_row(entry))
         if buffer.tell() > 64 * 1024:
             await response.write(buffer.getvalue().encode())
             buffer.seek(0)

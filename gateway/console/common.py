@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,13 @@ from gateway.console.session import (
     check_action,
     secure_headers,
 )
+from gateway.middleware import Handler
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SESSIONS = web.AppKey("console_sessions", Sessions)
 NONCE = web.RequestKey("console_nonce", str)
 OPEN_PATHS = ("/ui/login", "/ui/static/")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 NONE = "\N{EN DASH}"  # no value

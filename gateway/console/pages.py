@@ -213,18 +213,21 @@ def _every_hour(timeline: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 async def queue(request: web.Request) -> web.Response:
+    return await queue_page(request, None)
+
+
+async def queue_page(request: web.Request, outcome: dict[str, Any] | None) -> web.Response:
+    """The queue by state and provider; ``outcome``: a bulk action's dry run or result."""
     store = request.app[STORE]
-    by_state = await queues.view(store, "state", {})
-    by_provider = await queues.view(store, "provider", {})
     return render(
         request,
         "queue.html",
-        by_state=by_state,
-        by_provider=by_provider,
+        by_state=await queues.view(store, "state", {}),
+        by_provider=await queues.view(store, "provider", {}),
         actions=queues.ACTIONS,
         filters=queues.FILTERS,
         states=queues.STATES,
-        outcome=None,
+        outcome=outcome,
     )
 
 
@@ -330,11 +333,7 @@ async def sandbox_list(request: web.Request) -> web.Response:
 async def sandbox_message(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
     follow = request.query.get("follow") == "1"
-    found = (
-        await request.app[SANDBOX].inspect(message_id, follow=follow)
-        if len(message_id) <= 200
-        else None
-    )
+    found = await request.app[SANDBOX].inspect(message_id, follow=follow)
     if found is None:
         raise NotFound("no such captured message (kept for SLUICE_SANDBOX_RETENTION)")
     images = request.query.get("images") == "1"
@@ -350,11 +349,10 @@ PREVIEW_CSP = (
 
 
 async def sandbox_preview(request: web.Request) -> web.Response:
-    message_id = request.match_info["message_id"]
-    found = await request.app[SANDBOX].inspect(message_id) if len(message_id) <= 200 else None
-    if found is None or found["html"] is None:
+    html = await request.app[SANDBOX].html(request.match_info["message_id"])
+    if html is None:
         raise NotFound("no HTML part to show")
     images = " https: http:" if request.query.get("images") == "1" else ""
-    response = web.Response(text=found["html"], content_type="text/html", charset="utf-8")
+    response = web.Response(text=html, content_type="text/html", charset="utf-8")
     secure_headers(response, csp=PREVIEW_CSP.format(images=images))
     return response

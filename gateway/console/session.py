@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -35,8 +34,6 @@ CSP = (
     "connect-src 'self'; form-action 'self'; frame-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Sessions:
