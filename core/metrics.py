@@ -54,7 +54,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.datadir import private_dir
 
@@ -217,11 +217,22 @@ class DeliveryMetrics:
             registry=self.registry,
         )
 
+        # each labelled child, looked up once (``labels`` validates and locks every call)
+        self._outcome_children: dict[tuple[str, str, str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+
     def outcome(self, outcome: str, provider: str, ip: str = "", pool: str = "") -> None:
-        self._outcomes.labels(outcome, provider, ip, pool).inc()
+        key = (outcome, provider, ip, pool)
+        child = self._outcome_children.get(key)
+        if child is None:
+            child = self._outcome_children[key] = self._outcomes.labels(*key)
+        child.inc()
 
     def attempt(self, provider: str, seconds: float) -> None:
-        self._latency.labels(provider).observe(seconds)
+        child = self._latency_children.get(provider)
+        if child is None:
+            child = self._latency_children[provider] = self._latency.labels(provider)
+        child.observe(seconds)
 
 
 class _QueueCollector:

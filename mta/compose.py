@@ -49,7 +49,7 @@ from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 from jinja2 import nodes
 
 from core.jobs import BatchContent, Job, Mailbox
-from mta.dkim import SigningKey, sign, signature_headers
+from mta.dkim import SigningKey, relaxed_field, sign, signature_headers
 from mta.mime import (
     MimeError,
     _check,
@@ -81,6 +81,7 @@ _SEPARATOR = "\x00\n"  # between the slot lines of a part, encoded together
 _ENCODED_SEPARATOR = b"=00\r\n"
 _INDENT = re.compile(rb"\n  +")
 _OPEN_TAG = re.compile(r"</?[A-Za-z]*$")  # a static that ends inside a tag's name
+_HTML_SPECIAL = re.compile("[&<>\"']")  # what html.escape(..., quote=True) changes
 
 
 class Links(Protocol):
@@ -223,7 +224,8 @@ class _Html:
                 out.append(values[what])
             elif kind == "link":
                 assert isinstance(what, int)
-                out.append(html_escaping.escape(links.click_url(table[what]), quote=True))
+                url = links.click_url(table[what])  # a link token needs no escaping
+                out.append(html_escaping.escape(url) if _HTML_SPECIAL.search(url) else url)
             elif kind == "pixel":
                 out.append(pixel(links.open_url()))
             else:
@@ -249,6 +251,11 @@ def _encoded_lines(text: str) -> bytes:
     )
 
 
+def _stuffed(wire: bytes) -> int:
+    """How many dots SMTP stuffing added to ``wire`` (whole CRLF-terminated lines)."""
+    return wire.count(b"\r\n..") + (wire[:2] == b"..")
+
+
 def _forms(lines: bytes) -> tuple[bytes, bytes]:
     """CRLF-terminated lines, dot-stuffed for SMTP and relaxed-canonical for DKIM (runs of
     spaces and tabs to one space, none at a line's end)."""
@@ -268,18 +275,20 @@ def _forms(lines: bytes) -> tuple[bytes, bytes]:
 @dataclass(frozen=True)
 class _Lines:
     """A static piece with at least one line end: the text before its first line end
-    (``head``), its complete lines in their two forms, the text after its last (``tail``)."""
+    (``head``), its complete lines in their two forms and the dots stuffing added to them,
+    the text after its last (``tail``)."""
 
     head: str
     wire: bytes
     canonical: bytes
+    dots: int
     tail: str
 
     @classmethod
     def of(cls, text: str) -> _Lines:
         first, last = text.index("\n"), text.rindex("\n")
         wire, canonical = _forms(_encoded_lines(text[first + 1 : last + 1]))
-        return cls(text[:first], wire, canonical, text[last + 1 :])
+        return cls(text[:first], wire, canonical, _stuffed(wire), text[last + 1 :])
 
 
 class _Part:
@@ -298,8 +307,9 @@ class _Part:
 
     def lines(
         self, slots: list[str], wire: list[bytes], canonical: list[bytes], *, alone: bool
-    ) -> None:
-        """Append the part's lines to ``wire`` and ``canonical``. In a multipart message its
+    ) -> int:
+        """Append the part's lines to ``wire`` and ``canonical``; the number of dots
+        stuffing added to them (the message's size leaves them out). In a multipart message its
         last line ends with the CRLF before the next boundary; the part of a message that has
         only one ends its body, with a CRLF added only if its text did not end with one
         (``alone``: as ``mta.mime.build_message`` ends it).
@@ -326,13 +336,16 @@ class _Part:
         stuffed, canonical_lines = _forms(encoded)
         wire_pieces = stuffed.split(_ENCODED_SEPARATOR)
         canonical_pieces = canonical_lines.split(_ENCODED_SEPARATOR)
+        dots = _stuffed(stuffed)
         for item, wire_piece, canonical_piece in zip(
             self.plan_lines, wire_pieces, canonical_pieces, strict=False
         ):
             wire += (wire_piece, item.wire)
             canonical += (canonical_piece, item.canonical)
+            dots += item.dots
         wire.append(wire_pieces[-1])
         canonical.append(canonical_pieces[-1])
+        return dots
 
 
 @dataclass(frozen=True)
@@ -362,6 +375,10 @@ class _Head:
         self.top_fields = _fields(self.top)
         self.own_fields = _fields(self.own)
         self.last_fields = _fields(last)
+        self.known = {  # their relaxed forms, for the signature
+            field: relaxed_field(field)
+            for field in self.top_fields + self.own_fields + self.last_fields
+        }
         self._subject: tuple[str, bytes] = ("", b"")
         self._date: tuple[float, bytes] = (-1.0, b"")
 
@@ -543,19 +560,22 @@ class MessageBuilder:
         wire: list[bytes] = []
         canonical: list[bytes] = []
         alone = len(self._parts) == 1
+        dots = 0  # stuffed, not counted in the size
         for part, slots, stretch in zip(self._parts, filled, self.stretches, strict=False):
             wire.append(stretch[0])
             canonical.append(stretch[1])
-            part.lines(slots, wire, canonical, alone=alone)
+            dots += part.lines(slots, wire, canonical, alone=alone)
         if not alone:
             wire.append(self.stretches[-1][0])
             canonical.append(self.stretches[-1][1])
         body = b"".join(wire)
-        size = len(head) + 2 + len(body) - body.count(b"\r\n..") - (body[:1] == b".")
+        size = len(head) + 2 + len(body) - dots
         if not keys:
             return WireMessage(head + b"\r\n" + body + b".\r\n", size)
         body_hash = hashlib.sha256(_relaxed_end(b"".join(canonical))).digest()
-        signature = signature_headers(fields, body_hash, keys, timestamp=extras.timestamp)
+        signature = signature_headers(
+            fields, body_hash, keys, timestamp=extras.timestamp, known=self.head.known
+        )
         return WireMessage(signature + head + b"\r\n" + body + b".\r\n", len(signature) + size)
 
     @property

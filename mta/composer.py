@@ -42,6 +42,14 @@ class Memo(Generic[T]):
         self.size = size
         self.items: OrderedDict[str, asyncio.Future[T]] = OrderedDict()
 
+    def ready(self, key: str) -> T | None:
+        """The value made for ``key``, if it is there already (no coroutine: most asks)."""
+        future = self.items.get(key)
+        if future is None or not future.done() or future.cancelled() or future.exception():
+            return None
+        self.items.move_to_end(key)
+        return future.result()
+
     async def get(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
         future = self.items.get(key)
         if future is None:
@@ -105,7 +113,9 @@ class Composer:
         template (``mta.render._plain``: it only prints a few values of the recipient's
         validated data, so it renders in microseconds and cannot spend a budget) is filled in
         right here; any other renders on a render thread, within its budgets."""
-        builder = await self.builders.get(job.batch_id, functools.partial(self._builder, batch))
+        builder = self.builders.ready(job.batch_id) or await self.builders.get(
+            job.batch_id, functools.partial(self._builder, batch)
+        )
         rendered = None
         if not builder.fast:
             loop = asyncio.get_running_loop()
@@ -146,6 +156,9 @@ class Composer:
         known: a batch of one message keeps no table for the tokens' lifetime."""
         if not batch.track_clicks or not self.shared_links:
             return {}
+        table = self.link_tables.ready(job.batch_id)
+        if table is not None:
+            return table
         known = self.link_tables.items.get(job.batch_id)
         split = split_message_id(job.message_id)
         if known is None and (split is None or split[1] == 0):

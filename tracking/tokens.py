@@ -88,8 +88,12 @@ class TokenError(Exception):
     """Not a valid token (tampered, truncated, unknown key, expired): answer a plain 404."""
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """base64url without padding (``base64.urlsafe_b64encode``'s alphabet, one C call less)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -162,6 +166,10 @@ class Tokens:
         self._link_keys = {
             prefix: _link_key(key) for key_id, key in keys for prefix in _prefixes(key_id)
         }
+        self._link_macs = {  # keyed once: a link copies the state instead of keying BLAKE2b
+            prefix: hashlib.blake2b(key=key, digest_size=LINK_MAC_BYTES)
+            for prefix, key in self._link_keys.items()
+        }
         self.max_age_days = max_age_days
 
     @staticmethod
@@ -212,11 +220,12 @@ class Tokens:
     def link(self, message_token: str, index: int) -> str:
         """The ``/t/c/`` path segment of link ``index`` of the batch's link table, for the
         message of ``message_token`` (a token ``seal_message`` made)."""
-        key = self._link_keys.get(message_token[:3])
-        if key is None or index < 0:
+        keyed = self._link_macs.get(message_token[:3])
+        if keyed is None or index < 0:
             raise ValueError("not a message token of these keys, or a negative index")
         head = f"{message_token}.{index}"
-        mac = hashlib.blake2b(head.encode("ascii"), key=key, digest_size=LINK_MAC_BYTES)
+        mac = keyed.copy()
+        mac.update(head.encode("ascii"))
         return f"{head}.{_b64(mac.digest())}"
 
     def open_link(self, token: str, *, now: float | None = None) -> tuple[Opened, int]:
