@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core.jobs import BatchContent, Job, Mailbox
 from loadtests.bench_dkim import raw_rsa
+from loadtests.bench_links import micros
 from loadtests.harness import fixture_batch, print_result
 from mta.compose import Extras, MessageBuilder
 from mta.dkim import SigningKey
@@ -46,13 +46,6 @@ from tracking.tokens import Tokens
 BATCH_ID = "agrcbwkro6ikatlngffnjid5mi"
 PUBLIC_URL = "https://track.shop.example.com"
 RECIPIENTS = 1000
-
-
-def micros(work: Callable[[int], object], count: int) -> float:
-    started = time.perf_counter()
-    for i in range(count):
-        work(i)
-    return (time.perf_counter() - started) / count * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
