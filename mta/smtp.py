@@ -336,8 +336,8 @@ class SmtpConnection:
 
     async def _send(self, data: bytes) -> None:
         """Write and drain; the caller bounds the wait (``_step``)."""
-        if self._expired:
-            raise self._timed_out()
+        if self._expired or self.writer.is_closing():  # uvloop refuses to write to it
+            raise self._lost()
         try:
             self.writer.write(data)
             self._writing = True
@@ -444,6 +444,9 @@ class SmtpConnection:
             return False
 
     async def quit(self) -> None:
+        if self.writer.is_closing():  # timed out (aborted) or closed: nothing to say
+            self.abort()
+            return
         try:
             async with asyncio.timeout(min(self.timeout, 5.0)):
                 self.writer.write(b"QUIT\r\n")
