@@ -41,12 +41,17 @@ WARMUP_DAILY = PREFIX + "wu:daily:"  # hash per ip:provider: day:outcome -> coun
 WARMUP_LAST = PREFIX + "wu:last"  # hash: ip -> unix time of its last warmup send
 SANDBOX_INDEX = PREFIX + "sbx:index"  # sorted set: captured message id -> captured at
 SANDBOX_MESSAGE = PREFIX + "sbx:m:"  # string per captured message: msgpack (core/store/sandbox.py)
+SANDBOX_SUMMARY = PREFIX + "sbx:s:"  # string per captured message: its summary, msgpack
 INBOUND_UNVERIFIED = PREFIX + "in:unverified"  # list: msgpack of the latest unverified reports
 INBOUND_UNVERIFIED_COUNT = PREFIX + "in:unverified-count"  # string: unverified reports in all
 
 
 def sandbox_message(message_id: str) -> str:
     return SANDBOX_MESSAGE + message_id
+
+
+def sandbox_summary(message_id: str) -> str:
+    return SANDBOX_SUMMARY + message_id
 
 
 def warmup_sent(ip: str, provider: str, day: str, hour: int | None = None) -> str:

@@ -54,12 +54,12 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from core.datadir import private_dir
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.metrics_core import Metric
 
     from core.store import QueueGauges
@@ -218,8 +218,8 @@ class DeliveryMetrics:
         )
 
         # each labelled child, looked up once (``labels`` validates and locks every call)
-        self._outcome_children: dict[tuple[str, str, str, str], Any] = {}
-        self._latency_children: dict[str, Any] = {}
+        self._outcome_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
 
     def outcome(self, outcome: str, provider: str, ip: str = "", pool: str = "") -> None:
         key = (outcome, provider, ip, pool)

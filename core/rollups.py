@@ -34,8 +34,6 @@ SEPARATOR = "\t"
 DIMENSIONS = ("campaign", "category", "provider", "ip", "pool", "sending_domain")
 HOURLY, DAILY = "h", "d"
 TOTALS = "t"  # counters since the data began, with bounded labels, for Prometheus
-HOURLY_SECONDS_KEPT = 30 * 86400  # hourly counters: 30 days
-DAILY_SECONDS_KEPT = 400 * 86400  # daily counters: 400 days
 
 COUNTS = (
     "accepted",

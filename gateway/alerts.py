@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
@@ -38,6 +39,15 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "unsubscribe": ("unsubscribed", ("delivered",)),
     "machine_click_share": ("clicked_machine", ("clicked", "clicked_machine")),
 }
+
+
+def rate_of(metric: str, counts: Mapping[str, int]) -> float | None:
+    """``metric``'s rate in ``counts`` (``METRICS``); None when its denominator is 0."""
+    numerator, over = METRICS[metric]
+    volume = sum(counts[name] for name in over)
+    return counts[numerator] / volume if volume else None
+
+
 SCOPES: dict[str, tuple[str, ...]] = {
     "campaign": ("campaign",),
     "provider": ("provider",),
@@ -169,7 +179,7 @@ async def evaluate(store: Store, now: float | None = None) -> list[dict[str, Any
         hours = math.ceil(rule["window_seconds"] / 3600)
         dims = SCOPES[rule["scope"]]
         query = stats.Query("hour", now - hours * 3600 + 1, now, dims)
-        numerator, over = METRICS[rule["metric"]]
+        _, over = METRICS[rule["metric"]]
         for group, counts in (await stats.totals(store, query)).items():
             target = dict(zip(dims, group, strict=True))
             if not all(target.values()):
@@ -177,7 +187,7 @@ async def evaluate(store: Store, now: float | None = None) -> list[dict[str, Any
             key = "|".join([rule["name"], *group])
             seen.add(key)
             volume = sum(counts[name] for name in over)
-            rate = counts[numerator] / volume if volume else 0.0
+            rate = rate_of(rule["metric"], counts) or 0.0
             severity = None
             if volume >= rule["min_volume"]:
                 if rate >= rule["critical"]:

@@ -73,7 +73,7 @@ async def _prepare_ctx(app: web.Application) -> AsyncIterator[None]:
 
         verp_key, _ = load_or_create_secret(app[SETTINGS].data_dir, "verp-key")
         app[SANDBOX] = Sandbox(app[SETTINGS], app[STORE], verp_key, executor)
-        app[INTAKE] = Intake(app[STORE], executor, accepted, app[CLOCK], app[SANDBOX])
+        app[INTAKE] = Intake(app[STORE], executor, app[SANDBOX], accepted, app[CLOCK])
         yield
 
 

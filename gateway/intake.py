@@ -72,7 +72,6 @@ class Prepared:
     policy: PolicyInput  # the cap rules that apply and the quiet windows of its time zones
     results: list[dict[str, Any]]  # the answer's results, for the 202 (made from them once)
     rejected: int
-    sandbox: bool = False  # to the capture inbox (gateway.sandbox), never queued
 
     def first_answer(self) -> str:
         """The answer before the contact policy (accepted recipients say "queued"), as JSON:
@@ -245,7 +244,6 @@ def prepare(
         policy=PolicyInput(tuple(rules), zones),
         results=results,
         rejected=rejected,
-        sandbox=req.sandbox,
     )
 
 
@@ -337,20 +335,22 @@ RejectIf = Literal["any", "all"]
 class Capture(Protocol):
     """Where a sandbox request goes instead of the queue (``gateway.sandbox.Sandbox``)."""
 
-    async def capture(self, prepared: Prepared, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def capture(
+        self, prepared: Prepared, body: dict[str, Any], now: float
+    ) -> dict[str, Any]: ...
 
 
 class Intake:
     """``submit`` is the sequence every ingress runs; ``executor`` is the prepare thread;
-    ``sandbox`` takes the requests marked ``"sandbox": true`` (none: they are refused)."""
+    ``sandbox`` takes the sandbox's requests instead of the queue."""
 
     def __init__(
         self,
         store: Store,
         executor: Executor,
+        sandbox: Capture,
         on_accepted: Callable[[Submitted, float], None] | None = None,
         clock: Clock = time.time,
-        sandbox: Capture | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -372,14 +372,17 @@ class Intake:
         *,
         idempotency_key: str | None = None,
         reject_if: RejectIf | None = None,
+        sandbox: bool = False,
     ) -> Submitted:
         """Validate, render and queue a ``/v1/messages`` body. ``idempotency_key``: the
         header's value (hashed here). ``reject_if``: refuse the whole request (a
         ``ValidationError`` naming the first rejected recipient) when ``"any"`` or ``"all"``
-        of its recipients are rejected, for doors that cannot answer per recipient."""
+        of its recipients are rejected, for doors that cannot answer per recipient.
+        ``sandbox``: to the sandbox whatever the body says (the sandbox API key's requests);
+        a body with ``"sandbox": true`` goes there too."""
         started = time.monotonic()
-        if isinstance(body, dict) and body.get("sandbox") is True:
-            return await self._sandbox(body, reject_if)
+        if isinstance(body, dict) and (sandbox or body.get("sandbox") is True):
+            return await self._sandbox({**body, "sandbox": True}, reject_if)
         key_digest = None
         digest = ""
         resumed = None  # the batch an earlier request with this key began over shards
@@ -429,12 +432,11 @@ class Intake:
         """A sandbox request: prepared like any other, then captured instead of queued. An
         ``Idempotency-Key`` is not kept (sending it again captures it again: nobody is
         mailed twice)."""
-        if self.sandbox is None:
-            raise ValidationError("this gateway has no sandbox", field="sandbox")
         policy = load_policy(await self.store.policy())
-        prepared = await self._prepare(body, self.clock(), policy, ids.new_sandbox_batch_id())
+        now = self.clock()
+        prepared = await self._prepare(body, now, policy, ids.new_sandbox_batch_id())
         _refuse(prepared, reject_if)
-        answer = await self.sandbox.capture(prepared, body)
+        answer = await self.sandbox.capture(prepared, body, now)
         counts = dict(Counter(r["status"] for r in answer["results"]))
         response = json.dumps(answer, ensure_ascii=False)
         return Submitted(prepared.batch_id, response, False, counts)

@@ -160,6 +160,13 @@ async def view(store: Store, group_by: str, filters: dict[str, str]) -> dict[str
     if group_by not in GROUPS:
         raise ValidationError(f"'group_by' must be one of {', '.join(GROUPS)}", field="group_by")
     found, truncated = await items(store)
+    return grouped(found, truncated, group_by, filters)
+
+
+def grouped(
+    found: list[Item], truncated: bool, group_by: str, filters: dict[str, str]
+) -> dict[str, Any]:
+    """``view`` of jobs already read (``items``): one read, grouped several ways."""
     groups: dict[str, dict[str, Any]] = {}
     for item in matching(found, filters):
         key = item.value(group_by)
@@ -208,9 +215,19 @@ async def act(store: Store, body: Any) -> dict[str, Any]:
         if action in ("release", "retry_now"):
             delayed = [i for i in mine if i.waiting.place == "delayed"]
             moved = await store.queue.release(shard, [i.waiting.raw for i in delayed])
-            for item in (i for i, ok in zip(delayed, moved, strict=True) if ok):
-                await _record(store, item, EventType.RELEASED, now, action=action)
-                changed += 1
+            released = [i for i, ok in zip(delayed, moved, strict=True) if ok]
+            await store.complete_many(  # the events of the messages sent on, in one call
+                [
+                    Outcome(
+                        "",
+                        i.waiting.job.message_id,
+                        "",
+                        _event(i, EventType.RELEASED, now, action=action),
+                    )
+                    for i in released
+                ]
+            )
+            changed += len(released)
             continue
         by_set: dict[str, list[Item]] = {}
         for item in mine:
@@ -242,9 +259,3 @@ def _event(item: Item, kind: EventType, now: float, **fields: Any) -> bytes:
         state=item.state,
         **fields,
     )
-
-
-async def _record(store: Store, item: Item, kind: EventType, now: float, **fields: Any) -> None:
-    """The event of a message a bulk action sent on."""
-    event = _event(item, kind, now, **fields)
-    await store.complete(Outcome("", item.waiting.job.message_id, "", event))

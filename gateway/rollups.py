@@ -73,8 +73,9 @@ class Roller:
             if not events:
                 continue
             page = await self._page(shard, cursor, events)
-            kept = {"hourly_seconds": self.hourly_seconds, "daily_seconds": self.daily_seconds}
-            if await self.store.rollups.apply(page, **kept):
+            if await self.store.rollups.apply(
+                page, hourly_seconds=self.hourly_seconds, daily_seconds=self.daily_seconds
+            ):
                 counted += len(events)
         return counted
 

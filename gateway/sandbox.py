@@ -35,7 +35,8 @@ from dkim.util import parse_tag_value
 
 from core.addresses import domain_of
 from core.events import iso_time
-from core.jobs import AcceptEntry, CapRule, Job
+from core.ids import split_message_id
+from core.jobs import CapRule, Job
 from core.settings import Secret, Settings
 from core.store import Store
 from gateway.intake import Prepared, cap_rule_text, suppressed_reason
@@ -52,11 +53,9 @@ MAX_HOPS = 5  # redirects followed per link
 MAX_FOLLOWED = 50  # links followed per message
 FOLLOW_SECONDS = 8.0  # for all of a message's links together
 ASK_SECONDS = 4.0  # for one request
-MAX_ID_CHARS = 200
 _PIXEL_PATH = "/t/o/"
 _CLICK_PATH = "/t/c/"
 _UNSUBSCRIBE_PATH = "/t/u/"
-_HEADER_WORD = re.compile(r"^[A-Za-z0-9-]+$")
 
 
 def unstuff(wire: bytes) -> bytes:
@@ -85,12 +84,12 @@ class Sandbox:
         self.composer.load()
         self.public_url = settings.http.public_url.rstrip("/")
         self.retention = settings.sandbox.retention
+        self.dns = Dns(settings.delivery.nameserver)  # DKIM keys, through SLUICE_NAMESERVER
 
-    async def capture(self, prepared: Prepared, body: dict[str, Any]) -> dict[str, Any]:
-        """Compose every recipient the policy would let through (``prepared``: the intake's
-        ``Prepared``), keep each in the capture inbox, and answer like ``POST /v1/messages``
-        would (with ``"sandbox": true``)."""
-        now = time.time()
+    async def capture(self, prepared: Prepared, body: dict[str, Any], now: float) -> dict[str, Any]:
+        """Compose every recipient the policy would let through at ``now`` (``prepared``:
+        the intake's ``Prepared``), keep each in the capture inbox, and answer like ``POST
+        /v1/messages`` would (with ``"sandbox": true``)."""
         content = prepared.content
         fates = await self._policy(prepared, now)
         sending_domain = domain_of(content.sender.email)
@@ -122,7 +121,7 @@ class Sandbox:
                     "checks": checks,
                 }
             )
-        await self.store.sandbox.capture(records, self.retention)
+        await self.store.sandbox.capture([(_summary(r), r) for r in records], self.retention)
         return {"batch_id": prepared.batch_id, "sandbox": True, "results": prepared.results}
 
     async def _policy(self, prepared: Prepared, now: float) -> list[dict[str, Any]]:
@@ -132,15 +131,15 @@ class Sandbox:
         stops = await self.store.suppressions.check_many(
             [(e.suppression_field, content.category, e.transactional) for e in entries]
         )
+        broken_caps = await self._caps_broken(prepared, now)
         fates: list[dict[str, Any]] = []
-        for entry, stop in zip(entries, stops, strict=True):
+        for entry, stop, broken in zip(entries, stops, broken_caps, strict=True):
             if stop is not None:
                 reason = suppressed_reason(stop.reason, stop.category or "global")
                 fates.append({"status": "suppressed", "reason": reason})
                 continue
             fate: dict[str, Any] = {"status": STATUS_QUEUED}
             send_at = max(now, entry.due)
-            broken = await self._cap_broken(prepared, entry, now)
             if broken is not None:
                 rule, counted = broken
                 rule_text = cap_rule_text(rule.category, rule.limit, rule.window_seconds)
@@ -162,20 +161,28 @@ class Sandbox:
             fates.append(fate)
         return fates
 
-    async def _cap_broken(
-        self, prepared: Prepared, entry: AcceptEntry, now: float
-    ) -> tuple[CapRule, int] | None:
-        """The first cap rule the recipient's contact has used up, with its count, read (the
-        sandbox counts nothing)."""
-        if entry.contact is None:
-            return None
-        for rule in prepared.policy.rules:
-            counted = await self.store.capped_now(
-                rule.key, entry.contact, entry.suppression_field, rule.window_seconds, now
-            )
+    async def _caps_broken(
+        self, prepared: Prepared, now: float
+    ) -> list[tuple[CapRule, int] | None]:
+        """Per entry, the first cap rule its contact has used up, with its count, read in one
+        round trip (the sandbox counts nothing)."""
+        pairs: list[tuple[str, CapRule]] = []  # (message id, rule) of each count asked
+        asked: list[tuple[str, str, str, float]] = []
+        for entry in prepared.entries:
+            if entry.contact is None:
+                continue
+            for rule in prepared.policy.rules:
+                pairs.append((entry.message_id, rule))
+                asked.append(
+                    (rule.key, entry.contact, entry.suppression_field, rule.window_seconds)
+                )
+        broken: dict[str, tuple[CapRule, int]] = {}
+        for (message_id, rule), counted in zip(
+            pairs, await self.store.capped_many(asked, now), strict=True
+        ):
             if counted >= rule.limit:
-                return rule, counted
-        return None
+                broken.setdefault(message_id, (rule, counted))  # its first rule used up
+        return [broken.get(entry.message_id) for entry in prepared.entries]
 
     # --- reading the inbox --------------------------------------------------------------
 
@@ -183,8 +190,7 @@ class Sandbox:
         self, limit: int, before: tuple[float, str] | None = None
     ) -> list[dict[str, Any]]:
         """The newest captures, without their bodies."""
-        found = await self.store.sandbox.recent(limit, before)
-        return [_summary(r) for r in found]
+        return await self.store.sandbox.recent(limit, before)
 
     async def inspect(self, message_id: str, *, follow: bool = False) -> dict[str, Any] | None:
         """One capture, read back; ``follow``: each link's redirects are followed too."""
@@ -205,7 +211,7 @@ class Sandbox:
         return None if part is None else str(part.get_content())
 
     async def _record(self, message_id: str) -> dict[str, Any] | None:
-        if len(message_id) > MAX_ID_CHARS:  # no message id is this long: nothing to ask
+        if split_message_id(message_id) is None:  # not a message id: nothing to ask
             return None
         return await self.store.sandbox.get(message_id)
 
@@ -264,7 +270,7 @@ class Sandbox:
         headers = [(name, _shown(value)) for name, value in message.raw_items()]
         marketing = record.get("stream") != "transactional"
         checks = list(record.get("checks", []))
-        checks += _checks_json(_message_checks(message, html, text, marketing, self.public_url))
+        checks += _checks_json(_message_checks(message, html, text, marketing))
         return {
             **_summary(record),
             "headers": [{"name": n, "value": v} for n, v in headers],
@@ -280,11 +286,10 @@ class Sandbox:
     def _dkim(self, raw: bytes) -> list[dict[str, Any]]:
         """Each DKIM signature verified against the key published now (dkimpy), through
         ``SLUICE_NAMESERVER`` when set."""
-        resolver = Dns(self.settings.delivery.nameserver)
 
         def lookup(qname: bytes, timeout: float = 5) -> bytes:
             try:
-                return "".join(resolver.txt(qname.decode().rstrip("."))).encode()
+                return self.dns.dkim_txt(qname, timeout)
             except (DnsFailure, UnicodeDecodeError):
                 return b""
 
@@ -400,7 +405,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _message_checks(
-    message: EmailMessage, html: str | None, text: str | None, marketing: bool, public_url: str
+    message: EmailMessage, html: str | None, text: str | None, marketing: bool
 ) -> list[Check]:
     """What only the composed message shows: its unsubscribe headers and leftover merge tags."""
     checks = []

@@ -90,7 +90,6 @@ class SendRequest:
     content: BatchContent
     send_at: float | None
     recipients: list[RecipientIn] = field(default_factory=list)
-    sandbox: bool = False  # to the capture inbox (gateway/sandbox.py), never the Internet
 
 
 def _fail(field: str, detail: str) -> ValidationError:
@@ -304,7 +303,7 @@ def parse_send_request(body: object, *, now: float) -> SendRequest:
             f"a sandbox request takes at most {MAX_SANDBOX_RECIPIENTS} recipients "
             "(it composes and signs every message before answering)",
         )
-    return SendRequest(content, send_at, recipients, bool(sandbox))
+    return SendRequest(content, send_at, recipients)
 
 
 def _headers(value: object) -> dict[str, str]:

@@ -45,25 +45,24 @@ class Query:
     filters: tuple[tuple[str, str], ...] = ()
 
 
+LATEST = 32503680000.0  # 3000-01-01: times past it are refused (datetime ends at 9999)
+
+
 def parse_time(text: str, name: str) -> float:
-    """Unix seconds, ``YYYY-MM-DD`` or an ISO 8601 time (UTC unless it says otherwise)."""
+    """Unix seconds, ``YYYY-MM-DD`` or an ISO 8601 time (UTC unless it says otherwise),
+    between 1970 and ``LATEST``."""
     try:
         if text.replace(".", "", 1).isdigit():
-            return float(text)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            stamp = float(text)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            stamp = moment.timestamp()
     except ValueError:
         raise ValidationError(
             f"'{name}' must be a date (2026-11-28), an ISO 8601 time or unix seconds", field=name
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-LATEST = 32503680000.0  # 3000-01-01: times past it are refused (datetime ends at 9999)
-
-
-def _bounded(stamp: float, name: str) -> float:
     if not 0 <= stamp <= LATEST:
         raise ValidationError(f"'{name}' must be between 1970 and 3000", field=name)
     return stamp
@@ -77,13 +76,9 @@ def query_of(params: dict[str, str], *, default_resolution: str = "day") -> Quer
     resolution = params.get("resolution") or default_resolution
     if resolution not in RESOLUTIONS:
         raise ValidationError("'resolution' must be hour or day", field="resolution")
-    end = _bounded(parse_time(params["to"], "to"), "to") if params.get("to") else time.time()
+    end = parse_time(params["to"], "to") if params.get("to") else time.time()
     span = 86400 if resolution == "hour" else 30 * 86400
-    start = (
-        _bounded(parse_time(params["from"], "from"), "from")
-        if params.get("from")
-        else max(0.0, end - span + 1)
-    )
+    start = parse_time(params["from"], "from") if params.get("from") else max(0.0, end - span + 1)
     if start > end:
         raise ValidationError("'from' is after 'to'", field="from")
     limit = MAX_HOURS * 3600 if resolution == "hour" else MAX_DAYS * 86400

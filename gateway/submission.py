@@ -186,13 +186,12 @@ class SubmissionHandler:
         policy = load_policy(await self.store.policy())
         now = time.time()
         contact = contact_key(None, address)
-        for rule in policy.rules_for("marketing", None):
-            if rule.action != "drop":
-                continue
-            if (
-                await self.store.capped_now(rule.key, contact, address, rule.window_seconds, now)
-                >= rule.limit
-            ):
+        rules = [r for r in policy.rules_for("marketing", None) if r.action == "drop"]
+        counts = await self.store.capped_many(
+            [(rule.key, contact, address, rule.window_seconds) for rule in rules], now
+        )
+        for rule, counted in zip(rules, counts, strict=True):
+            if counted >= rule.limit:
                 return f"at most {rule.limit} messages per {rule.window_seconds} seconds"
         return None
 

@@ -6,7 +6,7 @@ Run::
     .venv/bin/python -m loadtests.bench_compose [--messages N] [--rounds R] [--json]
 
 One process, one core. The fixture cart reminder for 1,000 personalized recipients, one
-batch: its ``MessageBuilder`` (``mta.compose``) planned once, each message built as the worker
+batch as the API validates it: its ``MessageBuilder`` (``mta.compose``) planned once, each message built as the worker
 builds it (``MessageLinks`` with the batch's link table and a fresh tracking key, the signed
 Message-ID and List-Unsubscribe header fields given as ``Extras``), with an RSA-2048 key made
 by ``KeyStore.generate``. ``bench_e2e`` is the figure that counts; this one is steadier (no
@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.jobs import BatchContent, Job, Mailbox
+from core.jobs import Job
+from gateway.schemas import parse_send_request
 from loadtests.bench_dkim import raw_rsa
 from loadtests.bench_links import micros
 from loadtests.harness import fixture_batch, print_result
@@ -55,21 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    store = KeyStore(Path(tempfile.mkdtemp(prefix="sluice-bench-")))
-    store.generate("shop.example.com", "s1", "rsa", 2048)
-    [(key, private)] = store.active_keys()["shop.example.com"]
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as data_dir:  # the key, read
+        store = KeyStore(Path(data_dir))
+        store.generate("shop.example.com", "s1", "rsa", 2048)
+        [(key, private)] = store.active_keys()["shop.example.com"]
     keys = [SigningKey.of(key, private)]
-    body = fixture_batch(RECIPIENTS)
-    batch = BatchContent(
-        sender=Mailbox(body["from"]["email"], body["from"].get("name")),
-        reply_to=Mailbox(body["reply_to"]["email"]) if body.get("reply_to") else None,
-        subject=body["subject"],
-        html=body["html"],
-        text=body["text"],
-        category=body.get("category"),
-        stream=body["stream"],
-        headers={},
-    )
+    request = parse_send_request(fixture_batch(RECIPIENTS), now=time.time())  # as the API does
+    batch = request.content
     builder = MessageBuilder(
         batch, Templates(batch.subject, batch.html, batch.text), text_links=False
     )
@@ -81,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             message_id=f"{BATCH_ID}-{i}",
             batch_id=BATCH_ID,
             position=i,
-            email=r["email"],
+            email=r.email,
             accepted_at=1.0,
-            name=r.get("name"),
-            data=r["data"],
+            name=r.name,
+            data=r.data,
         )
-        for i, r in enumerate(body["recipients"])
+        for i, r in enumerate(request.recipients)
     ]
     extras = Extras(
         f"{BATCH_ID}-0.c2lnbmF0dXJl@shop.example.com",

@@ -192,7 +192,7 @@ def signature_headers(
     signed, selected = signed_fields(headers)
     if known:
         canonical = [known.get(field) or relaxed_field(field) for field in selected]
-    else:
+    else:  # fields of any sequence type (dkimpy's parser gives lists)
         canonical = relaxed_headers(selected)
     header_data = b"".join(name + b":" + value for name, value in canonical)
     encoded_hash = base64.b64encode(body_hash)

@@ -59,7 +59,7 @@ from core.suppressions import SoftBounceLimit
 from mta.bounces import Report, parse_report
 from mta.inbound_server import protocol_factory
 from mta.message_ids import MessageIds
-from mta.soft_bounces import bounce_is_soft
+from mta.soft_bounces import LIMIT_EVENT, bounce_is_soft
 from mta.verp import Verp
 from warmup.gate import WarmupGate
 
@@ -313,15 +313,8 @@ class InboundHandler:
         )
         suppress = (email, "hard_bounce", f"dsn:{message_id}") if hard else None
         suppressed = b""  # recorded only if this message takes its address to the limit
-        if soft:
-            suppressed = self._event(
-                message_id,
-                context,
-                EventType.SUPPRESSED,
-                reason="soft_bounce_limit",
-                scope="global",
-                stage="outcome",  # the address, suppressed by this message's outcome
-            )
+        if soft and self.soft_bounce is not None and self.soft_bounce.enabled:
+            suppressed = self._event(message_id, context, EventType.SUPPRESSED, **LIMIT_EVENT)
         first = await self.store.record_report(
             message_id,
             "bounced",

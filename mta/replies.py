@@ -619,12 +619,7 @@ def classify(
         meaning = _about_us(meaning, code, text, answered)
     if code < 500 and not gave_up:
         return Verdict("transient", meaning.bounce_class, enhanced, throttle=throttle, hard=False)
-    borrowed = (
-        meaning.bounce_class == "bad-mailbox"
-        and rule is not None
-        and rule.borrowed
-        and meaning is rule.meaning
-    )
+    borrowed = rule is not None and rule.borrowed and meaning is rule.meaning  # bad-mailbox
     hard = (
         meaning.hard
         and meaning.bounce_class in _HARD_CLASSES

@@ -345,7 +345,7 @@ class SmtpConnection:
         except OSError as exc:
             raise self._lost(exc) from exc
         if self._expired:  # aborted while draining: the server stopped reading
-            raise self._timed_out()
+            raise self._lost()
         self._writing = False
 
     def _timed_out(self) -> SmtpError:

@@ -3,7 +3,7 @@
 An address whose last ``SLUICE_SOFT_BOUNCE_MESSAGES`` messages all ended soft-bounced, the
 first at least ``SLUICE_SOFT_BOUNCE_DAYS`` before the last, with no delivery in between, is
 suppressed with reason ``soft_bounce_limit`` (``core.suppressions.SoftBounceLimit``; counted
-in ``core/lua/lib/timeline.lua``). Messages count, not attempts: a deferral is not a soft
+in ``core/lua/lib/soft_bounces.lua``). Messages count, not attempts: a deferral is not a soft
 bounce, a message whose retries ran out is. What counts is judged by the failure that
 ended the message:
 
@@ -27,6 +27,14 @@ from core.errors import SenderPaused, TransientDeliveryError, WarmupDeferral
 
 # bounce classes (``mta.replies``) that judge the sender or the message, not the address
 ABOUT_THE_SENDER = frozenset({"policy", "spam", "content"})
+
+# the fields of the ``suppressed`` event of an address this message took to the limit,
+# recorded with the outcome only if it does (the outcome scripts decide)
+LIMIT_EVENT = {
+    "reason": "soft_bounce_limit",
+    "scope": "global",
+    "stage": "outcome",  # the address, suppressed by this message's outcome
+}
 
 
 def bounce_is_soft(bounce_class: str | None, hard: bool) -> bool:

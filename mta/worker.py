@@ -66,7 +66,7 @@ from mta.outcomes import Outcomes
 from mta.pool import SmtpPool
 from mta.render import RenderError, TemplateError
 from mta.routing import Destination, Router
-from mta.soft_bounces import bounce_is_soft, expiry_is_soft
+from mta.soft_bounces import LIMIT_EVENT, bounce_is_soft, expiry_is_soft
 from suppression.policy import Policy, load_policy
 from suppression.quiet_hours import after_quiet_hours, intervals_from, ramp_offset
 from warmup.gate import WarmupGate
@@ -229,6 +229,7 @@ class Worker:
                 await self._promote_due()
                 await self.store.control.release_resumed()
                 self.paused_campaigns.forget()  # a burst run reads them fresh
+                self.paused_senders.forget()
                 self.policy.forget()
                 free = max(1, self.limit - len(self.in_flight))
                 jobs = await self.store.read_jobs(self.name, count=free, block_ms=None)
@@ -681,15 +682,8 @@ class Worker:
             fields["soft_bounce"] = soft_bounced
         event = self._event(kind, job, batch, **fields)
         suppressed = b""
-        if soft_bounced:  # recorded only if this message takes its address to the limit
-            suppressed = self._event(
-                EventType.SUPPRESSED,
-                job,
-                batch,
-                reason="soft_bounce_limit",
-                scope="global",
-                stage="outcome",  # the address, suppressed by this message's outcome
-            )
+        if soft_bounced and self.delivery.soft_bounce_limit.enabled:
+            suppressed = self._event(EventType.SUPPRESSED, job, batch, **LIMIT_EVENT)
         await self.outcomes.record(
             Outcome(
                 queued.entry_id,

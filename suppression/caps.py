@@ -17,7 +17,7 @@ with their window; the script finds the earliest moment every rule allows and re
 message there. This module decides which rules apply to a request and passes them to the
 script (``core.jobs.PolicyInput``); ``tests/test_policy.py`` holds the script to a brute-force model
 of the invariant "no window (t - W, t] ending at a send holds more than the limit".
-SMTP submission asks ``Store.capped_now`` for an early answer at RCPT time.
+SMTP submission asks ``Store.capped_many`` for an early answer at RCPT time.
 """
 
 from __future__ import annotations

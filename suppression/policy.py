@@ -34,6 +34,10 @@ class Policy:
             "quiet_hours": self.quiet_hours.as_json() if self.quiet_hours else None,
         }
 
+    def document(self) -> str:
+        """``as_json`` as stored (``Store.set_policy``), compact."""
+        return json.dumps(self.as_json(), separators=(",", ":"))
+
     def rules_for(self, stream: str, category: str | None) -> list[CapRule]:
         if stream != "marketing":
             return []

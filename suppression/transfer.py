@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -87,12 +87,18 @@ def export_row(entry: Suppression) -> list[str | int]:
     return [entry.email, entry.category or "", entry.reason, int(entry.at), entry.source or ""]
 
 
+async def export_rows(store: Store) -> AsyncIterator[list[str | int]]:
+    """The export's rows: ``EXPORT_HEADER``, then one per entry (``export_row``)."""
+    yield list(EXPORT_HEADER)
+    async for entry in store.suppressions.all():
+        yield export_row(entry)
+
+
 async def export_csv(store: Store, handle: TextIO) -> int:
     """Write every entry (the header first); returns how many."""
     writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(EXPORT_HEADER)
-    count = 0
-    async for entry in store.suppressions.all():
-        writer.writerow(export_row(entry))
+    count = -1  # the header is not an entry
+    async for row in export_rows(store):
+        writer.writerow(row)
         count += 1
     return count

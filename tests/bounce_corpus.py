@@ -174,9 +174,9 @@ def vendor(name: str) -> str:
     return VENDORS.get(family(name), family(name))
 
 
-def family_side(name: str) -> str:
+def family_side(name: str, salt: int = SPLIT_SALT) -> str:
     """``develop`` or ``holdout`` for a family (``lhost-postfix``): the side of its vendor."""
-    digest = hashlib.sha256(f"{SPLIT_SALT}:{VENDORS.get(name, name)}".encode()).digest()
+    digest = hashlib.sha256(f"{salt}:{VENDORS.get(name, name)}".encode()).digest()
     return SIDES[digest[0] % 2]
 
 

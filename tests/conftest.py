@@ -31,6 +31,7 @@ from aiosmtpd.controller import Controller
 from core.embedded_redis import EmbeddedRedis
 from core.settings import HostPort, Settings, load_settings
 from core.store import Store, open_store
+from loadtests.fault_sink import FaultSink
 from loadtests.harness import TEST_SHARDS, Served, free_port, start_serve
 from loadtests.redis_cluster import LocalCluster
 from mta.worker import Worker
@@ -155,6 +156,14 @@ def sink() -> Iterator[Sink]:
     controller.start()
     yield the_sink
     controller.stop()
+
+
+@pytest.fixture
+def fault_sink() -> Iterator[FaultSink]:
+    """The fault-injecting sink (``loadtests.fault_sink``), answering by its rules and scripts
+    (a test sets them; by default it accepts), its random draws seeded."""
+    with FaultSink(seed=1) as sink:
+        yield sink
 
 
 # --- the HTTP app in-process ------------------------------------------------------

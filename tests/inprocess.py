@@ -22,9 +22,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiosmtplib
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from core.casts import parse_hostport
 from core.clock import Clock
 from core.datadir import load_or_create_secret
 from core.settings import HostPort, Secret, Settings, WebhookSettings
@@ -36,6 +38,7 @@ from mta.inbound import start_inbound
 from mta.message_ids import MessageIds
 from mta.verp import Verp
 from mta.worker import Worker
+from tests.bounce_reports import YAHOO_ARF
 
 Client = TestClient[Any, Any]
 
@@ -222,3 +225,19 @@ async def suppressions(api: Client, email: str) -> list[dict[str, Any]]:
     assert answer.status == 200, await answer.text()
     entries: list[dict[str, Any]] = (await answer.json())["suppressions"]
     return entries
+
+
+async def report(inbound: HostPort | str, rcpt: str, raw: bytes) -> tuple[dict[str, Any], str]:
+    """Send a report (a DSN, an ARF complaint) to Sluice's inbound SMTP server from the null
+    sender, as a mailbox provider does: (refused recipients, the final reply's text)."""
+    where = parse_hostport(inbound) if isinstance(inbound, str) else inbound
+    async with aiosmtplib.SMTP(hostname=where.host, port=where.port, timeout=30) as smtp:
+        errors, reply = await smtp.sendmail("", [rcpt], raw)
+    return dict(errors), reply
+
+
+async def complain(inbound: HostPort | str, message_id_header: str) -> tuple[dict[str, Any], str]:
+    """A Yahoo feedback-loop complaint (ARF) about the message whose ``Message-ID`` header
+    (angle brackets kept) is ``message_id_header``, to ``fbl@shop.example.com``."""
+    raw = YAHOO_ARF.replace(b"<01HZX3J6Q3ARF@sluice.test>", message_id_header.strip().encode())
+    return await report(inbound, "fbl@shop.example.com", raw)

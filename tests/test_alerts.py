@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 
 from core.errors import ValidationError
@@ -17,9 +16,8 @@ from core.settings import HostPort
 from core.store import Store
 from gateway.alerts import DEFAULT_RULES, validate_rules
 from mta.worker import Worker
-from tests.bounce_reports import YAHOO_ARF
 from tests.conftest import Sink, gateway_settings
-from tests.inprocess import Client, Webhooks, get, running_worker, send
+from tests.inprocess import Client, Webhooks, complain, get, running_worker, send
 from tests.test_stats import campaign_body
 
 RULE = {
@@ -54,11 +52,7 @@ async def test_a_complaint_rate_rule_pauses_its_campaign_until_it_is_resumed(
     delivered = {r.rcpt_tos[0]: r.message for r in sink.snapshot()}
     assert len(delivered) == 10
     for email in ("f1@gmail.com", "f2@gmail.com"):  # 2 of 10: 20%, over the critical 10%
-        report = YAHOO_ARF.replace(
-            b"<01HZX3J6Q3ARF@sluice.test>", str(delivered[email]["Message-ID"]).strip().encode()
-        )
-        async with aiosmtplib.SMTP(hostname=inbound.host, port=inbound.port, timeout=30) as smtp:
-            await smtp.sendmail("", ["fbl@shop.example.com"], report)
+        await complain(inbound, str(delivered[email]["Message-ID"]))
 
     async def firing() -> list[dict[str, Any]]:
         return list((await get(relay_api, "/v1/alerts"))["alerts"])
@@ -159,8 +153,7 @@ async def test_a_hard_bounce_rule_pauses_an_ip_at_a_provider_until_it_is_resumed
             "/v1/queues/actions", json={"filter": {"state": "paused"}, "action": "retry_now"}
         )
         assert (await moved.json())["changed"] == 2
-        await asyncio.sleep(1.1)  # the worker's view of paused pairs is a second old at most
-        await worker.run_until_idle()
+        await worker.run_until_idle()  # reads the paused pairs afresh
     assert sorted(r.rcpt_tos[0] for r in sink.snapshot()[before:]) == [
         "e0@gmail.com",
         "e1@gmail.com",

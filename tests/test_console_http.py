@@ -15,7 +15,7 @@ import pytest
 from core.store import Store
 from loadtests.harness import API_KEY, cart_reminder
 from tests.conftest import gateway_settings
-from tests.inprocess import Client, running_api
+from tests.inprocess import Client, running_api, send
 
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 
@@ -99,8 +99,8 @@ async def test_a_custom_header_the_parser_dislikes_is_shown_as_written(api: Clie
     body = cart_reminder()
     body["sandbox"] = True
     body["headers"] = {"Resent-To": '"', "Resent-From": "a@[", "X-Note": "=?utf-8?q?caf=C3=A9?="}
-    answer = await (await api.post("/v1/messages", json=body)).json()
-    message_id = answer["results"][0]["message_id"]
+    [sent] = await send(api, body)
+    message_id = sent["message_id"]
     detail = await api.get(f"/v1/sandbox/messages/{message_id}")
     assert detail.status == 200
     shown = {h["name"]: h["value"] for h in (await detail.json())["headers"]}
@@ -108,6 +108,9 @@ async def test_a_custom_header_the_parser_dislikes_is_shown_as_written(api: Clie
     session, base, _ = await signed_in(api)
     async with session, session.get(base + f"/ui/sandbox/{message_id}") as r:
         assert r.status == 200
+        page = await r.text()  # each as written, escaped
+    for value in ("&#34;", "a@[", "café"):
+        assert f"<code>{value}</code>" in page, value
 
 
 async def test_the_inbox_pages_through_captures_of_one_moment(api: Client) -> None:
@@ -115,7 +118,7 @@ async def test_the_inbox_pages_through_captures_of_one_moment(api: Client) -> No
     body["sandbox"] = True
     template = body["recipients"][0]
     body["recipients"] = [{**template, "email": f"p{n}@inbox.example.org"} for n in range(7)]
-    await api.post("/v1/messages", json=body)
+    await send(api, body)
     seen: list[str] = []
     cursor: Any = None
     while True:

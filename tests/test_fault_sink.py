@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import aiosmtplib
 import pytest
@@ -19,12 +18,6 @@ from loadtests.fault_sink import STALL_POINTS, FaultSink, Rule
 from loadtests.harness import PROJECT_ROOT, free_port
 
 MSG = b"From: a@sender.test\r\nTo: u@x.test\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-@pytest.fixture
-def fault_sink() -> Iterator[FaultSink]:
-    with FaultSink(seed=1) as sink:
-        yield sink
 
 
 def client(sink: FaultSink, timeout: float = 5.0, host: str | None = None) -> smtplib.SMTP:

@@ -23,7 +23,7 @@ from tests.bounce_reports import (
     YAHOO_ARF,
 )
 from tests.conftest import Sink
-from tests.inprocess import Client, message, send, suppressions
+from tests.inprocess import Client, message, report, send, suppressions
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora" / "bounces"
 
@@ -46,11 +46,6 @@ def header_id(sink: Sink, email: str) -> str:
     """The Message-ID header of the message ``email`` received, angle brackets kept."""
     [received] = [r for r in sink.snapshot() if r.rcpt_tos == [email]]
     return str(received.message["Message-ID"]).strip()
-
-
-async def report(inbound: HostPort, rcpt: str, raw: bytes) -> None:
-    async with aiosmtplib.SMTP(hostname=inbound.host, port=inbound.port, timeout=30) as smtp:
-        await smtp.sendmail("", [rcpt], raw)
 
 
 async def status_of(api: Client, message_id: str) -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosmtplib
 import pytest
 from standardwebhooks import Webhook
 
@@ -27,12 +26,12 @@ from core.store import Store
 from loadtests.fault_sink import FaultSink
 from loadtests.harness import fixture_batch
 from mta.worker import Worker
-from tests.bounce_reports import YAHOO_ARF
 from tests.conftest import Sink, fresh_store, gateway_settings
 from tests.inprocess import (
     WEBHOOK_SECRET,
     Client,
     Webhooks,
+    complain,
     get,
     message,
     running_worker,
@@ -143,11 +142,8 @@ async def test_an_arf_complaint_through_the_inbound_server_suppresses(
     [sent] = await send(relay_api, fixture_batch(1))
     await worker.run_until_idle()
     [received] = sink.snapshot()
-    original = str(received.message["Message-ID"]).strip()  # signed: <id.signature@domain>
-    report = YAHOO_ARF.replace(b"<01HZX3J6Q3ARF@sluice.test>", original.encode())
-
-    async with aiosmtplib.SMTP(hostname=inbound.host, port=inbound.port, timeout=30) as smtp:
-        errors, reply = await smtp.sendmail("", ["fbl@shop.example.com"], report)
+    original = str(received.message["Message-ID"])  # signed: <id.signature@domain>
+    errors, reply = await complain(inbound, original)
     assert errors == {} and reply.startswith("2.0.0 OK: report received"), reply
 
     found = await message(relay_api, sent["message_id"])

@@ -41,7 +41,7 @@ def world(tmp_path: Path) -> Iterator[tuple[DNSServer, Path]]:
     data = tmp_path / "data"
     key = KeyStore(data).generate(DOMAIN, "s1", "rsa", 2048)
     with DNSServer(GOOD) as server:
-        server.add(key.record_name, "TXT", " ".join(f'"{s}"' for s in key.txt_strings()))
+        server.add(key.record_name, "TXT", txt_rdata(key.txt_value()))
         yield server, data
 
 

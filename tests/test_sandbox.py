@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from core.store import Store
 from loadtests.harness import cart_reminder
 from mta.dkimkeys import KeyStore
 from tests.conftest import Sink, gateway_settings
-from tests.dnsserver import DNSServer
-from tests.inprocess import running_api, running_worker
+from tests.dnsserver import DNSServer, txt_rdata
+from tests.inprocess import Client, running_api, running_worker
 
-Client = TestClient[Any, Any]
 SANDBOX_KEY = "sandbox-key-for-tests-0123456789"
 
 
@@ -43,7 +42,7 @@ async def gateway(
         sandbox_api_key=SANDBOX_KEY,
     )
     key = KeyStore(settings.data_dir).generate("shop.example.com", "s1", "rsa", 2048)
-    dns_server.add(key.record_name, "TXT", " ".join(f'"{s}"' for s in key.txt_strings()))
+    dns_server.add(key.record_name, "TXT", txt_rdata(key.txt_value()))
     async with (
         running_api(settings, redis_url) as client,
         running_worker(settings, store) as worker,

@@ -10,7 +10,8 @@ import asyncio
 import datetime
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,6 @@ from mta.smtp import (
 )
 
 MESSAGE = b"From: a@shop.test\r\nTo: b@inbox.test\r\nSubject: hi\r\n\r\nHello\r\n"
-
-
-@pytest.fixture
-def fault_sink() -> Iterator[FaultSink]:
-    with FaultSink() as sink:
-        yield sink
 
 
 async def open_to(sink_or_port: FaultSink | int, **kwargs: object) -> SmtpConnection:
@@ -419,23 +414,31 @@ async def test_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_fai
 # --- the pool ------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def pool_to(
+    sink: FaultSink, *, per_domain: int = 20, messages_per_connection: int = 100
+) -> AsyncIterator[tuple[SmtpPool, Destination]]:
+    """A pool of two connections at most to the sink (as a relay), closed after."""
+    pool = SmtpPool(
+        ehlo_name="mta.sluice.test",
+        timeout=5,
+        per_host=2,
+        per_domain=per_domain,
+        messages_per_connection=messages_per_connection,
+    )
+    try:
+        yield pool, Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
+    finally:
+        await pool.aclose()
+
+
 async def test_pool_reconnects_at_once_when_the_server_dropped_an_idle_connection() -> None:
     with FaultSink(idle_timeout=0.3) as sink:
-        pool = SmtpPool(
-            ehlo_name="mta.sluice.test",
-            timeout=5,
-            per_host=2,
-            per_domain=20,
-            messages_per_connection=100,
-        )
-        dest = Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
-        try:
+        async with pool_to(sink) as (pool, dest):
             for _ in range(2):
                 reply = await pool.send(dest, "inbox.test", "a@shop.test", "b@inbox.test", MESSAGE)
                 assert reply.code == 250
                 await asyncio.sleep(0.8)  # the sink closes the idle connection
-        finally:
-            await pool.aclose()
         assert len(sink.accepted()) == 2
         assert sink.connections_total == 2
 
@@ -446,20 +449,12 @@ async def test_deliveries_queued_for_a_host_each_get_a_connection_even_when_some
     woken) passes its turn on, so none is left waiting with a connection idle."""
     with FaultSink() as sink:
         sink.set_rule("*", latency=0.01)
-        pool = SmtpPool(
-            ehlo_name="mta.sluice.test",
-            timeout=5,
-            per_host=2,
-            per_domain=100,
-            messages_per_connection=1000,
-        )
-        dest = Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
+        async with pool_to(sink, per_domain=100, messages_per_connection=1000) as (pool, dest):
 
-        async def send(i: int) -> int:
-            rcpt = f"r{i}@inbox.test"
-            return (await pool.send(dest, "inbox.test", "a@shop.test", rcpt, MESSAGE)).code
+            async def send(i: int) -> int:
+                rcpt = f"r{i}@inbox.test"
+                return (await pool.send(dest, "inbox.test", "a@shop.test", rcpt, MESSAGE)).code
 
-        try:
             tasks = [asyncio.create_task(send(i)) for i in range(60)]
             await asyncio.sleep(0.05)
             given_up = tasks[10:60:5]
@@ -467,47 +462,34 @@ async def test_deliveries_queued_for_a_host_each_get_a_connection_even_when_some
                 task.cancel()
             async with asyncio.timeout(20):
                 done = await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            await pool.aclose()
         delivered = [code for code in done if code == 250]
         assert all(code == 250 or isinstance(code, asyncio.CancelledError) for code in done)
         assert len(delivered) == len(sink.accepted()) >= 60 - len(given_up)
         assert sink.max_concurrent <= 2 and sink.connections_total == 2
 
 
-async def test_the_step_a_reply_answered_decides_the_verdict() -> None:
+async def test_the_step_a_reply_answered_decides_the_verdict(fault_sink: FaultSink) -> None:
     """The same "550 User unknown" is a dead address at RCPT TO and a filter's word after the
     message; "Host not found" about our HELO name and "User unknown" about our sender say
     nothing about the recipient."""
 
     async def verdict(sink: FaultSink, rcpt: str) -> tuple[str, bool]:
-        pool = SmtpPool(
-            ehlo_name="mta.sluice.test",
-            timeout=5,
-            per_host=2,
-            per_domain=20,
-            messages_per_connection=100,
-        )
-        dest = Destination("127.0.0.1", "127.0.0.1", sink.port, False, "relay")
-        try:
+        async with pool_to(sink) as (pool, dest):
             with pytest.raises(PermanentDeliveryError) as refused:
                 await pool.send(dest, "inbox.test", "a@shop.test", rcpt, MESSAGE)
-        finally:
-            await pool.aclose()
         return refused.value.bounce_class, refused.value.hard
 
-    with FaultSink() as sink:
-        sink.set_rule("gone@inbox.test", rcpt_reply="550 User unknown")
-        sink.script("filtered@inbox.test", ["550 User unknown"])  # after the final dot
-        assert await verdict(sink, "gone@inbox.test") == ("bad-mailbox", True)
-        assert await verdict(sink, "filtered@inbox.test") == ("bad-mailbox", False)
-        assert len(sink.received()) == 1  # the filtered one: the other never got past RCPT
+    fault_sink.set_rule("gone@inbox.test", rcpt_reply="550 User unknown")
+    fault_sink.script("filtered@inbox.test", ["550 User unknown"])  # after the final dot
+    assert await verdict(fault_sink, "gone@inbox.test") == ("bad-mailbox", True)
+    assert await verdict(fault_sink, "filtered@inbox.test") == ("bad-mailbox", False)
+    assert len(fault_sink.received()) == 1  # the filtered one: the other never got past RCPT
 
-        sink.set_rule("*", mail_reply="550 5.1.1 <a@shop.test>: User unknown")
-        assert await verdict(sink, "someone@inbox.test") == ("policy", False)
-        sink.set_rule("*", helo_reply="550 5.1.2 <mta.sluice.test>: Host not found")
-        assert await verdict(sink, "someone@inbox.test") == ("policy", False)
-        assert sink.counts["mail_rejected"] == 1 and sink.counts["helo_rejected"] == 2
+    fault_sink.set_rule("*", mail_reply="550 5.1.1 <a@shop.test>: User unknown")
+    assert await verdict(fault_sink, "someone@inbox.test") == ("policy", False)
+    fault_sink.set_rule("*", helo_reply="550 5.1.2 <mta.sluice.test>: Host not found")
+    assert await verdict(fault_sink, "someone@inbox.test") == ("policy", False)
+    assert fault_sink.counts["mail_rejected"] == 1 and fault_sink.counts["helo_rejected"] == 2
 
 
 async def test_a_wake_is_passed_on_by_a_waiter_cancelled_before_it_could_use_it() -> None:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 
 from core import rollups
@@ -33,6 +32,9 @@ from tests.inprocess import (
     running_worker,
     send,
     suppressions,
+)
+from tests.inprocess import (
+    report as send_report,
 )
 
 DAY = 86400.0
@@ -65,16 +67,16 @@ async def store(backend: tuple[str, int]) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-def fault() -> AsyncIterator[FaultSink]:
-    with FaultSink(seed=1) as sink:
-        sink.set_rule(FULL, p_4xx=1.0, reply_4xx=f"452 4.2.2 <{FULL}>: Mailbox full")
-        sink.set_rule(RECOVERS, p_4xx=1.0, reply_4xx=f"452 4.2.2 <{RECOVERS}>: Mailbox full")
-        sink.set_rule(
-            BLOCKED,
-            p_4xx=1.0,
-            reply_4xx="451 4.7.1 Client host rejected: blocked using zen.spamhaus.org",
-        )
-        yield sink
+def fault(fault_sink: FaultSink) -> FaultSink:
+    """The fault sink: two mailboxes full until told otherwise, one sender blocklisted."""
+    fault_sink.set_rule(FULL, p_4xx=1.0, reply_4xx=f"452 4.2.2 <{FULL}>: Mailbox full")
+    fault_sink.set_rule(RECOVERS, p_4xx=1.0, reply_4xx=f"452 4.2.2 <{RECOVERS}>: Mailbox full")
+    fault_sink.set_rule(
+        BLOCKED,
+        p_4xx=1.0,
+        reply_4xx="451 4.7.1 Client host rejected: blocked using zen.spamhaus.org",
+    )
+    return fault_sink
 
 
 class Gateway:
@@ -253,11 +255,9 @@ async def test_reports_after_acceptance_count_as_the_soft_bounces_they_are(
         assert sorted(return_paths) == sorted(reports), "the relay accepted every message"
         for email, report in reports.items():
             if report is not None:
-                raw = failure_report(email, *report)
-                async with aiosmtplib.SMTP(
-                    hostname=gateway.inbound.host, port=gateway.inbound.port, timeout=30
-                ) as smtp:
-                    await smtp.sendmail("", [return_paths[email]], raw)
+                await send_report(
+                    gateway.inbound, return_paths[email], failure_report(email, *report)
+                )
                 assert await gateway.status(sent[day][email]) == "bounced"
         if day == 4:  # three soft bounces to full, over four days: not yet
             assert await suppressions(gateway.api, full) == []

@@ -163,12 +163,10 @@ class Tokens:
         self._sealing = ChaCha20Poly1305(sealing)
         self._by_id = {key_id: ChaCha20Poly1305(key) for key_id, key in keys}
         # link MAC key by a token's first three characters: no decoding per link
-        self._link_keys = {
-            prefix: _link_key(key) for key_id, key in keys for prefix in _prefixes(key_id)
-        }
         self._link_macs = {  # keyed once: a link copies the state instead of keying BLAKE2b
-            prefix: hashlib.blake2b(key=key, digest_size=LINK_MAC_BYTES)
-            for prefix, key in self._link_keys.items()
+            prefix: hashlib.blake2b(key=_link_key(key), digest_size=LINK_MAC_BYTES)
+            for key_id, key in keys
+            for prefix in _prefixes(key_id)
         }
         self.max_age_days = max_age_days
 
@@ -220,13 +218,21 @@ class Tokens:
     def link(self, message_token: str, index: int) -> str:
         """The ``/t/c/`` path segment of link ``index`` of the batch's link table, for the
         message of ``message_token`` (a token ``seal_message`` made)."""
-        keyed = self._link_macs.get(message_token[:3])
-        if keyed is None or index < 0:
-            raise ValueError("not a message token of these keys, or a negative index")
         head = f"{message_token}.{index}"
+        mac = self._link_mac(head) if index >= 0 else None
+        if mac is None:
+            raise ValueError("not a message token of these keys, or a negative index")
+        return f"{head}.{_b64(mac)}"
+
+    def _link_mac(self, head: str) -> bytes | None:
+        """The MAC of ``<message token>.<index>`` under the key that sealed the token (by
+        its first three characters); None for a token of no known key."""
+        keyed = self._link_macs.get(head[:3])
+        if keyed is None:
+            return None
         mac = keyed.copy()
         mac.update(head.encode("ascii"))
-        return f"{head}.{_b64(mac.digest())}"
+        return mac.digest()
 
     def open_link(self, token: str, *, now: float | None = None) -> tuple[Opened, int]:
         """The message and the link index of a ``link`` token; ``TokenError`` for anything
@@ -241,12 +247,9 @@ class Tokens:
             or len(mac_text) != _LINK_MAC_CHARS
         ):
             raise TokenError("not a link token")
-        key = self._link_keys.get(message_token[:3])
-        if key is None:
+        expected = self._link_mac(f"{message_token}.{index}")
+        if expected is None:
             raise TokenError("unknown key")
-        mac = _unb64(mac_text)
-        head = f"{message_token}.{index}".encode("ascii")
-        expected = hashlib.blake2b(head, key=key, digest_size=LINK_MAC_BYTES).digest()
-        if not hmac.compare_digest(mac, expected):
+        if not hmac.compare_digest(_unb64(mac_text), expected):
             raise TokenError("forged or altered")
         return self.open(message_token, expect="message", now=now), int(index)

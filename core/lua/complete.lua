@@ -1,8 +1,9 @@
 -- Record the outcomes of a group of delivery attempts atomically: acknowledge their queue
 -- entries, set each message's status, append its event and, for a deferral, put the job back
 -- in the delayed set; a delivery ends its address's run of soft bounces, a message that
--- ended soft-bounced extends it and may suppress the address (lib/timeline.lua).
--- lib/timeline.lua is prepended (append_event, delivered, count_soft_bounce).
+-- ended soft-bounced extends it and may suppress the address (lib/soft_bounces.lua).
+-- lib/timeline.lua (append_event, set_status, leave_pending) and lib/soft_bounces.lua
+-- (delivered, count_soft_bounce) are prepended.
 -- KEYS[1] jobs stream  KEYS[2] delayed zset  KEYS[3] events stream  KEYS[4] stats hash
 -- KEYS[5] pending messages per domain (the count drops when a message reaches a final status)
 -- KEYS[6] suppression count
@@ -38,13 +39,12 @@ for i = 1, (#ARGV - 7) / 11 do
   end
   event_ids[i] = append_event(KEYS[3], ARGV[2], event, record, now, retention)
   if status ~= "" then  -- "" records an event (a complaint, say) without a new status
-    redis.call('HSET', record, 's', status)
+    set_status(record, KEYS[4], status)
     if status == 'delivered' then
       -- the sending IP and pool, for statistics of what happens to the message later
       local sent = cmsgpack.unpack(event)
       redis.call('HSET', record, 'dt', now, 'si', sent['ip'] or '', 'sp', sent['pool'] or '')
     end
-    redis.call('HINCRBY', KEYS[4], status, 1)
   end
   if run == 'delivered' then
     delivered(KEYS[key], message_id)
@@ -57,8 +57,8 @@ for i = 1, (#ARGV - 7) / 11 do
   end
   if retry_job ~= "" then
     redis.call('ZADD', KEYS[2], retry_at, retry_job)
-  elseif domain ~= "" and redis.call('HINCRBY', KEYS[5], domain, -1) <= 0 then
-    redis.call('HDEL', KEYS[5], domain)
+  elseif domain ~= "" then
+    leave_pending(KEYS[5], domain)
   end
 end
 if #acknowledged > 0 then

@@ -1,9 +1,10 @@
 -- Record what an inbound report (a bounce or a complaint) says about one message, once: the
 -- first report of its kind appends the message's event, may set its status and adds a
--- suppression, or keeps the recipient's run of soft bounces (lib/timeline.lua); any later one
+-- suppression, or keeps the recipient's run of soft bounces (lib/soft_bounces.lua); any later one
 -- (the same report sent again, or to twenty fbl@ addresses at once) changes nothing. A
 -- message whose record expired is not recreated.
--- lib/timeline.lua is prepended (append_event, undelivered, count_soft_bounce).
+-- lib/timeline.lua (append_event, set_status) and lib/soft_bounces.lua (undelivered, count_soft_bounce)
+-- are prepended.
 -- KEYS[1] message record  KEYS[2] events stream  KEYS[3] stats hash
 -- KEYS[4] suppression bucket hash of the recipient  KEYS[5] suppression count
 -- KEYS[6] the recipient's run of soft bounces (only with a run action, ARGV[9])
@@ -20,8 +21,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[5]) == 0 then return false end
 local event_id = append_event(KEYS[2], ARGV[4], ARGV[2], KEYS[1], ARGV[5], tonumber(ARGV[6]))
 if ARGV[3] ~= "" then
-  redis.call('HSET', KEYS[1], 's', ARGV[3])
-  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+  set_status(KEYS[1], KEYS[3], ARGV[3])
 end
 if ARGV[9] == 'count' then
   local limit = {messages = tonumber(ARGV[11]), seconds = tonumber(ARGV[12]),

@@ -43,13 +43,13 @@ class Script:
     called with every key it touches in ``keys``: none is built inside the script, so each
     runs unchanged wherever its keys' slot lives."""
 
-    def __init__(self, client: Client, name: str, *, library: str | None = None) -> None:
-        """``library``: a file of ``core/lua/lib/`` whose functions the script uses, prepended."""
+    def __init__(self, client: Client, name: str, *, libraries: Sequence[str] = ()) -> None:
+        """``libraries``: files of ``core/lua/lib/`` whose functions the script uses,
+        prepended in order (a library may use those before it)."""
         self.name = name
         lua = resources.files("core").joinpath("lua")
-        source = lua.joinpath(name).read_text()
-        if library is not None:
-            source = lua.joinpath("lib", library).read_text() + source
+        source = "".join(lua.joinpath("lib", f).read_text() for f in libraries)
+        source += lua.joinpath(name).read_text()
         self.client = client
         self._script = client.register_script(source)
 

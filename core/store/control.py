@@ -23,20 +23,28 @@ class ControlStore:
     def __init__(self, client: Client, shards: Shards) -> None:
         self.redis = client
         self.shards = shards
-        self._park = Script(client, "park.lua", library="timeline.lua")
+        self._park = Script(client, "park.lua", libraries=["timeline.lua"])
         self._unpark = Script(client, "unpark.lua")
 
     # --- paused campaigns ------------------------------------------------------------------
 
+    async def _holds(self, key: str) -> dict[str, dict[str, Any]]:
+        """What a hold hash (paused campaigns, paused senders) holds: name -> {since, reason}."""
+        found: dict[Any, Any] = await self.redis.hgetall(key)
+        return {text(name): msgpack.unpackb(value) for name, value in found.items()}
+
+    async def _hold(self, key: str, name: str, reason: str) -> bool:
+        """Hold ``name`` in a hold hash; False if it was held already (since then)."""
+        entry = msgpack.packb({"since": round(time.time(), 3), "reason": reason})
+        return bool(await self.redis.hsetnx(key, name, entry))
+
     async def paused(self) -> dict[str, dict[str, Any]]:
         """Paused campaigns: name -> {since, reason}."""
-        found: dict[Any, Any] = await self.redis.hgetall(keys.PAUSED)
-        return {text(name): msgpack.unpackb(value) for name, value in found.items()}
+        return await self._holds(keys.PAUSED)
 
     async def pause(self, campaign: str, reason: str) -> bool:
         """Pause a campaign; False if it was paused already."""
-        entry = msgpack.packb({"since": round(time.time(), 3), "reason": reason})
-        return bool(await self.redis.hsetnx(keys.PAUSED, campaign, entry))
+        return await self._hold(keys.PAUSED, campaign, reason)
 
     async def resume(self, campaign: str) -> tuple[bool, int]:
         """Resume a campaign and release the jobs it held into the queue: (it was paused,
@@ -93,12 +101,22 @@ class ControlStore:
         await self._park(touched, args)
         # and after: a sweep that removed it meanwhile finds it again
         await self.redis.sadd(keys.PARKED_CAMPAIGNS, campaign)
-        # the batches' content must outlive the pause: a week from now at least
-        for batch_id in {queued.job.batch_id for queued, _ in held}:
-            home = self.shards.home(batch_id).keys
-            for key in (home.batch(batch_id), home.link_table(batch_id)):
-                if 0 <= int(await self.redis.ttl(key)) < RETENTION_SECONDS:
-                    await self.redis.expire(key, RETENTION_SECONDS)
+        # the batches' content must outlive the pause: a week from now at least (two round
+        # trips: the TTLs, then the EXPIREs needed; EXPIRE GT needs Redis 7)
+        homes = {b: self.shards.home(b).keys for b in {queued.job.batch_id for queued, _ in held}}
+        contents = [k for b, home in homes.items() for k in (home.batch(b), home.link_table(b))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in contents:
+                pipe.ttl(key)
+            ttls = await pipe.execute() if contents else []
+        short = [
+            k for k, ttl in zip(contents, ttls, strict=True) if 0 <= int(ttl) < RETENTION_SECONDS
+        ]
+        if short:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in short:
+                    pipe.expire(key, RETENTION_SECONDS)
+                await pipe.execute()
 
     async def parked(self, campaigns: Sequence[str]) -> dict[str, int]:
         """Jobs each campaign holds, over every shard."""
@@ -114,13 +132,11 @@ class ControlStore:
 
     async def paused_senders(self) -> dict[str, dict[str, Any]]:
         """Paused ``ip:provider`` pairs -> {since, reason}."""
-        found: dict[Any, Any] = await self.redis.hgetall(keys.PAUSED_SENDERS)
-        return {text(name): msgpack.unpackb(value) for name, value in found.items()}
+        return await self._holds(keys.PAUSED_SENDERS)
 
     async def pause_sender(self, ip: str, provider: str, reason: str) -> bool:
         """Stop sending from ``ip`` to ``provider``; False if it was paused already."""
-        entry = msgpack.packb({"since": round(time.time(), 3), "reason": reason})
-        return bool(await self.redis.hsetnx(keys.PAUSED_SENDERS, f"{ip}:{provider}", entry))
+        return await self._hold(keys.PAUSED_SENDERS, f"{ip}:{provider}", reason)
 
     async def resume_sender(self, ip: str, provider: str) -> bool:
         return bool(await self.redis.hdel(keys.PAUSED_SENDERS, f"{ip}:{provider}"))

@@ -38,7 +38,7 @@ class QueueStore:
         self.redis = client
         self.shards = shards
         self._release = Script(client, "release.lua")
-        self._cancel = Script(client, "cancel.lua", library="timeline.lua")
+        self._cancel = Script(client, "cancel.lua", libraries=["timeline.lua"])
 
     async def waiting(self, limit: int) -> tuple[list[Waiting], bool]:
         """Up to ``limit`` waiting jobs of each place of each shard; (jobs, whether any place

@@ -65,11 +65,11 @@ class RollupStore:
         self,
         page: Page,
         *,
-        hourly_seconds: int = rollups.HOURLY_SECONDS_KEPT,
-        daily_seconds: int = rollups.DAILY_SECONDS_KEPT,
+        hourly_seconds: int,
+        daily_seconds: int,
     ) -> bool:
         """Add a page's counts and move the cursor, unless another counter moved it first;
-        the hourly and daily hashes it touches are kept that long."""
+        the hourly and daily hashes it touches are kept that long (``StatsSettings``)."""
         where = page.shard.keys
         names: list[str] = []
         ttls: list[Arg] = []

@@ -20,18 +20,22 @@ class SandboxStore:
     def __init__(self, client: Client) -> None:
         self.redis = client
 
-    async def capture(self, records: list[dict[str, Any]], retention: float) -> None:
-        """Keep captured messages (each a dict with ``message_id`` and ``captured_at``)."""
+    async def capture(
+        self, records: list[tuple[dict[str, Any], dict[str, Any]]], retention: float
+    ) -> None:
+        """Keep captured messages: each a (summary, whole record) pair, both with
+        ``message_id`` and ``captured_at``; ``recent`` lists summaries, ``get`` gives the
+        whole (its raw message and checks too)."""
         if not records:
             return
         now = time.time()
         ttl_ms = max(1000, int(retention * 1000))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.set(
-                    keys.sandbox_message(record["message_id"]), msgpack.packb(record), px=ttl_ms
-                )
-            pipe.zadd(keys.SANDBOX_INDEX, {r["message_id"]: r["captured_at"] for r in records})
+            for summary, record in records:
+                name = record["message_id"]
+                pipe.set(keys.sandbox_message(name), msgpack.packb(record), px=ttl_ms)
+                pipe.set(keys.sandbox_summary(name), msgpack.packb(summary), px=ttl_ms)
+            pipe.zadd(keys.SANDBOX_INDEX, {r["message_id"]: r["captured_at"] for _, r in records})
             pipe.zremrangebyscore(keys.SANDBOX_INDEX, "-inf", now - retention)
             pipe.zremrangebyrank(keys.SANDBOX_INDEX, 0, -MAX_CAPTURED - 1)
             pipe.pexpire(keys.SANDBOX_INDEX, ttl_ms)
@@ -40,8 +44,8 @@ class SandboxStore:
     async def recent(
         self, limit: int, before: tuple[float, str] | None = None
     ) -> list[dict[str, Any]]:
-        """The newest captures, newest first; ``before``: the (captured_at, message_id) of the
-        last one of the page before (several captures may share a time)."""
+        """The newest captures' summaries, newest first; ``before``: the (captured_at,
+        message_id) of the last one of the page before (several captures may share a time)."""
         names: list[str] = []
         high = "+inf"
         if before is not None:
@@ -57,7 +61,7 @@ class SandboxStore:
             names += [text(n) for n in older]
         if not names:
             return []
-        values = await self.redis.mget([keys.sandbox_message(n) for n in names])
+        values = await self.redis.mget([keys.sandbox_summary(n) for n in names])
         return [msgpack.unpackb(v) for v in values if v is not None]
 
     async def get(self, message_id: str) -> dict[str, Any] | None:

@@ -118,6 +118,10 @@ class QueueGauges:
 CLUSTER_CONNECTIONS = 1000
 
 
+# what the scripts recording an outcome use (core/lua/lib/): the timeline, the soft-bounce run
+OUTCOME_LIBRARIES = ("timeline.lua", "soft_bounces.lua")
+
+
 class Store:
     """The queue, messages and events; ``suppressions``, ``webhooks`` and ``warmup`` are the
     other parts of the layer, on the same connection pool."""
@@ -136,10 +140,10 @@ class Store:
         self.accept = self.acceptor.accept
         self.idempotent_response = self.acceptor.idempotent_response
         self.events = EventLog(client, self.shards)
-        self._complete = Script(client, "complete.lua", library="timeline.lua")
+        self._complete = Script(client, "complete.lua", libraries=OUTCOME_LIBRARIES)
         self._promote = Script(client, "promote.lua")
         self._engage = Script(client, "engage.lua")
-        self._report = Script(client, "report.lua", library="timeline.lua")
+        self._report = Script(client, "report.lua", libraries=OUTCOME_LIBRARIES)
         self.suppressions = Suppressions(client, self.shards)
         self.rollups = RollupStore(client, self.shards)
         self.control = ControlStore(client, self.shards)
@@ -196,14 +200,20 @@ class Store:
     async def set_policy(self, document: str) -> None:
         await self.redis.set(keys.POLICY, document)
 
-    async def capped_now(
-        self, rule_key: str, contact: str, address: str, window: float, now: float
-    ) -> int:
-        """How many messages one cap rule counts for ``contact`` (whose mail goes to
-        ``address``) in the window ending now (an early answer for SMTP submission;
-        ``accept.lua`` decides)."""
-        key = self.shards.of_address(address).keys.cap(rule_key, contact)
-        return int(await self.redis.zcount(key, f"({now - window}", now))
+    async def capped_many(
+        self, asked: Sequence[tuple[str, str, str, float]], now: float
+    ) -> list[int]:
+        """How many messages each cap rule counts for a contact (whose mail goes to the
+        address) in the window ending ``now``, for each (rule key, contact, address, window),
+        in one round trip: an early answer (SMTP submission, the sandbox); ``accept.lua``
+        decides."""
+        if not asked:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rule_key, contact, address, window in asked:
+                key = self.shards.of_address(address).keys.cap(rule_key, contact)
+                pipe.zcount(key, f"({now - window}", now)
+            return [int(n) for n in await pipe.execute()]
 
     # --- delivery side ------------------------------------------------------
 
@@ -368,18 +378,18 @@ class Store:
                 touched.append(where.soft_bounces(address))
                 args += ("delivered", message_id, "", "", "")
             elif outcome.soft_bounced and counting:
-                touched += (where.soft_bounces(address), self.shards.bucket_key(address))
-                entry = pack_entry("soft_bounce_limit", now, soft_bounce_source(message_id))
-                args += (
-                    "count",
-                    message_id,
-                    suppression_field(address),
-                    entry,
-                    outcome.soft_bounced,
-                )
+                bucket, entry_field, entry = self._limit_entry(address, message_id, now)
+                touched += (where.soft_bounces(address), bucket)
+                args += ("count", message_id, entry_field, entry, outcome.soft_bounced)
             else:
                 args += ("", message_id, "", "", "")
         await self._complete(touched, args)
+
+    def _limit_entry(self, address: str, message_id: str, now: float) -> tuple[str, str, bytes]:
+        """The bucket, field and entry of the ``soft_bounce_limit`` suppression ``address``
+        gets should this message take it to the limit (the outcome scripts decide)."""
+        entry = pack_entry("soft_bounce_limit", now, soft_bounce_source(message_id))
+        return self.shards.bucket_key(address), suppression_field(address), entry
 
     async def remember_sender(self, message_id: str, ip: str, provider: str) -> None:
         """The warming IP and provider that sent a message, for a complaint about it later."""
@@ -426,8 +436,7 @@ class Store:
             run = [where.soft_bounces(address)]
             changes[0] = "undelivered"
             if soft_bounced and soft_bounce is not None and soft_bounce.enabled:
-                bucket, entry_field = self.shards.bucket_key(address), suppression_field(address)
-                entry = pack_entry("soft_bounce_limit", at, soft_bounce_source(message_id))
+                bucket, entry_field, entry = self._limit_entry(address, message_id, at)
                 changes = [
                     "count",
                     message_id,

@@ -117,6 +117,7 @@ async def json_body(request: web.Request, *, optional: bool = False) -> Any:
 
 __all__ = [
     "API_KEY",
+    "CLOCK",
     "INTAKE",
     "METRICS",
     "PREPARE",

@@ -39,9 +39,9 @@ async def post_messages(request: web.Request) -> web.Response:
             "Idempotency-Key must be 1-255 printable ASCII characters", field="Idempotency-Key"
         )
     body = await json_body(request)
-    if request.get(SANDBOX_ONLY) and isinstance(body, dict):
-        body["sandbox"] = True  # the sandbox key's mail never leaves
-    submitted = await request.app[INTAKE].submit(body, idempotency_key=key)
+    submitted = await request.app[INTAKE].submit(
+        body, idempotency_key=key, sandbox=request.get(SANDBOX_ONLY, False)
+    )
     replayed = {"Idempotent-Replayed": "true"} if submitted.replayed else None
     return json_response(submitted.response, 202, replayed)
 

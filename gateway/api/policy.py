@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -22,7 +21,7 @@ async def get_policy(request: web.Request) -> web.Response:
 
 async def put_policy(request: web.Request) -> web.Response:
     policy = parse_policy(await json_body(request))
-    document = json.dumps(policy.as_json(), separators=(",", ":"))
+    document = policy.document()
     await request.app[STORE].set_policy(document)
     log.info("contact policy changed: %s", document)
     return json_response(policy.as_json())

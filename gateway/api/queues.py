@@ -3,12 +3,12 @@ release, retry now, cancel, with a dry run): ``gateway/queues.py``."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Any
 
 from aiohttp import web
 
+from core import validate
 from core.errors import ValidationError
 from gateway import queues
 from gateway.api.common import STORE, json_body, json_response, query
@@ -39,11 +39,7 @@ async def post_action(request: web.Request) -> web.Response:
 
 
 def _sender(request: web.Request) -> tuple[str, str]:
-    ip, provider = request.match_info["ip"], request.match_info["provider"]
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        raise ValidationError(f"{ip[:45]!r} is not an IP address", field="ip") from None
+    ip, provider = validate.ip(request.match_info["ip"]), request.match_info["provider"]
     if provider not in PROVIDERS:
         raise ValidationError(f"'provider' must be one of {', '.join(PROVIDERS)}", field="provider")
     return ip, provider

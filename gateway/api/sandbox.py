@@ -12,7 +12,9 @@ from core.errors import NotFound, ValidationError
 from gateway.api.common import SANDBOX, json_response, limit_of, query
 from gateway.api.openapi_parts import AUTH, LIMIT_QUERY, answered
 
-_BEFORE = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?):([a-z0-9.-]{1,64})")
+# a page's cursor, "<captured_at>:<message id>": here and in the OpenAPI document
+_BEFORE_PATTERN = r"([0-9]{1,12}(?:\.[0-9]{1,9})?):([a-z0-9.-]{1,64})"
+_BEFORE = re.compile(_BEFORE_PATTERN)
 
 
 async def list_messages(request: web.Request) -> web.Response:
@@ -152,7 +154,7 @@ PATHS: dict[str, Any] = {
                     "description": "the `next` of an earlier page",
                     "schema": {
                         "type": "string",
-                        "pattern": r"^[0-9]{1,12}(\.[0-9]{1,9})?:[a-z0-9.-]{1,64}$",
+                        "pattern": f"^{_BEFORE_PATTERN}$",
                     },
                 },
             ],

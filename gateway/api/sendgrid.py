@@ -253,9 +253,9 @@ async def sendgrid_send(request: web.Request) -> web.Response:
     try:
         raw = await read_body(request)
         translated = await intake.off_loop(lambda: to_sluice(decode_json(raw)))
-        if request.get(SANDBOX_ONLY):
-            translated["sandbox"] = True
-        submitted = await intake.submit(translated, reject_if="any")
+        submitted = await intake.submit(
+            translated, reject_if="any", sandbox=request.get(SANDBOX_ONLY, False)
+        )
     except (ValidationError, TemplateTooExpensive) as exc:
         if exc.field == "recipients":  # the intake's name; SendGrid's is personalizations
             exc.field = "personalizations"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import logging
 import time
 from typing import Any
@@ -157,9 +156,8 @@ async def suppression_export(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(transfer.EXPORT_HEADER)
-    async for entry in request.app[STORE].suppressions.all():
-        writer.writerow(transfer.export_row(entry))
+    async for row in transfer.export_rows(request.app[STORE]):
+        writer.writerow(row)
         if buffer.tell() > 64 * 1024:
             await response.write(buffer.getvalue().encode())
             buffer.seek(0)
@@ -202,7 +200,7 @@ async def policy_save(request: web.Request) -> web.StreamResponse:
         policy = parse_policy(document)
     except ClientError as exc:
         return render(request, "policy.html", 400, policy=document, problem=exc.detail, notice="")
-    text = json.dumps(policy.as_json(), separators=(",", ":"))
+    text = policy.document()
     await request.app[STORE].set_policy(text)
     log.info("console: contact policy changed: %s", text)
     return see_other("/ui/policy?notice=saved")

@@ -62,8 +62,7 @@ def _row(
 ) -> dict[str, Any]:
     judged = stats.rates_of(counts)
     rates = judged["rates"]
-    attempts = counts["delivered"] + counts["bounced"] + counts["deferred"]
-    rates["deferral"] = counts["deferred"] / attempts if attempts else None
+    rates["deferral"] = alerts.rate_of("deferral", counts)
     return {
         "name": name,
         "counts": counts,
@@ -78,13 +77,16 @@ def _row(
 
 
 async def _per(
-    request: web.Request, seconds: int, group: str, **filters: str
+    request: web.Request,
+    seconds: int,
+    group: str,
+    thresholds: dict[str, tuple[float, float]],
+    **filters: str,
 ) -> list[dict[str, Any]]:
-    store = request.app[STORE]
+    """Rows of ``group`` over the last ``seconds``, rates coloured by ``thresholds``."""
     now = time.time()
     query = stats.Query("hour", now - seconds + 1, now, (group,), tuple(filters.items()))
-    found = await stats.totals(store, query)
-    thresholds = _thresholds(await alerts.rules_of(store))
+    found = await stats.totals(request.app[STORE], query)
     return [
         _row(key[0] or "(not sent yet)", counts, thresholds)
         for key, counts in sorted(found.items())
@@ -92,13 +94,15 @@ async def _per(
 
 
 async def overview(request: web.Request) -> web.Response:
-    firing = await request.app[STORE].control.alerts()
+    store = request.app[STORE]
+    firing = await store.control.alerts()
+    thresholds = _thresholds(await alerts.rules_of(store))
     return render(
         request,
         "overview.html",
         periods=[
-            ("Last hour", await _per(request, 3600, "provider")),
-            ("Last day", await _per(request, 86400, "provider")),
+            ("Last hour", await _per(request, 3600, "provider", thresholds)),
+            ("Last day", await _per(request, 86400, "provider", thresholds)),
         ],
         alerts=sorted(firing.values(), key=lambda a: a["since"]),
     )
@@ -120,10 +124,11 @@ async def providers(request: web.Request) -> web.Response:
         and (provider is None or e.get("provider") == provider)
     ]
     reasons = Counter((e["type"], (e.get("reason") or "")[:120]) for e in replies)
+    thresholds = _thresholds(await alerts.rules_of(store))
     if provider is None:
-        rows = await _per(request, 86400, "provider")
+        rows = await _per(request, 86400, "provider", thresholds)
     else:
-        rows = await _per(request, 86400, "ip", provider=provider)
+        rows = await _per(request, 86400, "ip", thresholds, provider=provider)
     return render(
         request,
         "providers.html",
@@ -218,12 +223,12 @@ async def queue(request: web.Request) -> web.Response:
 
 async def queue_page(request: web.Request, outcome: dict[str, Any] | None) -> web.Response:
     """The queue by state and provider; ``outcome``: a bulk action's dry run or result."""
-    store = request.app[STORE]
+    found, truncated = await queues.items(request.app[STORE])  # one read, two groupings
     return render(
         request,
         "queue.html",
-        by_state=await queues.view(store, "state", {}),
-        by_provider=await queues.view(store, "provider", {}),
+        by_state=queues.grouped(found, truncated, "state", {}),
+        by_provider=queues.grouped(found, truncated, "provider", {}),
         actions=queues.ACTIONS,
         filters=queues.FILTERS,
         states=queues.STATES,
@@ -262,10 +267,7 @@ async def messages(request: web.Request) -> web.Response:
                     ids.append(event["message_id"])
                 if len(ids) >= 20:
                     break
-            for message_id in ids:
-                one = await store.message(message_id)
-                if one:
-                    found.append(one)
+            found = [m for m in await asyncio.gather(*map(store.message, ids)) if m]
     return render(request, "messages.html", q=asked, kind=kind, found=found, scanned=SCANNED_EVENTS)
 
 

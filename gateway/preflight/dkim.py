@@ -151,12 +151,8 @@ def _matches_private_key(resolver: Dns, domain: str, selector: str, key: DkimKey
         "Date: Mon, 23 Nov 2026 00:00:00 +0000\r\nMessage-ID: <p@x>\r\n\r\nprobe\r\n"
     ).encode()
     signed = sign(probe, [SigningKey.of(key, key.load())])
-
-    def lookup(qname: bytes, timeout: float = 5) -> bytes:
-        return "".join(resolver.txt(qname.decode().rstrip("."))).encode()
-
     try:
-        good = bool(dkim.DKIM(signed).verify(dnsfunc=lookup))
+        good = bool(dkim.DKIM(signed).verify(dnsfunc=resolver.dkim_txt))
     except dkim.DKIMException:
         good = False
     return Check(

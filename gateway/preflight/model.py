@@ -63,6 +63,10 @@ class Dns:
         self.resolver.retry_servfail = False
         dns.resolver.default_resolver = self.resolver  # pyspf asks through dnspython's default
 
+    def dkim_txt(self, qname: bytes, timeout: float = 5) -> bytes:
+        """dkimpy's ``dnsfunc``: the TXT record at ``qname``, its strings joined."""
+        return "".join(self.txt(qname.decode().rstrip("."))).encode()
+
     def query(self, name: str, rdtype: str) -> list[Any] | None:
         """The records, or None when the name or type does not exist."""
         try:

@@ -138,7 +138,7 @@ def _make(
         smtp_code=code,
         diagnostic=diagnostic,
         command=command,
-        quoted=True if code is not None or _REMOTE.search(diagnostic) else None,
+        quoted=True if _REMOTE.search(diagnostic) else None,  # a reply code: quoted too
     )
 
 
@@ -352,15 +352,17 @@ def parse_text(msg: Message) -> Report | None:
     if not found:
         return None
     named = {a.lower() for a, _ in found}
+    named_in = [{a for a in named if a in line.lower()} for line in lines]  # once per line
     action = _action(notice)
     recipients = []
     for address, index in found:
         # what is said about the others is not about this one: a summary listing two
         # recipients then "a: 550 5.1.1 ..." and "b: 552 5.2.2 ..." gives each its own reply
-        others = named - {address.lower()}
+        me = {address.lower()}
+        others = named - me
         starts = {i for other in others for i in mentions.get(other, [])}  # others' lines
         own_notice = "\n".join(
-            line for line in lines if not any(other in line.lower() for other in others)
+            line for line, names in zip(lines, named_in, strict=True) if names <= me
         )
         if index < 0:
             recipients.append(_make(address, "", action, fallback=own_notice))
@@ -369,8 +371,9 @@ def parse_text(msg: Message) -> Report | None:
         if transcript:
             recipients.append(_make(address, transcript, action, fallback=own_notice))
             continue
-        chunks = [_lines_from(lines, at, address, starts) for at in mentions[address.lower()]]
-        chunk = next((c for c in chunks if _has_reason(c)), chunks[0])
+        chunks = (_lines_from(lines, at, address, starts) for at in mentions[address.lower()])
+        first = next(chunks)
+        chunk = first if _has_reason(first) else next((c for c in chunks if _has_reason(c)), first)
         recipients.append(_make(address, chunk, action, fallback=own_notice))
     return _report("text", recipients)
 
