@@ -65,6 +65,7 @@ from loadtests.bench_pipelining import smtp_source, start_sink
 from loadtests.harness import (
     API_KEY,
     Served,
+    context_switches,
     cpu_seconds,
     fixture_batch,
     fixture_message,
@@ -73,6 +74,7 @@ from loadtests.harness import (
     py_spy,
     rss_bytes,
     start_serve,
+    system_seconds,
 )
 from mta.dkimkeys import KeyStore
 
@@ -130,6 +132,19 @@ def peers(messages: int, milter: str) -> dict[str, Any]:
         }
         found["versions"] = {"postfix": measured["postfix"], "opendkim": measured["opendkim"]}
     return found
+
+
+def redis_calls(commandstats: dict[str, Any], messages: int) -> dict[str, float]:
+    """Redis commands per message by name (scripts count once each, whatever they do
+    inside), the busiest first, and their total: the round trips a message costs."""
+    calls = {
+        name.removeprefix("cmdstat_"): stat["calls"] / messages
+        for name, stat in commandstats.items()
+    }
+    busiest = sorted(calls.items(), key=lambda item: -item[1])
+    return {"total": round(sum(calls.values()), 3)} | {
+        name: round(per, 3) for name, per in busiest if per >= 0.001
+    }
 
 
 def delivered(client: redis.Redis) -> int:
@@ -192,6 +207,8 @@ def cpu_by_process(served: Served, sink_pid: int) -> dict[str, float]:
         "workers": sum(cpu_seconds(p) for p in served.worker_pids()),
         "redis": cpu_seconds(redis_pid) if redis_pid else 0.0,
         "smtp_sink": cpu_seconds(sink_pid),
+        "workers_system": sum(system_seconds(p) for p in served.worker_pids()),
+        "workers_switches": sum(context_switches(p) for p in served.worker_pids()),
     }
 
 
@@ -249,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                             (f"worker-{i}", p) for i, p in enumerate(served.worker_pids())
                         ]:
                             spies.enter_context(py_spy(pid, args.py_spy / f"{name}.txt"))
+                    with redis.Redis.from_url(served.redis_url()) as stats:
+                        stats.config_resetstat()
                     cpu_before = cpu_by_process(served, sink.pid)
                     sampler.start()
                     started = time.perf_counter()
@@ -259,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                     total_seconds = time.perf_counter() - started
                     cpu_after = cpu_by_process(served, sink.pid)
                     by_workers = delivered_by_metrics(served.url)
+                    with redis.Redis.from_url(served.redis_url()) as stats:
+                        commands = stats.info("commandstats")
             finally:
                 sampler.stop.set()
                 served.stop()
@@ -291,10 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         "workers_counted_delivered": by_workers,
         "worker_peak_rss_mb": [round(v / 2**20) for v in sampler.worker_rss.values()],
         "redis_peak_used_memory_mb": round(sampler.redis_peak / 2**20),
+        "redis_calls_per_message": redis_calls(commands, n),
         "cpu_ms_per_1000_messages": {
             name: round((cpu_after[name] - cpu_before[name]) * 1000 / n * 1000)
-            for name in cpu_before
+            for name in ("api", "workers", "redis", "smtp_sink")
         },
+        "workers_system_cpu_share": round(
+            (cpu_after["workers_system"] - cpu_before["workers_system"])
+            / max(cpu_after["workers"] - cpu_before["workers"], 1e-9),
+            2,
+        ),
+        "workers_context_switches_per_message": round(
+            (cpu_after["workers_switches"] - cpu_before["workers_switches"]) / n, 2
+        ),
     }
     print_result(result, as_json=args.json)
     return 0

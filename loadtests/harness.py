@@ -134,6 +134,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def system_seconds(pid: int) -> float:
+    """The part of ``cpu_seconds`` spent in the kernel (system calls: sockets, files)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of a process so far (Linux /proc): each
+    is a wait for the loop's next event or a preemption."""
+    total = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.endswith("ctxt_switches") or "ctxt_switches:" in line:
+            total += int(line.split()[1])
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process now (Linux /proc), 0 if it is gone."""
     try:

@@ -16,8 +16,11 @@ redoes all of that work on every copy. ``MessageBuilder`` does it once per batch
 * **Lines** are encoded, stuffed and canonicalized once: quoted-printable works line by
   line, and so do SMTP dot-stuffing and DKIM's relaxed body canonicalization, so the
   complete lines of each static piece are kept in both forms (``_Lines``) and per
-  recipient only the lines that hold a value or a link are encoded, all of a part's in
-  one pass (``_Part.lines``). The signature then needs only the header fields and the
+  recipient only the lines that hold a value are encoded, all of a part's in one pass
+  (``_Part.lines``). The lines that hold only links are not encoded per recipient either:
+  a tracked URL is inert to all three, so a part's whole body is a template per set of URL
+  lengths (``_Template``: statics with holes the URLs' characters fill; ~45 us less a
+  message on the fixture's 16 links). The signature then needs only the header fields and the
   body hash (``mta.dkim.signature_headers``), and the result is ready for the wire
   (``mta.smtp.WireMessage``): the SMTP client does not rescan it.
 * **Headers** that every message of the batch shares (From, Reply-To, the batch's own
@@ -38,9 +41,11 @@ from __future__ import annotations
 import binascii
 import hashlib
 import html as html_escaping
+import operator
 import re
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -179,6 +184,11 @@ class _Html:
                 return None
         return cls(fenced, table, skeleton, clicks)
 
+    @property
+    def links(self) -> frozenset[int]:
+        """The slots that hold a static link's tracked URL."""
+        return frozenset(i for i, (kind, _) in enumerate(self.slots) if kind == "link")
+
     def _static(self, text: str) -> None:
         if text and self.layout and isinstance(self.layout[-1], str):
             self.layout[-1] += text
@@ -293,9 +303,14 @@ class _Lines:
 
 class _Part:
     """A text or HTML part's layout, static lines worked out: per recipient, ``lines``
-    gives its body's CRLF-terminated lines in both forms from what its slots hold."""
+    gives its body's CRLF-terminated lines in both forms from what its slots hold.
 
-    def __init__(self, layout: list[str | int]) -> None:
+    ``links``: the slots that hold a link's tracked URL. The lines that hold only such
+    slots are not encoded per recipient at all: a tracked URL is inert to quoted-printable
+    (printable ASCII, no ``=``, no space), so where each of its characters lands, and what
+    surrounds it, depends only on its length (``_Template``)."""
+
+    def __init__(self, layout: list[str | int], links: frozenset[int] = frozenset()) -> None:
         self.plan: list[str | int | _Lines] = []
         for item in layout:
             if isinstance(item, str):
@@ -304,6 +319,27 @@ class _Part:
             else:
                 self.plan.append(item)
         self.plan_lines = [item for item in self.plan if isinstance(item, _Lines)]
+        # the text between static lines: each group but the last ends a line
+        self.groups: list[list[str | int]] = [[]]
+        for planned in self.plan:
+            if isinstance(planned, _Lines):
+                self.groups[-1] += (planned.head, "\n")
+                self.groups.append([planned.tail])
+            else:
+                self.groups[-1].append(planned)
+        self.linked = [
+            any(isinstance(x, int) for x in group)
+            and all(x in links for x in group if isinstance(x, int))
+            for group in self.groups[:-1]
+        ] + [False]
+        self.link_slots = [
+            x
+            for group, linked in zip(self.groups, self.linked, strict=True)
+            if linked
+            for x in group
+            if isinstance(x, int)
+        ]
+        self._templates: dict[tuple[int, ...], _Template | None] = {}
 
     def lines(
         self, slots: list[str], wire: list[bytes], canonical: list[bytes], *, alone: bool
@@ -314,29 +350,19 @@ class _Part:
         only one ends its body, with a CRLF added only if its text did not end with one
         (``alone``: as ``mta.mime.build_message`` ends it).
 
-        The lines that hold a slot are encoded, stuffed and canonicalized together, in one
+        The lines that hold a value are encoded, stuffed and canonicalized together, in one
         pass of each: joined by a line holding only NUL (encoded ``=00``, which nothing else
-        can encode to: NUL is refused in templates and data), then split apart again."""
-        groups: list[str] = []
-        line: list[str] = []
-        for item in self.plan:
-            if isinstance(item, int):
-                line.append(slots[item])
-            elif isinstance(item, str):
-                line.append(item)
-            else:
-                line += (item.head, "\n")
-                groups.append("".join(line))
-                line = [item.tail]
-        last = "".join(line)
-        groups.append(last)
-        encoded = _encoded_lines(_SEPARATOR.join(groups))
-        if not alone or (last and not last.endswith("\n")):
-            encoded += b"\r\n"
-        stuffed, canonical_lines = _forms(encoded)
-        wire_pieces = stuffed.split(_ENCODED_SEPARATOR)
-        canonical_pieces = canonical_lines.split(_ENCODED_SEPARATOR)
-        dots = _stuffed(stuffed)
+        can encode to: NUL is refused in templates and data), then split apart again. The
+        lines that hold only tracked URLs come from the part's template for their lengths,
+        when every URL is inert."""
+        if self.link_slots:
+            urls = [slots[x] for x in self.link_slots]
+            template = self._template(tuple(map(len, urls)))
+            joined = "".join(urls)
+            if template is not None and template.fits(joined):
+                pieces = self._encoded(slots, alone, skip=self.linked)
+                return template.fill(joined.encode("ascii"), pieces, wire, canonical)
+        wire_pieces, canonical_pieces, dots = self._encoded(slots, alone)
         for item, wire_piece, canonical_piece in zip(
             self.plan_lines, wire_pieces, canonical_pieces, strict=False
         ):
@@ -346,6 +372,201 @@ class _Part:
         wire.append(wire_pieces[-1])
         canonical.append(canonical_pieces[-1])
         return dots
+
+    def _encoded(
+        self, slots: list[str], alone: bool, skip: list[bool] | None = None
+    ) -> tuple[list[bytes], list[bytes], int]:
+        """The groups' lines (but those ``skip`` says), in both forms, and the dots stuffing
+        added to them."""
+        texts = [
+            "".join(slots[x] if isinstance(x, int) else x for x in group)
+            for k, group in enumerate(self.groups)
+            if skip is None or not skip[k]
+        ]
+        encoded = _encoded_lines(_SEPARATOR.join(texts))
+        last = texts[-1]
+        if not alone or (last and not last.endswith("\n")):
+            encoded += b"\r\n"
+        stuffed, canonical_lines = _forms(encoded)
+        return (
+            stuffed.split(_ENCODED_SEPARATOR),
+            canonical_lines.split(_ENCODED_SEPARATOR),
+            _stuffed(stuffed),
+        )
+
+    def _template(self, lengths: tuple[int, ...]) -> _Template | None:
+        if lengths in self._templates:
+            return self._templates[lengths]
+        if len(self._templates) >= MAX_TEMPLATES:  # URLs of ever new lengths: encode them
+            return None
+        template = self._templates[lengths] = _Template.of(self, lengths)
+        return template
+
+
+MAX_TEMPLATES = 16  # per part: link lengths vary with the message id's, a few per batch
+_INERT = re.compile("[!-<>-~]*")  # printable ASCII but ``=``: quoted-printable leaves it be
+_DOT = ord(".")
+
+
+class _Template:
+    """A part's whole body for one set of tracked-URL lengths: static bytes (both forms)
+    between holes, each hole a run of the URLs' characters (their concatenation, sliced)
+    or the encoded lines of a group that holds a value.
+
+    Made by encoding the part twice with the URLs replaced by placeholders of their length,
+    once ``A``s, once ``B``s: quoted-printable, dot-stuffing and canonicalization treat
+    every inert character alike, so the two differ exactly where the URLs' characters go,
+    soft line breaks included, except SMTP's stuffing of a dot that begins a line: the few
+    URL runs that begin one are looked at per message."""
+
+    def __init__(
+        self,
+        wire: list[bytes],
+        canonical: list[bytes],
+        holes: list[tuple[int, int] | int],
+        starting_runs: list[int],
+        dots: int,
+    ) -> None:
+        self.wire = wire  # statics, one more than holes
+        self.canonical = canonical
+        self.dots = dots  # stuffed in the statics
+        cuts = [slice(*hole) for hole in holes if isinstance(hole, tuple)]
+        self._cut = operator.itemgetter(*cuts) if len(cuts) > 1 else None
+        self._one = cuts[0] if len(cuts) == 1 else None
+        self.starting_runs = starting_runs  # the URL runs (by their order) that begin a line
+        firsts = [cuts[run].start for run in starting_runs]
+        self._line_starts: Callable[[bytes], Any] | None = None
+        if len(firsts) > 1:
+            self._line_starts = operator.itemgetter(*firsts)
+        elif firsts:
+            self._line_starts = operator.itemgetter(slice(firsts[0], firsts[0] + 1))
+        # where the encoded groups go among the URL runs: (position, group), ascending
+        self._groups = [(i, hole) for i, hole in enumerate(holes) if isinstance(hole, int)]
+
+    def fits(self, urls: str) -> bool:
+        return _INERT.fullmatch(urls) is not None
+
+    def fill(
+        self,
+        urls: bytes,
+        encoded: tuple[list[bytes], list[bytes], int],
+        wire: list[bytes],
+        canonical: list[bytes],
+    ) -> int:
+        """Append the body's pieces to ``wire`` and ``canonical`` from the URLs'
+        concatenation and the encoded groups (``_Part._encoded``); the dots stuffed."""
+        wire_pieces, canonical_pieces, dots = encoded
+        if self._cut is not None:
+            runs = list(self._cut(urls))
+        else:
+            assert self._one is not None
+            runs = [urls[self._one]]
+        canonical_holes = runs[:]
+        dots += self.dots
+        if self._line_starts is not None and _DOT in self._line_starts(urls):
+            for run in self.starting_runs:  # SMTP stuffs a dot that begins a line
+                if runs[run][:1] == b".":
+                    runs[run] = b"." + runs[run]
+                    dots += 1
+        for at, group in self._groups:
+            runs.insert(at, wire_pieces[group])
+            canonical_holes.insert(at, canonical_pieces[group])
+        out = self.wire + runs
+        out[::2], out[1::2] = self.wire, runs
+        wire += out
+        out = self.canonical + canonical_holes
+        out[::2], out[1::2] = self.canonical, canonical_holes
+        canonical += out
+        return dots
+
+    @classmethod
+    def of(cls, part: _Part, lengths: tuple[int, ...]) -> _Template | None:
+        """None if the two placeholder encodings do not line up (not expected: then each
+        message is encoded whole, as without a template)."""
+        size = dict(zip(part.link_slots, lengths, strict=True))
+        forms = []
+        for placeholder in "AB":
+            texts = [
+                "".join(placeholder * size[x] if isinstance(x, int) else x for x in group)
+                for group, linked in zip(part.groups, part.linked, strict=True)
+                if linked
+            ]
+            stuffed, canonical_lines = _forms(_encoded_lines(_SEPARATOR.join(texts)))
+            forms.append(
+                (stuffed.split(_ENCODED_SEPARATOR), canonical_lines.split(_ENCODED_SEPARATOR))
+            )
+        (wire_a, canonical_a), (wire_b, canonical_b) = forms
+        # the body in order: each group's lines (a linked group's statics and URL runs, or
+        # the hole of an encoded group), then the static lines after it
+        wire: list[bytes] = [b""]
+        canonical: list[bytes] = [b""]
+        holes: list[tuple[int, int] | int] = []
+        starting_runs: list[int] = []
+        dots = 0
+        offset = 0  # in the URLs' concatenation
+        linked_seen = 0
+        for k, linked in enumerate(part.linked):
+            if linked:
+                g = linked_seen
+                linked_seen += 1
+                wire_runs = _runs(wire_a[g], wire_b[g])
+                canonical_runs = _runs(canonical_a[g], canonical_b[g])
+                if (
+                    wire_runs is None
+                    or canonical_runs is None
+                    or [b - a for a, b in wire_runs] != [b - a for a, b in canonical_runs]
+                ):
+                    return None
+                wire_statics = _between(wire_a[g], wire_runs)
+                canonical_statics = _between(canonical_a[g], canonical_runs)
+                wire[-1] += wire_statics[0]
+                canonical[-1] += canonical_statics[0]
+                for (a, b), wire_static, canonical_static in zip(
+                    wire_runs, wire_statics[1:], canonical_statics[1:], strict=True
+                ):
+                    if a == 0 or wire_a[g][a - 2 : a] == b"\r\n":
+                        starting_runs.append(sum(isinstance(hole, tuple) for hole in holes))
+                    holes.append((offset, offset + b - a))
+                    offset += b - a
+                    wire.append(wire_static)
+                    canonical.append(canonical_static)
+                dots += _stuffed(wire_a[g])
+            else:
+                holes.append(k - linked_seen)  # its place among the encoded groups
+                wire.append(b"")
+                canonical.append(b"")
+            if k < len(part.plan_lines):
+                lines = part.plan_lines[k]
+                wire[-1] += lines.wire
+                canonical[-1] += lines.canonical
+                dots += lines.dots
+        if offset != sum(lengths) or not any(isinstance(hole, tuple) for hole in holes):
+            return None
+        return cls(wire, canonical, holes, starting_runs, dots)
+
+
+def _runs(a: bytes, b: bytes) -> list[tuple[int, int]] | None:
+    """The maximal runs (start, end) where ``a`` and ``b`` differ; None if their lengths do."""
+    if len(a) != len(b):
+        return None
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if x != y and start is None:
+            start = i
+        elif x == y and start is not None:
+            runs.append((start, i))
+            start = None
+    if start is not None:
+        runs.append((start, len(a)))
+    return runs
+
+
+def _between(data: bytes, runs: list[tuple[int, int]]) -> list[bytes]:
+    """What lies before, between and after ``runs`` in ``data``."""
+    ends = [0] + [b for _, b in runs]
+    starts = [a for a, _ in runs] + [len(data)]
+    return [data[end:start] for end, start in zip(ends, starts, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -467,7 +688,7 @@ class _Layout:
                     layout += [static, i] if i < text.values else [static]
                 parts.append(("text/plain", _Part([item for item in layout if item != ""])))
         if html is not None:
-            parts.append(("text/html", _Part(html.layout)))
+            parts.append(("text/html", _Part(html.layout, html.links)))
         return cls(html, text, parts, tuple(sorted(index, key=index.__getitem__)))
 
 
