@@ -403,7 +403,9 @@ class _Part:
         return template
 
 
-MAX_TEMPLATES = 16  # per part: link lengths vary with the message id's, a few per batch
+# per part: link lengths vary with the message id's, by its position's digits in a batch;
+# each template holds the part's body twice at most (~26 KB for the fixture's)
+MAX_TEMPLATES = 4
 _INERT = re.compile("[!-<>-~]*")  # printable ASCII but ``=``: quoted-printable leaves it be
 _DOT = ord(".")
 
@@ -542,6 +544,8 @@ class _Template:
                 dots += lines.dots
         if offset != sum(lengths) or not any(isinstance(hole, tuple) for hole in holes):
             return None
+        # most statics have no run of spaces: one object for both forms
+        canonical = [c if c != w else w for w, c in zip(wire, canonical, strict=True)]
         return cls(wire, canonical, holes, starting_runs, dots)
 
 
