@@ -96,6 +96,8 @@ class Links(Protocol):
 
     def click_url(self, url: str) -> str: ...
 
+    def click_urls(self, urls: tuple[str, ...]) -> list[str]: ...
+
 
 @dataclass(frozen=True)
 class _Fenced:
@@ -169,6 +171,8 @@ class _Html:
             self._anchor(match.group(0), table)
             at = match.end()
         self._text(skeleton[at:])
+        # the slots that hold a static link's tracked URL
+        self.links = frozenset(i for i, (kind, _) in enumerate(self.slots) if kind == "link")
 
     @classmethod
     def of(
@@ -183,11 +187,6 @@ class _Html:
             if clicks and any(_PIXEL in tag.group(0) for tag in _ANCHOR.finditer(skeleton)):
                 return None
         return cls(fenced, table, skeleton, clicks)
-
-    @property
-    def links(self) -> frozenset[int]:
-        """The slots that hold a static link's tracked URL."""
-        return frozenset(i for i, (kind, _) in enumerate(self.slots) if kind == "link")
 
     def _static(self, text: str) -> None:
         if text and self.layout and isinstance(self.layout[-1], str):
@@ -228,14 +227,18 @@ class _Html:
     def fill(self, values: list[str], links: Links, table: tuple[str, ...]) -> list[str]:
         """What each slot holds for one recipient."""
         out: list[str] = []
+        tracked: list[str] = []
+        if self.links:
+            tracked = links.click_urls(table)
+            if _HTML_SPECIAL.search("".join(tracked)):  # a link token needs no escaping
+                tracked = [html_escaping.escape(url) for url in tracked]
         for kind, what in self.slots:
             if kind == "value":
                 assert isinstance(what, int)
                 out.append(values[what])
             elif kind == "link":
                 assert isinstance(what, int)
-                url = links.click_url(table[what])  # a link token needs no escaping
-                out.append(html_escaping.escape(url) if _HTML_SPECIAL.search(url) else url)
+                out.append(tracked[what])
             elif kind == "pixel":
                 out.append(pixel(links.open_url()))
             else:

@@ -34,6 +34,9 @@ class FixedLinks:
     def click_url(self, url: str) -> str:
         return "https://t.example/t/c/" + hashlib.sha256(url.encode()).hexdigest()[:20]
 
+    def click_urls(self, urls: tuple[str, ...]) -> list[str]:
+        return [self.click_url(url) for url in urls]
+
 
 EXTRAS = Extras(
     message_id="agrcbwkro6ikatlngffnjid5mi-7.signature@shop.example.com",
@@ -331,6 +334,9 @@ class TokenLinks:
 
     def click_url(self, url: str) -> str:
         return f"https://t.example/t/c/{self.token}." + hashlib.sha256(url.encode()).hexdigest()[:6]
+
+    def click_urls(self, urls: tuple[str, ...]) -> list[str]:
+        return [self.click_url(url) for url in urls]
 
 
 def test_links_of_every_length_and_dots_where_lines_begin_are_built_the_same_both_ways(

@@ -147,6 +147,15 @@ def test_message_links_seal_what_the_table_does_not_hold(tmp_path: Path) -> None
                 assert tokens.open_link(token)[1] == links_table[url]
             else:  # a URL from recipient data, or no table: sealed inside, as before
                 assert "." not in token and tokens.open(token, expect="click").url == url
+        # the links of a message made together are the links made one by one
+        # (a sealed token differs each time: its nonce)
+        urls = ("https://shop.example.com/b", "https://x.example/me", "https://shop.example.com/a")
+        for url, made in zip(urls, links.click_urls(urls), strict=True):
+            token = made.removeprefix("https://t.example/t/c/")
+            if url in links_table:
+                assert made == links.click_url(url)
+            else:
+                assert tokens.open(token, expect="click").url == url
 
 
 # --- tokens ------------------------------------------------------------------------------
@@ -209,6 +218,8 @@ def test_link_tokens_name_a_message_and_an_index_and_refuse_anything_altered(
         None,
     )
     links = [tokens.link(message_token, i) for i in range(20)]
+    assert tokens.links(message_token, list(range(20))) == links  # one base64 for all
+    assert tokens.links(message_token, [7, 0, 7]) == [links[7], links[0], links[7]]
     for i, link in enumerate(links):
         assert re.fullmatch(rf"{re.escape(message_token)}\.{i}\.[A-Za-z0-9_-]{{12}}", link)
         found, index = tokens.open_link(link)

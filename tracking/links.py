@@ -122,6 +122,15 @@ class MessageLinks:
             return f"{self._base}/t/c/{self._tokens.seal('click', self._message_id, url)}"
         return f"{self._base}/t/c/{self._tokens.link(self._message_token(), index)}"
 
+    def click_urls(self, urls: tuple[str, ...]) -> list[str]:
+        """``click_url`` of each of ``urls``: the table's links of a message, made together."""
+        indexes = [self._table.get(url) for url in urls]
+        if None in indexes:
+            return [self.click_url(url) for url in urls]
+        segments = self._tokens.links(self._message_token(), indexes)  # type: ignore[arg-type]
+        prefix = f"{self._base}/t/c/"
+        return [prefix + segment for segment in segments]
+
 
 def static_links(markup: str, template: str) -> list[str]:
     """The tracked URLs of a rendered HTML part that are links written out in its template

@@ -65,7 +65,7 @@ _KIND_OF = {v: k for k, v in KINDS.items()}
 MAX_TOKEN_CHARS = 4096
 KEY_FILE = "tracking-keys"
 LINK_MAC_BYTES = 9  # 72 bits: each guess is a request to the endpoint
-_LINK_MAC_CHARS = 12  # base64url of 9 bytes, no padding
+_LINK_MAC_CHARS = 12  # base64url of 9 bytes, no padding (so MACs encode side by side)
 MAX_LINK_INDEX_DIGITS = 6
 _LINK_KEY_INFO = b"sluice tracking link mac v1"
 
@@ -223,6 +223,22 @@ class Tokens:
         if mac is None:
             raise ValueError("not a message token of these keys, or a negative index")
         return f"{head}.{_b64(mac)}"
+
+    def links(self, message_token: str, indexes: list[int]) -> list[str]:
+        """``link`` of each index, for one message: a MAC each, one base64 for all (a MAC
+        is a whole number of base64 groups)."""
+        keyed = self._link_macs.get(message_token[:3])
+        if keyed is None or min(indexes, default=0) < 0:
+            raise ValueError("not a message token of these keys, or a negative index")
+        heads = [f"{message_token}.{index}" for index in indexes]
+        macs = []
+        for head in heads:
+            mac = keyed.copy()
+            mac.update(head.encode("ascii"))
+            macs.append(mac.digest())
+        text = _b64(b"".join(macs))
+        width = _LINK_MAC_CHARS
+        return [f"{head}.{text[i * width : (i + 1) * width]}" for i, head in enumerate(heads)]
 
     def _link_mac(self, head: str) -> bytes | None:
         """The MAC of ``<message token>.<index>`` under the key that sealed the token (by
