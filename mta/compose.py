@@ -173,6 +173,7 @@ class _Html:
         self._text(skeleton[at:])
         # the slots that hold a static link's tracked URL
         self.links = frozenset(i for i, (kind, _) in enumerate(self.slots) if kind == "link")
+        self._picks: dict[tuple[int, int], Callable[[list[str]], tuple[str, ...]]] = {}
 
     @classmethod
     def of(
@@ -226,26 +227,49 @@ class _Html:
 
     def fill(self, values: list[str], links: Links, table: tuple[str, ...]) -> list[str]:
         """What each slot holds for one recipient."""
-        out: list[str] = []
         tracked: list[str] = []
         if self.links:
             tracked = links.click_urls(table)
             if _HTML_SPECIAL.search("".join(tracked)):  # a link token needs no escaping
                 tracked = [html_escaping.escape(url) for url in tracked]
+        made: list[str] = []  # the pixel and the tags holding a value, in order
+        for kind, what in self.slots:
+            if kind == "pixel":
+                made.append(pixel(links.open_url()))
+            elif kind == "anchor":
+                assert isinstance(what, list)
+                tag = "".join(values[p] if isinstance(p, int) else p for p in what)
+                made.append(rewrite_links(tag, links.click_url)[0])
+        key = (len(values), len(tracked))
+        pick = self._picks.get(key)
+        if pick is None:
+            pick = self._picks[key] = self._pick(*key)
+        return list(pick([*values, *tracked, *made]))
+
+    def _pick(self, values: int, tracked: int) -> Callable[[list[str]], tuple[str, ...]]:
+        """Each slot's place in ``values + tracked + made``."""
+        places, made = [], values + tracked
         for kind, what in self.slots:
             if kind == "value":
                 assert isinstance(what, int)
-                out.append(values[what])
+                places.append(what)
             elif kind == "link":
                 assert isinstance(what, int)
-                out.append(tracked[what])
-            elif kind == "pixel":
-                out.append(pixel(links.open_url()))
+                places.append(values + what)
             else:
-                assert isinstance(what, list)
-                tag = "".join(values[p] if isinstance(p, int) else p for p in what)
-                out.append(rewrite_links(tag, links.click_url)[0])
-        return out
+                places.append(made)
+                made += 1
+        return _picker(places)
+
+
+def _picker(places: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """The items at ``places`` of a list, as a tuple, in one C call."""
+    if len(places) == 1:
+        only = places[0]
+        return lambda items: (items[only],)
+    if not places:
+        return lambda items: ()
+    return operator.itemgetter(*places)
 
 
 # --- lines ---------------------------------------------------------------------------------
@@ -343,6 +367,12 @@ class _Part:
             if isinstance(x, int)
         ]
         self._templates: dict[tuple[int, ...], _Template | None] = {}
+        self._statics = list(
+            dict.fromkeys(
+                [_SEPARATOR, *(x for group in self.groups for x in group if isinstance(x, str))]
+            )
+        )
+        self._picks: dict[tuple[int, bool], Callable[[list[str]], tuple[str, ...]]] = {}
 
     def lines(
         self, slots: list[str], wire: list[bytes], canonical: list[bytes], *, alone: bool
@@ -381,13 +411,13 @@ class _Part:
     ) -> tuple[list[bytes], list[bytes], int]:
         """The groups' lines (but those ``skip`` says), in both forms, and the dots stuffing
         added to them."""
-        texts = [
-            "".join(slots[x] if isinstance(x, int) else x for x in group)
-            for k, group in enumerate(self.groups)
-            if skip is None or not skip[k]
-        ]
-        encoded = _encoded_lines(_SEPARATOR.join(texts))
-        last = texts[-1]
+        key = (len(slots), skip is not None)
+        pick = self._picks.get(key)
+        if pick is None:
+            pick = self._picks[key] = self._pick(len(slots), skip)
+        text = "".join(pick([*slots, *self._statics]))
+        encoded = _encoded_lines(text)
+        last = text.rpartition(_SEPARATOR)[2]
         if not alone or (last and not last.endswith("\n")):
             encoded += b"\r\n"
         stuffed, canonical_lines = _forms(encoded)
@@ -396,6 +426,18 @@ class _Part:
             canonical_lines.split(_ENCODED_SEPARATOR),
             _stuffed(stuffed),
         )
+
+    def _pick(self, slots: int, skip: list[bool] | None) -> Callable[[list[str]], tuple[str, ...]]:
+        """The groups' pieces, separated, as places in ``slots + self._statics``."""
+        places: list[int] = []
+        for k, group in enumerate(self.groups):
+            if skip is not None and skip[k]:
+                continue
+            if places:
+                places.append(slots + self._statics.index(_SEPARATOR))
+            for item in group:
+                places.append(item if isinstance(item, int) else slots + self._statics.index(item))
+        return _picker(places)
 
     def _template(self, lengths: tuple[int, ...]) -> _Template | None:
         if lengths in self._templates:

@@ -162,17 +162,23 @@ def sign(message: bytes, keys: list[SigningKey], *, timestamp: int | None = None
 
 def signed_fields(
     headers: list[tuple[bytes, bytes]],
-) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+) -> tuple[tuple[bytes, ...], list[tuple[bytes, bytes]]]:
     """The ``h=`` names (``OVERSIGNED`` once more than present, ``SIGNED_WHEN_PRESENT`` as
     often as present) and the fields they select, in order: what ``dkim.select_headers``
-    selects (each name takes its fields from the last one up), in one pass over the fields
-    instead of one per name."""
+    selects (each name takes its fields from the last one up)."""
+    signed, places = _selection(tuple([name.lower() for name, _ in headers]))
+    return signed, [headers[i] for i in places]
+
+
+@functools.lru_cache(maxsize=256)  # every message of a batch has the same field names
+def _selection(names: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+    """``signed_fields`` by the fields' names: the ``h=`` names and the selected places."""
     where: dict[bytes, list[int]] = {}  # each field name's places, first to last
-    for i, (name, _) in enumerate(headers):
-        where.setdefault(name.lower(), []).append(i)
+    for i, name in enumerate(names):
+        where.setdefault(name, []).append(i)
     signed = [n for n in OVERSIGNED for _ in range(len(where.get(n, ())) + 1)]
     signed += [n for n in SIGNED_WHEN_PRESENT for _ in where.get(n, ())]
-    return signed, [headers[where[n].pop()] for n in signed if where.get(n)]
+    return tuple(signed), tuple(where[n].pop() for n in signed if where.get(n))
 
 
 def signature_headers(
@@ -213,7 +219,7 @@ def signature_headers(
             + stamp
             + b"; h="
         )
-        head += _fold_list(tuple(signed), first=len(stamp) + 10) + b";"
+        head += _fold_list(signed, first=len(stamp) + 10) + b";"
         head += _FOLD + b"bh=" + encoded_hash + b";" + _FOLD + b"b="
         name, value = relaxed_field((b"DKIM-Signature", head))
         data = header_data + name + b":" + value.rstrip(b"\r\n")
