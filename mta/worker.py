@@ -79,6 +79,7 @@ STALE_AFTER_MS = 60_000
 RENDER_THREADS = 2
 RECENT_SECONDS = 1.0  # how stale a worker's paused campaigns and senders and policy may be
 SENDER_PAUSED_RETRY_SECONDS = 300.0  # a message whose every IP is paused looks again then
+GATHER_SECONDS = 0.02  # how long a worker at its limit waits for more free slots before reading
 
 
 class _Recent(Generic[T]):
@@ -178,6 +179,8 @@ class Worker:
         self.warmup = WarmupGate(store, settings.warmup)
         self.limit = self.delivery.concurrency_per_worker
         self.capacity = asyncio.Semaphore(self.limit)
+        self._gathered = 1  # free slots _gather_slots waits for
+        self._slots_gathered = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.metrics = DeliveryMetrics()
 
@@ -198,6 +201,7 @@ class Worker:
             while not self.stopping.is_set():
                 async with self.capacity:  # wait until at least one slot is free
                     pass
+                await self._gather_slots()
                 free = max(1, self.limit - len(self.in_flight))
                 try:
                     jobs = await self._read_unless_stopping(free)
@@ -356,6 +360,21 @@ class Worker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
         self.capacity.release()
+        if self.limit - len(self.in_flight) >= self._gathered:
+            self._slots_gathered.set()
+
+    async def _gather_slots(self) -> None:
+        """With few slots free, wait a little for more before reading: jobs are read, looked
+        up and started in groups, a Redis round trip each (~100 us of a worker's CPU
+        whatever the group's size), and a worker at its limit frees a slot at a time. Up to
+        ``GATHER_SECONDS`` for a quarter of the slots."""
+        self._gathered = max(1, self.limit // 4)
+        if self.limit - len(self.in_flight) >= self._gathered:
+            return
+        self._slots_gathered.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GATHER_SECONDS):
+                await self._slots_gathered.wait()
 
     async def _drain(self) -> None:
         if not self.in_flight:
