@@ -12,6 +12,13 @@ its connection limit is halved, it gets no new transaction until its backoff
 expires (doubling on each push-back, up to ``MAX_BACKOFF``), and its limit grows
 back by one for every ``limit`` successful deliveries (AIMD, as TCP does).
 
+A delivery waiting for a host's connection waits with its envelope: when a transaction's
+DATA is accepted, the longest waiter's MAIL, RCPT and DATA go out after the content in the
+same write, and the connection passes straight to it (``_Chain``): one write and one round
+trip a message on a busy connection instead of two, which halves the time a message holds
+a connection to a distant provider (measured on loopback: context switches per message
+1.3 -> 0.7, the sink's CPU -12%, workers' -3%).
+
 The SMTP conversation itself is ``mta.smtp`` (PIPELINING when offered); its
 errors are translated here into Sluice's delivery errors, carrying the verdict
 of ``mta.replies.classify`` for the reply and the step it answered: a "550 User
@@ -28,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from mta.replies import Command, classify
@@ -68,28 +76,59 @@ class _Waitable:
     ``wake`` hands one coming back to the longest waiter, who re-checks its condition (and
     waits again at the back if someone not waiting took it first; that one wakes the next
     when done). Waking everyone instead made each finished delivery wake the dozens of
-    deliveries queued for the host, all but one to wait again."""
+    deliveries queued for the host, all but one to wait again.
+
+    A waiter may wait with an ``item`` (what it will do with the resource): ``take`` gives
+    the longest waiter's item to someone who can act on it at once; the taker then answers
+    the waiter itself (``answer``), with what it made for it or None (look again)."""
 
     def __init__(self) -> None:
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[Any], Any]] = deque()
 
-    async def wait(self) -> None:
+    async def wait(self, item: Any = None) -> Any:
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._waiters.append((waiter, item))
         try:
-            await waiter
+            return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.wake()  # woken, then cancelled before it could look: the next one looks
+                self._unused(waiter.result())  # answered, then cancelled before it could look
             raise
+
+    def _unused(self, given: Any) -> None:
+        """A cancelled waiter had been answered with ``given``: the next one looks."""
+        self.wake()
 
     def wake(self, count: int = 1) -> None:
         """Wake up to ``count`` waiters (each for one resource come back)."""
         while count > 0 and self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 count -= 1
+
+    def take(self) -> tuple[asyncio.Future[Any], Any] | None:
+        """The longest waiter and its item, out of the queue; None if it has no item."""
+        while self._waiters:
+            waiter, item = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if item is None:
+                return None
+            return self._waiters.popleft()
+        return None
+
+    def give_back(self, taken: tuple[asyncio.Future[Any], Any]) -> None:
+        """A taken waiter, first in the queue again."""
+        self._waiters.appendleft(taken)
+
+    def answer(self, waiter: asyncio.Future[Any], given: Any) -> bool:
+        """Answer a taken waiter; False if it is gone (cancelled): ``given`` is unused."""
+        if waiter.done():
+            return False
+        waiter.set_result(given)
+        return True
 
 
 class _DomainGate(_Waitable):
@@ -122,6 +161,12 @@ class HostState(_Waitable):
         self.successes = 0
         self.recent: deque[tuple[float, int, str]] = deque(maxlen=10)
 
+    def _unused(self, given: Any) -> None:
+        if given is not None:  # a connection handed over, its envelope sent: it cannot wait
+            given.smtp.abort()
+            self.open -= 1
+        self.wake()
+
     def throttled(self, base: float) -> None:
         self.limit = max(1, self.limit // 2)
         self.backoff = min(max(base, self.backoff * 2), MAX_BACKOFF)
@@ -136,6 +181,58 @@ class HostState(_Waitable):
             if self.limit < self.max_limit:
                 self.limit += 1
                 self.wake()
+
+
+_Offer = tuple[str, str, WireMessage]  # what a delivery waiting for a connection will send
+
+
+class _Chain:
+    """The transaction after this one on the same connection: with PIPELINING, once DATA is
+    accepted, the longest waiter for the host gives its envelope, which goes out after this
+    message's content in one write (``SmtpConnection.transaction``'s ``then``). Once this
+    transaction has its final reply, the connection goes straight to that waiter (it reads
+    its three replies and goes on); a connection that will not carry it (lost, 421, the
+    pool closing) is closed, and the waiter looks for another one, as if woken: its envelope
+    cannot have been acted on without its content."""
+
+    def __init__(self, pool: SmtpPool, host: HostState, conn: _Connection) -> None:
+        self.pool = pool
+        self.host = host
+        self.conn = conn
+        self.waiter: asyncio.Future[Any] | None = None
+
+    def next_envelope(self) -> bytes:
+        pool, host, conn = self.pool, self.host, self.conn
+        if (
+            not conn.smtp.pipelining
+            or pool._closed
+            or conn.sent + 2 > pool.messages_per_connection
+            or host.open > host.limit
+            or host.backoff_until > time.monotonic()
+        ):
+            return b""
+        taken = host.take()
+        if taken is None:
+            return b""
+        waiter, (sender, recipient, message) = taken
+        try:
+            envelope = conn.smtp.envelope(sender, recipient, message)
+        except SmtpUnsupported:  # it finds out for itself, on a connection of its own
+            host.give_back(taken)
+            return b""
+        self.waiter = waiter
+        return envelope
+
+    def hand_over(self, keep: bool) -> None:
+        """After this transaction: the connection to the waiter whose envelope it carries."""
+        assert self.waiter is not None
+        pool, host, conn = self.pool, self.host, self.conn
+        if keep and not pool._closed and conn.smtp.usable and host.answer(self.waiter, conn):
+            return
+        conn.smtp.abort()
+        host.open -= 1
+        if not host.answer(self.waiter, None):  # gone: the place it would have taken
+            host.wake()
 
 
 class SmtpPool:
@@ -206,24 +303,28 @@ class SmtpPool:
                 gate.release()
 
     async def _checkout(
-        self, host: HostState, dest: Destination, source_ip: str | None
-    ) -> _Connection:
+        self, host: HostState, dest: Destination, source_ip: str | None, offer: _Offer
+    ) -> tuple[_Connection, bool]:
+        """A connection for ``offer``'s transaction, and whether its envelope is already on
+        it (pipelined after the previous message by the transaction before, ``_Chain``)."""
         while True:
             while host.idle:
                 conn = host.idle.pop()
                 if conn.smtp.usable:
-                    return conn
+                    return conn, False
                 host.open -= 1  # closed by the server while idle
                 conn.smtp.abort()
             if host.open < host.limit:
                 host.open += 1
                 try:
-                    return await self._connect(host, dest, source_ip)
+                    return await self._connect(host, dest, source_ip), False
                 except BaseException:
                     host.open -= 1
                     host.wake()
                     raise
-            await host.wait()
+            handed = await host.wait(offer)
+            if handed is not None:
+                return handed, True
 
     async def _checkin(self, host: HostState, conn: _Connection, keep: bool) -> None:
         if keep and not self._closed and host.open <= host.limit and conn.smtp.usable:
@@ -267,19 +368,27 @@ class SmtpPool:
         message: bytes | WireMessage,
         source_ip: str | None,
     ) -> Reply:
+        if not isinstance(message, WireMessage):
+            message = WireMessage.of(message)
         for attempt in (1, 2):
-            conn = await self._checkout(host, dest, source_ip)
+            conn, sent = await self._checkout(host, dest, source_ip, (sender, recipient, message))
             reused = conn.sent > 0
             keep = False
+            chain = _Chain(self, host, conn)
             try:
-                reply = await conn.smtp.transaction(sender, recipient, message)
+                reply = await conn.smtp.transaction(
+                    sender, recipient, message, sent=sent, then=chain.next_envelope
+                )
                 conn.sent += 1
                 keep = conn.sent < self.messages_per_connection
                 host.succeeded()
                 host.recent.append((time.time(), reply.code, reply.text[:200]))
                 return reply
             except SmtpReplyError as exc:
-                keep = exc.reply.code != 421 and await conn.smtp.reset()
+                if chain.waiter is not None:  # the next envelope follows: no RSET (none needed)
+                    keep = exc.reply.code != 421
+                else:
+                    keep = exc.reply.code != 421 and await conn.smtp.reset()
                 raise self._failed(host, exc.reply, exc.stage, dest) from exc
             except SmtpUnsupported as exc:
                 keep = True  # nothing was written
@@ -299,7 +408,10 @@ class SmtpPool:
                 host.recent.append((time.time(), 0, str(exc)[:200]))
                 raise TransientDeliveryError(f"{dest}: {exc}", host=str(dest)) from exc
             finally:
-                await self._checkin(host, conn, keep)
+                if chain.waiter is not None:
+                    chain.hand_over(keep)
+                else:
+                    await self._checkin(host, conn, keep)
         raise AssertionError("unreachable")
 
     def _failed(

@@ -3,7 +3,9 @@
 aiosmtplib reads exactly one reply per command it writes and drops a reply that
 arrives before the previous one was collected, so it cannot pipeline (RFC 2920).
 Without pipelining every message costs four round trips (MAIL, RCPT, DATA, the
-final dot); with it, two. Sluice's outbound client is therefore this module: a
+final dot); with it, two; with the next message's envelope sent after this one's
+content (``transaction``'s ``then``, the pool's ``_Chain``), one on a busy
+connection. Sluice's outbound client is therefore this module: a
 small asyncio-streams client that speaks exactly what delivery needs: greeting,
 EHLO (HELO fallback), STARTTLS, MAIL/RCPT/DATA (pipelined when offered), RSET
 and QUIT.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -391,21 +394,48 @@ class SmtpConnection:
         mail = " ".join([f"MAIL FROM:<{sender}>", *params])
         return mail, f"RCPT TO:<{recipient}>"
 
-    async def transaction(self, sender: str, recipient: str, message: bytes | WireMessage) -> Reply:
-        """MAIL, RCPT, DATA and the message; the final reply, or SmtpReplyError/SmtpError."""
+    def envelope(self, sender: str, recipient: str, message: WireMessage) -> bytes:
+        """MAIL, RCPT and DATA for a message, as pipelined (SmtpUnsupported if this server
+        cannot take it)."""
+        mail, rcpt = self._envelope(sender, recipient, message)
+        return f"{mail}\r\n{rcpt}\r\n".encode() + b"DATA\r\n"
+
+    async def transaction(
+        self,
+        sender: str,
+        recipient: str,
+        message: bytes | WireMessage,
+        *,
+        sent: bool = False,
+        then: Callable[[], bytes] | None = None,
+    ) -> Reply:
+        """MAIL, RCPT, DATA and the message; the final reply, or SmtpReplyError/SmtpError.
+
+        With PIPELINING, the next message's envelope may follow this one's content in the
+        same write (RFC 2920 3.1: message content may be the first command of a group):
+        ``then`` is asked for it once DATA is accepted (b"" for none), and the next
+        transaction is called with ``sent`` (its envelope is on its way: only its replies
+        are read). One write and one round trip a message instead of two."""
         if not isinstance(message, WireMessage):
             message = WireMessage.of(message)
-        mail, rcpt = self._envelope(sender, recipient, message)
         wire = message.data
-        commands = [line.encode("utf-8") + b"\r\n" for line in (mail, rcpt)] + [b"DATA\r\n"]
-        if self.pipelining:
+        if sent:  # the previous transaction wrote our envelope after its content
+            self._step()
+            try:
+                replies = [await self._reply() for _ in range(3)]
+            finally:
+                self._idle()
+        elif self.pipelining:
+            group = self.envelope(sender, recipient, message)
             self._step()  # one round trip, one timeout
             try:
-                await self._send(b"".join(commands))
-                replies = [await self._reply() for _ in commands]
+                await self._send(group)
+                replies = [await self._reply() for _ in range(3)]
             finally:
                 self._idle()
         else:
+            mail, rcpt = self._envelope(sender, recipient, message)
+            commands = [line.encode() + b"\r\n" for line in (mail, rcpt)] + [b"DATA\r\n"]
             replies = []
             for command in commands:
                 await self._write(command)
@@ -413,11 +443,8 @@ class SmtpConnection:
                 if not replies[-1].ok:
                     break
         mail_reply, rcpt_reply, data_reply = [*replies, None, None][:3]
-        envelope: tuple[tuple[Reply | None, Stage], ...] = (
-            (mail_reply, "mail"),
-            (rcpt_reply, "rcpt"),
-        )
-        refused = next(((r, stage) for r, stage in envelope if r is not None and not r.ok), None)
+        steps: tuple[tuple[Reply | None, Stage], ...] = ((mail_reply, "mail"), (rcpt_reply, "rcpt"))
+        refused = next(((r, stage) for r, stage in steps if r is not None and not r.ok), None)
         if refused is not None:
             if data_reply is not None and data_reply.code == 354:
                 # RFC 2920 3.1: DATA accepted with no valid recipient; end it empty.
@@ -427,9 +454,11 @@ class SmtpConnection:
         assert data_reply is not None
         if data_reply.code != 354:
             raise SmtpReplyError(data_reply, "data")
+        after = then() if then is not None else b""
         try:
-            await self._write(wire)  # the content and the final reply each get the timeout:
-            final = await self.read_reply()  # a server may scan a large message before it
+            await self._write(wire + after if after else wire)  # the content and the final
+            final = await self.read_reply()  # reply each get the timeout: a server may scan a
+            # large message before it answers
         except SmtpError as exc:
             exc.committed = True  # the message may have arrived: a retry can duplicate it
             raise

@@ -7,9 +7,11 @@ will not, a scripted raw TCP server on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import re
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.errors import PermanentDeliveryError
+from core.errors import PermanentDeliveryError, TransientDeliveryError
 from loadtests.fault_sink import FaultSink
 from mta.pool import HostState, SmtpPool
 from mta.routing import Destination
@@ -446,7 +448,9 @@ async def test_pool_reconnects_at_once_when_the_server_dropped_an_idle_connectio
 async def test_deliveries_queued_for_a_host_each_get_a_connection_even_when_some_give_up() -> None:
     """Sixty deliveries for a host allowed two connections: each connection that comes back
     goes to one waiting delivery; a delivery cancelled while waiting (or just after being
-    woken) passes its turn on, so none is left waiting with a connection idle."""
+    woken) passes its turn on, so none is left waiting with a connection idle. One cancelled
+    after its envelope was pipelined on a connection costs that connection (a DATA the
+    server accepted cannot be taken back but by closing): at most one more each."""
     with FaultSink() as sink:
         sink.set_rule("*", latency=0.01)
         async with pool_to(sink, per_domain=100, messages_per_connection=1000) as (pool, dest):
@@ -465,7 +469,7 @@ async def test_deliveries_queued_for_a_host_each_get_a_connection_even_when_some
         delivered = [code for code in done if code == 250]
         assert all(code == 250 or isinstance(code, asyncio.CancelledError) for code in done)
         assert len(delivered) == len(sink.accepted()) >= 60 - len(given_up)
-        assert sink.max_concurrent <= 2 and sink.connections_total == 2
+        assert sink.max_concurrent <= 2 and 2 <= sink.connections_total <= 2 + len(given_up)
 
 
 async def test_the_step_a_reply_answered_decides_the_verdict(fault_sink: FaultSink) -> None:
@@ -490,6 +494,129 @@ async def test_the_step_a_reply_answered_decides_the_verdict(fault_sink: FaultSi
     fault_sink.set_rule("*", helo_reply="550 5.1.2 <mta.sluice.test>: Host not found")
     assert await verdict(fault_sink, "someone@inbox.test") == ("policy", False)
     assert fault_sink.counts["mail_rejected"] == 1 and fault_sink.counts["helo_rejected"] == 2
+
+
+# --- the next envelope after the content ---------------------------------------------
+
+
+def one_connection_pool(**kwargs: int) -> SmtpPool:
+    return SmtpPool(
+        ehlo_name="mta.sluice.test",
+        timeout=5,
+        per_host=1,
+        per_domain=100,
+        messages_per_connection=kwargs.get("messages_per_connection", 100),
+    )
+
+
+async def test_the_next_envelope_goes_out_with_the_content_before_it(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    """Three deliveries waiting for one connection: after the first message's content, the
+    server already holds the second one's MAIL, RCPT and DATA before it has answered the
+    first (RFC 2920: content may open a group), and so on; one connection, each message
+    answered on its own."""
+    chunks: list[list[bytes]] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, "PIPELINING")
+        commands = [await reader.readline() for _ in range(3)]
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        for n in range(3):
+            body = await read_data(reader)
+            # what arrived with the content, before any answer to it
+            early = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2 if n < 2 else 0.05):
+                    early = [await reader.readline() for _ in range(3)]
+            chunks.append([*commands, body])
+            commands = early
+            writer.write(f"250 queued {n}\r\n".encode())
+            if early:
+                writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await reader.readline()  # QUIT
+
+    pool = one_connection_pool()
+    dest = Destination("127.0.0.1", "127.0.0.1", await raw_server(script), False, "relay")
+    try:
+        replies = await asyncio.gather(
+            *(
+                pool.send(dest, "inbox.test", "a@shop.test", f"r{i}@inbox.test", MESSAGE)
+                for i in range(3)
+            )
+        )
+    finally:
+        await pool.aclose()
+    assert [r.text for r in replies] == ["queued 0", "queued 1", "queued 2"]
+    assert [c[1] for c in chunks] == [f"RCPT TO:<r{i}@inbox.test>\r\n".encode() for i in range(3)]
+    assert all(c[3] == MESSAGE + b".\r\n" for c in chunks)
+
+
+async def test_a_message_refused_after_its_content_does_not_hold_up_the_next(
+    fault_sink: FaultSink,
+) -> None:
+    """The first message is refused at its final dot; the second's envelope already follows
+    it on the connection: no RSET in between, and the second is delivered on it."""
+    fault_sink.script("refused@inbox.test", ["550 5.7.1 content refused"])
+    pool = one_connection_pool()
+    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
+    try:
+        first = asyncio.create_task(
+            pool.send(dest, "inbox.test", "a@shop.test", "refused@inbox.test", MESSAGE)
+        )
+        second = asyncio.create_task(
+            pool.send(dest, "inbox.test", "a@shop.test", "fine@inbox.test", MESSAGE)
+        )
+        with pytest.raises(PermanentDeliveryError):
+            await first
+        assert (await second).code == 250
+    finally:
+        await pool.aclose()
+    assert [m.rcpt_tos for m in fault_sink.accepted()] == [("fine@inbox.test",)]
+    assert fault_sink.connections_total == 1
+
+
+@pytest.mark.parametrize("outcome", ["drop", "421 4.3.2 closing"])
+async def test_a_connection_lost_after_a_content_sends_the_next_message_on_a_new_one(
+    fault_sink: FaultSink, outcome: str
+) -> None:
+    """The connection ends after the first message's content (dropped unanswered, or 421):
+    the second's envelope went out on it but can have done nothing without its content; it
+    is sent once, on a new connection."""
+    fault_sink.script("lost@inbox.test", [outcome])
+    pool = one_connection_pool()
+    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
+    try:
+        results = await asyncio.gather(
+            pool.send(dest, "inbox.test", "a@shop.test", "lost@inbox.test", MESSAGE),
+            pool.send(dest, "inbox.test", "a@shop.test", "next@inbox.test", MESSAGE),
+            return_exceptions=True,
+        )
+    finally:
+        await pool.aclose()
+    assert isinstance(results[0], TransientDeliveryError)
+    assert not isinstance(results[1], BaseException) and results[1].code == 250
+    assert [m.rcpt_tos for m in fault_sink.accepted()] == [("next@inbox.test",)]
+    assert fault_sink.connections_total == 2
+
+
+async def test_a_connection_carries_no_more_than_its_messages_when_chained(
+    fault_sink: FaultSink,
+) -> None:
+    pool = one_connection_pool(messages_per_connection=3)
+    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
+    try:
+        replies = await asyncio.gather(
+            *(
+                pool.send(dest, "inbox.test", "a@shop.test", f"r{i}@inbox.test", MESSAGE)
+                for i in range(7)
+            )
+        )
+    finally:
+        await pool.aclose()
+    assert all(r.code == 250 for r in replies)
+    by_connection = Counter(m.connection_id for m in fault_sink.accepted())
+    assert sorted(by_connection.values()) == [1, 3, 3]
 
 
 async def test_a_wake_is_passed_on_by_a_waiter_cancelled_before_it_could_use_it() -> None:
