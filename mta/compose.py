@@ -67,7 +67,7 @@ from mta.mime import (
     new_boundary,
     part_header,
 )
-from mta.render import Rendered, Templates
+from mta.render import Printer, Rendered, Templates, printer
 from mta.smtp import WireMessage
 from tracking.links import (
     _ANCHOR,
@@ -107,6 +107,7 @@ class _Fenced:
     template: jinja2.Template
     values: int
     statics: list[str]
+    printer: Printer | None  # the part's values without Jinja, most of the time
 
     @classmethod
     def of(cls, part: jinja2.Template, source: str) -> _Fenced | None:
@@ -133,11 +134,15 @@ class _Fenced:
         marked.set_environment(env)
         code = env.compile(marked)
         template = env.template_class.from_code(env, code, dict(env.make_globals(None)), None)
-        return cls(template, len(statics) - 1, statics)
+        return cls(template, len(statics) - 1, statics, printer(part))
 
     def split(self, data: dict[str, Any]) -> list[str] | None:
         """The values, in order; None if the output is not the statics around them (a value
         held a fence; the careful way then says what is wrong)."""
+        if self.printer is not None:
+            values = self.printer.values(data)
+            if values is not None:
+                return values
         pieces = "".join(self.template.root_render_func(self.template.new_context(data)))
         split = pieces.split(FENCE)
         if len(split) != 2 * self.values + 1 or split[0::2] != self.statics:

@@ -7,10 +7,12 @@ from typing import Any
 
 import jinja2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from loadtests.harness import fixture_batch
-from mta.render import RenderError, RenderOverBudget, TemplateError, Templates
+from mta.render import RenderError, RenderOverBudget, TemplateError, Templates, printer
 from mta.template_budget import MAX_ITEMS, MAX_LOOP_ITERATIONS, MAX_PART_CHARS
 
 
@@ -205,3 +207,80 @@ def test_parts_that_only_print_data_render_without_a_budget() -> None:
     bigger = {name: value + "x" * 10_000 for name, value in big.items()}
     with pytest.raises(RenderOverBudget):  # 2.2 MB of output: over the part's 2 MB
         wide.render(bigger)
+
+
+# --- printing data by name without Jinja ---------------------------------------------------
+
+_NAMES = ["first_name", "city", "range", "n"]
+_PIECES = st.sampled_from(
+    [
+        "Hi ",
+        "<b>",
+        "{{ first_name }}",
+        "{{ city }}",
+        "{{ n }}",
+        '{{ first_name | default("there") }}',
+        "{{ city | default('<somewhere> & co') }}",
+        "{{ city | default(3) }}",
+        "{{ first_name.upper }}",
+        "{{ range }}",
+        "{{ 'x' }}",
+        "\n",
+        " {{first_name|default('a', true)}}",
+    ]
+)
+_DATA_VALUES = (
+    st.text(alphabet="ab <>&\"'é\n", max_size=8)
+    | st.integers(-5, 5)
+    | st.none()
+    | st.booleans()
+    | st.just(["x"])
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    source=st.lists(_PIECES, max_size=6).map("".join),
+    data=st.dictionaries(st.sampled_from(_NAMES), _DATA_VALUES, max_size=4),
+    autoescape=st.booleans(),
+)
+def test_data_printed_by_name_is_printed_exactly_as_jinja_prints_it(
+    source: str, data: dict[str, Any], autoescape: bool
+) -> None:
+    """A plain template printing data by name is printed without Jinja (``Printer``) when
+    every value it prints is a string: exactly Jinja's output, escaped alike in HTML; any
+    other case (a number, a missing name without a default, an attribute, a global, a
+    constant, ``default(..., true)``) is left to Jinja (None)."""
+    templates = Templates(source, source if autoescape else None, None if autoescape else source)
+    part = templates.html if autoescape else templates.text
+    assert part is not None
+    found = printer(part)
+    if found is None:
+        return
+    printed = found.render(data)
+    try:
+        expected = PLAIN[autoescape].from_string(source).render(data)
+    except jinja2.UndefinedError:
+        assert printed is None
+        return
+    if printed is not None:
+        assert printed == expected
+    else:
+        assert any(type(data.get(name, "")) is not str for name, _ in found.sites)
+    if autoescape:
+        return
+    if any(ch in expected for ch in "\r\n"):  # the subject's own checks, either way
+        with pytest.raises(RenderError):
+            templates.render_subject(data)
+    else:
+        assert templates.render_subject(data) == expected.strip()
+
+
+def test_the_fixture_is_printed_without_jinja() -> None:
+    body = fixture_batch(3)
+    templates = Templates(body["subject"], body["html"], body["text"])
+    for part in (templates.subject, templates.html, templates.text):
+        assert part is not None and printer(part) is not None
+    for recipient in body["recipients"]:
+        html = printer(templates.html).render(recipient["data"])  # type: ignore[arg-type,union-attr]
+        assert html == PLAIN[True].from_string(body["html"]).render(recipient["data"])
