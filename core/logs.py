@@ -21,10 +21,34 @@ _show_addresses = False
 def setup_logging(level: int = logging.INFO, *, addresses: bool = False) -> None:
     global _show_addresses
     _show_addresses = addresses
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s",
+    # A worker writes a line per delivery attempt: what the format does not show is not
+    # gathered (the caller's frame, thread, process and task names: ~2 us a line).
+    logging._srcfile = None  # documented: no findCaller
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12+
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        _SecondFormatter(f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s")
     )
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class _SecondFormatter(logging.Formatter):
+    """``logging.Formatter``'s time, ``2026-11-28 18:44:03,123``, its date and time made once
+    a second instead of once a line."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, super().formatTime(record)[:-4]
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 def show_addresses(enabled: bool) -> None:
