@@ -199,3 +199,36 @@ async def test_events_are_paged_over_shards_each_once(
             assert answer.status == 400, bad
     with pytest.raises(BadCursor):
         decode_cursor("v1.0" + ".0-0" * (SHARDS - 1), SHARDS)
+
+
+async def test_the_suppressions_stopping_a_read_are_looked_up_together_over_shards(
+    store: Store,
+) -> None:
+    """A worker looks up the jobs of one read in one call per shard: each answer is the one
+    asked of that address alone (global before category; an unsubscribe does not stop
+    transactional mail), whatever shard each address lives in."""
+    suppressions = store.suppressions
+    addresses = [f"user{i}@inbox.test" for i in range(120)]
+    assert len({store.shards.of_address(a) for a in addresses}) == SHARDS
+    await suppressions.add_many(
+        [(a, None, "hard_bounce", "test") for a in addresses[0:120:7]]
+        + [(a, None, "unsubscribe", "test") for a in addresses[1:120:7]]
+        + [(a, "promo", "unsubscribe", "test") for a in addresses[2:120:7]]
+        + [(a, "promo", "manual", "test") for a in addresses[3:120:7]]
+    )
+    checks = [
+        (address.upper() if i % 5 == 0 else address, category, transactional)
+        for i, address in enumerate(addresses)
+        for category, transactional in ((None, False), ("promo", False), ("promo", True))
+    ]
+    together = await suppressions.check_many(checks)
+    alone = [await suppressions.check(a, c, transactional=t) for a, c, t in checks]
+    assert together == alone
+    reasons = Counter(found.reason if found else None for found in together)
+    assert reasons == {
+        None: 120 * 3 - 18 * 3 - 17 * 2 - 17 * 1 - 17 * 2,
+        "hard_bounce": 18 * 3,
+        "unsubscribe": 17 * 2 + 17 * 1,
+        "manual": 17 * 2,
+    }
+    assert await suppressions.check_many([]) == []

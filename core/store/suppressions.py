@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ class Suppressions:
         self.redis = client
         self.shards = shards
         self._script = Script(client, "suppress.lua")
+        self._suppressed = Script(client, "suppressed.lua")
 
     async def add_many(
         self, entries: Iterable[tuple[str, str | None, str, str | None]], *, at: float | None = None
@@ -78,20 +80,35 @@ class Suppressions:
     async def check_many(
         self, checks: Sequence[tuple[str, str | None, bool]]
     ) -> list[Suppression | None]:
-        """``check`` for each (address, category, transactional), in one round trip: what a
-        worker asks about the jobs of one read."""
-        asked: list[tuple[str, list[str]]] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for address, category, _ in checks:
-                address = canonical(address)
-                names = [address] if category is None else [address, field(address, category)]
-                asked.append((address, names))
-                pipe.hmget(self.shards.bucket_key(address), names)
-            answers = await pipe.execute() if checks else []
-        found: list[Suppression | None] = []
-        for (_, names), values, (_, _, transactional) in zip(asked, answers, checks, strict=True):
-            found.append(_stopping(names, values, transactional))
-        return found
+        """``check`` for each (address, category, transactional), in one script call per
+        shard (``core/lua/suppressed.lua``): what a worker asks about the jobs of one read.
+        One call, not a pipeline of one HMGET each: a command costs the client ~25 us in a
+        pipeline, a script's argument ~1 us."""
+        asked: list[list[str]] = []
+        calls: dict[Shard, tuple[list[str], list[Arg], list[int]]] = {}
+        for i, (given, category, _) in enumerate(checks):
+            address = canonical(given)
+            names = [address] if category is None else [address, field(address, category)]
+            asked.append(names)
+            bucket = bucket_of(address)
+            shard = self.shards.of_bucket(bucket)
+            buckets, args, order = calls.setdefault(shard, ([], [], []))
+            buckets.append(shard.keys.suppression_bucket(bucket))
+            args += [len(names), *names]
+            order.append(i)
+        values: list[list[Any]] = [[] for _ in checks]
+        found = await asyncio.gather(*(self._suppressed(b, a) for b, a, _ in calls.values()))
+        for (_, _, order), flat in zip(calls.values(), found, strict=True):
+            at = 0
+            for i in order:
+                values[i] = flat[at : at + len(asked[i])]
+                at += len(asked[i])
+        return [
+            _stopping(names, found_values, transactional)
+            for names, found_values, (_, _, transactional) in zip(
+                asked, values, checks, strict=True
+            )
+        ]
 
     async def of(self, address: str) -> list[Suppression]:
         """Every entry for ``address``: global and per category."""
