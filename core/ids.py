@@ -17,6 +17,19 @@ MESSAGE_ID_PATTERN = r"[a-z2-7]{26}-\d{1,4}(?:\.[1-9]\d{0,2})?"
 _MESSAGE_ID = re.compile(r"([a-z2-7]{26})-(\d{1,4})(?:\.([1-9]\d{0,2}))?")
 
 
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+_BASE32_PAIRS = [a + b for a in _BASE32 for b in _BASE32]  # by 10-bit value
+
+
+def base32_prefix(data: bytes, chars: int) -> str:
+    """The first ``chars`` (even, at most ``len(data) * 8 // 5``) characters of ``data`` in
+    lowercase base32: ``base64.b32encode(data).decode().lower()[:chars]`` without its
+    pure-Python loop, twice as fast (a delivery writes three such MACs)."""
+    bits = chars * 5
+    value = int.from_bytes(data, "big") >> (len(data) * 8 - bits)
+    return "".join([_BASE32_PAIRS[(value >> at) & 1023] for at in range(bits - 10, -1, -10)])
+
+
 def new_batch_id() -> str:
     """26 lowercase base32 characters: 48 bits of milliseconds, 80 random bits."""
     raw = int(time.time() * 1000).to_bytes(6, "big") + os.urandom(10)

@@ -843,15 +843,16 @@ class MessageBuilder:
         if not alone:
             wire.append(self.stretches[-1][0])
             canonical.append(self.stretches[-1][1])
-        body = b"".join(wire)
-        size = len(head) + 2 + len(body) - dots
+        size = len(head) + 2 + sum(map(len, wire)) - dots
+        # the whole message in one join: concatenating the 13 KB body copies it each time
         if not keys:
-            return WireMessage(head + b"\r\n" + body + b".\r\n", size)
+            return WireMessage(b"".join([head, b"\r\n", *wire, b".\r\n"]), size)
         body_hash = hashlib.sha256(_relaxed_end(b"".join(canonical))).digest()
         signature = signature_headers(
             fields, body_hash, keys, timestamp=extras.timestamp, known=self.head.known
         )
-        return WireMessage(signature + head + b"\r\n" + body + b".\r\n", len(signature) + size)
+        message = b"".join([signature, head, b"\r\n", *wire, b".\r\n"])
+        return WireMessage(message, len(signature) + size)
 
     @property
     def clicks(self) -> bool:

@@ -12,12 +12,11 @@ the message, or saw its headers, can name it.
 
 from __future__ import annotations
 
-import base64
 import hmac
 import re
 from dataclasses import dataclass
 
-from core.ids import MESSAGE_ID_PATTERN, split_message_id
+from core.ids import MESSAGE_ID_PATTERN, base32_prefix, split_message_id
 from core.settings import Secret
 
 SIGNATURE_CHARS = 16  # base32: 80 bits
@@ -41,9 +40,8 @@ class MessageIds:
         self._key = key.reveal().encode()
 
     def _sign(self, message_id: str) -> str:
-        # 10 bytes encode to exactly the first 16 base32 characters of the whole digest
         digest = hmac.digest(self._key, _CONTEXT + message_id.encode(), "sha256")
-        return base64.b32encode(digest[:10]).decode().lower()
+        return base32_prefix(digest[:10], 16)
 
     def header_value(self, message_id: str, domain: str) -> str:
         """``<id>.<signature>@<domain>``: the Message-ID without its angle brackets."""

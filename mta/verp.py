@@ -10,11 +10,10 @@ refused at RCPT time.
 
 from __future__ import annotations
 
-import base64
 import hmac
 import re
 
-from core.ids import MESSAGE_ID_PATTERN, split_message_id
+from core.ids import MESSAGE_ID_PATTERN, base32_prefix, split_message_id
 from core.settings import Secret
 
 PREFIX = "bounce+"
@@ -34,9 +33,8 @@ class Verp:
         )
 
     def _sign(self, message_id: str) -> str:
-        # 7 bytes encode to the same first 10 base32 characters as the whole digest would
         digest = hmac.digest(self._key, self._separator + message_id.encode(), "sha256")
-        return base64.b32encode(digest[:7]).decode()[:10].lower()
+        return base32_prefix(digest[:7], 10)
 
     def return_path(self, message_id: str, domain: str) -> str:
         return f"{self.prefix}{message_id}.{self._sign(message_id)}@{domain}"

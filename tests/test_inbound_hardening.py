@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.ids import base32_prefix
 from core.settings import Secret
 from core.store import UnverifiedReport, open_store
 from loadtests.harness import Served, cart_reminder, fixture_batch
@@ -438,3 +439,9 @@ def test_signatures_are_the_documented_hmac_truncations() -> None:
     assert MessageIds(key).header_value(message_id, "s.example") == (
         f"{message_id}.{signature}@s.example"
     )
+
+
+@given(st.binary(min_size=1, max_size=40), st.integers(1, 32))
+def test_the_fast_base32_is_base32(data: bytes, half: int) -> None:
+    chars = min(2 * half, len(data) * 8 // 5 // 2 * 2)
+    assert base32_prefix(data, chars) == base64.b32encode(data).decode().lower()[:chars]
