@@ -339,9 +339,7 @@ class TokenLinks:
         return [self.click_url(url) for url in urls]
 
 
-def test_links_of_every_length_and_dots_where_lines_begin_are_built_the_same_both_ways(
-    signing_keys: list[SigningKey],
-) -> None:
+def test_links_of_every_length_and_dots_where_lines_begin_are_built_the_same_both_ways() -> None:
     """The lines holding only links come from a template per set of URL lengths: tokens of
     each length from 1 to 120, all dots (so a soft line break puts a dot at the start of a
     line, which SMTP stuffs), all letters, mixed; each length on fresh templates (a part keeps
@@ -356,8 +354,8 @@ def test_links_of_every_length_and_dots_where_lines_begin_are_built_the_same_bot
         return MessageBuilder(content, templates, text_links=False)
 
     def same_both_ways(builder: MessageBuilder, token: str) -> bytes:
-        fast = builder.build(job, TokenLinks(token), signing_keys[:1], EXTRAS)
-        careful = builder.build_reference(job, TokenLinks(token), signing_keys[:1], EXTRAS)
+        fast = builder.build(job, TokenLinks(token), [], EXTRAS)  # the body is the point
+        careful = builder.build_reference(job, TokenLinks(token), [], EXTRAS)
         assert fast.data == careful.data, token
         assert fast.size == careful.size
         return fast.data
