@@ -828,7 +828,7 @@ class MessageBuilder:
             if values is None:
                 return self.build_reference(job, links, keys, extras)
             filled.append(self._html.fill(values, links, self.link_table))
-        if any("\r" in value for values in filled for value in values):
+        if any("\r" in "".join(values) for values in filled):
             return self.build_reference(job, links, keys, extras)  # CR: line ends to normalize
         subject = self.templates.render_subject(data)
         head, fields = self.head.lines(job, subject, extras)

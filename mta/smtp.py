@@ -344,7 +344,8 @@ class SmtpConnection:
         try:
             self.writer.write(data)
             self._writing = True
-            await self.writer.drain()
+            if self.writer.transport.get_write_buffer_size():  # else the kernel took it all
+                await self.writer.drain()
         except OSError as exc:
             raise self._lost(exc) from exc
         if self._expired:  # aborted while draining: the server stopped reading
