@@ -477,14 +477,11 @@ class Worker:
             self._attempted(
                 message_id, provider, exc.host or "-", exc.smtp_code, started, "bounced"
             )
-            if exc.hard:
-                await self.store.suppressions.add(
-                    job.email, reason="hard_bounce", source=f"bounce:{message_id}"
-                )
             await self._finish(
                 queued,
                 batch,
                 EventType.BOUNCED,
+                hard_bounced=exc.hard,  # suppressed with the outcome, in one script call
                 smtp_code=exc.smtp_code,
                 status=exc.status,
                 bounce_class=exc.bounce_class,
@@ -691,11 +688,12 @@ class Worker:
         retry_job: Job | None = None,
         retry_at: float = 0.0,
         soft_bounced: bool = False,
+        hard_bounced: bool = False,
         **fields: Any,
     ) -> None:
         """Record an outcome (``batch`` None: its content expired). ``soft_bounced``: the
         message ended soft-bounced (``mta.soft_bounces``): it counts toward its address's
-        soft-bounce limit."""
+        soft-bounce limit. ``hard_bounced``: its address is suppressed with the outcome."""
         job = queued.job
         if kind in (EventType.EXPIRED, EventType.BOUNCED):
             fields["soft_bounce"] = soft_bounced
@@ -714,6 +712,7 @@ class Worker:
                 "" if retry_job is not None else domain_of(job.email),
                 recipient=job.email,
                 soft_bounced=suppressed,
+                hard_bounced=hard_bounced,
             )
         )
         provider = fields.get("provider") or provider_of(domain_of(job.email))

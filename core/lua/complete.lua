@@ -8,7 +8,8 @@
 -- KEYS[5] pending messages per domain (the count drops when a message reaches a final status)
 -- KEYS[6] suppression count
 -- then per outcome, in order: its message record; for run "delivered" and "count" its
--- address's run of soft bounces; for "count" also its address's suppression bucket
+-- address's run of soft bounces; for "count" also its address's suppression bucket; for
+-- "hard" (a hard bounce) its address's suppression bucket
 -- ARGV[1] consumer group  ARGV[2] events MAXLEN  ARGV[3] now  ARGV[4] retention seconds
 -- ARGV[5] soft-bounce limit: messages  ARGV[6] its seconds  ARGV[7] a run's time to live
 -- then eleven arguments per outcome i, from ARGV[8 + 11 * (i - 1)]:
@@ -16,8 +17,10 @@
 --   new status ("" = keep it)   event (msgpack)
 --   job to retry ("" = none)    retry due timestamp
 --   recipient domain ("" = leave the pending count)
---   run: "delivered", "count" (ended soft-bounced) or ""   message id
+--   run: "delivered", "count" (ended soft-bounced), "hard" (hard-bounced) or ""
+--   message id
 --   for "count": suppression field, suppression entry, suppressed event (msgpack)
+--   for "hard": suppression field, suppression entry (it replaces an entry there), ""
 -- Returns the event id of each outcome, in order.
 local now = ARGV[3]
 local retention = tonumber(ARGV[4])
@@ -54,6 +57,11 @@ for i = 1, (#ARGV - 7) / 11 do
                          entry = ARGV[base + 10], event = ARGV[base + 11]}
     count_soft_bounce(limit, record, KEYS[key], message_id, suppression, now)
     key = key + 2
+  elseif run == 'hard' then
+    if redis.call('HSET', KEYS[key], ARGV[base + 9], ARGV[base + 10]) == 1 then
+      redis.call('INCR', KEYS[6])
+    end
+    key = key + 1
   end
   if retry_job ~= "" then
     redis.call('ZADD', KEYS[2], retry_at, retry_job)

@@ -95,6 +95,9 @@ class Outcome(NamedTuple):
     # the message ended soft-bounced: the ``suppressed`` event its address gets should this
     # reach the soft-bounce limit (b"": it did not)
     soft_bounced: bytes = b""
+    # a hard bounce: its address is suppressed (``hard_bounce``) in the same script call, so
+    # a kill between the two cannot leave one without the other
+    hard_bounced: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,7 @@ class Store:
             limit.seconds if limit is not None else 0,
             limit.forget_seconds if limit is not None else 0,
         ]
+        elsewhere: list[Outcome] = []  # hard bounces to an address of another shard
         for outcome in outcomes:
             touched.append(where.message(outcome.message_id))
             retry = outcome.retry_job
@@ -374,6 +378,12 @@ class Store:
             # a message's recipient lives in the message's shard (a message id names it)
             if not address or self.shards.of_address(address) != shard:
                 args += ("", message_id, "", "", "")
+                if outcome.hard_bounced:
+                    elsewhere.append(outcome)
+            elif outcome.hard_bounced:
+                entry = pack_entry("hard_bounce", now, f"bounce:{message_id}")
+                touched.append(self.shards.bucket_key(address))
+                args += ("hard", message_id, suppression_field(address), entry, "")
             elif outcome.status == "delivered":
                 touched.append(where.soft_bounces(address))
                 args += ("delivered", message_id, "", "", "")
@@ -384,6 +394,11 @@ class Store:
             else:
                 args += ("", message_id, "", "", "")
         await self._complete(touched, args)
+        if elsewhere:  # not expected (a message id names its recipient's shard)
+            await self.suppressions.add_many(
+                [(o.recipient, None, "hard_bounce", f"bounce:{o.message_id}") for o in elsewhere],
+                at=now,
+            )
 
     def _limit_entry(self, address: str, message_id: str, now: float) -> tuple[str, str, bytes]:
         """The bucket, field and entry of the ``soft_bounce_limit`` suppression ``address``
