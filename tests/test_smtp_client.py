@@ -600,6 +600,33 @@ async def test_a_connection_lost_after_a_content_sends_the_next_message_on_a_new
     assert fault_sink.connections_total == 2
 
 
+async def test_a_waiting_message_the_server_cannot_take_is_not_chained(
+    fault_sink: FaultSink,
+) -> None:
+    """The longest waiter's message is over the server's SIZE: its envelope is not written
+    after the content before it; it waits its turn and is refused without a byte sent, and
+    the message after it still goes out."""
+    fault_sink.set_extensions(size=len(MESSAGE) * 10)
+    pool = one_connection_pool()
+    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
+    big = MESSAGE + b"x" * (len(MESSAGE) * 10) + b"\r\n"
+    try:
+        results = await asyncio.gather(
+            pool.send(dest, "inbox.test", "a@shop.test", "first@inbox.test", MESSAGE),
+            pool.send(dest, "inbox.test", "a@shop.test", "big@inbox.test", big),
+            pool.send(dest, "inbox.test", "a@shop.test", "third@inbox.test", MESSAGE),
+            return_exceptions=True,
+        )
+    finally:
+        await pool.aclose()
+    assert isinstance(results[1], PermanentDeliveryError) and "5.3.4" in str(results[1])
+    assert [m.rcpt_tos for m in fault_sink.accepted()] == [
+        ("first@inbox.test",),
+        ("third@inbox.test",),
+    ]
+    assert fault_sink.connections_total == 1
+
+
 async def test_a_connection_carries_no_more_than_its_messages_when_chained(
     fault_sink: FaultSink,
 ) -> None:
