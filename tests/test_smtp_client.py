@@ -29,6 +29,7 @@ from loadtests.fault_sink import FaultSink
 from mta.pool import HostState, SmtpPool
 from mta.routing import Destination
 from mta.smtp import (
+    Reply,
     SmtpConnection,
     SmtpError,
     SmtpReplyError,
@@ -499,14 +500,26 @@ async def test_the_step_a_reply_answered_decides_the_verdict(fault_sink: FaultSi
 # --- the next envelope after the content ---------------------------------------------
 
 
-def one_connection_pool(**kwargs: int) -> SmtpPool:
-    return SmtpPool(
+async def through_one_connection(
+    port: int, sends: list[tuple[str, bytes]], *, messages_per_connection: int = 100
+) -> list[Reply | BaseException]:
+    """Each (recipient, message) sent at once through a pool of one connection to ``port``
+    (all but the first wait for it): each one's reply or error."""
+    pool = SmtpPool(
         ehlo_name="mta.sluice.test",
         timeout=5,
         per_host=1,
         per_domain=100,
-        messages_per_connection=kwargs.get("messages_per_connection", 100),
+        messages_per_connection=messages_per_connection,
     )
+    dest = Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
+    try:
+        return await asyncio.gather(
+            *(pool.send(dest, "inbox.test", "a@shop.test", rcpt, m) for rcpt, m in sends),
+            return_exceptions=True,
+        )
+    finally:
+        await pool.aclose()
 
 
 async def test_the_next_envelope_goes_out_with_the_content_before_it(
@@ -536,18 +549,9 @@ async def test_the_next_envelope_goes_out_with_the_content_before_it(
                 writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
         await reader.readline()  # QUIT
 
-    pool = one_connection_pool()
-    dest = Destination("127.0.0.1", "127.0.0.1", await raw_server(script), False, "relay")
-    try:
-        replies = await asyncio.gather(
-            *(
-                pool.send(dest, "inbox.test", "a@shop.test", f"r{i}@inbox.test", MESSAGE)
-                for i in range(3)
-            )
-        )
-    finally:
-        await pool.aclose()
-    assert [r.text for r in replies] == ["queued 0", "queued 1", "queued 2"]
+    sends = [(f"r{i}@inbox.test", MESSAGE) for i in range(3)]
+    replies = await through_one_connection(await raw_server(script), sends)
+    assert [getattr(r, "text", r) for r in replies] == ["queued 0", "queued 1", "queued 2"]
     assert [c[1] for c in chunks] == [f"RCPT TO:<r{i}@inbox.test>\r\n".encode() for i in range(3)]
     assert all(c[3] == MESSAGE + b".\r\n" for c in chunks)
 
@@ -558,20 +562,10 @@ async def test_a_message_refused_after_its_content_does_not_hold_up_the_next(
     """The first message is refused at its final dot; the second's envelope already follows
     it on the connection: no RSET in between, and the second is delivered on it."""
     fault_sink.script("refused@inbox.test", ["550 5.7.1 content refused"])
-    pool = one_connection_pool()
-    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
-    try:
-        first = asyncio.create_task(
-            pool.send(dest, "inbox.test", "a@shop.test", "refused@inbox.test", MESSAGE)
-        )
-        second = asyncio.create_task(
-            pool.send(dest, "inbox.test", "a@shop.test", "fine@inbox.test", MESSAGE)
-        )
-        with pytest.raises(PermanentDeliveryError):
-            await first
-        assert (await second).code == 250
-    finally:
-        await pool.aclose()
+    sends = [("refused@inbox.test", MESSAGE), ("fine@inbox.test", MESSAGE)]
+    refused, fine = await through_one_connection(fault_sink.port, sends)
+    assert isinstance(refused, PermanentDeliveryError)
+    assert isinstance(fine, Reply) and fine.code == 250
     assert [m.rcpt_tos for m in fault_sink.accepted()] == [("fine@inbox.test",)]
     assert fault_sink.connections_total == 1
 
@@ -584,18 +578,10 @@ async def test_a_connection_lost_after_a_content_sends_the_next_message_on_a_new
     the second's envelope went out on it but can have done nothing without its content; it
     is sent once, on a new connection."""
     fault_sink.script("lost@inbox.test", [outcome])
-    pool = one_connection_pool()
-    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
-    try:
-        results = await asyncio.gather(
-            pool.send(dest, "inbox.test", "a@shop.test", "lost@inbox.test", MESSAGE),
-            pool.send(dest, "inbox.test", "a@shop.test", "next@inbox.test", MESSAGE),
-            return_exceptions=True,
-        )
-    finally:
-        await pool.aclose()
-    assert isinstance(results[0], TransientDeliveryError)
-    assert not isinstance(results[1], BaseException) and results[1].code == 250
+    sends = [("lost@inbox.test", MESSAGE), ("next@inbox.test", MESSAGE)]
+    lost, sent = await through_one_connection(fault_sink.port, sends)
+    assert isinstance(lost, TransientDeliveryError)
+    assert isinstance(sent, Reply) and sent.code == 250
     assert [m.rcpt_tos for m in fault_sink.accepted()] == [("next@inbox.test",)]
     assert fault_sink.connections_total == 2
 
@@ -607,18 +593,9 @@ async def test_a_waiting_message_the_server_cannot_take_is_not_chained(
     after the content before it; it waits its turn and is refused without a byte sent, and
     the message after it still goes out."""
     fault_sink.set_extensions(size=len(MESSAGE) * 10)
-    pool = one_connection_pool()
-    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
     big = MESSAGE + b"x" * (len(MESSAGE) * 10) + b"\r\n"
-    try:
-        results = await asyncio.gather(
-            pool.send(dest, "inbox.test", "a@shop.test", "first@inbox.test", MESSAGE),
-            pool.send(dest, "inbox.test", "a@shop.test", "big@inbox.test", big),
-            pool.send(dest, "inbox.test", "a@shop.test", "third@inbox.test", MESSAGE),
-            return_exceptions=True,
-        )
-    finally:
-        await pool.aclose()
+    sends = [("first@inbox.test", MESSAGE), ("big@inbox.test", big), ("third@inbox.test", MESSAGE)]
+    results = await through_one_connection(fault_sink.port, sends)
     assert isinstance(results[1], PermanentDeliveryError) and "5.3.4" in str(results[1])
     assert [m.rcpt_tos for m in fault_sink.accepted()] == [
         ("first@inbox.test",),
@@ -630,18 +607,9 @@ async def test_a_waiting_message_the_server_cannot_take_is_not_chained(
 async def test_a_connection_carries_no_more_than_its_messages_when_chained(
     fault_sink: FaultSink,
 ) -> None:
-    pool = one_connection_pool(messages_per_connection=3)
-    dest = Destination("127.0.0.1", "127.0.0.1", fault_sink.port, False, "relay")
-    try:
-        replies = await asyncio.gather(
-            *(
-                pool.send(dest, "inbox.test", "a@shop.test", f"r{i}@inbox.test", MESSAGE)
-                for i in range(7)
-            )
-        )
-    finally:
-        await pool.aclose()
-    assert all(r.code == 250 for r in replies)
+    sends = [(f"r{i}@inbox.test", MESSAGE) for i in range(7)]
+    replies = await through_one_connection(fault_sink.port, sends, messages_per_connection=3)
+    assert all(isinstance(r, Reply) and r.code == 250 for r in replies)
     by_connection = Counter(m.connection_id for m in fault_sink.accepted())
     assert sorted(by_connection.values()) == [1, 3, 3]
 
