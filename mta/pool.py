@@ -258,12 +258,15 @@ class SmtpPool:
         self.throttle_backoff = throttle_backoff
         self.pipelining = pipelining
         self.ehlo_by_ip = ehlo_by_ip or {}
-        self.hosts: dict[tuple[str, str, int], HostState] = {}
+        # by (source IP, address, port, TLS required): a route that requires TLS never takes
+        # a connection another route to the same host opened, which may have fallen back to
+        # plain text
+        self.hosts: dict[tuple[str, str, int, bool], HostState] = {}
         self.domains: dict[str, _DomainGate] = {}
         self._closed = False
 
     def host_state(self, dest: Destination, source_ip: str | None) -> HostState:
-        key = (source_ip or "", dest.address, dest.port)
+        key = (source_ip or "", dest.address, dest.port, dest.require_tls)
         state = self.hosts.get(key)
         if state is None:
             state = self.hosts[key] = HostState(self.per_host)
@@ -477,7 +480,7 @@ class SmtpPool:
                     for at, code, text in host.recent
                 ],
             }
-            for (source, address, port), host in self.hosts.items()
+            for (source, address, port, _), host in self.hosts.items()
         ]
 
     async def aclose(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import re
 import ssl
@@ -384,6 +385,19 @@ async def test_starttls_when_offered_and_required_tls_never_falls_back(tmp_path:
         conn = await open_to(plain)  # opportunistic: plain text is fine
         assert not conn.tls
         conn.abort()
+
+
+async def test_a_route_that_requires_tls_never_takes_another_routes_plain_connection() -> None:
+    """Two routes to one host, one requiring TLS: the opportunistic one's pooled plain-text
+    connection (the host offers no STARTTLS) is not reused for the other, which fails."""
+    with FaultSink() as plain:
+        async with pool_to(plain) as (pool, dest):
+            reply = await pool.send(dest, "a.test", "a@shop.test", "b@a.test", MESSAGE)
+            assert reply.code == 250  # leaves an idle plain-text connection to the host
+            required = dataclasses.replace(dest, require_tls=True)
+            with pytest.raises(TransientDeliveryError, match="requires TLS"):
+                await pool.send(required, "b.test", "a@shop.test", "b@b.test", MESSAGE)
+        assert [m.rcpt_tos for m in plain.accepted()] == [("b@a.test",)]
 
 
 async def test_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_fails(
