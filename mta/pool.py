@@ -217,7 +217,7 @@ class _Chain:
         waiter, (sender, recipient, message) = taken
         try:
             envelope = conn.smtp.envelope(sender, recipient, message)
-        except SmtpUnsupported:  # it finds out for itself, on a connection of its own
+        except Exception:  # it finds out for itself, on its own turn (this message is fine)
             host.give_back(taken)
             return b""
         self.waiter = waiter
@@ -333,10 +333,13 @@ class SmtpPool:
         if keep and not self._closed and host.open <= host.limit and conn.smtp.usable:
             conn.last_used = time.monotonic()
             host.idle.append(conn)
-        else:
-            host.open -= 1
+            host.wake()
+            return
+        host.open -= 1
+        try:
             await conn.smtp.quit()
-        host.wake()
+        finally:  # even if cancelled while saying goodbye: a waiter may open the next one
+            host.wake()
 
     async def _connect(
         self, host: HostState, dest: Destination, source_ip: str | None

@@ -136,6 +136,8 @@ def _plain(tree: nodes.Template) -> bool:
 
 
 _NO_DEFAULT: Any = object()
+# names Jinja binds itself, whatever the data says (``self``: the template's reference)
+_JINJA_NAMES = frozenset({"self", "loop", "caller", "varargs", "kwargs", "super"})
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,11 @@ class Printer:
                     and type(child.args[0].value) is str
                 ):
                     default, printed = child.args[0].value, child.node
-                if not isinstance(printed, nodes.Name) or printed.name in env.globals:
+                if (
+                    not isinstance(printed, nodes.Name)
+                    or printed.name in env.globals
+                    or printed.name in _JINJA_NAMES
+                ):
                     return None  # an attribute, a constant, a global: Jinja's to print
                 sites.append((printed.name, default))
                 statics.append("")

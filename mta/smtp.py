@@ -133,6 +133,17 @@ class WireMessage:
         return cls(data_for_wire(message), len(message))
 
 
+def _encodes(address: str) -> bool:
+    """Whether ``address`` is text UTF-8 can carry (not a lone surrogate)."""
+    if address.isascii():
+        return True
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class SmtpConnection:
     """One open, greeted SMTP session; ``transaction`` may be called many times."""
 
@@ -365,7 +376,7 @@ class SmtpConnection:
 
     def _envelope(self, sender: str, recipient: str, message: WireMessage) -> tuple[str, str]:
         for address in (sender, recipient):
-            if _UNSAFE_IN_ADDRESS.search(address):
+            if _UNSAFE_IN_ADDRESS.search(address) or not _encodes(address):
                 raise SmtpUnsupported(
                     f"address {address!r} has characters SMTP cannot carry", enhanced="5.1.3"
                 )
@@ -484,7 +495,8 @@ class SmtpConnection:
                 await self.reader.read(512)
         except (OSError, TimeoutError):
             pass
-        self.abort()
+        finally:  # cancelled while waiting for the goodbye too
+            self.abort()
 
     def abort(self) -> None:
         if self._timer is not None:

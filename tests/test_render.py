@@ -211,7 +211,7 @@ def test_parts_that_only_print_data_render_without_a_budget() -> None:
 
 # --- printing data by name without Jinja ---------------------------------------------------
 
-_NAMES = ["first_name", "city", "range", "n"]
+_NAMES = ["first_name", "city", "range", "n", "self"]
 _PIECES = st.sampled_from(
     [
         "Hi ",
@@ -227,6 +227,8 @@ _PIECES = st.sampled_from(
         "{{ 'x' }}",
         "\n",
         " {{first_name|default('a', true)}}",
+        "{{ self }}",
+        "{{ self | default('me') }}",
     ]
 )
 _DATA_VALUES = (

@@ -618,6 +618,65 @@ async def test_a_waiting_message_the_server_cannot_take_is_not_chained(
     assert fault_sink.connections_total == 1
 
 
+async def test_a_waiting_message_whose_envelope_cannot_be_written_strands_nobody(
+    fault_sink: FaultSink,
+) -> None:
+    """An address no encoding carries (a lone surrogate) in the longest waiter: the message
+    before it goes out whole, and the waiter is refused on its own turn, not left waiting."""
+    fault_sink.set_extensions(smtputf8=True)
+    sends = [("ok@inbox.test", MESSAGE), ("b\udc80@inbox.test", MESSAGE)]
+    async with asyncio.timeout(10):
+        ok, refused = await through_one_connection(fault_sink.port, sends)
+    assert isinstance(ok, Reply) and ok.code == 250
+    assert isinstance(refused, PermanentDeliveryError) and "5.1.3" in str(refused)
+
+
+async def test_a_delivery_cancelled_while_its_connection_says_goodbye_passes_its_turn_on(
+    raw_server: Callable[[Script], Awaitable[int]],
+) -> None:
+    """One connection a message: the first delivery's connection closes after it, and the
+    server never answers its QUIT. The first delivery is cancelled right then; the waiting
+    one still gets a connection (the goodbye's wake is not lost with the cancellation)."""
+    quitting = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, "PIPELINING")
+        for _ in range(3):
+            await reader.readline()
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await read_data(reader)
+        writer.write(b"250 queued\r\n")
+        await reader.readline()  # QUIT
+        if quitting.is_set():  # the second connection says goodbye
+            writer.write(b"221 bye\r\n")
+            return
+        quitting.set()
+        await asyncio.sleep(30)  # the first never answers it
+
+    port = await raw_server(script)
+    pool = SmtpPool(
+        ehlo_name="mta.sluice.test",
+        timeout=5,
+        per_host=1,
+        per_domain=100,
+        messages_per_connection=1,
+    )
+    dest = Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
+    try:
+        first = asyncio.create_task(
+            pool.send(dest, "inbox.test", "a@shop.test", "r0@inbox.test", MESSAGE)
+        )
+        second = asyncio.create_task(
+            pool.send(dest, "inbox.test", "a@shop.test", "r1@inbox.test", MESSAGE)
+        )
+        await asyncio.wait_for(quitting.wait(), 5)
+        first.cancel()
+        async with asyncio.timeout(4):
+            assert (await second).text == "queued"
+    finally:
+        await pool.aclose()
+
+
 async def test_a_connection_carries_no_more_than_its_messages_when_chained(
     fault_sink: FaultSink,
 ) -> None:
