@@ -633,13 +633,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sink.set_rule(target, **changes)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with sink:
         print(f"fault sink listening on {sink.relay} {default}", flush=True)
-        try:
-            while not stop.wait(args.report_every or None):
+        # Short waits: a signal the kernel hands to the sink's server thread only runs its
+        # handler when this (main) thread next runs Python, which a wait without timeout
+        # would never do (seen as a CLI that ignored Ctrl-C under load).
+        reported = time.monotonic()
+        while not stop.wait(0.2):
+            if args.report_every and time.monotonic() - reported >= args.report_every:
                 print(sink.summary(), flush=True)
-        except KeyboardInterrupt:
-            pass
+                reported = time.monotonic()
     print(sink.summary(), flush=True)
     return 0
 
