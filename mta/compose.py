@@ -267,8 +267,8 @@ class _Html:
         return _picker(places)
 
 
-def _picker(places: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """The items at ``places`` of a list, as a tuple, in one C call."""
+def _picker(places: list[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """The items at ``places`` (indexes or slices) of a sequence, as a tuple, in one C call."""
     if len(places) == 1:
         only = places[0]
         return lambda items: (items[only],)
@@ -343,17 +343,17 @@ class _Part:
     surrounds it, depends only on its length (``_Template``)."""
 
     def __init__(self, layout: list[str | int], links: frozenset[int] = frozenset()) -> None:
-        self.plan: list[str | int | _Lines] = []
+        plan: list[str | int | _Lines] = []
         for item in layout:
             if isinstance(item, str):
                 item = item.replace("\r\n", "\n").replace("\r", "\n")
-                self.plan.append(_Lines.of(item) if "\n" in item else item)
+                plan.append(_Lines.of(item) if "\n" in item else item)
             else:
-                self.plan.append(item)
-        self.plan_lines = [item for item in self.plan if isinstance(item, _Lines)]
+                plan.append(item)
+        self.plan_lines = [item for item in plan if isinstance(item, _Lines)]
         # the text between static lines: each group but the last ends a line
         self.groups: list[list[str | int]] = [[]]
-        for planned in self.plan:
+        for planned in plan:
             if isinstance(planned, _Lines):
                 self.groups[-1] += (planned.head, "\n")
                 self.groups.append([planned.tail])
@@ -483,15 +483,9 @@ class _Template:
         self.canonical = canonical
         self.dots = dots  # stuffed in the statics
         cuts = [slice(*hole) for hole in holes if isinstance(hole, tuple)]
-        self._cut = operator.itemgetter(*cuts) if len(cuts) > 1 else None
-        self._one = cuts[0] if len(cuts) == 1 else None
+        self._cut = _picker(cuts)  # the URL runs, sliced from the URLs' concatenation
         self.starting_runs = starting_runs  # the URL runs (by their order) that begin a line
-        firsts = [cuts[run].start for run in starting_runs]
-        self._line_starts: Callable[[bytes], Any] | None = None
-        if len(firsts) > 1:
-            self._line_starts = operator.itemgetter(*firsts)
-        elif firsts:
-            self._line_starts = operator.itemgetter(slice(firsts[0], firsts[0] + 1))
+        self._line_starts = _picker([cuts[run].start for run in starting_runs])  # their bytes
         # where the encoded groups go among the URL runs: (position, group), ascending
         self._groups = [(i, hole) for i, hole in enumerate(holes) if isinstance(hole, int)]
 
@@ -508,14 +502,10 @@ class _Template:
         """Append the body's pieces to ``wire`` and ``canonical`` from the URLs'
         concatenation and the encoded groups (``_Part._encoded``); the dots stuffed."""
         wire_pieces, canonical_pieces, dots = encoded
-        if self._cut is not None:
-            runs = list(self._cut(urls))
-        else:
-            assert self._one is not None
-            runs = [urls[self._one]]
+        runs = list(self._cut(urls))
         canonical_holes = runs[:]
         dots += self.dots
-        if self._line_starts is not None and _DOT in self._line_starts(urls):
+        if _DOT in self._line_starts(urls):
             for run in self.starting_runs:  # SMTP stuffs a dot that begins a line
                 if runs[run][:1] == b".":
                     runs[run] = b"." + runs[run]

@@ -117,7 +117,6 @@ _PLAIN_NODES = (
     nodes.Getattr,
     nodes.Getitem,
 )
-_PLAIN: weakref.WeakSet[jinja2.Template] = weakref.WeakSet()
 
 
 def _plain(tree: nodes.Template) -> bool:
@@ -206,7 +205,7 @@ class Printer:
         return "".join(out)
 
 
-# each plain template's printer (None: it prints more than data by name)
+# every plain template (``_plain``), with its printer (None: it prints more than data by name)
 _PRINTERS: weakref.WeakKeyDictionary[jinja2.Template, Printer | None]
 _PRINTERS = weakref.WeakKeyDictionary()
 
@@ -246,7 +245,6 @@ def _compile(env: jinja2.Environment, field: str, source: str) -> jinja2.Templat
         if straight:
             _STRAIGHT.add(template)
         if plain:
-            _PLAIN.add(template)
             _PRINTERS[template] = Printer.of(tree, env)
         return template
     except TemplateError:
@@ -331,7 +329,7 @@ class Templates:
         self.text = _compile(_TEXT_ENV, "text", text) if text is not None else None
         self._alone: dict[str, str | None] = {}  # field -> why it is too expensive without data
         # Parts that only print data need no budget: none to draw from, none to set up.
-        self.plain = all(t in _PLAIN for t in (self.subject, self.html, self.text) if t)
+        self.plain = all(t in _PRINTERS for t in (self.subject, self.html, self.text) if t)
 
     def render(self, data: dict[str, Any], *, deadline: float | None = None) -> Rendered:
         """Render for one recipient within ``MAX_RENDER_SECONDS`` (or by the earlier

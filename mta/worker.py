@@ -179,7 +179,7 @@ class Worker:
         self.warmup = WarmupGate(store, settings.warmup)
         self.limit = self.delivery.concurrency_per_worker
         self.capacity = asyncio.Semaphore(self.limit)
-        self._gathered = 1  # free slots _gather_slots waits for
+        self._gathered = max(1, self.limit // 4)  # free slots _gather_slots waits for
         self._slots_gathered = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.metrics = DeliveryMetrics()
@@ -368,7 +368,6 @@ class Worker:
         up and started in groups, a Redis round trip each (~100 us of a worker's CPU
         whatever the group's size), and a worker at its limit frees a slot at a time. Up to
         ``GATHER_SECONDS`` for a quarter of the slots."""
-        self._gathered = max(1, self.limit // 4)
         if self.limit - len(self.in_flight) >= self._gathered:
             return
         self._slots_gathered.clear()

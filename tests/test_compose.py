@@ -376,7 +376,7 @@ def test_links_of_every_length_and_dots_where_lines_begin_are_built_the_same_bot
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     html=_html(),

@@ -42,13 +42,16 @@ from mta.smtp import (
 MESSAGE = b"From: a@shop.test\r\nTo: b@inbox.test\r\nSubject: hi\r\n\r\nHello\r\n"
 
 
-async def open_to(sink_or_port: FaultSink | int, **kwargs: object) -> SmtpConnection:
+async def open_to(
+    sink_or_port: FaultSink | int, *, wait: float = 5.0, **kwargs: object
+) -> SmtpConnection:
+    """A connection to the sink (or port) whose steps each get ``wait`` seconds."""
     port = sink_or_port if isinstance(sink_or_port, int) else sink_or_port.port
     return await SmtpConnection.open(
         "127.0.0.1",
         port,
         ehlo_name="mta.sluice.test",
-        wait=5.0,
+        wait=wait,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -93,6 +96,17 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *ext
 
 async def read_data(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n.\r\n")
+
+
+async def take_envelope(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bytes = b""
+) -> list[bytes]:
+    """Greet with PIPELINING, read MAIL, RCPT and DATA, answer them (all accepted by
+    default); the three command lines."""
+    await greet(reader, writer, "PIPELINING")
+    commands = [await reader.readline() for _ in range(3)]
+    writer.write(replies or b"250 ok\r\n250 ok\r\n354 go\r\n")
+    return commands
 
 
 # --- PIPELINING ----------------------------------------------------------------------
@@ -169,10 +183,7 @@ async def test_data_accepted_after_a_refused_recipient_is_ended_empty(
     after: list[bytes] = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await greet(reader, writer, "PIPELINING")
-        for _ in range(3):
-            await reader.readline()
-        writer.write(b"250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n")
+        await take_envelope(reader, writer, b"250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n")
         after.append(await reader.readline())
         writer.write(b"554 no valid recipients\r\n")
         after.append(await reader.readline())
@@ -235,30 +246,23 @@ async def test_a_server_that_stops_reading_or_answering_mid_message_times_out_co
     stop = asyncio.Event()
 
     async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await greet(reader, writer, "PIPELINING")
-        for _ in range(3):
-            await reader.readline()
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await take_envelope(reader, writer)
         await stop.wait()  # reads no content
 
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await greet(reader, writer, "PIPELINING")
-        for _ in range(3):
-            await reader.readline()
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await take_envelope(reader, writer)
         await read_data(reader)
         await stop.wait()  # never answers
 
     big = MESSAGE + (b"x" * 76 + b"\r\n") * 200_000
     try:
-        conn = await open_to(await raw_server(deaf))
-        conn.timeout = 0.5
+        # the timeout from the start: the connection's one timer is set when it opens
+        conn = await open_to(await raw_server(deaf), wait=0.5)
         with pytest.raises(SmtpError, match="stopped reading") as deaf_error:
             await conn.transaction("a@shop.test", "b@inbox.test", big)
         assert deaf_error.value.committed
         conn.abort()
-        conn = await open_to(await raw_server(mute))
-        conn.timeout = 0.5
+        conn = await open_to(await raw_server(mute), wait=0.5)
         with pytest.raises(SmtpError, match="did not answer") as mute_error:
             await conn.transaction("a@shop.test", "b@inbox.test", MESSAGE)
         assert mute_error.value.committed
@@ -514,11 +518,8 @@ async def test_the_step_a_reply_answered_decides_the_verdict(fault_sink: FaultSi
 # --- the next envelope after the content ---------------------------------------------
 
 
-async def through_one_connection(
-    port: int, sends: list[tuple[str, bytes]], *, messages_per_connection: int = 100
-) -> list[Reply | BaseException]:
-    """Each (recipient, message) sent at once through a pool of one connection to ``port``
-    (all but the first wait for it): each one's reply or error."""
+def one_connection(port: int, messages_per_connection: int) -> tuple[SmtpPool, Destination]:
+    """A pool of one connection to ``port`` (as a relay) and that destination."""
     pool = SmtpPool(
         ehlo_name="mta.sluice.test",
         timeout=5,
@@ -526,7 +527,15 @@ async def through_one_connection(
         per_domain=100,
         messages_per_connection=messages_per_connection,
     )
-    dest = Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
+    return pool, Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
+
+
+async def through_one_connection(
+    port: int, sends: list[tuple[str, bytes]], *, messages_per_connection: int = 100
+) -> list[Reply | BaseException]:
+    """Each (recipient, message) sent at once through a pool of one connection to ``port``
+    (all but the first wait for it): each one's reply or error."""
+    pool, dest = one_connection(port, messages_per_connection)
     try:
         return await asyncio.gather(
             *(pool.send(dest, "inbox.test", "a@shop.test", rcpt, m) for rcpt, m in sends),
@@ -546,9 +555,7 @@ async def test_the_next_envelope_goes_out_with_the_content_before_it(
     chunks: list[list[bytes]] = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await greet(reader, writer, "PIPELINING")
-        commands = [await reader.readline() for _ in range(3)]
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        commands = await take_envelope(reader, writer)
         for n in range(3):
             body = await read_data(reader)
             # what arrived with the content, before any answer to it
@@ -640,10 +647,7 @@ async def test_a_delivery_cancelled_while_its_connection_says_goodbye_passes_its
     quitting = asyncio.Event()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await greet(reader, writer, "PIPELINING")
-        for _ in range(3):
-            await reader.readline()
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await take_envelope(reader, writer)
         await read_data(reader)
         writer.write(b"250 queued\r\n")
         await reader.readline()  # QUIT
@@ -653,15 +657,7 @@ async def test_a_delivery_cancelled_while_its_connection_says_goodbye_passes_its
         quitting.set()
         await asyncio.sleep(30)  # the first never answers it
 
-    port = await raw_server(script)
-    pool = SmtpPool(
-        ehlo_name="mta.sluice.test",
-        timeout=5,
-        per_host=1,
-        per_domain=100,
-        messages_per_connection=1,
-    )
-    dest = Destination("127.0.0.1", "127.0.0.1", port, False, "relay")
+    pool, dest = one_connection(await raw_server(script), messages_per_connection=1)
     try:
         first = asyncio.create_task(
             pool.send(dest, "inbox.test", "a@shop.test", "r0@inbox.test", MESSAGE)

@@ -218,11 +218,7 @@ class Tokens:
     def link(self, message_token: str, index: int) -> str:
         """The ``/t/c/`` path segment of link ``index`` of the batch's link table, for the
         message of ``message_token`` (a token ``seal_message`` made)."""
-        head = f"{message_token}.{index}"
-        mac = self._link_mac(head) if index >= 0 else None
-        if mac is None:
-            raise ValueError("not a message token of these keys, or a negative index")
-        return f"{head}.{_b64(mac)}"
+        return self.links(message_token, [index])[0]
 
     def links(self, message_token: str, indexes: list[int]) -> list[str]:
         """``link`` of each index, for one message: a MAC each, one base64 for all (a MAC
